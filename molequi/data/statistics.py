@@ -1,0 +1,80 @@
+"""Dataset statistics that set the model's energy reference and scale."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch_geometric.data import Data
+
+from molequi.errors import DataFormatError
+
+
+@dataclass(frozen=True)
+class EnergyStatistics:
+    """Per-element reference energies and the scale/shift of the learned per-atom energies.
+
+    Attributes:
+        e0s: atomic number -> reference energy, eV (least-squares fit of E ≈ Σ_i E0[Z_i]).
+        shift: mean per-atom energy left after subtracting the E0s, eV/atom.
+        scale: RMS of the force components, eV/Å (1.0 without forces), the natural unit
+            for the network's per-atom energy outputs (as in MACE).
+        avg_num_neighbors: mean number of neighbors within the cutoff; messages are divided by it.
+    """
+
+    e0s: dict[int, float]
+    shift: float
+    scale: float
+    avg_num_neighbors: float
+
+
+def fit_e0s(graphs: Sequence[Data], species: Sequence[int]) -> dict[int, float]:
+    """Least-squares per-element reference energies E0 (eV) from total energies.
+
+    Solves ``counts @ e0 ≈ energies`` where ``counts[k, s]`` is the number of atoms of species
+    ``s`` in structure ``k``. With a single composition (an MD data set) the system is rank
+    deficient; ``lstsq`` then returns the minimum-norm solution, which still removes the mean
+    energy exactly.
+    """
+    species = list(species)
+    column = {z: c for c, z in enumerate(species)}
+    counts = np.zeros((len(graphs), len(species)))
+    energies = np.zeros(len(graphs))
+    for k, graph in enumerate(graphs):
+        if "energy" not in graph:
+            raise DataFormatError(f"structure {k} has no energy label; E0s need energies")
+        for z, n in zip(*np.unique(graph.numbers.numpy(), return_counts=True)):
+            counts[k, column[int(z)]] = n
+        energies[k] = float(graph.energy)
+    solution, *_ = np.linalg.lstsq(counts, energies, rcond=None)
+    return {z: float(solution[column[z]]) for z in species}
+
+
+def compute_statistics(graphs: Sequence[Data], species: Sequence[int]) -> EnergyStatistics:
+    """E0s, per-atom shift, force-RMS scale and mean neighbor count of ``graphs``."""
+    if not graphs:
+        raise DataFormatError("cannot compute statistics of an empty training set")
+    e0s = fit_e0s(graphs, species)
+    residual_per_atom, force_squares, n_force_components, n_neighbors, n_atoms = [], 0.0, 0, 0, 0
+    for graph in graphs:
+        reference = sum(e0s[int(z)] for z in graph.numbers)
+        residual_per_atom.append((float(graph.energy) - reference) / graph.num_nodes)
+        if "forces" in graph:
+            force_squares += float((graph.forces**2).sum())
+            n_force_components += graph.forces.numel()
+        n_neighbors += graph.edge_index.shape[1]
+        n_atoms += graph.num_nodes
+    scale = float(np.sqrt(force_squares / n_force_components)) if n_force_components else 1.0
+    return EnergyStatistics(
+        e0s=e0s,
+        shift=float(np.mean(residual_per_atom)),
+        scale=scale if scale > 1e-8 else 1.0,
+        avg_num_neighbors=max(n_neighbors / n_atoms, 1.0),
+    )
+
+
+def species_of(graphs: Sequence[Data]) -> list[int]:
+    """Sorted atomic numbers present in ``graphs``."""
+    return sorted({int(z) for graph in graphs for z in torch.unique(graph.numbers)})

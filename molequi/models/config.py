@@ -1,0 +1,94 @@
+"""The model's hyper-parameters: a typed object built once and validated when built."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from molequi.errors import ConfigError
+from molequi.utils import closest_name
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of a molequi potential. Every field has a documented default.
+
+    Attributes:
+        species: atomic numbers the model knows, sorted (set from the training data).
+        cutoff: neighbor cutoff radius, Å. 5 Å suits molecules; larger costs O(r³) edges.
+        channels: feature channels per irrep. 32–64 trade speed for accuracy.
+        l_max: highest rotation order of the spherical harmonics and hidden features (0–3).
+            l_max = 0 is an invariant model; 1–2 is where accuracy per cost is best.
+        num_layers: message-passing layers (≥ 1); 2 with correlation 3 matches MACE's design.
+        num_radial: Bessel functions in the radial basis.
+        cutoff_p: exponent of the polynomial cutoff envelope (smoothness at the cutoff).
+        radial_hidden: hidden sizes of the radial MLP that maps the basis to path weights.
+        correlation: body order of the node-feature product (1 = none; 2–3 = MACE-style).
+        readout_hidden: hidden size of the last layer's non-linear energy readout.
+        trainable_radial: learn the Bessel frequencies.
+        properties: extra outputs beside the energy, name -> kind, where kind is
+            ``"intensive"`` (mean over atoms, e.g. HOMO–LUMO gap, eV), ``"extensive"`` (sum
+            over atoms, e.g. U0, eV) or ``"dipole"`` (Σ q_i r_i with learned neutral partial
+            charges, e·Å).
+        avg_num_neighbors: mean neighbor count (from the training data); normalises messages.
+        e0s: atomic number (as str, for JSON) -> reference energy, eV.
+        energy_shift: per-atom energy shift, eV.
+        energy_scale: per-atom energy scale, eV (the force RMS of the training data).
+    """
+
+    species: list[int] = field(default_factory=list)
+    cutoff: float = 5.0
+    channels: int = 32
+    l_max: int = 2
+    num_layers: int = 2
+    num_radial: int = 8
+    cutoff_p: int = 6
+    radial_hidden: list[int] = field(default_factory=lambda: [64, 64])
+    correlation: int = 3
+    readout_hidden: int = 16
+    trainable_radial: bool = False
+    properties: dict[str, str] = field(default_factory=dict)
+    avg_num_neighbors: float = 1.0
+    e0s: dict[str, float] = field(default_factory=dict)
+    energy_shift: float = 0.0
+    energy_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` for values the architecture cannot use."""
+        checks = [
+            (self.cutoff > 0, f"cutoff must be > 0 Å, got {self.cutoff}"),
+            (self.channels >= 1, f"channels must be ≥ 1, got {self.channels}"),
+            (0 <= self.l_max <= 3, f"l_max must be in 0..3, got {self.l_max}"),
+            (self.num_layers >= 1, f"num_layers must be ≥ 1, got {self.num_layers}"),
+            (self.num_radial >= 1, f"num_radial must be ≥ 1, got {self.num_radial}"),
+            (self.cutoff_p >= 2, f"cutoff_p must be ≥ 2, got {self.cutoff_p}"),
+            (1 <= self.correlation <= 4, f"correlation must be in 1..4, got {self.correlation}"),
+            (all(int(z) >= 1 for z in self.species), f"species must be atomic numbers, got {self.species}"),
+            (self.energy_scale > 0, f"energy_scale must be > 0, got {self.energy_scale}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        for name, kind in self.properties.items():
+            if kind not in PROPERTY_KINDS:
+                raise ConfigError(f"property '{name}' has kind '{kind}'; choose one of {sorted(PROPERTY_KINDS)}")
+        self.species = sorted(int(z) for z in self.species)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
+        """Build from a mapping, naming the closest valid key for a misspelt one."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        for key in values:
+            if key not in known:
+                raise ConfigError(f"unknown model setting '{key}'{closest_name(key, known)}")
+        return cls(**values)
+
+
+PROPERTY_KINDS = {"intensive", "extensive", "dipole"}
