@@ -9,9 +9,29 @@ Quick use::
     result["forces"]   # [n_atoms, 3], eV/Å
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
 
-from molequi.errors import MolequiError
-from molequi.models import ModelConfig, build_model, load_model, predict, save_model
+# Imported on first use: torch and e3nn take seconds to import, and screening workers (Dask
+# processes) that only run RDKit should not pay for them.
+_LAZY = {
+    "MolequiError": "molequi.errors",
+    "ModelConfig": "molequi.models",
+    "build_model": "molequi.models",
+    "load_model": "molequi.models",
+    "predict": "molequi.models",
+    "save_model": "molequi.models",
+    "MolequiCalculator": "molequi.calculators",
+}
 
-__all__ = ["ModelConfig", "MolequiError", "__version__", "build_model", "load_model", "predict", "save_model"]
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'molequi' has no attribute {name!r}")

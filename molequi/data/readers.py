@@ -84,11 +84,19 @@ def read_structures(path: str | Path, index: str = ":") -> list[Atoms]:
 
     * ``.npz`` in the revised-MD17 layout (recognised by its keys),
     * ``.db`` ASE databases,
-    * anything ``ase.io.read`` understands (extxyz first).
+    * anything ``ase.io.read`` understands (extxyz first),
+    * the QM9 data spec ``qm9[:train|validation|test|all][?n=N&seed=S]`` (bare ``qm9`` is the
+      train split; see :mod:`molequi.data.qm9`; ``index`` is ignored), unless a file of exactly
+      that name exists.
 
     Raises:
         DataFormatError: the file is missing, unreadable or holds no structures.
     """
+    if str(path).startswith("qm9") and not Path(path).exists():
+        from molequi.data import qm9  # imported here: molequi.data.qm9 imports this module
+
+        if qm9.is_qm9_spec(str(path)):
+            return qm9.read_qm9(str(path))
     path = Path(path)
     if not path.exists():
         raise DataFormatError(f"{path}: no such file")

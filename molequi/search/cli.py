@@ -1,0 +1,165 @@
+"""``molequi screen`` command line.
+
+The main CLI hooks this in with::
+
+    sub = subparsers.add_parser("screen", help="screen candidate molecules")
+    add_screen_arguments(sub)
+    sub.set_defaults(func=lambda a: run_screen(a, scorer_factory=load_scorers))
+
+``scorer_factory(paths, device) -> list[Scorer]`` turns ``--model`` paths into
+scorers; when it is not given, ``molequi.search.models.load_scorers`` is used
+if that module exists.  Without ``--model`` the run does filters/3D only and
+ranks by a filter value (default ``qed:max``).
+
+Exit codes: 0 success, 1 every molecule failed, 2 bad arguments or input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import warnings
+from typing import Callable, Sequence
+
+from .config import ALERT_SETS, parse_alerts
+
+ScorerFactory = Callable[[Sequence[str], str], list]
+log = logging.getLogger("molequi.search")
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    return tuple(float(x) for x in text.split(",") if x.strip())
+
+
+def _range(text: str) -> tuple[int, int]:
+    lo, _, hi = text.partition("..")
+    return int(lo), int(hi)
+
+
+def add_screen_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the ``screen`` options to ``parser`` (a sub-command parser)."""
+    parser.add_argument("candidates", help="SMILES/CSV/TSV/SDF file (optionally .gz) or a built-in "
+                        "pool: moses:train, moses:test, moses:test_scaffolds, qm9")
+    parser.add_argument("--model", action="append", default=[], metavar="M",
+                        help="trained model file; repeat for several models / committees")
+    parser.add_argument("--device", default="cpu", help="device for the models (cpu, cuda)")
+    parser.add_argument("--objective", action="append", default=None, metavar="OBJ",
+                        help="name:max, name:min or name:target=LO..HI; repeat for several "
+                             "(default qed:max without a model)")
+    parser.add_argument("--weights", type=_floats, default=None, help="comma-separated objective weights")
+    parser.add_argument("--multi", choices=("desirability", "pareto"), default="desirability",
+                        help="how several objectives are combined")
+    parser.add_argument("--kappa", type=float, default=0.0,
+                        help="uncertainty weight: rank by mean ± kappa·std (default 0)")
+    parser.add_argument("--optimistic", action="store_true",
+                        help="mean + kappa·std towards the objective (default: pessimistic)")
+    parser.add_argument("--std-threshold", type=float, default=None,
+                        help="flag molecules whose committee std exceeds this (property units)")
+    parser.add_argument("--drop-out-of-domain", action="store_true",
+                        help="reject (not only flag) out-of-domain molecules")
+    parser.add_argument("--sa-max", type=float, default=4.5,
+                        help="max SA score (unitless, 1..10; <=0 disables)")
+    parser.add_argument("--alerts", type=parse_alerts, default=("pains", "brenk"),
+                        help=f"comma-separated alert sets from {','.join(ALERT_SETS)}, or 'none'")
+    parser.add_argument("--lipinski-max-violations", type=int, default=1,
+                        help="Lipinski violations allowed (<0 disables)")
+    parser.add_argument("--no-veber", action="store_true", help="disable the Veber rule")
+    parser.add_argument("--max-ring-size", type=int, default=8, help="largest ring allowed (<=0 disables)")
+    parser.add_argument("--heavy-atoms", type=_range, default=(1, 100), metavar="LO..HI",
+                        help="allowed heavy-atom count range")
+    parser.add_argument("--purchasable", action="store_true",
+                        help="keep only molecules probably in ZINC in-stock (molbloom, bundled filter)")
+    parser.add_argument("--tautomers", action="store_true",
+                        help="canonicalise tautomers before de-duplication (may drop stereo)")
+    parser.add_argument("--no-3d", action="store_true", help="skip 3D embedding (no model scoring)")
+    parser.add_argument("--top", type=int, default=100, help="number of hits to keep")
+    parser.add_argument("--diverse", action="store_true", help="MaxMin diversity pick of the top hits")
+    parser.add_argument("--workers", type=int, default=1, help="Dask worker processes (1 = in-process)")
+    parser.add_argument("--scheduler", default=None,
+                        help="Dask scheduler address tcp://HOST:PORT, or 'synchronous'")
+    parser.add_argument("--chunk-size", type=int, default=1000, help="molecules per chunk")
+    parser.add_argument("--batch-size", type=int, default=64, help="molecules per model call")
+    parser.add_argument("--smiles-column", default=None, help="SMILES column of a CSV/TSV input")
+    parser.add_argument("--id-column", default=None, help="id column of a CSV/TSV input")
+    parser.add_argument("--out", default="screen_out", help="output folder")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a run with other settings in --out")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-plots", action="store_true", help="no histograms in report.html (faster)")
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> dict:
+    """Keyword settings of :func:`molequi.search.screen` from parsed arguments."""
+    return dict(
+        objective=tuple(args.objective) if args.objective else None,
+        weights=args.weights, multi=args.multi, kappa=args.kappa,
+        uncertainty="optimistic" if args.optimistic else "pessimistic",
+        std_threshold=args.std_threshold, drop_out_of_domain=args.drop_out_of_domain,
+        sa_max=args.sa_max if args.sa_max > 0 else None, alerts=tuple(args.alerts),
+        lipinski_max_violations=args.lipinski_max_violations if args.lipinski_max_violations >= 0 else None,
+        veber=not args.no_veber,
+        max_ring_size=args.max_ring_size if args.max_ring_size > 0 else None,
+        heavy_atoms=args.heavy_atoms, purchasable=args.purchasable, tautomers=args.tautomers,
+        embed_3d=not args.no_3d, top=args.top, diverse=args.diverse, workers=args.workers,
+        scheduler=args.scheduler, chunk_size=args.chunk_size, batch_size=args.batch_size,
+        smiles_column=args.smiles_column, id_column=args.id_column, out=args.out,
+        overwrite=args.overwrite, progress=not args.no_progress, plots=not args.no_plots,
+    )
+
+
+def _default_factory() -> ScorerFactory:
+    try:
+        from .models import load_scorers  # written by the core team
+    except ImportError as exc:
+        raise RuntimeError("--model needs a scorer factory (molequi.search.models.load_scorers "
+                           "is not available)") from exc
+    return load_scorers
+
+
+def run_screen(args: argparse.Namespace, scorer_factory: ScorerFactory | None = None) -> int:
+    """Run ``molequi screen``; returns the process exit code."""
+    from .pipeline import screen
+
+    try:
+        scorers = (scorer_factory or _default_factory())(args.model, args.device) if args.model else []
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", RuntimeWarning)
+            result = screen(args.candidates, scorers=scorers, **_settings(args))
+    except (ValueError, FileNotFoundError, RuntimeError, TypeError) as exc:
+        print(f"molequi screen: error: {exc}", file=sys.stderr)
+        return 2
+    counts = ", ".join(f"{k} {v}" for k, v in result.stage_counts.items())
+    print(f"screened {result.n_read} molecules: {counts}")
+    print(f"outputs: {result.scored_csv}, {result.top_sdf}, {result.report_html}")
+    _print_top(result.top, limit=10)
+    if result.n_passed == 0:
+        for w in caught:
+            print(f"warning: {w.message}", file=sys.stderr)
+        print("molequi screen: every molecule failed (see the reason column)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _print_top(rows: list[dict[str, str]], limit: int) -> None:
+    """The first ``limit`` hits as an aligned table: rank, id, SMILES and predictions."""
+    if not rows:
+        return
+    keys = [k for k in ("rank", "id", "smiles") if k in rows[0]]
+    keys += [k for k in rows[0] if k.endswith(("_mean", "_std")) or k in ("qed", "sa_score")][:6]
+    table = [keys] + [[str(row.get(k, ""))[:40] for k in keys] for row in rows[:limit]]
+    widths = [max(len(r[c]) for r in table) for c in range(len(keys))]
+    print(f"top {min(limit, len(rows))} of {len(rows)} hits:")
+    for r in table:
+        print("  " + "  ".join(v.ljust(w) for v, w in zip(r, widths)))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Stand-alone entry point: ``python -m molequi.search.cli CANDIDATES ...``."""
+    parser = add_screen_arguments(argparse.ArgumentParser(prog="molequi screen", description=__doc__.splitlines()[0]))
+    return run_screen(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""Output folder: run manifest and atomically written chunk files.
+
+Layout of ``OUT/``::
+
+    manifest.json            settings hash, input identity, full settings
+    chunks/chunk_00000.csv   one CSV per finished chunk (rows + molblocks)
+    scored.csv top.sdf report.html   written by the merge
+
+A chunk file appears only once complete (written to a temporary name then
+``os.replace``d), so after an interruption every chunk file present is whole
+and a rerun skips it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Iterable, Iterator, Mapping, Sequence
+
+MANIFEST = "manifest.json"
+CHUNK_DIR = "chunks"
+OUTPUT_FILES = ("scored.csv", "top.sdf", "report.html")
+
+# molblocks are long CSV fields
+csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+
+
+def format_value(value: object) -> str:
+    """Deterministic text form of a cell (``""`` for missing, 8 significant digits for floats)."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) or type(value).__name__.startswith("float"):
+        value = float(value)  # numpy floats too
+        return "" if math.isnan(value) else format(value, ".8g")
+    return str(value)
+
+
+def write_csv_atomic(path: Path, columns: Sequence[str], rows: Iterable[Mapping[str, object]]) -> None:
+    """Write rows to ``path`` via a temporary file and ``os.replace`` (atomic on POSIX)."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow([format_value(row.get(c)) for c in columns])
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def read_csv_rows(path: Path) -> Iterator[dict[str, str]]:
+    """Rows of a CSV written by :func:`write_csv_atomic`, as dicts of strings."""
+    with open(path, newline="", encoding="utf-8") as handle:
+        yield from csv.DictReader(handle)
+
+
+def chunk_path(out: Path, k: int) -> Path:
+    """Path of chunk ``k`` (0-based) in an output folder."""
+    return out / CHUNK_DIR / f"chunk_{k:05d}.csv"
+
+
+def finished_chunks(out: Path) -> set[int]:
+    """Indices of the chunk files already complete in ``out``."""
+    folder = out / CHUNK_DIR
+    if not folder.is_dir():
+        return set()
+    return {int(p.stem.split("_")[1]) for p in folder.glob("chunk_*.csv")}
+
+
+def _clear(out: Path) -> None:
+    """Remove what a previous run wrote (and only that)."""
+    shutil.rmtree(out / CHUNK_DIR, ignore_errors=True)
+    for name in (MANIFEST, *OUTPUT_FILES):
+        (out / name).unlink(missing_ok=True)
+
+
+def prepare_out_dir(out: Path, chunk_hash: str, manifest: dict, overwrite: bool) -> bool:
+    """Create or reuse ``out``; returns True when finished chunks are being resumed.
+
+    Raises ``ValueError`` if ``out`` holds a run made with other chunk settings
+    or another input, unless ``overwrite`` is set (then that run is deleted).
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / MANIFEST
+    resuming = False
+    if overwrite:
+        _clear(out)
+    elif path.is_file():
+        old = json.loads(path.read_text())
+        if old.get("chunk_hash") != chunk_hash:
+            raise ValueError(
+                f"{out} holds a screening run made with different settings or input "
+                f"(hash {old.get('chunk_hash')} != {chunk_hash}); use another output folder "
+                "or overwrite=True / --overwrite to replace it")
+        resuming = bool(finished_chunks(out))
+    elif (out / CHUNK_DIR).exists():
+        raise ValueError(f"{out}/{CHUNK_DIR} exists without a manifest; use --overwrite")
+    (out / CHUNK_DIR).mkdir(exist_ok=True)
+    for stale in (out / CHUNK_DIR).glob("*.tmp"):
+        stale.unlink()  # half-written chunk of an interrupted run
+    tmp = path.with_name(MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, path)
+    return resuming

@@ -1,0 +1,274 @@
+#!/usr/bin/env python
+"""QM9 learning curve: U0 and HOMO–LUMO gap test MAE versus training-set size and time.
+
+Each point trains one model through the ``molequi train`` command and reads the
+``test_metrics.json`` it writes into its ``--out`` folder:
+
+    molequi train --data 'qm9:train?n=N' --test-data 'qm9:test' --config X.yaml \\
+        --out RUN --device cuda --max-minutes M
+
+Targets (one model per target and size, as in the QM9 literature):
+
+* ``U0``  — the energy label of the QM9 reader *is* U0 (eV), so this is a plain energy model
+  (per-atom E0s fitted by least squares, no forces).
+* ``gap`` — a property head ``model.properties = {gap: intensive}`` (eV), energy loss off.
+
+Usage:
+
+    python scripts/bench_qm9.py --out bench/qm9                      # GPU, n ∈ {1000, 10000, 110000}
+    python scripts/bench_qm9.py --out bench/qm9 --sizes 1000 10000 --max-minutes 30
+    python scripts/bench_qm9.py --out /tmp/qm9_smoke --smoke         # CPU, n = 200, 1 minute
+    python scripts/bench_qm9.py --out /tmp/qm9_plan --dry-run        # print the commands only
+
+Writes ``<out>/results.json`` and ``<out>/results.md`` (table, machine, commands). The
+published numbers quoted in the table are **as quoted in the issue, to be checked against the
+papers** (PaiNN, Schütt et al. 2021; DimeNet++, Gasteiger et al. 2020), both with 110k
+training molecules.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULT_SIZES = (1000, 10000, 110000)
+TARGETS = ("U0", "gap")
+
+REFERENCES_MEV = {
+    "U0": {"PaiNN": 5.85, "DimeNet++": 6.32},
+}
+"""Published test MAE (meV, 110k training molecules): as quoted in the issue, to be checked
+against the papers."""
+
+BASE_CONFIG: dict[str, Any] = {
+    "model": {"cutoff": 5.0, "channels": 64, "l_max": 2, "num_layers": 2, "correlation": 3},
+    "batch_size": 32,
+    "validation": 0.05,
+    "seed": 0,
+}
+"""Shared settings (the layout of ``molequi/training/default.yaml``: training keys at the top,
+``model:`` nested); the per-target parts are added by :func:`target_config`. Override with
+``--base-config FILE.yaml`` (deep-merged)."""
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def target_config(target: str, base: dict) -> dict:
+    """Training config for one target: U0 = energy model; gap = intensive property head."""
+    if target == "U0":
+        extra = {"energy_weight": 1.0, "forces_weight": 0.0}
+    elif target == "gap":
+        extra = {
+            "model": {"properties": {"gap": "intensive"}},
+            "energy_weight": 0.01,  # the trainer needs energy or forces weight > 0: a small auxiliary U0 loss
+            "forces_weight": 0.0,
+            "property_weights": {"gap": 1.0},
+        }
+    else:
+        raise ValueError(f"unknown target {target!r}; choose from {TARGETS}")
+    return deep_merge(base, extra)
+
+
+def _lower_keys(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(key).lower(): _lower_keys(item) for key, item in value.items()}
+    return value
+
+
+def find_mae_ev(metrics: dict, target: str) -> float | None:
+    """The test MAE of ``target`` in eV from ``test_metrics.json``, tolerant of its layout.
+
+    Accepted (keys case-insensitive): ``{"gap_mae": x}`` and ``{"energy_mae_meV": x}`` (what
+    ``molequi train`` writes), ``{"gap": {"mae": x}}``, ``{"gap_mae": x}``, ``{"mae": {"gap": x}}`` and, for U0,
+    the same under ``energy`` (the U0 model's energy); keys ending in ``_mev`` are converted.
+    """
+    metrics = _lower_keys(metrics)  # the trainer writes e.g. "energy_mae_meV" and "gap_mae" (eV)
+    names = [target.lower()] + (["energy"] if target == "U0" else [])
+    for scope in (metrics, metrics.get("test", {}) if isinstance(metrics.get("test"), dict) else {}):
+        for name in names:
+            for unit, factor in (("", 1.0), ("_ev", 1.0), ("_mev", 1e-3)):
+                value = scope.get(name)
+                if isinstance(value, dict):
+                    for key in (f"mae{unit}",):
+                        if isinstance(value.get(key), (int, float)):
+                            return float(value[key]) * factor
+                for key in (f"{name}_mae{unit}", f"mae_{name}{unit}"):
+                    if isinstance(scope.get(key), (int, float)):
+                        return float(scope[key]) * factor
+            mae = scope.get("mae")
+            if isinstance(mae, dict) and isinstance(mae.get(name), (int, float)):
+                return float(mae[name])
+    return None
+
+
+def machine() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "host": platform.node(),
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+    }
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    except ImportError:
+        info["gpu"] = None
+    try:
+        import importlib.metadata
+
+        info["molequi"] = importlib.metadata.version("molequi")
+        info["qm9pack"] = importlib.metadata.version("qm9pack")
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    try:
+        root = Path(__file__).resolve().parents[1]
+        info["git_commit"] = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return info
+
+
+def run_point(args: argparse.Namespace, target: str, n_train: int, base: dict) -> dict[str, Any]:
+    run_dir = args.out / f"{target}_n{n_train}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_path = run_dir / "config.yaml"
+    config_path.write_text(yaml.safe_dump(target_config(target, base), sort_keys=False))
+    test_spec = f"qm9:test?n={args.n_test}" if args.n_test else "qm9:test"
+    command = args.molequi + [
+        "train",
+        "--data", f"qm9:train?n={n_train}",
+        "--test-data", test_spec,
+        "--config", str(config_path),
+        "--out", str(run_dir / "model"),
+        "--device", args.device,
+        "--max-minutes", f"{args.max_minutes:g}",
+    ]  # fmt: skip
+    record: dict[str, Any] = {
+        "target": target,
+        "n_train": n_train,
+        "test": test_spec,
+        "max_minutes": args.max_minutes,
+        "command": shlex.join(command),
+    }
+    print(f"[bench_qm9] {record['command']}", flush=True)
+    if args.dry_run:
+        return record | {"status": "dry-run"}
+    start = time.perf_counter()
+    with open(run_dir / "train.log", "w") as log:
+        result = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT)
+    record["wall_s"] = round(time.perf_counter() - start, 1)
+    record["returncode"] = result.returncode
+    metrics_path = run_dir / "model" / "test_metrics.json"
+    if result.returncode != 0 or not metrics_path.is_file():
+        tail = (run_dir / "train.log").read_text(errors="replace").splitlines()[-5:]
+        print(f"[bench_qm9] FAILED ({result.returncode}); see {run_dir / 'train.log'}:\n  " + "\n  ".join(tail))
+        return record | {"status": "failed", "log_tail": tail}
+    metrics = json.loads(metrics_path.read_text())
+    mae = find_mae_ev(metrics, target)
+    record |= {"status": "ok", "metrics": metrics, "mae_mev": None if mae is None else round(mae * 1e3, 3)}
+    for key in ("train_seconds", "training_seconds", "train_time_s", "wall_seconds"):
+        if isinstance(metrics.get(key), (int, float)):
+            record["train_s"] = float(metrics[key])
+            break
+    print(f"[bench_qm9] {target} n={n_train}: MAE {record['mae_mev']} meV in {record['wall_s']} s", flush=True)
+    return record
+
+
+def markdown(results: dict[str, Any]) -> str:
+    lines = [
+        "# QM9 learning curve (molequi)",
+        "",
+        f"Date: {results['date']}  ",
+        f"Machine: {results['machine'].get('gpu') or 'CPU only'}; {results['machine']['cpu_count']} CPU cores; "
+        f"{results['machine']['platform']}; torch {results['machine'].get('torch')}; "
+        f"molequi {results['machine'].get('molequi')} ({results['machine'].get('git_commit', '?')[:10]}); "
+        f"qm9pack {results['machine'].get('qm9pack')}  ",
+        f"Command: `{results['command']}`  ",
+        f"Split: seed 0, 110,000 train / 10,000 validation / 10,831 test; test set `{results['runs'][0]['test']}`"
+        if results["runs"]
+        else "",
+        "",
+        "| target | n_train | test MAE (meV) | wall time (s) | time limit (min) | status |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for run in results["runs"]:
+        mae = "—" if run.get("mae_mev") is None else f"{run['mae_mev']:.2f}"
+        wall = run.get("train_s", run.get("wall_s"))
+        lines.append(
+            f"| {run['target']} | {run['n_train']:,} | {mae} | {'—' if wall is None else f'{wall:.0f}'} "
+            f"| {run['max_minutes']:g} | {run['status']} |"
+        )
+    lines += ["", "Published references (n_train = 110,000; as quoted in the issue, to be checked against the papers):", ""]
+    for target, refs in REFERENCES_MEV.items():
+        lines += [f"* {target}: " + ", ".join(f"{name} {value} meV" for name, value in refs.items())]
+    lines += ["", "Per-run commands:", ""] + [f"* `{run['command']}`" for run in results["runs"]]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--sizes", type=int, nargs="+", default=list(DEFAULT_SIZES), help="training-set sizes")
+    parser.add_argument("--targets", nargs="+", default=list(TARGETS), choices=TARGETS)
+    parser.add_argument("--max-minutes", type=float, default=60.0, help="time limit of each training run")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--n-test", type=int, default=None, help="test subsample (default: the whole 10,831)")
+    parser.add_argument("--base-config", type=Path, help="YAML deep-merged over the built-in base config")
+    parser.add_argument("--molequi", default="molequi", help="the molequi command (e.g. 'python -m molequi.cli.main')")
+    parser.add_argument("--smoke", action="store_true", help="tiny CPU run: n=200, 1 minute, 500 test molecules")
+    parser.add_argument("--dry-run", action="store_true", help="write configs and print the commands only")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.sizes, args.max_minutes, args.device, args.n_test = [200], 1.0, "cpu", args.n_test or 500
+    args.molequi = shlex.split(args.molequi)
+    if not args.dry_run and shutil.which(args.molequi[0]) is None:
+        parser.error(f"'{args.molequi[0]}' not found; activate the molequi environment or pass --molequi")
+    base = BASE_CONFIG
+    if args.base_config:
+        base = deep_merge(base, yaml.safe_load(args.base_config.read_text()) or {})
+    args.out.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": shlex.join([sys.executable, *sys.argv]) if argv is None else shlex.join(["bench_qm9.py", *argv]),
+        "machine": machine(),
+        "references_mev": REFERENCES_MEV,
+        "references_note": "as quoted in the issue, to be checked against the papers",
+        "runs": [],
+    }
+    for n_train in sorted(args.sizes):
+        for target in args.targets:
+            results["runs"].append(run_point(args, target, n_train, base))
+            (args.out / "results.json").write_text(json.dumps(results, indent=2))  # after every run
+    (args.out / "results.md").write_text(markdown(results))
+    print(f"[bench_qm9] wrote {args.out / 'results.json'} and {args.out / 'results.md'}")
+    return 0 if all(run["status"] in ("ok", "dry-run") for run in results["runs"]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
