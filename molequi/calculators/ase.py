@@ -1,0 +1,115 @@
+"""ASE calculator for molequi potentials (one model or a committee).
+
+Example::
+
+    from ase.md.verlet import VelocityVerlet
+    from molequi.calculators import MolequiCalculator
+
+    atoms.calc = MolequiCalculator("run/model.molequi", device="cuda")
+    VelocityVerlet(atoms, timestep=0.5 * ase.units.fs).run(1000)
+
+Per step the calculator copies only the positions to the device: the neighbor list (radius
+cutoff + skin, vesin) is reused until an atom has moved more than skin / 2, and the atomic
+numbers, cell and edge tensors stay on the device until they change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from ase import Atoms
+from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
+
+from molequi.md.neighbors import SkinNeighborList
+from molequi.md.potential import GraphTensors, ModelSpec, Potential, load_models
+
+
+class MolequiCalculator(Calculator):
+    """ASE calculator: ``energy``/``free_energy`` (eV), ``forces`` (eV/Å), per-atom ``energies``
+    (eV) and ``stress`` (eV/Å³, Voigt order xx yy zz yz xz xy, fully periodic cells only).
+
+    A committee (``model`` a list) gives the mean energy and forces and adds ``energy_std`` (eV)
+    and ``forces_std`` ([n_atoms] eV/Å, per atom sqrt of the mean over x, y, z of the variance
+    over members) to :attr:`results`.
+
+    Args:
+        model: a model file path, a loaded model, or a list of either (a committee).
+        device: ``"cpu"``, ``"cuda"``, ...
+        dtype: ``torch.float32``/``torch.float64`` (or their names); default: the model's own.
+        skin: neighbor-list skin, Å (0 rebuilds the list at every step).
+    """
+
+    implemented_properties = ["energy", "free_energy", "forces", "energies", "stress"]
+
+    def __init__(
+        self,
+        model: ModelSpec | Sequence[ModelSpec],
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | str | None = None,
+        skin: float = 1.0,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.potential = Potential(load_models(model, device=device, dtype=dtype))
+        self.device = self.potential.device
+        self.neighbors = SkinNeighborList(self.potential.cutoff, skin)
+        self._numbers: np.ndarray | None = None  # atomic numbers the device tensors were made for
+        self._graph: GraphTensors | None = None
+
+    def calculate(
+        self, atoms: Atoms | None = None, properties: Sequence[str] = ("energy",), system_changes=all_changes
+    ) -> None:
+        super().calculate(atoms, properties, system_changes)  # sets self.atoms; resets results
+        atoms = self.atoms
+        compute_stress = "stress" in properties
+        if compute_stress and not atoms.pbc.all():
+            raise PropertyNotImplementedError(
+                "stress needs a fully periodic cell; this structure has pbc="
+                f"{atoms.pbc.tolist()} (stress is undefined for a molecule in open space)"
+            )
+        graph = self._prepare(atoms)
+        outputs = self.potential(graph, compute_stress=compute_stress)
+        # .cpu() on a CPU tensor is the tensor itself and .numpy() shares its memory: copy.
+        energy = float(outputs["energy"][0])
+        self.results = {
+            "energy": energy,
+            "free_energy": energy,
+            "energies": outputs["energies"].cpu().numpy().copy(),
+            "forces": outputs["forces"].cpu().numpy().copy(),
+        }
+        if compute_stress:
+            s = outputs["stress"][0].cpu().numpy()
+            self.results["stress"] = np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])
+        if self.potential.is_committee:
+            self.results["energy_std"] = float(outputs["energy_std"][0])
+            self.results["forces_std"] = outputs["forces_std"].cpu().numpy().copy()
+
+    def _prepare(self, atoms: Atoms) -> GraphTensors:
+        """The model inputs for ``atoms``, reusing whatever did not change since the last call."""
+        numbers = atoms.get_atomic_numbers()
+        if self._numbers is None or not np.array_equal(numbers, self._numbers):
+            numbers_tensor = torch.as_tensor(numbers, dtype=torch.long, device=self.device)
+            self.potential.check_species(numbers_tensor)  # before any computation, once
+            self._numbers = numbers.copy()
+            self.neighbors.reference = None  # force a rebuild
+            self._graph = GraphTensors(
+                pos=torch.empty(len(atoms), 3, dtype=torch.float64, device=self.device),
+                numbers=numbers_tensor,
+                batch=torch.zeros(len(atoms), dtype=torch.long, device=self.device),
+                num_graphs=1,
+                cell=torch.zeros(1, 3, 3, dtype=torch.float64, device=self.device),
+                edge_index=torch.empty(2, 0, dtype=torch.long, device=self.device),
+                shifts=torch.empty(0, 3, dtype=torch.float64, device=self.device),
+            )
+        graph = self._graph
+        positions = atoms.get_positions()
+        pbc = np.asarray(atoms.pbc, dtype=bool)
+        cell = atoms.cell.array if pbc.any() else np.zeros((3, 3))
+        if self.neighbors.update(positions, cell, pbc):
+            graph.edge_index = torch.from_numpy(self.neighbors.edge_index).to(self.device)
+            graph.shifts = torch.from_numpy(self.neighbors.shifts).to(self.device)
+            graph.cell = torch.as_tensor(cell, dtype=torch.float64, device=self.device).reshape(1, 3, 3)
+        graph.pos = torch.from_numpy(positions).to(self.device)
+        return graph

@@ -1,0 +1,119 @@
+"""One model or a committee of models, evaluated on plain device tensors.
+
+Both the ASE calculator and the batched MD engine call the potential through
+:class:`Potential` on a :class:`GraphTensors`: the fields that
+:class:`~molequi.nn.forces.ForceOutput` reads, kept on the device between steps, so no
+``torch_geometric`` ``Batch`` is assembled per step.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from molequi.models.io import load_model
+from molequi.nn.forces import ForceOutput
+
+ModelSpec = str | Path | ForceOutput
+"""A model file path or a loaded model."""
+
+
+@dataclass
+class GraphTensors:
+    """A batch of structures as the tensors the model reads (see :mod:`molequi.data.graph`).
+
+    Attributes:
+        pos: [n_atoms, 3] positions, Å.
+        numbers: [n_atoms] atomic numbers (int64).
+        batch: [n_atoms] index of the structure of each atom (int64).
+        num_graphs: number of structures S.
+        cell: [S, 3, 3] lattice vectors as rows, Å (zeros for open boundaries).
+        edge_index: [2, n_edges] row 0 = centre i, row 1 = neighbor j.
+        shifts: [n_edges, 3] Å, so that r_ij = pos[j] - pos[i] + shifts.
+    """
+
+    pos: torch.Tensor
+    numbers: torch.Tensor
+    batch: torch.Tensor
+    num_graphs: int
+    cell: torch.Tensor
+    edge_index: torch.Tensor
+    shifts: torch.Tensor
+
+
+def load_models(
+    models: ModelSpec | Sequence[ModelSpec], device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None
+) -> list[ForceOutput]:
+    """A list of models in evaluation mode on ``device`` (and ``dtype`` if given).
+
+    ``models`` is a path, a loaded model, or a list of either (a committee). A loaded model that
+    must change device or dtype is copied first: the caller's model is never modified.
+    """
+    if isinstance(models, (str, Path, ForceOutput)):
+        models = [models]
+    if isinstance(dtype, str):
+        dtype = {"float32": torch.float32, "float64": torch.float64}[dtype]
+    loaded = []
+    for spec in models:
+        if isinstance(spec, ForceOutput):
+            model = spec
+            if model.device != torch.device(device) or (dtype is not None and model.dtype != dtype):
+                model = copy.deepcopy(model).to(device=device, dtype=dtype or model.dtype)
+        else:
+            model = load_model(spec, device=device, dtype=dtype)
+        loaded.append(model.eval())
+    if not loaded:
+        raise ValueError("no model given")
+    if len({m.dtype for m in loaded}) > 1:
+        raise ValueError("committee members have different dtypes; pass dtype= to convert them")
+    return loaded
+
+
+class Potential:
+    """Energies and forces of a model or a committee (mean over members, and the spread).
+
+    The neighbor list must hold every pair closer than :attr:`cutoff`; pairs beyond a member's
+    own cutoff contribute exactly zero (its envelope vanishes there and the radial MLP has no
+    biases), so a list built with a larger radius (a skin) gives identical results.
+    """
+
+    def __init__(self, models: Sequence[ForceOutput]) -> None:
+        self.models = list(models)
+        self.cutoff = max(m.model.config.cutoff for m in self.models)  # Å
+        self.dtype = self.models[0].dtype
+        self.device = self.models[0].device
+
+    @property
+    def is_committee(self) -> bool:
+        return len(self.models) > 1
+
+    def check_species(self, numbers: torch.Tensor) -> None:
+        """Raise :class:`~molequi.errors.UnknownElementError` for elements a member does not know."""
+        for model in self.models:
+            model.check_species(numbers)
+
+    def __call__(self, graph: GraphTensors, compute_stress: bool = False) -> dict[str, torch.Tensor]:
+        """Evaluate every member (species are not re-checked: call :meth:`check_species` once).
+
+        Returns (detached, float64):
+            ``energy`` [S] eV, ``energies`` [N] eV, ``forces`` [N, 3] eV/Å, ``stress`` [S, 3, 3]
+            eV/Å³ (if asked) — means over members — and for a committee ``energy_std`` [S] eV
+            and ``forces_std`` [N] eV/Å, the per-atom spread
+            sqrt(mean over x, y, z of the variance over members); population statistics (ddof 0).
+        """
+        keys = ["energy", "energies", "forces"] + (["stress"] if compute_stress else [])
+        outputs = [
+            model(graph, compute_forces=True, compute_stress=compute_stress, check_species=False)
+            for model in self.models
+        ]
+        if not self.is_committee:
+            return {key: outputs[0][key].detach().to(torch.float64) for key in keys}
+        stacked = {key: torch.stack([out[key].detach() for out in outputs]).to(torch.float64) for key in keys}
+        results = {key: value.mean(0) for key, value in stacked.items()}
+        results["energy_std"] = stacked["energy"].std(0, correction=0)
+        results["forces_std"] = stacked["forces"].var(0, correction=0).mean(-1).sqrt()
+        return results
