@@ -1,0 +1,93 @@
+"""``molequi train``: fit a potential to energies and forces."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from molequi.errors import ConfigError
+
+HELP = "Train an equivariant potential on structures labelled with energies (eV) and forces (eV/Å)."
+
+# flag -> (config key, type, help); defaults come from the YAML file or TrainingConfig.
+OVERRIDES = {
+    "--max-epochs": ("max_epochs", int, "stop after N passes over the training set"),
+    "--max-minutes": ("max_minutes", float, "wall-clock budget in minutes; when it runs out the epoch is cut short, "
+                      "validated and every output written"),
+    "--device": ("device", str, "auto (CUDA if available), cpu, cuda or cuda:N"),
+    "--dtype": ("dtype", str, "float32 or float64 for weights and arithmetic"),
+    "--seed": ("seed", int, "seed of the train/validation split, the initial weights and the shuffling"),
+    "--batch-size": ("batch_size", int, "structures per optimizer step (per process under torchrun)"),
+    "--lr": ("learning_rate", float, "initial learning rate"),
+    "--validation": ("validation", float, "held-out structures: a count (e.g. 50) or a fraction in (0, 1)"),
+    "--energy-weight": ("energy_weight", float, "loss weight of the per-atom energy MSE, (eV/atom)²"),
+    "--forces-weight": ("forces_weight", float, "loss weight of the force-component MSE, (eV/Å)²"),
+    "--num-workers": ("num_workers", int, "DataLoader worker processes (0 = none)"),
+    "--channels": ("model.channels", int, "feature channels per irrep"),
+    "--l-max": ("model.l_max", int, "highest rotation order of the features (0-3)"),
+    "--num-layers": ("model.num_layers", int, "message-passing layers"),
+    "--correlation": ("model.correlation", int, "body order of the node-feature product (1-4)"),
+    "--cutoff": ("model.cutoff", float, "neighbor cutoff radius, Å"),
+}
+
+METAVARS = {"--l-max": "L", "--lr": "LR", "--validation": "N_OR_FRACTION", "--max-epochs": "N", "--max-minutes": "MINUTES"}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from molequi.training.config import TrainingConfig
+
+    defaults = TrainingConfig()
+    parser.add_argument("--data", nargs="+", metavar="TRAIN", default=argparse.SUPPRESS,
+                        help="training file(s): extxyz, ASE .db or rMD17 .npz with energies (eV) and forces (eV/Å); "
+                        "the validation split is taken from them (required unless --resume)")
+    parser.add_argument("--test-data", nargs="+", metavar="TEST", default=None,
+                        help="test file(s), evaluated with the final model; writes DIR/test_metrics.json")
+    parser.add_argument("--out", required=True, metavar="DIR",
+                        help="output directory: model.molequi, log.csv, learning_curve.png, config.yaml, checkpoints/")
+    parser.add_argument("--config", metavar="YAML", default=None,
+                        help="training config (see molequi/training/default.yaml for every key); flags override it")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --out from checkpoints/last.pt with its saved settings "
+                        "(only --max-epochs, --max-minutes, --device, --num-workers may change)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (one line per epoch only)")
+    for flag, (key, kind, text) in OVERRIDES.items():
+        if key.startswith("model."):
+            default = getattr(defaults.model, key.removeprefix("model."))
+        else:
+            default = getattr(defaults, key)
+        parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, metavar=METAVARS.get(flag, flag.strip("-").split("-")[-1].upper()),
+                            help=f"{text} (default: {'none' if default is None else default}, or the --config value)")
+
+
+def overrides_from(args: argparse.Namespace) -> dict:
+    overrides = {}
+    for flag, (key, _, _) in OVERRIDES.items():
+        name = flag.removeprefix("--").replace("-", "_")
+        if hasattr(args, name):
+            value = getattr(args, name)
+            if key == "validation" and float(value).is_integer() and value >= 1:
+                value = int(value)
+            overrides[key] = value
+    if args.no_progress:
+        overrides["progress"] = False
+    return overrides
+
+
+def run(args: argparse.Namespace) -> int:
+    from molequi.training import load_config, resume_settings, train
+
+    overrides = overrides_from(args)
+    if args.resume:
+        if args.config is not None:
+            raise ConfigError("--resume continues with the run's saved settings; do not pass --config")
+        config, data = resume_settings(args.out, overrides)
+        data = getattr(args, "data", data)
+    else:
+        if not hasattr(args, "data"):
+            raise ConfigError("--data is required (the training file(s))")
+        config = load_config(args.config, overrides)
+        data = args.data
+    result = train(config, data, args.out, test_data=args.test_data, resume=args.resume)
+    if result.test_metrics is not None:
+        print(json.dumps(result.test_metrics, indent=2))
+    return 0

@@ -1,0 +1,83 @@
+"""Checkpoints that resume a run exactly and load without unpickling arbitrary objects.
+
+A checkpoint is a ``torch.save`` of a dict holding only tensors and plain Python values (the
+RNG states of Python and NumPy are converted to lists), read back with
+``torch.load(..., weights_only=True)``: a crafted pickle cannot execute code, it is refused.
+Checkpoints are written atomically (temporary file, then rename).
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from molequi.errors import ModelFileError
+from molequi.utils import atomic_write
+
+CHECKPOINT_FORMAT = "molequi-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
+    """Write ``state`` (tensors and plain values only) atomically to ``path``."""
+    state = {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, **state}
+    return atomic_write(path, lambda temporary: torch.save(state, temporary))
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint` with ``weights_only=True``.
+
+    Raises:
+        ModelFileError: missing, corrupt, foreign, or containing objects other than tensors and
+            plain values (such a file is refused without running any of its code).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: no such checkpoint")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any unpickling failure means "refuse this file"
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ModelFileError(
+            f"{path}: not a loadable molequi checkpoint; it was refused by the safe (weights-only) loader "
+            f"and none of its code was run ({type(error).__name__}: {first_line[:200]})"
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ModelFileError(f"{path}: not a molequi checkpoint")
+    if int(state.get("format_version", 0)) > CHECKPOINT_VERSION:
+        raise ModelFileError(f"{path}: checkpoint format {state['format_version']} is newer than this molequi reads")
+    return state
+
+
+def rng_state(shuffle: torch.Generator | None = None) -> dict[str, Any]:
+    """RNG states of torch (CPU and CUDA), NumPy, Python and the shuffling generator, as
+    tensors and lists."""
+    numpy_state = np.random.get_state()
+    python_state = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": [numpy_state[0], numpy_state[1].tolist(), int(numpy_state[2]), int(numpy_state[3]), float(numpy_state[4])],
+        "python": [python_state[0], list(python_state[1]), python_state[2]],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    if shuffle is not None:
+        state["shuffle"] = shuffle.get_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any], shuffle: torch.Generator | None = None) -> None:
+    """Restore what :func:`rng_state` captured."""
+    torch.set_rng_state(state["torch"])
+    name, keys, position, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), position, has_gauss, cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if shuffle is not None and "shuffle" in state:
+        shuffle.set_state(state["shuffle"])
