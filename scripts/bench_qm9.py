@@ -5,13 +5,13 @@ Each point trains one model through the ``molequi train`` command and reads the
 ``test_metrics.json`` it writes into its ``--out`` folder:
 
     molequi train --data 'qm9:train?n=N' --test-data 'qm9:test' --config X.yaml \\
-        --out RUN --device cuda --max-minutes M
+        --out RUN --device cuda --max-minutes M --target U0|gap
 
 Targets (one model per target and size, as in the QM9 literature):
 
-* ``U0``  — the energy label of the QM9 reader *is* U0 (eV), so this is a plain energy model
-  (per-atom E0s fitted by least squares, no forces).
-* ``gap`` — a property head ``model.properties = {gap: intensive}`` (eV), energy loss off.
+* ``U0``  — ``--target U0``: the energy label of the QM9 reader *is* U0 (eV), so this is a plain
+  energy model (per-atom E0s fitted by least squares, no forces).
+* ``gap`` — ``--target gap``: an intensive property head (eV), energy and force losses off.
 
 Usage:
 
@@ -75,51 +75,20 @@ def deep_merge(base: dict, override: dict) -> dict:
 
 
 def target_config(target: str, base: dict) -> dict:
-    """Training config for one target: U0 = energy model; gap = intensive property head."""
-    if target == "U0":
-        extra = {"energy_weight": 1.0, "forces_weight": 0.0}
-    elif target == "gap":
-        extra = {
-            "model": {"properties": {"gap": "intensive"}},
-            "energy_weight": 0.01,  # the trainer needs energy or forces weight > 0: a small auxiliary U0 loss
-            "forces_weight": 0.0,
-            "property_weights": {"gap": 1.0},
-        }
-    else:
+    """Training config for one target (the ``--target`` flag adds the head and the weights)."""
+    if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; choose from {TARGETS}")
-    return deep_merge(base, extra)
-
-
-def _lower_keys(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(key).lower(): _lower_keys(item) for key, item in value.items()}
-    return value
+    return dict(base)
 
 
 def find_mae_ev(metrics: dict, target: str) -> float | None:
-    """The test MAE of ``target`` in eV from ``test_metrics.json``, tolerant of its layout.
-
-    Accepted (keys case-insensitive): ``{"gap_mae": x}`` and ``{"energy_mae_meV": x}`` (what
-    ``molequi train`` writes), ``{"gap": {"mae": x}}``, ``{"gap_mae": x}``, ``{"mae": {"gap": x}}`` and, for U0,
-    the same under ``energy`` (the U0 model's energy); keys ending in ``_mev`` are converted.
-    """
-    metrics = _lower_keys(metrics)  # the trainer writes e.g. "energy_mae_meV" and "gap_mae" (eV)
-    names = [target.lower()] + (["energy"] if target == "U0" else [])
-    for scope in (metrics, metrics.get("test", {}) if isinstance(metrics.get("test"), dict) else {}):
-        for name in names:
-            for unit, factor in (("", 1.0), ("_ev", 1.0), ("_mev", 1e-3)):
-                value = scope.get(name)
-                if isinstance(value, dict):
-                    for key in (f"mae{unit}",):
-                        if isinstance(value.get(key), (int, float)):
-                            return float(value[key]) * factor
-                for key in (f"{name}_mae{unit}", f"mae_{name}{unit}"):
-                    if isinstance(scope.get(key), (int, float)):
-                        return float(scope[key]) * factor
-            mae = scope.get("mae")
-            if isinstance(mae, dict) and isinstance(mae.get(name), (int, float)):
-                return float(mae[name])
-    return None
+    """The test MAE of ``target`` in eV from the ``test_metrics.json`` of ``molequi train``:
+    ``energy_mae_meV`` for U0 (the energy label of the QM9 reader), ``<target>_mae`` (eV) else."""
+    if target == "U0":
+        value = metrics.get("energy_mae_meV")
+        return None if value is None else float(value) * 1e-3
+    value = metrics.get(f"{target}_mae")
+    return None if value is None else float(value)
 
 
 def machine() -> dict[str, Any]:
@@ -168,6 +137,7 @@ def run_point(args: argparse.Namespace, target: str, n_train: int, base: dict) -
         "--out", str(run_dir / "model"),
         "--device", args.device,
         "--max-minutes", f"{args.max_minutes:g}",
+        "--target", target,
     ]  # fmt: skip
     record: dict[str, Any] = {
         "target": target,

@@ -5,14 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 
-HELP = "Evaluate a model on structures with reference energies (eV) and forces (eV/Å); prints metrics as JSON."
+HELP = (
+    "Evaluate a model on labelled structures and print its errors as JSON: energy (meV) and force (meV/Å) "
+    "MAE/RMSE, and <property>_mae / <property>_rmse in the label's unit for each property head it was trained on."
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", metavar="MODEL", help="model file written by 'molequi train' (model.molequi)")
-    parser.add_argument("data", metavar="DATA", help="labelled structures: extxyz, ASE .db or rMD17 .npz")
+    parser.add_argument("data", metavar="DATA", help="labelled structures: extxyz, ASE .db, rMD17 .npz, or qm9[:SPLIT][?n=N&seed=S]")
     parser.add_argument("--plot", metavar="PNG", default=None,
-                        help="also write a parity plot (predicted vs reference energies and force components)")
+                        help="also write a parity plot (predicted vs reference, one panel per trained output)")
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
     parser.add_argument("--batch-size", type=int, default=32, help="structures per batch (memory only)")
     parser.add_argument("--out", metavar="JSON", default=None, help="also write the metrics to this JSON file")

@@ -7,7 +7,10 @@ import json
 
 from molequi.errors import ConfigError
 
-HELP = "Train an equivariant potential on structures labelled with energies (eV) and forces (eV/Å)."
+HELP = (
+    "Train an equivariant potential on structures labelled with energies (eV) and forces (eV/Å), "
+    "or a property model (--target gap, --target U0, --target dipole_norm ...) on QM9-style data."
+)
 
 # flag -> (config key, type, help); defaults come from the YAML file or TrainingConfig.
 OVERRIDES = {
@@ -49,6 +52,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --out from checkpoints/last.pt with its saved settings "
                         "(only --max-epochs, --max-minutes, --device, --num-workers may change)")
+    parser.add_argument("--target", action="append", default=[], metavar="NAME[:KIND]",
+                        help="train this label instead of energies+forces (repeatable): 'energy' or 'U0' = the energy "
+                        "label without forces; any other NAME = a property head on atoms.info[NAME] of KIND intensive "
+                        "(default), extensive, or dipole (default for dipole*; a 1-component label is compared with "
+                        "|μ|). Sets --forces-weight 0 and, without an energy target, --energy-weight 0 unless given. "
+                        "QM9 example: --data 'qm9:train?n=20000' --target gap")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (one line per epoch only)")
     for flag, (key, kind, text) in OVERRIDES.items():
         if key.startswith("model."):
@@ -80,12 +89,14 @@ def run(args: argparse.Namespace) -> int:
     if args.resume:
         if args.config is not None:
             raise ConfigError("--resume continues with the run's saved settings; do not pass --config")
+        if args.target:
+            raise ConfigError("--resume continues with the run's saved targets; do not pass --target")
         config, data = resume_settings(args.out, overrides)
         data = getattr(args, "data", data)
     else:
         if not hasattr(args, "data"):
             raise ConfigError("--data is required (the training file(s))")
-        config = load_config(args.config, overrides)
+        config = load_config(args.config, overrides, targets=args.target)
         data = args.data
     result = train(config, data, args.out, test_data=args.test_data, resume=args.resume)
     if result.test_metrics is not None:

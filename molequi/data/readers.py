@@ -124,6 +124,6 @@ def require_labels(structures: list[Atoms], path: str | Path, energy: bool = Tru
         if energy and e is None:
             raise DataFormatError(f"{path}: structure {k} has no energy label (training needs energies)")
         if forces and f is None:
-            raise DataFormatError(f"{path}: structure {k} has no forces label (training needs forces)")
+            raise DataFormatError(f"{path}: structure {k} has no forces label (training on forces needs them; for energies/properties only pass --forces-weight 0 or --target NAME)")
         if f is not None and f.shape != (len(atoms), 3):
             raise DataFormatError(f"{path}: structure {k} has forces of shape {f.shape}, expected ({len(atoms)}, 3)")

@@ -19,8 +19,10 @@ class EnergyStatistics:
     Attributes:
         e0s: atomic number -> reference energy, eV (least-squares fit of E ≈ Σ_i E0[Z_i]).
         shift: mean per-atom energy left after subtracting the E0s, eV/atom.
-        scale: RMS of the force components, eV/Å (1.0 without forces), the natural unit
-            for the network's per-atom energy outputs (as in MACE).
+        scale: RMS of the force components, eV/Å, the natural unit for the network's per-atom
+            energy outputs (as in MACE). Without forces (QM9-style data): the standard deviation
+            of the per-atom residual energies left after the E0s and the shift, eV/atom. 1.0 when
+            that is ~0 or there are no energies either.
         avg_num_neighbors: mean number of neighbors within the cutoff; messages are divided by it.
     """
 
@@ -53,23 +55,35 @@ def fit_e0s(graphs: Sequence[Data], species: Sequence[int]) -> dict[int, float]:
 
 
 def compute_statistics(graphs: Sequence[Data], species: Sequence[int]) -> EnergyStatistics:
-    """E0s, per-atom shift, force-RMS scale and mean neighbor count of ``graphs``."""
+    """E0s, per-atom shift, energy scale and mean neighbor count of ``graphs``.
+
+    The scale is the force RMS when the graphs carry forces, else the standard deviation of the
+    per-atom residual energies (after the E0s). Without energy labels at all (a model trained
+    on property heads only) the E0s and the shift are 0 and the scale is the force RMS or 1.
+    """
     if not graphs:
         raise DataFormatError("cannot compute statistics of an empty training set")
-    e0s = fit_e0s(graphs, species)
+    with_energy = all("energy" in graph for graph in graphs)
+    e0s = fit_e0s(graphs, species) if with_energy else {int(z): 0.0 for z in species}
     residual_per_atom, force_squares, n_force_components, n_neighbors, n_atoms = [], 0.0, 0, 0, 0
     for graph in graphs:
-        reference = sum(e0s[int(z)] for z in graph.numbers)
-        residual_per_atom.append((float(graph.energy) - reference) / graph.num_nodes)
+        if with_energy:
+            reference = sum(e0s[int(z)] for z in graph.numbers)
+            residual_per_atom.append((float(graph.energy) - reference) / graph.num_nodes)
         if "forces" in graph:
             force_squares += float((graph.forces**2).sum())
             n_force_components += graph.forces.numel()
         n_neighbors += graph.edge_index.shape[1]
         n_atoms += graph.num_nodes
-    scale = float(np.sqrt(force_squares / n_force_components)) if n_force_components else 1.0
+    if n_force_components:
+        scale = float(np.sqrt(force_squares / n_force_components))
+    elif len(residual_per_atom) > 1:
+        scale = float(np.std(residual_per_atom))
+    else:
+        scale = 1.0
     return EnergyStatistics(
         e0s=e0s,
-        shift=float(np.mean(residual_per_atom)),
+        shift=float(np.mean(residual_per_atom)) if residual_per_atom else 0.0,
         scale=scale if scale > 1e-8 else 1.0,
         avg_num_neighbors=max(n_neighbors / n_atoms, 1.0),
     )

@@ -35,6 +35,13 @@ class ModelConfig:
         e0s: atomic number (as str, for JSON) -> reference energy, eV.
         energy_shift: per-atom energy shift, eV.
         energy_scale: per-atom energy scale, eV (the force RMS of the training data).
+        property_stats: property name -> ``[shift, scale]`` (set from the training labels) of an
+            intensive or extensive head: its per-atom output is ``scale · raw + shift`` before
+            pooling (intensive: mean and std of the label; extensive: of the label per atom).
+            Heads not listed (dipoles, models saved before this field) are not rescaled.
+        trained_outputs: the outputs the training loss fitted (set by ``molequi train``):
+            ``energy``, ``forces`` and property names. A model trained on a gap alone predicts
+            an energy too, but an untrained one; ``molequi evaluate`` reports only these.
     """
 
     species: list[int] = field(default_factory=list)
@@ -53,6 +60,8 @@ class ModelConfig:
     e0s: dict[str, float] = field(default_factory=dict)
     energy_shift: float = 0.0
     energy_scale: float = 1.0
+    property_stats: dict[str, list[float]] = field(default_factory=dict)
+    trained_outputs: list[str] = field(default_factory=lambda: ["energy", "forces"])
 
     def __post_init__(self) -> None:
         self.validate()
@@ -76,7 +85,17 @@ class ModelConfig:
         for name, kind in self.properties.items():
             if kind not in PROPERTY_KINDS:
                 raise ConfigError(f"property '{name}' has kind '{kind}'; choose one of {sorted(PROPERTY_KINDS)}")
+        for name, stats in self.property_stats.items():
+            if name not in self.properties:
+                raise ConfigError(f"property_stats names '{name}', which is not a property head")
+            if len(stats) != 2 or not float(stats[1]) > 0:
+                raise ConfigError(f"property_stats['{name}'] must be [shift, scale > 0], got {stats}")
+        self.property_stats = {str(k): [float(v) for v in stats] for k, stats in self.property_stats.items()}
         self.species = sorted(int(z) for z in self.species)
+        self.trained_outputs = [str(name) for name in self.trained_outputs]
+        unknown = [name for name in self.trained_outputs if name not in ("energy", "forces", *self.properties)]
+        if unknown:
+            raise ConfigError(f"trained_outputs names {unknown}, which are neither energy, forces nor a property head")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -76,7 +76,10 @@ def read_header(path: str | Path) -> dict[str, Any]:
         raise ModelFileError(f"{path}: not a molequi model file (unreadable safetensors container: {error})") from error
     if metadata.get("format") != FORMAT_NAME:
         raise ModelFileError(f"{path}: not a molequi model file (a safetensors file without a molequi header)")
-    version = int(metadata.get("format_version", "0"))
+    raw_version = metadata.get("format_version", "")
+    if not raw_version.isdigit():
+        raise ModelFileError(f"{path}: corrupt molequi header (format_version '{raw_version}' is not a whole number)")
+    version = int(raw_version)
     if version > FORMAT_VERSION:
         raise ModelFileError(
             f"{path}: model format version {version} is newer than this molequi reads ({FORMAT_VERSION}); upgrade molequi"

@@ -54,7 +54,7 @@ class MolequiPotential(nn.Module):
         table = torch.full((MAX_ATOMIC_NUMBER + 1,), -1, dtype=torch.long)
         table[torch.tensor(config.species)] = torch.arange(num_species)
         self.register_buffer("species_index", table, persistent=False)
-        e0 = torch.zeros(MAX_ATOMIC_NUMBER + 1, dtype=torch.get_default_dtype())
+        e0 = torch.zeros(MAX_ATOMIC_NUMBER + 1, dtype=torch.float64)  # exact E0s; cast with the model
         for z, value in config.e0s.items():
             e0[int(z)] = value
         self.register_buffer("e0", e0)
@@ -133,7 +133,11 @@ class MolequiPotential(nn.Module):
         energies = self.config.energy_scale * raw_energy + self.config.energy_shift + self.e0[numbers]
         outputs = {"energies": energies}
         for name, head in self.property_heads.items():
-            outputs[name] = self._property(self.config.properties[name], head(features), pos, batch, num_graphs)
+            per_atom = head(features)
+            stats = self.config.property_stats.get(name)
+            if stats:  # [shift, scale] of the training labels
+                per_atom = stats[1] * per_atom + stats[0]
+            outputs[name] = self._property(self.config.properties[name], per_atom, pos, batch, num_graphs)
         return outputs
 
     @staticmethod

@@ -15,7 +15,7 @@ from molequi.nn.forces import ForceOutput
 class ModelScorer:
     """A committee of molequi models of the same kind, as a screening scorer.
 
-    Predicts ``energy`` (eV, total) and every property head of the models (e.g. ``gap`` eV,
+    Predicts ``energy`` (eV, total; only if the models were trained on energies) and every property head of the models (e.g. ``gap`` eV,
     ``dipole_norm`` e·Å from a ``dipole`` head). Members must share species and properties.
     """
 
@@ -30,16 +30,19 @@ class ModelScorer:
         self.batch_size = batch_size
         self.species = set(configs[0].species)
         self.heads = dict(configs[0].properties)
-        self.properties = ["energy"] + [f"{n}_norm" if k == "dipole" else n for n, k in self.heads.items()]
+        self.with_energy = "energy" in configs[0].trained_outputs  # a gap-only model's energy is untrained
+        self.properties = (["energy"] if self.with_energy else []) + [_scored_name(n, k) for n, k in self.heads.items()]
 
     def predict(self, atoms: list[ase.Atoms]) -> dict[str, np.ndarray]:
         """``{property: [n_members, n_molecules]}``; forces are not needed for scoring."""
         per_member = [predict(model, atoms, self.batch_size, compute_forces=False) for model in self.models]
-        out = {"energy": np.array([[r["energy"] for r in results] for results in per_member])}
+        out = {}
+        if self.with_energy:
+            out["energy"] = np.array([[r["energy"] for r in results] for results in per_member])
         for name, kind in self.heads.items():
             values = np.array([[np.asarray(r[name]) for r in results] for results in per_member])
             if kind == "dipole":
-                out[f"{name}_norm"] = np.linalg.norm(values, axis=-1)
+                out[_scored_name(name, kind)] = np.linalg.norm(values, axis=-1)
             else:
                 out[name] = values[..., 0]
         return out
@@ -49,3 +52,9 @@ def load_scorers(paths: Sequence[str | Path], device: str = "cpu") -> list[Model
     """All ``--model`` paths as one committee scorer (its std is the committee's spread)."""
     models = [load_model(path, device=device) for path in paths]
     return [ModelScorer(models, name="+".join(Path(p).name for p in paths))]
+
+
+def _scored_name(name: str, kind: str) -> str:
+    """The screening property of a head: a dipole head ``mu`` is scored by its magnitude
+    ``mu_norm`` (a head already named ``dipole_norm``, trained on QM9's |μ|, keeps its name)."""
+    return f"{name}_norm" if kind == "dipole" and not name.endswith("_norm") else name

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,17 +18,29 @@ from typing import Any
 import yaml
 
 from molequi.errors import ConfigError
-from molequi.models.config import ModelConfig
+from molequi.models.config import PROPERTY_KINDS, ModelConfig
 from molequi.utils import closest_name
 
 DEFAULT_YAML = Path(__file__).with_name("default.yaml")
 """The shipped, commented defaults file."""
 
-DERIVED_MODEL_KEYS = ("species", "e0s", "energy_shift", "energy_scale", "avg_num_neighbors")
+DERIVED_MODEL_KEYS = (
+    "species", "e0s", "energy_shift", "energy_scale", "avg_num_neighbors", "property_stats",
+    "trained_outputs",
+)
 """ModelConfig fields computed from the training data, never set by hand."""
 
 ARCHITECTURE_KEYS = tuple(f.name for f in dataclasses.fields(ModelConfig) if f.name not in DERIVED_MODEL_KEYS)
 """ModelConfig fields a training config may set (the ``model:`` section)."""
+
+RESERVED_PROPERTY_NAMES = (
+    "energy", "energies", "forces", "stress", "pos", "numbers", "cell", "pbc", "edge_index", "shifts",
+    "batch", "ptr", "index",
+)
+"""Names a property head cannot take: they are the model's outputs or fields of a graph."""
+
+ENERGY_TARGETS = ("energy", "u0")
+"""``--target`` names (case-insensitive) that mean the total-energy label itself (QM9: U0)."""
 
 RESUMABLE_KEYS = ("max_epochs", "max_minutes", "device", "num_workers", "progress", "eval_batch_size")
 """Settings that may change when a run is resumed (the rest would break exact continuation)."""
@@ -81,11 +94,15 @@ class TrainingConfig:
             checkpointed as best and exported. 0 disables the average.
         early_stopping_patience: stop after this many validations without improvement of the
             validation loss; 0 disables early stopping.
-        energy_weight: weight of the per-atom energy MSE (eV²/atom²) in the loss.
-        forces_weight: weight of the force-component MSE ((eV/Å)²) in the loss.
+        energy_weight: weight of the per-atom energy MSE (eV²/atom²) in the loss. 0 trains no
+            energy (a property-only model); the energy labels are then optional.
+        forces_weight: weight of the force-component MSE ((eV/Å)²) in the loss. 0 (or training
+            data without any forces, such as QM9) trains on energies/properties only: no forces
+            are needed, computed or reported.
         property_weights: property name -> weight of its MSE, for property heads declared in
             ``model.properties`` (labels are read from each structure's ``atoms.info``);
-            properties not listed get weight 1.
+            properties not listed get weight 1. At least one weight (energy, forces or a
+            property) must be positive.
         validation: structures held out for validation: a count (int ≥ 1) or a fraction in
             (0, 1). The split is a pure function of the data size, this value and ``seed``.
         seed: seeds the split, the weight initialisation and the shuffling.
@@ -156,7 +173,6 @@ class TrainingConfig:
             (self.early_stopping_patience >= 0, f"early_stopping_patience must be ≥ 0, got {self.early_stopping_patience}"),
             (self.energy_weight >= 0, f"energy_weight must be ≥ 0, got {self.energy_weight}"),
             (self.forces_weight >= 0, f"forces_weight must be ≥ 0, got {self.forces_weight}"),
-            (self.energy_weight + self.forces_weight > 0, "energy_weight and forces_weight cannot both be 0"),
             (self.eval_interval >= 1, f"eval_interval must be ≥ 1, got {self.eval_interval}"),
             (self.num_workers >= 0, f"num_workers must be ≥ 0, got {self.num_workers}"),
             (
@@ -179,6 +195,20 @@ class TrainingConfig:
                 )
             if weight < 0:
                 raise ConfigError(f"property_weights['{name}'] must be ≥ 0, got {weight}")
+        for name in self.model.properties:
+            if name in RESERVED_PROPERTY_NAMES:
+                raise ConfigError(
+                    f"a property head cannot be named '{name}' (reserved for the model's inputs/outputs); "
+                    "for the total energy use energy_weight (or --target energy)"
+                )
+        total = self.energy_weight + self.forces_weight + sum(
+            self.property_weights.get(name, 1.0) for name in self.model.properties
+        )
+        if total <= 0:
+            raise ConfigError(
+                "every loss weight is 0 (energy_weight, forces_weight and property_weights): nothing to train; "
+                "set at least one positive weight"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain mapping in the YAML layout (architecture keys only under ``model``)."""
@@ -234,7 +264,9 @@ def model_from_dict(values: dict[str, Any]) -> ModelConfig:
         raise ConfigError(f"invalid model settings: {error}") from error
 
 
-def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainingConfig:
+def load_config(
+    path: str | Path | None = None, overrides: dict[str, Any] | None = None, targets: Sequence[str] = ()
+) -> TrainingConfig:
     """Read a YAML training config (or start from the defaults) and apply ``overrides``.
 
     Args:
@@ -242,6 +274,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             architecture), or None for the defaults.
         overrides: top-level keys (``{"learning_rate": 1e-3}``), a ``"model"`` mapping, or dotted
             model keys (``{"model.channels": 64}``); they win over the file.
+        targets: ``--target`` specs applied last (see :func:`apply_targets`).
 
     Raises:
         ConfigError: unreadable YAML, unknown keys (naming the closest valid one) or bad values.
@@ -261,12 +294,71 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             raise ConfigError(f"{path}: a training config must be a mapping of settings")
         values = loaded
     values = merge_overrides(values, overrides or {})
+    if targets:
+        values = apply_targets(values, targets)
     try:
         return TrainingConfig.from_dict(values)
     except ConfigError as error:
         if path is not None:
             raise ConfigError(f"{path}: {error}") from error
         raise
+
+
+def parse_target(spec: str) -> tuple[str, str | None]:
+    """``"NAME[:KIND]"`` -> (name, kind or None for the total energy).
+
+    ``energy``/``U0`` (any case, no kind) mean the structures' energy label (QM9: U0, eV). Any
+    other name is a property head reading ``atoms.info[NAME]``; its kind defaults to
+    ``dipole`` for names starting with ``dipole`` and to ``intensive`` otherwise.
+    """
+    name, _, kind = str(spec).strip().partition(":")
+    name, kind = name.strip(), kind.strip()
+    if not name:
+        raise ConfigError(f"--target needs a name (NAME or NAME:KIND), got '{spec}'")
+    if name.lower() in ENERGY_TARGETS and not kind:
+        return name, None
+    if name == "energy":
+        raise ConfigError("--target energy trains the energy label itself and takes no kind; drop ':" + kind + "'")
+    if not kind:
+        kind = "dipole" if name.lower().startswith("dipole") else "intensive"
+    if kind not in PROPERTY_KINDS:
+        raise ConfigError(f"--target {spec}: unknown kind '{kind}'; choose one of {sorted(PROPERTY_KINDS)}")
+    return name, kind
+
+
+def apply_targets(values: dict[str, Any], targets: Sequence[str]) -> dict[str, Any]:
+    """Apply ``--target NAME[:KIND]`` specs to a config mapping in the YAML layout.
+
+    * ``energy``/``U0``: train the energy label (QM9: U0, eV) without forces.
+    * any other NAME: add a property head ``model.properties[NAME] = KIND`` with weight 1
+      (unless ``property_weights`` already names it).
+
+    ``energy_weight`` and ``forces_weight`` are set only where ``values`` does not set them:
+    ``forces_weight`` 0, and ``energy_weight`` 1 if an energy target is given, else 0 (a pure
+    property model).
+    """
+    merged = dict(values)
+    model = dict(merged.get("model") or {})
+    properties = dict(model.get("properties") or {})
+    weights = dict(merged.get("property_weights") or {})
+    train_energy = False
+    for spec in targets:
+        name, kind = parse_target(spec)
+        if kind is None:
+            train_energy = True
+            continue
+        if name in properties and properties[name] != kind:
+            raise ConfigError(f"--target {spec}: model.properties already declares '{name}' as '{properties[name]}'")
+        properties[name] = kind
+        weights.setdefault(name, 1.0)
+    if properties:
+        model["properties"] = properties
+        merged["model"] = model
+    if weights:
+        merged["property_weights"] = weights
+    merged.setdefault("forces_weight", 0.0)
+    merged.setdefault("energy_weight", 1.0 if train_energy else 0.0)
+    return merged
 
 
 def merge_overrides(values: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

@@ -29,12 +29,15 @@ def load_graphs(
     cutoff: float,
     properties: Sequence[str] = (),
     labels: bool = True,
+    require_energy: bool = True,
+    require_forces: bool = True,
 ) -> list[Data]:
     """Read every structure of ``paths`` and convert it to a graph with a ``cutoff`` (Å).
 
     Each graph carries ``index`` (its position in the concatenated files). With ``labels``,
-    every structure must have a finite energy and forces of the right shape, and every name in
-    ``properties`` in its ``atoms.info``.
+    the energy and forces found are attached (and must be finite); ``require_energy`` /
+    ``require_forces`` make them mandatory, and every name in ``properties`` must be in each
+    structure's ``atoms.info``.
 
     Raises:
         DataFormatError / InvalidStructureError: naming the file and the structure index.
@@ -45,7 +48,7 @@ def load_graphs(
     for path in paths:
         structures = read_structures(path)
         if labels:
-            require_labels(structures, path)
+            require_labels(structures, path, energy=require_energy, forces=require_forces)
         for k, atoms in enumerate(structures):
             name = f"{path}: structure {k}"
             values = {}
@@ -56,11 +59,46 @@ def load_graphs(
             graph = atoms_to_graph(atoms, cutoff, with_labels=labels, properties=values, name=name)
             if labels:
                 for key in ("energy", "forces", *properties):
-                    if not torch.isfinite(graph[key]).all():
+                    if key in graph and not torch.isfinite(graph[key]).all():
                         raise DataFormatError(f"{name}: the '{key}' label is not finite (NaN or inf)")
             graph.index = torch.tensor([len(graphs)])
             graphs.append(graph)
+    check_uniform_labels(graphs, paths)
     return graphs
+
+
+def check_uniform_labels(graphs: Sequence[Data], paths: Sequence[str | Path]) -> None:
+    """Batching needs every graph to carry the same labels: energy/forces on all or none."""
+    for key in ("energy", "forces"):
+        having = [key in graph for graph in graphs]
+        if any(having) and not all(having):
+            missing = having.index(False)
+            raise DataFormatError(
+                f"{', '.join(map(str, paths))}: structure {missing} has no {key} label while others have one; "
+                f"label every structure or none"
+            )
+
+
+def property_statistics(graphs: Sequence[Data], properties: dict[str, str]) -> dict[str, list[float]]:
+    """``[shift, scale]`` of each intensive/extensive head from the training labels, so that
+    the network's raw per-atom outputs are O(1): intensive heads use the label's mean and std,
+    extensive heads those of the label per atom. Dipole heads are not rescaled."""
+    stats = {}
+    for name, kind in properties.items():
+        if kind == "dipole":
+            continue
+        values = np.array([float(graph[name].reshape(-1)[0]) for graph in graphs])
+        if kind == "extensive":
+            values = values / np.array([graph.num_nodes for graph in graphs], dtype=np.float64)
+        scale = float(np.std(values)) if len(values) > 1 else 1.0
+        stats[name] = [float(np.mean(values)), scale if scale > 1e-8 else 1.0]
+    return stats
+
+
+def trained_outputs(energy_weight: float, forces_weight: float, property_weights: dict[str, float], properties) -> list[str]:
+    """The outputs a loss with these weights fits (names of positive-weight terms)."""
+    outputs = [name for name, weight in (("energy", energy_weight), ("forces", forces_weight)) if weight > 0]
+    return outputs + [name for name in properties if property_weights.get(name, 1.0) > 0]
 
 
 @dataclass
@@ -80,13 +118,21 @@ def prepare_data(
     architecture: ModelConfig,
     validation: int | float,
     seed: int,
+    outputs: Sequence[str] = ("energy", "forces"),
 ) -> PreparedData:
     """Read the training file(s), split with ``seed``, and fill the model's data statistics.
 
-    The E0s, energy shift/scale and mean neighbor count are computed on the training part
-    only; ``species`` covers every structure (training and validation).
+    ``outputs`` are the trained outputs (see :func:`trained_outputs`): energies/forces are
+    required only when trained. The E0s, energy shift/scale, property shifts/scales and mean
+    neighbor count are computed on the training part only; ``species`` covers every structure.
     """
-    graphs = load_graphs(paths, architecture.cutoff, properties=list(architecture.properties))
+    graphs = load_graphs(
+        paths,
+        architecture.cutoff,
+        properties=list(architecture.properties),
+        require_energy="energy" in outputs,
+        require_forces="forces" in outputs,
+    )
     train_indices, validation_indices = train_validation_split(len(graphs), validation, seed)
     train = [graphs[k] for k in train_indices]
     held_out = [graphs[k] for k in validation_indices]
@@ -99,5 +145,7 @@ def prepare_data(
         energy_shift=statistics.shift,
         energy_scale=statistics.scale,
         avg_num_neighbors=statistics.avg_num_neighbors,
+        property_stats=property_statistics(train, architecture.properties),
+        trained_outputs=list(outputs),
     )
     return PreparedData(train, held_out, model_config, statistics, train_indices, validation_indices)

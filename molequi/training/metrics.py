@@ -3,6 +3,10 @@
 Units: energy errors are on the total energy per structure, in meV; force errors are per
 Cartesian component, in meV/Å; property errors are in the property's own unit (eV for
 energies such as a gap, e·Å for dipoles).
+
+Every label is optional: a term (and its metrics) exists only for batches that carry the label
+and outputs that predict it, so QM9-style data without forces train and report energies and
+properties only.
 """
 
 from __future__ import annotations
@@ -20,25 +24,44 @@ def atoms_per_graph(batch) -> torch.Tensor:
     return (batch.ptr[1:] - batch.ptr[:-1]) if hasattr(batch, "ptr") else torch.tensor([batch.num_nodes])
 
 
+def has_label(batch, key: str) -> bool:
+    """Whether every structure of ``batch`` carries the label ``key``."""
+    return key in batch and batch[key] is not None
+
+
+def property_prediction(predicted: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """The prediction to compare with ``label``: a predicted dipole vector [G, 3] against a
+    magnitude label [G, 1] (QM9 gives only |μ|) is compared through its norm."""
+    if predicted.shape[-1] == 3 and label.shape[-1] == 1:
+        return torch.linalg.vector_norm(predicted, dim=-1, keepdim=True)
+    return predicted
+
+
 def loss_terms(
     outputs: Mapping[str, torch.Tensor], batch, properties: Sequence[str] = ()
 ) -> dict[str, torch.Tensor]:
     """Mean squared errors: ``energy`` per atom (eV²/atom²), ``forces`` per component ((eV/Å)²),
-    and one per property head (its unit squared)."""
+    and one per property head (its unit squared), for the labels the batch carries."""
     dtype = outputs["energy"].dtype
-    n_atoms = atoms_per_graph(batch).to(outputs["energy"].device, dtype)
-    terms = {
-        "energy": (((outputs["energy"] - batch.energy.to(dtype)) / n_atoms) ** 2).mean(),
-        "forces": ((outputs["forces"] - batch.forces.to(dtype)) ** 2).mean(),
-    }
+    terms = {}
+    if has_label(batch, "energy"):
+        n_atoms = atoms_per_graph(batch).to(outputs["energy"].device, dtype)
+        terms["energy"] = (((outputs["energy"] - batch.energy.to(dtype)) / n_atoms) ** 2).mean()
+    if "forces" in outputs and has_label(batch, "forces"):
+        terms["forces"] = ((outputs["forces"] - batch.forces.to(dtype)) ** 2).mean()
     for name in properties:
-        terms[name] = ((outputs[name] - batch[name].to(dtype)) ** 2).mean()
+        label = batch[name].to(dtype)
+        terms[name] = ((property_prediction(outputs[name], label) - label) ** 2).mean()
     return terms
 
 
 def weighted_loss(terms: Mapping[str, torch.Tensor], weights: Mapping[str, float]) -> torch.Tensor:
-    """``Σ weight · term`` (MACE-style: w_E · MSE(E/N) + w_F · MSE(F) + Σ w_p · MSE(p))."""
-    return sum(weights.get(name, 1.0) * term for name, term in terms.items())
+    """``Σ weight · term`` (MACE-style: w_E · MSE(E/N) + w_F · MSE(F) + Σ w_p · MSE(p)); terms of
+    weight 0 are left out, so a missing label never turns into NaN."""
+    used = [weights.get(name, 1.0) * term for name, term in terms.items() if weights.get(name, 1.0) > 0]
+    if not used:
+        raise ValueError(f"no loss term has a positive weight (terms {sorted(terms)}, weights {dict(weights)})")
+    return sum(used)
 
 
 class MetricSums:
@@ -48,26 +71,28 @@ class MetricSums:
     def __init__(self, properties: Sequence[str] = (), weights: Mapping[str, float] | None = None) -> None:
         self.properties = list(properties)
         self.weights = dict(weights or {})
-        # [n_structures, |dE| sum, dE² sum, (dE/N)² sum, n_components, |dF| sum, dF² sum, then per
-        # property: n_values, |dp| sum, dp² sum]
-        self.sums = torch.zeros(7 + 3 * len(self.properties), dtype=torch.float64)
+        # [n_structures, n_energies, |dE| sum, dE² sum, (dE/N)² sum, n_components, |dF| sum, dF² sum,
+        # then per property: n_values, |dp| sum, dp² sum]
+        self.sums = torch.zeros(8 + 3 * len(self.properties), dtype=torch.float64)
 
     @torch.no_grad()
     def add(self, outputs: Mapping[str, torch.Tensor], batch) -> None:
-        n_atoms = atoms_per_graph(batch).to(torch.float64).cpu()
-        d_energy = (outputs["energy"].detach().to(torch.float64).cpu() - batch.energy.to(torch.float64).cpu())
-        d_forces = (outputs["forces"].detach().to(torch.float64).cpu() - batch.forces.to(torch.float64).cpu())
-        values = [
-            float(d_energy.numel()),
-            float(d_energy.abs().sum()),
-            float((d_energy**2).sum()),
-            float(((d_energy / n_atoms) ** 2).sum()),
-            float(d_forces.numel()),
-            float(d_forces.abs().sum()),
-            float((d_forces**2).sum()),
-        ]
+        values = [float(outputs["energy"].numel())] + [0.0] * 7
+        if has_label(batch, "energy"):
+            n_atoms = atoms_per_graph(batch).to(torch.float64).cpu()
+            d_energy = outputs["energy"].detach().to(torch.float64).cpu() - batch.energy.to(torch.float64).cpu()
+            values[1:5] = [
+                float(d_energy.numel()),
+                float(d_energy.abs().sum()),
+                float((d_energy**2).sum()),
+                float(((d_energy / n_atoms) ** 2).sum()),
+            ]
+        if "forces" in outputs and has_label(batch, "forces"):
+            d_forces = outputs["forces"].detach().to(torch.float64).cpu() - batch.forces.to(torch.float64).cpu()
+            values[5:8] = [float(d_forces.numel()), float(d_forces.abs().sum()), float((d_forces**2).sum())]
         for name in self.properties:
-            d = outputs[name].detach().to(torch.float64).cpu() - batch[name].to(torch.float64).cpu()
+            label = batch[name].to(torch.float64).cpu()
+            d = property_prediction(outputs[name].detach().to(torch.float64).cpu(), label) - label
             values += [float(d.numel()), float(d.abs().sum()), float((d**2).sum())]
         self.sums += torch.tensor(values, dtype=torch.float64)
 
@@ -82,20 +107,26 @@ class MetricSums:
             self.sums = tensor.cpu()
 
     def result(self) -> dict[str, float]:
-        """MAE/RMSE in meV (energy) and meV/Å (forces), the weighted loss, and per-property MAE."""
+        """MAE/RMSE in meV (energy) and meV/Å (forces) where labels were seen, the weighted
+        loss, per-property ``<name>_mae`` and ``<name>_rmse``, and ``n_structures``."""
         s = self.sums.tolist()
-        n, nf = max(s[0], 1.0), max(s[4], 1.0)
-        result = {
-            "energy_mae_meV": 1000.0 * s[1] / n,
-            "energy_rmse_meV": 1000.0 * math.sqrt(s[2] / n),
-            "forces_mae_meV_per_A": 1000.0 * s[5] / nf,
-            "forces_rmse_meV_per_A": 1000.0 * math.sqrt(s[6] / nf),
-        }
-        loss = self.weights.get("energy", 1.0) * s[3] / n + self.weights.get("forces", 1.0) * s[6] / nf
+        result: dict[str, float] = {}
+        loss = 0.0
+        n, nf = s[1], s[5]
+        if n > 0:
+            result["energy_mae_meV"] = 1000.0 * s[2] / n
+            result["energy_rmse_meV"] = 1000.0 * math.sqrt(s[3] / n)
+            loss += self.weights.get("energy", 1.0) * s[4] / n
+        if nf > 0:
+            result["forces_mae_meV_per_A"] = 1000.0 * s[6] / nf
+            result["forces_rmse_meV_per_A"] = 1000.0 * math.sqrt(s[7] / nf)
+            loss += self.weights.get("forces", 1.0) * s[7] / nf
         for k, name in enumerate(self.properties):
-            count, absolute, square = s[7 + 3 * k : 10 + 3 * k]
-            result[f"{name}_mae"] = absolute / max(count, 1.0)
-            loss += self.weights.get(name, 1.0) * square / max(count, 1.0)
+            count, absolute, square = s[8 + 3 * k : 11 + 3 * k]
+            if count > 0:
+                result[f"{name}_mae"] = absolute / count
+                result[f"{name}_rmse"] = math.sqrt(square / count)
+                loss += self.weights.get(name, 1.0) * square / count
         result["loss"] = loss
         result["n_structures"] = int(s[0])
         return result

@@ -62,8 +62,8 @@ from molequi.models.config import ModelConfig
 from molequi.models.io import DTYPES, build_model, save_model
 from molequi.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from molequi.training.config import RESUMABLE_KEYS, TrainingConfig, save_config
-from molequi.training.data import load_graphs, prepare_data
-from molequi.training.evaluate import evaluate_graphs, resolve_device
+from molequi.training.data import load_graphs, prepare_data, trained_outputs
+from molequi.training.evaluate import evaluate_graphs, parity_panels, reported_metrics, resolve_device
 from molequi.training.metrics import MetricSums, loss_terms, weighted_loss
 from molequi.training.plots import learning_curve, parity_plot
 from molequi.utils import atomic_write
@@ -82,6 +82,9 @@ LOG_COLUMNS = [
     "val_forces_rmse_meV_per_A",
     "train_structures",
 ]
+
+VALIDATION_KEYS = ("loss", "energy_mae_meV", "energy_rmse_meV", "forces_mae_meV_per_A", "forces_rmse_meV_per_A")
+"""Validation metrics logged every evaluation (NaN where the data or the loss lack that label)."""
 
 
 class ExponentialMovingAverage:
@@ -328,14 +331,23 @@ def _train(
         changed = [key for key in saved if key not in RESUMABLE_KEYS and saved[key] != current[key]]
         if changed:
             raise ConfigError(f"cannot resume with changed settings {changed}; only {', '.join(RESUMABLE_KEYS)} may change")
-    prepared = prepare_data(paths, config.model, config.validation, config.seed)
+    outputs_trained = trained_outputs(
+        config.energy_weight, config.forces_weight, config.property_weights, config.model.properties
+    )
+    prepared = prepare_data(paths, config.model, config.validation, config.seed, outputs_trained)
     model_config = prepared.model_config
     if state is not None:
         model_config = ModelConfig(**state["model_config"])
     properties = list(model_config.properties)
     test_graphs = None
     if test_paths:
-        test_graphs = load_graphs(test_paths, model_config.cutoff)
+        test_graphs = load_graphs(
+            test_paths,
+            model_config.cutoff,
+            properties=properties,
+            require_energy="energy" in outputs_trained,
+            require_forces="forces" in outputs_trained,
+        )
         present = {int(z) for graph in test_graphs for z in graph.numbers.unique().tolist()}
         unknown = sorted(present - set(model_config.species))
         if unknown:
@@ -362,6 +374,7 @@ def _train(
         trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = _make_optimizer(config, model)
     scheduler = _make_scheduler(config, optimizer)
+    with_forces = "forces" in outputs_trained  # no force pass (≈2/3 of the cost) when unused
     weights = {"energy": config.energy_weight, "forces": config.forces_weight}
     weights.update({name: config.property_weights.get(name, 1.0) for name in properties})
 
@@ -464,7 +477,7 @@ def _train(
         try:
             for batch in loader:
                 batch = batch.to(device)
-                outputs = trained(batch, compute_forces=True)
+                outputs = trained(batch, compute_forces=with_forces)
                 loss = weighted_loss(loss_terms(outputs, batch, properties), weights)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -477,12 +490,7 @@ def _train(
                 loss_sum += float(loss.detach())
                 n_batches += 1
                 if progress is not None:
-                    running = train_sums.result()
-                    progress.set_postfix(
-                        loss=f"{loss_sum / n_batches:.4g}",
-                        E=f"{running['energy_mae_meV']:.1f}meV",
-                        F=f"{running['forces_mae_meV_per_A']:.1f}meV/Å",
-                    )
+                    progress.set_postfix(loss=f"{loss_sum / n_batches:.4g}", **_progress_fields(train_sums.result()))
                     progress.update()
                 if deadline is not None and ddp.any(time.monotonic() > deadline, device):
                     out_of_time = True
@@ -503,16 +511,20 @@ def _train(
             "epoch": epoch,
             "lr": optimizer.param_groups[0]["lr"],
             "train_loss": float(losses[0] / max(float(losses[1]), 1.0)),
-            "train_energy_mae_meV": train_metrics["energy_mae_meV"],
-            "train_forces_mae_meV_per_A": train_metrics["forces_mae_meV_per_A"],
+            "train_energy_mae_meV": train_metrics.get("energy_mae_meV", math.nan),
+            "train_forces_mae_meV_per_A": train_metrics.get("forces_mae_meV_per_A", math.nan),
             "train_structures": train_metrics["n_structures"],
         }
         last_epoch = epoch >= config.max_epochs or out_of_time
         if epoch % config.eval_interval == 0 or last_epoch:
-            sums, _ = evaluate_graphs(evaluation_model(), validation_shard, config.eval_batch_size, device, properties, weights)
+            sums, _ = evaluate_graphs(
+                evaluation_model(), validation_shard, config.eval_batch_size, device, properties, weights,
+                compute_forces=with_forces,
+            )
             sums.all_reduce()
             metrics = sums.result()
-            row.update({f"val_{key}": value for key, value in metrics.items() if key != "n_structures"})
+            row.update({f"val_{key}": metrics.get(key, math.nan) for key in VALIDATION_KEYS})
+            row.update({f"val_{name}_mae": metrics[f"{name}_mae"] for name in properties})
             if config.scheduler == "plateau":
                 scheduler.step(metrics["loss"])
             improved = metrics["loss"] < best_loss
@@ -569,15 +581,15 @@ def _train(
         ddp.barrier()
         return result
     if test_graphs is not None:
-        sums, arrays = evaluate_graphs(export, test_graphs, config.eval_batch_size, device, collect=True)
-        test_metrics = sums.result()
-        test_metrics.pop("loss")
+        sums, arrays = evaluate_graphs(
+            export, test_graphs, config.eval_batch_size, device, properties, collect=True, compute_forces=with_forces
+        )
+        test_metrics = reported_metrics(sums.result(), model_config)
         test_metrics["data"] = test_paths
         result.test_metrics = test_metrics
         files["test_metrics"] = write_json(test_metrics, out_dir / "test_metrics.json")
         files["test_parity"] = parity_plot(
-            arrays["energy_ref"], arrays["energy_pred"], arrays["forces_ref"], arrays["forces_pred"],
-            out_dir / "test_parity.png", title=f"test: {len(test_graphs)} structures",
+            parity_panels(arrays, model_config), out_dir / "test_parity.png", title=f"test: {len(test_graphs)} structures"
         )
         say("test: " + json.dumps({key: round(v, 4) if isinstance(v, float) else v for key, v in test_metrics.items()}))
     extra = {
@@ -603,11 +615,25 @@ def _train(
     return result
 
 
+def _progress_fields(metrics: dict[str, Any]) -> dict[str, str]:
+    """Short running-error fields for the progress bar (only the labels being trained)."""
+    fields = {}
+    if "energy_mae_meV" in metrics:
+        fields["E"] = f"{metrics['energy_mae_meV']:.1f}meV"
+    if "forces_mae_meV_per_A" in metrics:
+        fields["F"] = f"{metrics['forces_mae_meV_per_A']:.1f}meV/Å"
+    return fields
+
+
 def _epoch_line(row: dict[str, Any], improved: bool) -> str:
     line = f"epoch {row['epoch']:4d}  {row['time_s']:8.1f} s  lr {row['lr']:.2e}  train loss {row['train_loss']:.4g}"
     if "val_loss" in row:
-        line += (
-            f"  val loss {row['val_loss']:.4g}  E MAE {row['val_energy_mae_meV']:.2f} meV"
-            f"  F MAE {row['val_forces_mae_meV_per_A']:.2f} meV/Å" + ("  *" if improved else "")
-        )
+        line += f"  val loss {row['val_loss']:.4g}"
+        for key, label, unit in (("val_energy_mae_meV", "E", "meV"), ("val_forces_mae_meV_per_A", "F", "meV/Å")):
+            if math.isfinite(row.get(key, math.nan)):
+                line += f"  {label} MAE {row[key]:.2f} {unit}"
+        for key, value in row.items():
+            if key.endswith("_mae") and key.startswith("val_"):
+                line += f"  {key.removeprefix('val_').removesuffix('_mae')} MAE {value:.4g}"
+        line += "  *" if improved else ""
     return line

@@ -1,0 +1,99 @@
+"""Shared fixtures: small random molequi models and a few test structures.
+
+The test machines have 2 cores shared with other jobs: tiny e3nn kernels run ~10x faster with
+one intra-op thread than with two threads that contend with other processes.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from ase.build import molecule
+
+torch.set_num_threads(1)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RMD17_DIR = REPO_ROOT.parent / "shared" / "data" / "rmd17"
+
+SPECIES = (1, 6, 8)
+
+
+@functools.lru_cache(maxsize=None)
+def random_model(
+    l_max: int = 2,
+    correlation: int = 3,
+    num_layers: int = 2,
+    dtype: str = "float64",
+    properties: tuple[tuple[str, str], ...] = (),
+    seed: int = 0,
+    cutoff: float = 5.0,
+    e0s: tuple[tuple[str, float], ...] = (),
+):
+    """A freshly initialised (untrained) potential, cached per argument set: do not modify it."""
+    from molequi.models import ModelConfig, build_model
+
+    config = ModelConfig(
+        species=list(SPECIES),
+        cutoff=cutoff,
+        channels=8,
+        l_max=l_max,
+        num_layers=num_layers,
+        correlation=correlation,
+        radial_hidden=[16],
+        readout_hidden=8,
+        avg_num_neighbors=8.0,
+        properties=dict(properties),
+        e0s=dict(e0s),
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_model(config, dtype=getattr(torch, dtype))
+    return model.eval()
+
+
+def make_ethanol() -> Atoms:
+    atoms = molecule("CH3CH2OH")
+    atoms.rattle(0.05, seed=1)  # break the mirror symmetry of the ideal geometry
+    return atoms
+
+
+def make_water_box(n_molecules: int = 3, box: float = 6.0, seed: int = 0) -> Atoms:
+    """``n_molecules`` randomly oriented H2O in a cubic periodic box of ``box`` Å."""
+    rng = np.random.default_rng(seed)
+    centres = [[1.0, 1.0, 1.0], [4.0, 4.0, 1.5], [2.0, 4.5, 4.0], [4.5, 1.5, 4.5]]
+    atoms = Atoms(cell=np.eye(3) * box, pbc=True)
+    for centre in centres[:n_molecules]:
+        water = molecule("H2O")
+        water.rotate(rng.uniform(0.0, 360.0), rng.normal(size=3))
+        water.translate(centre)
+        atoms += water
+    atoms.rattle(0.02, seed=seed + 2)
+    return atoms
+
+
+@pytest.fixture
+def ethanol() -> Atoms:
+    return make_ethanol()
+
+
+@pytest.fixture
+def water_box() -> Atoms:
+    return make_water_box()
+
+
+@pytest.fixture
+def model():
+    """The default random model of the physics tests (l_max 2, correlation 3, 2 layers, float64)."""
+    return random_model()
+
+
+@pytest.fixture
+def rmd17_dir() -> Path:
+    if not RMD17_DIR.is_dir():
+        pytest.skip(f"rMD17 data not found at {RMD17_DIR} (expected ../shared/data/rmd17 beside the repo)")
+    return RMD17_DIR
