@@ -6,10 +6,13 @@
 #   bash scripts/quickstart.sh
 #   QUICKSTART_TRAIN_MINUTES=2 bash scripts/quickstart.sh    # shorter training
 # Other knobs: QUICKSTART_GAP_MINUTES, QUICKSTART_GAP_MOLECULES, QUICKSTART_SCREEN_MOLECULES,
-# QUICKSTART_WORKERS (Dask workers for the screen).
+# QUICKSTART_WORKERS (Dask workers for the screen), QUICKSTART_FRAMES, QUICKSTART_TEST_FRAMES,
+# QUICKSTART_MD_STEPS; MOLEQUI_SKIP_SETUP=1 uses the environment as it is (no pip).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-bash "$root/scripts/setup_env.sh"
+if [ -z "${MOLEQUI_SKIP_SETUP:-}" ]; then  # the test suite runs this script inside a ready .venv
+    bash "$root/scripts/setup_env.sh"
+fi
 venv="${MOLEQUI_VENV:-$root/.venv}"
 python="$venv/bin/python"
 molequi="$venv/bin/molequi"
@@ -19,14 +22,23 @@ gap_minutes="${QUICKSTART_GAP_MINUTES:-1.5}"
 gap_n="${QUICKSTART_GAP_MOLECULES:-4000}"
 screen_n="${QUICKSTART_SCREEN_MOLECULES:-1000}"
 workers="${QUICKSTART_WORKERS:-1}"
+frames="${QUICKSTART_FRAMES:-600}"
+test_frames="${QUICKSTART_TEST_FRAMES:-200}"
+md_steps="${QUICKSTART_MD_STEPS:-1000}"
 export MPLBACKEND=Agg
 mkdir -p "$out"
 cd "$root"
+for previous in model md gap_model screen; do  # a rerun starts afresh (the data set is kept)
+    if [ -e "$out/$previous" ]; then
+        echo "[quickstart] replacing the previous run's $out/$previous"
+        rm -rf "${out:?}/$previous"
+    fi
+done
 
 echo
 echo "== 1/6  GFN2-xTB data set: Langevin MD of ethanol at 500 K (datasets/xtb_md.py)"
 if [ ! -f "$out/data/xtb_ethanol_train.extxyz" ]; then
-    "$python" datasets/xtb_md.py --out "$out/data/xtb_ethanol.extxyz" --split --n-frames 600 --test-frames 200
+    "$python" datasets/xtb_md.py --out "$out/data/xtb_ethanol.extxyz" --split --n-frames "$frames" --test-frames "$test_frames"
 else
     echo "   (already there: $out/data)"
 fi
@@ -37,17 +49,17 @@ echo "== 2/6  train for ${minutes} minutes (config: scripts/quickstart.yaml)"
     --out "$out/model" --config scripts/quickstart.yaml --max-minutes "$minutes" --device cpu
 
 echo
-echo "== 3/6  evaluate on the 200 held-out test frames"
+echo "== 3/6  evaluate on the ${test_frames} held-out test frames"
 "$molequi" evaluate "$out/model/model.molequi" "$out/data/xtb_ethanol_test.extxyz" --plot "$out/model/parity.png"
 
 echo
-echo "== 4/6  NVE molecular dynamics with the trained model (1,000 steps of 0.5 fs, 4 replicas)"
+echo "== 4/6  NVE molecular dynamics with the trained model (${md_steps} steps of 0.5 fs, 4 replicas)"
 "$python" - "$out" <<'PY'
 import sys, ase.io
 out = sys.argv[1]
 ase.io.write(f"{out}/ethanol_start.xyz", ase.io.read(f"{out}/data/xtb_ethanol_test.extxyz", 0))
 PY
-"$molequi" md "$out/model/model.molequi" "$out/ethanol_start.xyz" --steps 1000 --dt 0.5 --ensemble nve \
+"$molequi" md "$out/model/model.molequi" "$out/ethanol_start.xyz" --steps "$md_steps" --dt 0.5 --ensemble nve \
     --temperature 300 --replicas 4 --out "$out/md" --traj-every 100 --log-every 10
 
 echo

@@ -116,6 +116,7 @@ def test_property_model_trains_without_forces(qm9_file, tmp_path):
     assert last["val_gap_mae"] < first["val_gap_mae"]
     assert last["val_dipole_norm_mae"] < first["val_dipole_norm_mae"]
     assert math.isnan(last["val_forces_mae_meV_per_A"])
+    assert math.isnan(last["val_energy_mae_meV"])  # the data have energies, but the energy is not trained
     metrics = json.loads((tmp_path / "run" / "test_metrics.json").read_text())
     assert {"gap_mae", "gap_rmse", "dipole_norm_mae", "dipole_norm_rmse", "n_structures"} <= set(metrics)
     assert not any(key.startswith(("energy_", "forces_")) for key in metrics)

@@ -490,7 +490,8 @@ def _train(
                 loss_sum += float(loss.detach())
                 n_batches += 1
                 if progress is not None:
-                    progress.set_postfix(loss=f"{loss_sum / n_batches:.4g}", **_progress_fields(train_sums.result()))
+                    running = reported_metrics(train_sums.result(), model_config)
+                    progress.set_postfix(loss=f"{loss_sum / n_batches:.4g}", **_progress_fields(running))
                     progress.update()
                 if deadline is not None and ddp.any(time.monotonic() > deadline, device):
                     out_of_time = True
@@ -501,7 +502,7 @@ def _train(
         if config.scheduler == "cosine":
             scheduler.step()
         train_sums.all_reduce()
-        train_metrics = train_sums.result()
+        train_metrics = reported_metrics(train_sums.result(), model_config)
         losses = torch.tensor([loss_sum, float(n_batches)], dtype=torch.float64)
         if ddp.active:
             losses = losses.to(device) if device.type == "cuda" else losses
@@ -523,7 +524,8 @@ def _train(
             )
             sums.all_reduce()
             metrics = sums.result()
-            row.update({f"val_{key}": metrics.get(key, math.nan) for key in VALIDATION_KEYS})
+            shown = {"loss": metrics["loss"], **reported_metrics(metrics, model_config)}  # untrained outputs: NaN
+            row.update({f"val_{key}": shown.get(key, math.nan) for key in VALIDATION_KEYS})
             row.update({f"val_{name}_mae": metrics[f"{name}_mae"] for name in properties})
             if config.scheduler == "plateau":
                 scheduler.step(metrics["loss"])
