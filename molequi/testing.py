@@ -31,6 +31,7 @@ from ase import Atoms
 from torch_geometric.data import Batch
 
 from molequi.data.graph import atoms_to_graph, validate_atoms
+from molequi.models.predict import split_outputs
 
 __all__ = [
     "assert_additive_far_apart",
@@ -90,20 +91,7 @@ def evaluate(
     if isinstance(device, torch.device):
         batch = batch.to(device)
     outputs = model(batch, compute_forces=True, compute_stress=compute_stress)
-    ptr = batch.ptr.tolist()
-    results = []
-    for k in range(len(structures)):
-        result = {}
-        for key, value in outputs.items():
-            value = value.detach().cpu().to(torch.float64).numpy()
-            if key in ("energies", "forces"):
-                result[key] = value[ptr[k] : ptr[k + 1]].copy()
-            elif key == "energy":
-                result[key] = float(value[k])
-            else:
-                result[key] = value[k].copy()
-        results.append(result)
-    return results
+    return split_outputs({key: value.detach().to(torch.float64) for key, value in outputs.items()}, batch)
 
 
 def _assert_close(what: str, actual, expected, rtol: float, atol: float | None = None) -> None:

@@ -38,11 +38,11 @@ def predict(
         graphs = [atoms_to_graph(a, cutoff, with_labels=False, name=f"structure {start + k}") for k, a in enumerate(chunk)]
         batch = Batch.from_data_list(graphs).to(model.device)
         outputs = model(batch, compute_forces=compute_forces)
-        results.extend(_split_outputs(outputs, batch))
+        results.extend(split_outputs(outputs, batch))
     return results[0] if single else results
 
 
-def _split_outputs(outputs: dict[str, torch.Tensor], batch: Batch) -> list[dict[str, np.ndarray]]:
+def split_outputs(outputs: dict[str, torch.Tensor], batch: Batch) -> list[dict[str, np.ndarray]]:
     """Per-structure numpy copies of batched outputs (atom-level arrays split by ``batch.ptr``)."""
     ptr = batch.ptr.tolist()
     per_structure = []
