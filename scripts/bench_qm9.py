@@ -15,8 +15,8 @@ Targets (one model per target and size, as in the QM9 literature):
 
 Usage:
 
-    python scripts/bench_qm9.py --out bench/qm9                      # GPU, n ∈ {1000, 10000, 110000}
-    python scripts/bench_qm9.py --out bench/qm9 --sizes 1000 10000 --max-minutes 30
+    python scripts/bench_qm9.py --out runs/bench_qm9                      # GPU, n ∈ {1000, 10000, 110000}
+    python scripts/bench_qm9.py --out runs/bench_qm9 --sizes 1000 10000 --max-minutes 30
     python scripts/bench_qm9.py --out /tmp/qm9_smoke --smoke         # CPU, n = 200, 1 minute
     python scripts/bench_qm9.py --out /tmp/qm9_plan --dry-run        # print the commands only
 

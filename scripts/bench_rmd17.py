@@ -6,7 +6,7 @@ for validation) with ``molequi train`` in a subprocess, tests on ``rmd17_<mol>_t
 (1000 structures), and writes ``rmd17_results.json`` and ``rmd17_results.md`` (a table with
 MACE's published errors beside).
 
-    python scripts/bench_rmd17.py --molecules ethanol aspirin --minutes 12 --device cuda --out bench/rmd17
+    python scripts/bench_rmd17.py --molecules ethanol aspirin --minutes 12 --device cuda --out runs/bench_rmd17
     python scripts/bench_rmd17.py --molecules ethanol --minutes 3 --device cpu --out /tmp/rmd17   # smoke run
 
 Energies: MAE of the total energy per structure, meV; forces: MAE per component, meV/Å.
@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -116,6 +117,7 @@ def markdown(results: list[dict], machine: dict, args: argparse.Namespace) -> st
         f"950 training + 50 validation structures (`rmd17_<mol>_train_{args.split}.npz`), tested on 1000 "
         f"(`rmd17_<mol>_test_{args.split}.npz`); budget {args.minutes} min per molecule on "
         f"{machine.get('gpu', machine['cpu'])} (torch {machine['torch']}).",
+        f"Command: `{getattr(args, 'command', 'python scripts/bench_rmd17.py')}`",
         "Energy: MAE of the total energy, meV. Forces: MAE per component, meV/Å. MACE: published values "
         "(Batatia et al. 2022, trained to convergence, hours on a GPU).",
         "",
@@ -152,8 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="molequi training config")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA, help="folder with rmd17_<mol>_{train,test}_NN.npz")
     parser.add_argument("--split", default="01", help="which of the rMD17 splits (01-05)")
-    parser.add_argument("--out", type=Path, default=Path("bench/rmd17"), help="output folder")
+    parser.add_argument("--out", type=Path, default=Path("runs/bench_rmd17"), help="output folder")
     args = parser.parse_args(argv)
+    args.command = shlex.join(["python", "scripts/bench_rmd17.py", *(sys.argv[1:] if argv is None else argv)])
     args.out.mkdir(parents=True, exist_ok=True)
     machine = machine_info(args.device)
     results = []
