@@ -172,3 +172,12 @@ def test_statistics_without_forces_use_the_energy_spread(qm9_file):
     ]
     assert statistics.scale == pytest.approx(np.std(residual))
     assert 0 < statistics.scale < 0.1  # energies are -10 eV/atom + N(0, 0.1 eV) noise
+
+
+def test_property_only_model_cannot_drive_md(qm9_file, tmp_path):
+    from molequi.calculators import MolequiCalculator
+
+    config = load_config(None, {**TINY, "max_epochs": 1}, targets=["gap"])
+    train(config, qm9_file, tmp_path / "run", log=lambda message: None)
+    with pytest.raises(ConfigError, match="trained on gap only"):
+        MolequiCalculator(tmp_path / "run" / "model.molequi")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from molequi.errors import ConfigError
 from molequi.models.io import load_model
 from molequi.nn.forces import ForceOutput
 
@@ -83,6 +84,13 @@ class Potential:
 
     def __init__(self, models: Sequence[ForceOutput]) -> None:
         self.models = list(models)
+        for model in self.models:
+            trained = model.model.config.trained_outputs
+            if "energy" not in trained and "forces" not in trained:
+                raise ConfigError(
+                    f"this model was trained on {', '.join(trained)} only: its energy and forces are untrained, "
+                    "so it cannot drive MD or an ASE calculator (train with energies/forces for that)"
+                )
         self.cutoff = max(m.model.config.cutoff for m in self.models)  # Å
         self.dtype = self.models[0].dtype
         self.device = self.models[0].device
