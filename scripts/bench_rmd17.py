@@ -112,8 +112,6 @@ def run_molecule(molecule: str, args: argparse.Namespace) -> dict:
 
 def markdown(results: list[dict], machine: dict, args: argparse.Namespace) -> str:
     lines = [
-        "# molequi on rMD17",
-        "",
         f"950 training + 50 validation structures (`rmd17_<mol>_train_{args.split}.npz`), tested on 1000 "
         f"(`rmd17_<mol>_test_{args.split}.npz`); budget {args.minutes} min per molecule on "
         f"{machine.get('gpu', machine['cpu'])} (torch {machine['torch']}).",
