@@ -172,8 +172,6 @@ def run_point(args: argparse.Namespace, target: str, n_train: int, base: dict) -
 
 def markdown(results: dict[str, Any]) -> str:
     lines = [
-        "# QM9 learning curve (molequi)",
-        "",
         f"Date: {results['date']}  ",
         f"Machine: {results['machine'].get('gpu') or 'CPU only'}; {results['machine']['cpu_count']} CPU cores; "
         f"{results['machine']['platform']}; torch {results['machine'].get('torch')}; "
