@@ -153,6 +153,7 @@ def test_cli_target_and_evaluate_report_property_mae(qm9_file, tmp_path, capsys)
     assert cli_main(["evaluate", str(out / "model.molequi"), str(qm9_file), "--plot", str(tmp_path / "p.png")]) == 0
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["gap_mae"] >= 0 and metrics["n_structures"] == 40
+    assert metrics["property_units"] == {"gap": "eV"}
     assert "energy_mae_meV" not in metrics
     assert (tmp_path / "p.png").stat().st_size > 1000
     assert cli_main(["train", "--data", str(qm9_file), "--out", str(tmp_path / "bad"), "--target", "gap:vector"]) == 2

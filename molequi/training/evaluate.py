@@ -106,6 +106,11 @@ def parity_panels(arrays: dict[str, np.ndarray], config: ModelConfig) -> list[Pa
     return panels
 
 
+def property_units(names: Sequence[str]) -> dict[str, str]:
+    """``{name: unit}`` of property labels ('' where molequi does not know the unit)."""
+    return {name: property_unit(name) for name in names}
+
+
 def property_unit(name: str) -> str:
     """The unit of a property label: QM9's when the name is one of QM9's, else ''."""
     from molequi.data.qm9 import PROPERTY_UNITS
@@ -159,6 +164,8 @@ def evaluate_model(
             1000.0 * np.mean(np.abs(arrays["energy_pred"] - arrays["energy_ref"]) / n_atoms)
         )
     metrics["n_atoms"] = int(n_atoms.sum())
+    if properties:
+        metrics["property_units"] = property_units(properties)
     if plot is not None:
         parity_plot(parity_panels(arrays, config), plot, title=f"{source}: {len(structures)} structures")
     return metrics

@@ -63,7 +63,13 @@ from molequi.models.io import DTYPES, build_model, save_model
 from molequi.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from molequi.training.config import RESUMABLE_KEYS, TrainingConfig, save_config
 from molequi.training.data import load_graphs, prepare_data, trained_outputs
-from molequi.training.evaluate import evaluate_graphs, parity_panels, reported_metrics, resolve_device
+from molequi.training.evaluate import (
+    evaluate_graphs,
+    parity_panels,
+    property_units,
+    reported_metrics,
+    resolve_device,
+)
 from molequi.training.metrics import MetricSums, loss_terms, weighted_loss
 from molequi.training.plots import learning_curve, parity_plot
 from molequi.utils import atomic_write
@@ -587,6 +593,8 @@ def _train(
             export, test_graphs, config.eval_batch_size, device, properties, collect=True, compute_forces=with_forces
         )
         test_metrics = reported_metrics(sums.result(), model_config)
+        if properties:
+            test_metrics["property_units"] = property_units(properties)
         test_metrics["data"] = test_paths
         result.test_metrics = test_metrics
         files["test_metrics"] = write_json(test_metrics, out_dir / "test_metrics.json")
