@@ -20,15 +20,6 @@ from molequi.errors import UnknownElementError
 from molequi.models import ModelConfig, build_model, predict, save_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small graphs run fastest on one CPU thread (and a shared machine does not oversubscribe)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_model(seed: int = 0, dtype=torch.float64, cutoff: float = 4.0):
     """A small random-weight model for H, C, O (fast; exact comparisons need no training)."""
     torch.manual_seed(seed)

@@ -31,15 +31,6 @@ from molequi.models import ModelConfig, build_model, save_model
 RMD17 = Path(__file__).resolve().parents[2] / "shared" / "data" / "rmd17" / "rmd17_ethanol_train_01.npz"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small graphs run fastest on one CPU thread (and a shared machine does not oversubscribe)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def fit_tiny_model(seconds: float = 20.0, n_structures: int = 200) -> torch.nn.Module:
     """Fit a small model to rMD17 ethanol energies and forces for ``seconds`` (float32, Adam),
     then return it in float64 — bound, smooth and good enough to keep ethanol together."""
