@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -104,23 +103,6 @@ def ase_rate(atoms, calculator, device: str, seconds: float, dt_fs: float = 0.5,
     MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(0))
     dynamics = VelocityVerlet(atoms, timestep=dt_fs * units.fs)
     return rate(lambda: dynamics.run(1), device, seconds, **kwargs)
-
-
-def machine(device: str) -> dict:
-    import torch
-
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
-    if device.startswith("cuda"):
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
 
 
 # ---------------------------------------------------------------- MACE (runs inside .venv-mace)
@@ -258,8 +240,8 @@ def report(args, info: dict, molequi: list[dict], mace: list[dict], command: str
     lines = [
         "# molequi MD benchmark",
         "",
-        f"Machine: {info['cpu']}, {info['cores']} cores (torch threads {info['torch_threads']})"
-        + (f", GPU {info['gpu']}" if "gpu" in info else "") + f"; torch {info['torch']}; device `{args.device}`.",
+        f"Machine: {info['cpu']}, {info['cpu_count']} cores (torch threads {info['torch_threads']})"
+        + (f", GPU {info['gpu']}" if info.get('gpu') else "") + f"; torch {info['torch']}; device `{args.device}`.",
         f"Command: `{command}`",
         "",
         "Aspirin (21 atoms, rMD17 test frame 0); copies placed 25 Å apart. Random weights. Steps of 0.5 fs.",
@@ -333,7 +315,9 @@ def main() -> None:
         mace_worker(args)
         return
     command = "python scripts/bench_md.py " + " ".join(sys.argv[1:])
-    info = machine(args.device)
+    from molequi.utils import machine_info  # here: the MACE venv runs this file without molequi
+
+    info = machine_info(args.device)
     molequi = molequi_rows(args) if args.molequi_models else []
     mace = run_mace(args) if args.mace_models else []
     result = {"machine": info, "command": command, "molequi": molequi, "mace": mace}

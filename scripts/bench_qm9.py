@@ -31,8 +31,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
-import platform
 import shlex
 import shutil
 import subprocess
@@ -91,34 +89,16 @@ def find_mae_ev(metrics: dict, target: str) -> float | None:
     return None if value is None else float(value)
 
 
-def machine() -> dict[str, Any]:
-    info: dict[str, Any] = {
-        "host": platform.node(),
-        "platform": platform.platform(),
-        "python": sys.version.split()[0],
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-    }
-    try:
-        import torch
+def machine(device: str) -> dict[str, Any]:
+    """:func:`molequi.utils.machine_info` plus the qm9pack version (the data's provenance)."""
+    import importlib.metadata
 
-        info["torch"] = torch.__version__
-        info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    except ImportError:
-        info["gpu"] = None
-    try:
-        import importlib.metadata
+    from molequi.utils import machine_info
 
-        info["molequi"] = importlib.metadata.version("molequi")
+    info = machine_info(device)
+    try:
         info["qm9pack"] = importlib.metadata.version("qm9pack")
     except importlib.metadata.PackageNotFoundError:
-        pass
-    try:
-        root = Path(__file__).resolve().parents[1]
-        info["git_commit"] = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
         pass
     return info
 
@@ -224,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": shlex.join([sys.executable, *sys.argv]) if argv is None else shlex.join(["bench_qm9.py", *argv]),
-        "machine": machine(),
+        "machine": machine(args.device),
         "references_mev": REFERENCES_MEV,
         "references_note": "as quoted in the issue, to be checked against the papers",
         "runs": [],

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shlex
 import shutil
 import subprocess
@@ -43,24 +41,6 @@ MACE_PUBLISHED = {
     "toluene": (0.5, 1.5),
     "uracil": (0.5, 2.1),
 }
-
-
-def machine_info(device: str) -> dict[str, str]:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {"cpu": cpu, "cpu_count": str(os.cpu_count()), "torch": torch.__version__, "python": platform.python_version(),
-            "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "")}
-    if device != "cpu" and torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
 
 
 def run_molecule(molecule: str, args: argparse.Namespace) -> dict:
@@ -114,7 +94,7 @@ def markdown(results: list[dict], machine: dict, args: argparse.Namespace) -> st
     lines = [
         f"950 training + 50 validation structures (`rmd17_<mol>_train_{args.split}.npz`), tested on 1000 "
         f"(`rmd17_<mol>_test_{args.split}.npz`); budget {args.minutes} min per molecule on "
-        f"{machine.get('gpu', machine['cpu'])} (torch {machine['torch']}).",
+        f"{machine.get('gpu') or machine['cpu']} (torch {machine['torch']}).",
         f"Command: `{getattr(args, 'command', 'python scripts/bench_rmd17.py')}`",
         "Energy: MAE of the total energy, meV. Forces: MAE per component, meV/Å. MACE: published values "
         "(Batatia et al. 2022, trained to convergence, hours on a GPU).",
@@ -156,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.command = shlex.join(["python", "scripts/bench_rmd17.py", *(sys.argv[1:] if argv is None else argv)])
     args.out.mkdir(parents=True, exist_ok=True)
+    from molequi.utils import machine_info
+
     machine = machine_info(args.device)
     results = []
     for molecule in args.molecules:

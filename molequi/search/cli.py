@@ -70,6 +70,10 @@ def add_screen_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
                         help="allowed heavy-atom count range")
     parser.add_argument("--purchasable", action="store_true",
                         help="keep only molecules probably in ZINC in-stock (molbloom, bundled filter)")
+    parser.add_argument("--all-values", action="store_true",
+                        help="compute SA score, alerts and purchasability also for molecules a "
+                             "cheap rule (elements, Lipinski, Veber, ring size, size) already "
+                             "rejected (slower; by default those columns stay empty for them)")
     parser.add_argument("--tautomers", action="store_true",
                         help="canonicalise tautomers before de-duplication (may drop stereo)")
     parser.add_argument("--no-3d", action="store_true", help="skip 3D embedding (no model scoring)")
@@ -101,7 +105,8 @@ def _settings(args: argparse.Namespace) -> dict:
         lipinski_max_violations=args.lipinski_max_violations if args.lipinski_max_violations >= 0 else None,
         veber=not args.no_veber,
         max_ring_size=args.max_ring_size if args.max_ring_size > 0 else None,
-        heavy_atoms=args.heavy_atoms, purchasable=args.purchasable, tautomers=args.tautomers,
+        heavy_atoms=args.heavy_atoms, purchasable=args.purchasable, all_values=args.all_values,
+        tautomers=args.tautomers,
         embed_3d=not args.no_3d, top=args.top, diverse=args.diverse, workers=args.workers,
         scheduler=args.scheduler, chunk_size=args.chunk_size, batch_size=args.batch_size,
         smiles_column=args.smiles_column, id_column=args.id_column, out=args.out,

@@ -80,7 +80,9 @@ class StageConfig:
 
     Units: ``sa_max`` is an SA score (unitless, 1 easy .. 10 hard);
     ``embed_timeout`` is in seconds; ``mmff_max_iters`` is a step count.
-    ``None`` disables a filter.
+    ``None`` disables a filter.  ``all_values`` computes the slow filter values
+    (SA score, alerts, purchasability) also for molecules a cheap rule already
+    rejected (slower; by default they are left empty for those).
     """
 
     tautomers: bool = False
@@ -92,6 +94,7 @@ class StageConfig:
     heavy_atoms: tuple[int, int] | None = (1, 100)
     allowed_elements: frozenset[int] | None = None
     purchasable: bool = False
+    all_values: bool = False
     embed_3d: bool = True
     embed_seed: int = 0xF00D
     embed_timeout: float = 10.0

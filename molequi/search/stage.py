@@ -11,7 +11,7 @@ from rdkit import Chem, rdBase
 
 from .config import StageConfig
 from .conformers import embed_molecule
-from .filters import FILTER_COLUMNS, filter_reasons, filter_values
+from .filters import FILTER_COLUMNS, screen_values
 from .io import Candidate
 from .standardize import standardize
 
@@ -48,12 +48,12 @@ def process_candidate(candidate: Candidate, cfg: StageConfig,
         if std.mol is None:
             return _fail(row, "standardize", std.reason)
         row.update(smiles=std.smiles, inchikey=std.key)
-        row.update(filter_values(std.mol, cfg))
+        values, reasons = screen_values(std.mol, cfg)
+        row.update(values)
         if seen is not None:
             if std.key in seen:
                 return _fail(row, "duplicate", f"duplicate_of:{seen[std.key]}")
             seen[std.key] = candidate.id
-        reasons = filter_reasons(std.mol, row, cfg)
         if reasons:
             return _fail(row, "filters", ";".join(reasons))
         if cfg.embed_3d:

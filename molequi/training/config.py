@@ -226,7 +226,7 @@ class TrainingConfig:
             if key not in known:
                 suggestion = closest_name(str(key), known + list(ARCHITECTURE_KEYS))
                 if key in ARCHITECTURE_KEYS:
-                    suggestion = f" (it is a model setting: put it under 'model:')"
+                    suggestion = " (it is a model setting: put it under 'model:')"
                 raise ConfigError(f"unknown training setting '{key}'{suggestion}")
         values = dict(values)
         if "model" in values:
