@@ -268,6 +268,24 @@ def test_torchrun_two_processes_share_the_data(files, tmp_path):
     assert completed.stdout.count("training on 12 structures") == 1, "only rank 0 may print"
 
 
+@pytest.mark.slow
+def test_torchrun_stops_at_the_time_limit_with_short_epochs(files, tmp_path):
+    """3 steps per rank and epoch: the deadline must be agreed on between epochs too."""
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+    if not Path(torchrun).exists():
+        pytest.skip("torchrun is not installed")
+    out = tmp_path / "ddp_deadline"
+    config = tmp_path / "no_early_stop.yaml"
+    config.write_text(yaml.safe_dump({**TINY_YAML, "early_stopping_patience": 0}))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "molequi.cli.main", "train",
+               "--data", str(files["train"]), "--out", str(out), "--config", str(config),
+               "--max-epochs", "100000", "--max-minutes", "0.1", "--device", "cpu", "--batch-size", "2"]
+    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "time budget of 0.1 min used up" in completed.stdout
+
+
 # --- rMD17 --------------------------------------------------------------------------------------------
 
 

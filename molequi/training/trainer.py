@@ -474,7 +474,8 @@ def _train(
             sampler.set_epoch(epoch)
         trained.train()
         train_sums = MetricSums(properties, weights)
-        loss_sum, n_batches, out_of_time = 0.0, 0, False
+        loss_sum, n_batches, out_of_time = torch.zeros((), dtype=torch.float64, device=device), 0, False
+        last_postfix = -math.inf
         progress = None
         if config.progress and ddp.is_main:
             from tqdm import tqdm
@@ -493,23 +494,30 @@ def _train(
                 if ema is not None:
                     ema.update(model)
                 train_sums.add(outputs, batch)
-                loss_sum += float(loss.detach())
+                loss_sum = loss_sum + loss.detach()  # on the device: no host sync per step
                 n_batches += 1
                 if progress is not None:
-                    running = reported_metrics(train_sums.result(), model_config)
-                    progress.set_postfix(loss=f"{loss_sum / n_batches:.4g}", **_progress_fields(running))
+                    # reading the running metrics syncs with a GPU: at most once a second
+                    if time.monotonic() - last_postfix > 1.0:
+                        last_postfix = time.monotonic()
+                        running = reported_metrics(train_sums.result(), model_config)
+                        progress.set_postfix(loss=f"{float(loss_sum) / n_batches:.4g}", **_progress_fields(running))
                     progress.update()
-                if deadline is not None and ddp.any(time.monotonic() > deadline, device):
+                # under DDP the deadline check is a collective (a sync): every 10th step there
+                if deadline is not None and (not ddp.active or n_batches % 10 == 0) \
+                        and ddp.any(time.monotonic() > deadline, device):
                     out_of_time = True
                     break
         finally:
             if progress is not None:
                 progress.close()
+        if deadline is not None and not out_of_time and ddp.active:  # epochs shorter than 10 steps
+            out_of_time = ddp.any(time.monotonic() > deadline, device)
         if config.scheduler == "cosine":
             scheduler.step()
         train_sums.all_reduce()
         train_metrics = reported_metrics(train_sums.result(), model_config)
-        losses = torch.tensor([loss_sum, float(n_batches)], dtype=torch.float64)
+        losses = torch.tensor([float(loss_sum), float(n_batches)], dtype=torch.float64)
         if ddp.active:
             losses = losses.to(device) if device.type == "cuda" else losses
             dist.all_reduce(losses)
