@@ -1,8 +1,10 @@
-"""Neighbor lists through vesin (O(N) cell lists in C++), periodic and non-periodic."""
+"""Neighbor lists: vesin (O(N) cell lists in C++) for any structure, and all intra-molecule
+pairs on the device for batches of small open molecules (no host round trip per molecule)."""
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 from vesin import NeighborList
 
 
@@ -37,3 +39,19 @@ def neighbor_list(
     edge_index = np.stack([i, j]).astype(np.int64)
     shifts = shift_cells.astype(np.float64) @ box
     return edge_index, shifts
+
+
+def dense_candidate_pairs(sizes: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """All ordered pairs (i, j), i ≠ j, inside each structure: [2, Σ n_k (n_k − 1)] global indices.
+
+    Args:
+        sizes: [K] atoms per structure; offsets: [K] index of each structure's first atom.
+    """
+    squares = sizes * sizes
+    owner = torch.repeat_interleave(torch.arange(len(sizes), device=sizes.device), squares)  # [P]
+    start = torch.cumsum(squares, 0) - squares
+    local = torch.arange(int(squares.sum()), device=sizes.device) - start[owner]
+    a, b = local // sizes[owner], local % sizes[owner]
+    keep = a != b
+    base = offsets[owner]
+    return torch.stack([base[keep] + a[keep], base[keep] + b[keep]])

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from molequi.data.neighbors import neighbor_list
+from molequi.data.neighbors import dense_candidate_pairs, neighbor_list
 
 MAX_DENSE_ATOMS = 1024
 """Open structures up to this many atoms use the on-device all-pairs candidate list (n² pairs)."""
@@ -58,22 +58,6 @@ class SkinNeighborList:
         self.cell, self.pbc = np.array(cell, copy=True), np.array(pbc, copy=True)
         self.builds += 1
         return True
-
-
-def dense_candidate_pairs(sizes: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-    """All ordered pairs (i, j), i ≠ j, inside each structure: [2, Σ n_k (n_k − 1)] global indices.
-
-    Args:
-        sizes: [K] atoms per structure; offsets: [K] index of each structure's first atom.
-    """
-    squares = sizes * sizes
-    owner = torch.repeat_interleave(torch.arange(len(sizes), device=sizes.device), squares)  # [P]
-    start = torch.cumsum(squares, 0) - squares
-    local = torch.arange(int(squares.sum()), device=sizes.device) - start[owner]
-    a, b = local // sizes[owner], local % sizes[owner]
-    keep = a != b
-    base = offsets[owner]
-    return torch.stack([base[keep] + a[keep], base[keep] + b[keep]])
 
 
 class BatchedNeighborList:

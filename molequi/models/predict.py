@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -9,7 +10,7 @@ import torch
 from ase import Atoms
 from torch_geometric.data import Batch
 
-from molequi.data.graph import atoms_to_graph
+from molequi.data.graph import structures_batch
 from molequi.nn.forces import ForceOutput
 
 
@@ -33,11 +34,12 @@ def predict(
     structures = [atoms] if single else list(atoms)
     cutoff = model.model.config.cutoff
     results: list[dict[str, np.ndarray]] = []
+    # without forces no autograd graph is needed: inference mode is ~2x faster on a CPU
+    context = contextlib.nullcontext() if compute_forces else torch.inference_mode()
     for start in range(0, len(structures), batch_size):
-        chunk = structures[start : start + batch_size]
-        graphs = [atoms_to_graph(a, cutoff, with_labels=False, name=f"structure {start + k}") for k, a in enumerate(chunk)]
-        batch = Batch.from_data_list(graphs).to(model.device)
-        outputs = model(batch, compute_forces=compute_forces)
+        batch = structures_batch(structures[start : start + batch_size], cutoff, model.device, start)
+        with context:
+            outputs = model(batch, compute_forces=compute_forces)
         results.extend(split_outputs(outputs, batch))
     return results[0] if single else results
 
@@ -45,11 +47,11 @@ def predict(
 def split_outputs(outputs: dict[str, torch.Tensor], batch: Batch) -> list[dict[str, np.ndarray]]:
     """Per-structure numpy copies of batched outputs (atom-level arrays split by ``batch.ptr``)."""
     ptr = batch.ptr.tolist()
+    host = {key: value.detach().cpu().numpy() for key, value in outputs.items()}  # one copy each
     per_structure = []
     for k in range(batch.num_graphs):
         result = {}
-        for key, value in outputs.items():
-            value = value.detach().cpu().numpy()
+        for key, value in host.items():
             if key in ("energies", "forces"):
                 result[key] = value[ptr[k] : ptr[k + 1]].copy()
             elif key == "energy":
