@@ -245,18 +245,24 @@ class _Exploit:
 # --- torchrun (gloo, CPU) ---------------------------------------------------------------------------
 
 
-@pytest.mark.slow
-def test_torchrun_two_processes_share_the_data(files, tmp_path):
+def run_torchrun(train: Path, out: Path, config: Path, *options: str) -> subprocess.CompletedProcess:
+    """``molequi train`` on 2 CPU processes (gloo) through torchrun; skips without torchrun."""
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
     if not Path(torchrun).exists():
         pytest.skip("torchrun is not installed")
-    out = tmp_path / "ddp"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "molequi.cli.main", "train",
-               "--data", str(files["train"]), "--out", str(out), "--config", str(files["config"]),
-               "--max-epochs", "1", "--device", "cpu", "--batch-size", "2"]
-    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+               "--data", str(train), "--out", str(out), "--config", str(config),
+               "--device", "cpu", "--batch-size", "2", *options]
+    completed = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                               capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr[-3000:]
+    return completed
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_share_the_data(files, tmp_path):
+    out = tmp_path / "ddp"
+    completed = run_torchrun(files["train"], out, files["config"], "--max-epochs", "1")
     assert (out / "model.molequi").is_file()
     rows = (out / "log.csv").read_text().splitlines()
     header, row = rows[0].split(","), rows[1].split(",")
@@ -271,18 +277,10 @@ def test_torchrun_two_processes_share_the_data(files, tmp_path):
 @pytest.mark.slow
 def test_torchrun_stops_at_the_time_limit_with_short_epochs(files, tmp_path):
     """3 steps per rank and epoch: the deadline must be agreed on between epochs too."""
-    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
-    if not Path(torchrun).exists():
-        pytest.skip("torchrun is not installed")
-    out = tmp_path / "ddp_deadline"
     config = tmp_path / "no_early_stop.yaml"
     config.write_text(yaml.safe_dump({**TINY_YAML, "early_stopping_patience": 0}))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "molequi.cli.main", "train",
-               "--data", str(files["train"]), "--out", str(out), "--config", str(config),
-               "--max-epochs", "100000", "--max-minutes", "0.1", "--device", "cpu", "--batch-size", "2"]
-    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
-    assert completed.returncode == 0, completed.stderr[-3000:]
+    completed = run_torchrun(files["train"], tmp_path / "ddp_deadline", config,
+                             "--max-epochs", "100000", "--max-minutes", "0.1")
     assert "time budget of 0.1 min used up" in completed.stdout
 
 
