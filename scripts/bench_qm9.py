@@ -129,6 +129,9 @@ def run_point(args: argparse.Namespace, target: str, n_train: int, base: dict) -
     print(f"[bench_qm9] {record['command']}", flush=True)
     if args.dry_run:
         return record | {"status": "dry-run"}
+    if (run_dir / "model").exists():  # a benchmark rerun measures afresh (molequi train would refuse)
+        print(f"[bench_qm9] replacing the previous run in {run_dir / 'model'}", flush=True)
+        shutil.rmtree(run_dir / "model")
     start = time.perf_counter()
     with open(run_dir / "train.log", "w") as log:
         result = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT)
@@ -153,7 +156,8 @@ def run_point(args: argparse.Namespace, target: str, n_train: int, base: dict) -
 def markdown(results: dict[str, Any]) -> str:
     lines = [
         f"Date: {results['date']}  ",
-        f"Machine: {results['machine'].get('gpu') or 'CPU only'}; {results['machine']['cpu_count']} CPU cores; "
+        f"Machine: {results['machine'].get('gpu') or 'no GPU'}; CPU {results['machine'].get('cpu')}, "
+        f"{results['machine']['cpu_count']} cores; "
         f"{results['machine']['platform']}; torch {results['machine'].get('torch')}; "
         f"molequi {results['machine'].get('molequi')} ({results['machine'].get('git_commit', '?')[:10]}); "
         f"qm9pack {results['machine'].get('qm9pack')}  ",

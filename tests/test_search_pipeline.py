@@ -220,6 +220,19 @@ def test_cli_with_injected_scorer_factory(tmp_path, capsys):
     assert run_screen(_parse([str(DRUGS), "--objective", "gap:bogus", "--out", str(tmp_path / "e")])) == 2
 
 
+def test_cli_all_values_fills_slow_columns_of_rule_rejected_molecules(tmp_path):
+    """cyclododecane fails the ring-size rule: by default its SA score is not computed."""
+    common = [str(DRUGS), "--no-3d", "--no-progress", "--no-plots", "--max-ring-size", "8"]
+    assert run_screen(_parse(common + ["--out", str(tmp_path / "cascade")])) == 0
+    assert run_screen(_parse(common + ["--out", str(tmp_path / "all"), "--all-values"])) == 0
+    cascade = {r["id"]: r for r in _rows(tmp_path / "cascade" / "scored.csv")}
+    every = {r["id"]: r for r in _rows(tmp_path / "all" / "scored.csv")}
+    assert cascade["cyclododecane"]["reason"].startswith("ring_size:12>8")
+    assert cascade["cyclododecane"]["sa_score"] == "" and every["cyclododecane"]["sa_score"] != ""
+    assert {k: r["status"] for k, r in cascade.items()} == {k: r["status"] for k, r in every.items()}
+    assert cascade["aspirin"]["sa_score"] == every["aspirin"]["sa_score"] != ""
+
+
 def test_cli_without_model_ranks_by_filter_value(tmp_path):
     args = _parse([str(DRUGS), "--no-3d", "--objective", "sa_score:min", "--out", str(tmp_path / "n"),
                    "--no-progress", "--no-plots", "--alerts", "none"])
