@@ -147,7 +147,7 @@ def filter_values(mol: Chem.Mol, cfg: StageConfig) -> dict[str, object]:
     return rule_values(mol) | costly_values(mol, cfg)
 
 
-def filter_reasons(mol: Chem.Mol, values: dict[str, object], cfg: StageConfig) -> list[str]:
+def filter_reasons(values: dict[str, object], cfg: StageConfig) -> list[str]:
     """Reasons (possibly several) for which the enabled filters reject a molecule.
 
     Slow-filter values that were not computed (``None``) give no reason.
@@ -190,10 +190,10 @@ def screen_values(mol: Chem.Mol, cfg: StageConfig) -> tuple[dict[str, object], l
     ~1 ms each for a column nobody ranks by.
     """
     values = rule_values(mol)
-    reasons = filter_reasons(mol, values, cfg)
+    reasons = filter_reasons(values, cfg)
     if not reasons or cfg.all_values:
         values.update(costly_values(mol, cfg))
-        reasons = filter_reasons(mol, values, cfg)
+        reasons = filter_reasons(values, cfg)
     else:
         values.update(dict.fromkeys(COSTLY_COLUMNS))
     if not reasons:
