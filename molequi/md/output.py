@@ -27,6 +27,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 
 from molequi.md.engine import BatchedMD
 from molequi.md.state import instantaneous_temperature, kinetic_energy
+from molequi.utils import atomic_write
 
 LOG_COLUMNS = ["time_fs", "step", "potential_eV", "kinetic_eV", "total_eV", "temperature_K"]
 COMMITTEE_COLUMNS = ["energy_std_eV", "forces_std_max_eV_per_A"]
@@ -205,6 +206,6 @@ def plot_energy(folder: str | Path, num_systems: int, max_systems: int = 16) -> 
     top.set_title(title)
     figure.tight_layout()
     path = folder / "energy.png"
-    figure.savefig(path, dpi=120)
+    atomic_write(path, lambda temporary: figure.savefig(temporary, dpi=120, format="png"))
     plt.close(figure)
     return path
