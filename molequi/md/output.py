@@ -110,7 +110,9 @@ class MDOutput:
             values += [engine.outputs["energy_std"], worst]
         table = torch.stack(values, dim=1).cpu().numpy()  # [S, k], one transfer
         for system, row in zip(state.system_ids.tolist(), table):
-            cells = [f"{engine.time:.6g}", str(state.step)] + [f"{v:.10g}" for v in row]
+            # repr: the shortest string that reads back as the same float64, so the log keeps a
+            # 10^4–10^6 eV total to the last bit (10 digits would round it to 10–100 µeV)
+            cells = [f"{engine.time:.6g}", str(state.step)] + [repr(float(v)) for v in row]
             self.add_row(system, cells[: len(self.columns)])
 
     def add_row(self, system: int, cells: list[str]) -> None:
