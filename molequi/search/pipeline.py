@@ -15,7 +15,6 @@ import dataclasses
 import math
 import random
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -27,6 +26,8 @@ from .filters import FILTER_COLUMNS
 from .io import CandidateSource, chunked
 from .parallel import chunk_runner
 from .rank import diverse_pick, rank_rows
+from .report import write_report, write_top_sdf
+from .result import ScreenResult
 from .score import Scorer, calibrate_std_threshold, check_scorers, common_species, score_atoms, scorer_identity
 from .stage import BASE_COLUMNS, EMBED_COLUMNS
 from .store import chunk_path, finished_chunks, prepare_out_dir, read_csv_rows, write_csv_atomic
@@ -38,42 +39,6 @@ NUMERIC_COLUMNS: tuple[str, ...] = tuple(
 RANK_COLUMNS: tuple[str, ...] = ("out_of_domain", "objective", "pareto_rank", "rank", "selected")
 STAGES: tuple[str, ...] = ("read", "standardized", "unique", "filters", "3d", "scored", "in_domain", "selected")
 _SAMPLE = 50_000  # values kept per column for the report's histograms
-
-
-@dataclass
-class ScreenResult:
-    """Outcome of a screening run; the full table is ``scored.csv`` in ``out``."""
-
-    out: Path
-    n_read: int
-    n_passed: int
-    stage_counts: dict[str, int]
-    top: list[dict[str, str]]
-    columns: list[str]
-    settings: dict
-    samples: dict[str, list[float]] = field(default_factory=dict, repr=False)
-
-    @property
-    def scored_csv(self) -> Path:
-        return self.out / "scored.csv"
-
-    @property
-    def top_sdf(self) -> Path:
-        return self.out / "top.sdf"
-
-    @property
-    def report_html(self) -> Path:
-        return self.out / "report.html"
-
-    def rows(self) -> Iterator[dict[str, str]]:
-        """Stream every row of ``scored.csv`` (values as strings)."""
-        return read_csv_rows(self.scored_csv)
-
-    def to_pandas(self):
-        """``scored.csv`` as a pandas DataFrame (needs pandas)."""
-        import pandas as pd
-
-        return pd.read_csv(self.scored_csv)
 
 
 _STAGE_FIELDS = {f.name for f in dataclasses.fields(StageConfig)}
@@ -329,8 +294,6 @@ def screen(candidates: str | Path | CandidateSource, scorers: Sequence[Scorer] =
     prepare_out_dir(out, chunk_hash, manifest, config.overwrite)
     n_chunks = _run_chunks(source, config, scorers, properties, out)
     result = _merge(out, n_chunks, config, properties)
-
-    from .report import write_report, write_top_sdf
 
     write_top_sdf(out / "top.sdf", result.top, properties)
     write_report(out / "report.html", result)

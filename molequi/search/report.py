@@ -13,16 +13,14 @@ import io
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 from rdkit import Chem
 from rdkit.Chem import rdDepictor
 from rdkit.Chem.Draw import rdMolDraw2D
 
 from .conformers import molblock_to_mol
-
-if TYPE_CHECKING:
-    from .pipeline import ScreenResult
+from .result import ScreenResult
 
 #: Columns copied to SD properties of top hits (when present and non-empty).
 SDF_PROPERTIES: tuple[str, ...] = (
@@ -102,7 +100,7 @@ def _stage_table(counts: dict[str, int]) -> str:
             + "".join(rows) + "</table>")
 
 
-def _top_grid(result: "ScreenResult", properties: list[str]) -> str:
+def _top_grid(result: ScreenResult, properties: list[str]) -> str:
     cells = []
     for row in result.top[:_MAX_DEPICTIONS]:
         scores = [f"rank {row['rank']}", f"obj {float(row['objective']):.3g}"]
@@ -114,7 +112,7 @@ def _top_grid(result: "ScreenResult", properties: list[str]) -> str:
     return "<div class='grid'>" + "".join(cells) + "</div>" + more
 
 
-def write_report(path: Path, result: "ScreenResult") -> None:
+def write_report(path: Path, result: ScreenResult) -> None:
     """Write the self-contained HTML report of a run."""
     properties = sorted({c[:-5] for c in result.columns if c.endswith("_mean")})
     plots = (f"<img alt='histograms' src='data:image/png;base64,{histograms_png(result.samples)}'/>"
