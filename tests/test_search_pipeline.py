@@ -80,7 +80,15 @@ def test_screen_end_to_end_with_committee(tmp_path):
     sdf = result.top_sdf.read_text()
     assert sdf.count("$$$$") == 3 and ">  <gap_mean>" in sdf and " H " in sdf
     report = result.report_html.read_text()
-    assert "<svg" in report and "data:image/png;base64," in report and "Pass rate per stage" in report
+    assert "<svg" in report and "data:image/png;base64," in report and "Molecules left after each stage" in report
+    # the report: rejection counts per filter, units, a sortable table with SMILES beside the depictions
+    assert result.rejections["duplicate"] == {"duplicate": 1}
+    assert result.rejections["filters"]["ring_size"] == 1 and result.rejections["filters"]["alert (pains)"] >= 1
+    assert "<td class='l'>ring_size</td><td>1</td>" in report
+    assert result.units == {"gap": "eV", "energy": "eV"} and "gap (mean ± std)<br><small>eV</small>" in report
+    assert "table class='sortable'" in report and "addEventListener('click'" in report
+    assert f"<td class='l smiles'>{result.top[0]['smiles']}</td>" in report
+    assert "<td class='l'>stage.max_ring_size</td><td class='l'>8</td>" in report
     assert result.stage_counts["read"] == 12 and result.stage_counts["selected"] == 3
 
 
