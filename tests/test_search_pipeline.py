@@ -260,3 +260,22 @@ def test_dask_two_workers_equals_single_process(tmp_path):
     assert single.scored_csv.read_bytes() == dask.scored_csv.read_bytes()
     assert single.top_sdf.read_bytes() == dask.top_sdf.read_bytes()
     shutil.rmtree(tmp_path / "two")
+
+
+def test_progress_lines_have_total_and_eta_and_say_when_resuming(tmp_path, capsys):
+    settings = dict(out=tmp_path / "p", embed_3d=False, plots=False, chunk_size=5, progress=True)
+    screen(DRUGS, **settings)
+    err = capsys.readouterr().err  # not a terminal: whole lines, no tqdm bar
+    assert "screen: 12/12 mol (100.0 %)" in err and "ETA 0s" in err and "\r" not in err
+    (tmp_path / "p" / "chunks" / "chunk_00001.csv").unlink()  # as if interrupted before chunk 1
+    screen(DRUGS, **settings)
+    err = capsys.readouterr().err
+    assert "resuming" in err and "2 chunk(s), 7 of 12 molecules already screened" in err
+
+
+def test_candidate_count_without_parsing():
+    from molequi.search.io import CandidateSource
+
+    assert CandidateSource(str(DRUGS)).count() == 12 == sum(1 for _ in CandidateSource(str(DRUGS)))
+    three = CandidateSource(str(DATA / "three.sdf.gz"))
+    assert three.count() == sum(1 for _ in three)

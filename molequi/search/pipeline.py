@@ -327,8 +327,6 @@ def screen(candidates: str | Path | CandidateSource, scorers: Sequence[Scorer] =
 def _run_chunks(source: CandidateSource, cfg: ScreenConfig, scorers: Sequence[Scorer],
                 properties: list[str], out: Path) -> int:
     """Process and score every unfinished chunk; returns the number of chunks of the input."""
-    from tqdm.auto import tqdm
-
     done = finished_chunks(out)
     columns = _chunk_columns(properties)
     n_chunks = 0
@@ -340,14 +338,56 @@ def _run_chunks(source: CandidateSource, cfg: ScreenConfig, scorers: Sequence[Sc
             if k not in done:
                 yield k, chunk
 
-    n_done = n_pass = 0
-    with tqdm(unit="mol", desc="screen", disable=not cfg.progress, dynamic_ncols=True) as bar, \
-            chunk_runner(cfg.stage, cfg.workers, cfg.scheduler) as run:
-        for k, rows in run(todo()):
-            _score_chunk(rows, scorers, properties, cfg.batch_size)
-            write_csv_atomic(chunk_path(out, k), columns, rows)
-            n_done += len(rows)
-            n_pass += sum(r["status"] == "pass" for r in rows)
-            bar.update(len(rows))
-            bar.set_postfix(passed=f"{100.0 * n_pass / max(n_done, 1):.1f}%", refresh=False)
+    progress = _ScreenProgress(source, cfg, done, out) if cfg.progress else None
+    with chunk_runner(cfg.stage, cfg.workers, cfg.scheduler) as run:
+        try:
+            for k, rows in run(todo()):
+                _score_chunk(rows, scorers, properties, cfg.batch_size)
+                write_csv_atomic(chunk_path(out, k), columns, rows)
+                if progress is not None:
+                    progress.update(rows)
+        finally:
+            if progress is not None:
+                progress.close()
     return n_chunks
+
+
+class _ScreenProgress:
+    """A tqdm bar on a terminal, else a progress line every 30 s; both with the total (the
+    records are counted first, without parsing them) and an ETA. Says when a run resumes."""
+
+    def __init__(self, source: CandidateSource, cfg: ScreenConfig, done: set[int], out: Path):
+        import sys
+
+        from molequi.progress import ProgressLines, is_terminal
+
+        self.total = source.count()
+        size = cfg.chunk_size
+        initial = sum(min(size, self.total - k * size) for k in done if k * size < self.total)
+        if done:
+            print(f"screen: resuming {out}: {len(done)} chunk(s), {initial:,} of {self.total:,} molecules "
+                  "already screened", file=sys.stderr, flush=True)
+        self.n_done = self.n_pass = 0
+        if is_terminal():
+            from tqdm.auto import tqdm
+
+            self.bar, self.lines = tqdm(total=self.total, initial=initial, unit="mol", desc="screen",
+                                        dynamic_ncols=True), None
+        else:
+            self.bar, self.lines = None, ProgressLines("screen", self.total, "mol", initial=initial)
+
+    def update(self, rows: list[dict]) -> None:
+        self.n_done += len(rows)
+        self.n_pass += sum(r["status"] == "pass" for r in rows)
+        passed = f"passed {self.n_pass / max(self.n_done, 1):.1%}"
+        if self.bar is not None:
+            self.bar.update(len(rows))
+            self.bar.set_postfix_str(passed, refresh=False)
+        else:
+            self.lines.update(self.lines.initial + self.n_done, extra=passed)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        else:
+            self.lines.close()
