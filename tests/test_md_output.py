@@ -24,7 +24,7 @@ def model():
     return build_model(config, torch.float64).eval()
 
 
-def run(model, folder: Path, steps: int, resume: bool = False, **traj) -> BatchedMD:
+def run(model, folder: Path, steps: int, resume: bool = False, plot: bool = False, **traj) -> BatchedMD:
     settings = dict(traj_every=4, log_every=2, restart_every=10, **traj)
     if resume:
         engine, _ = BatchedMD.from_restart(folder / "restart.safetensors", potential_of(model))
@@ -35,7 +35,7 @@ def run(model, folder: Path, steps: int, resume: bool = False, **traj) -> Batche
         output = MDOutput(folder, 2, **settings)
         output(engine)
     engine.run(steps - engine.state.step, [output])
-    output.close(plot=False)
+    output.close(plot=plot)
     return engine
 
 
@@ -78,3 +78,42 @@ def test_resumed_single_trajectory_equals_the_uninterrupted_one(model, tmp_path,
 def test_unknown_trajectory_format_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="extxyz, traj"):
         MDOutput(tmp_path, 1, traj_format="dcd")
+
+
+def _log(n: int, slope_eV_per_fs: float, temperature: float, dt: float = 1.0):
+    time_fs = np.arange(n) * dt
+    return {"time_fs": time_fs, "total_eV": -100.0 + slope_eV_per_fs * time_fs,
+            "temperature_K": np.full(n, temperature)}
+
+
+def test_energy_figure_nve_mean_spread_and_drift_per_atom_per_ps():
+    from molequi.md.output import energy_drift, plot_energy_figure
+
+    # 9 atoms, 0.009 eV/ps = 1 meV/atom/ps; the second system 3 meV/atom/ps and stopped early
+    assert energy_drift(np.arange(5.0), 9e-6 * np.arange(5.0), 9) == pytest.approx(1.0)
+    logs = [_log(50, 9e-6, 300.0), _log(30, 27e-6, 310.0), _log(50, 9e-6, 290.0)]
+    figure = plot_energy_figure(logs, [9, 9, 9], ensemble="nve", num_systems=3)
+    top, bottom = figure.axes
+    assert figure._suptitle.get_text() == "NVE (velocity Verlet): 3 systems (1 stopped early)"
+    note = top.texts[0].get_text()
+    assert note.startswith("drift +1.67 ± 1.2 meV/atom/ps") and "3 systems" in note
+    assert "meV/atom" in top.get_ylabel() and bottom.get_ylabel() == "temperature, K"
+    mean = next(line for line in bottom.lines if line.get_label() == "mean")
+    assert mean.get_ydata()[0] == pytest.approx(300.0) and mean.get_ydata()[-1] == pytest.approx(295.0)
+    assert len(top.collections) == 1  # one shaded band, not a line per system
+
+
+def test_energy_figure_nvt_draws_the_target_and_no_drift():
+    from molequi.md.output import plot_energy_figure
+
+    figure = plot_energy_figure([_log(20, 1e-4, 300.0)], [9], ensemble="nvt", temperature=300.0)
+    top, bottom = figure.axes
+    assert figure._suptitle.get_text() == "NVT (Langevin, target 300 K): 1 system"
+    assert "not a drift" in top.texts[0].get_text()
+    target = [line for line in bottom.lines if line.get_label() == "target 300 K"]
+    assert target and target[0].get_ydata()[0] == 300.0
+
+
+def test_close_writes_energy_png_that_knows_the_run(model, tmp_path):
+    run(model, tmp_path, 8, plot=True)
+    assert (tmp_path / "energy.png").stat().st_size > 1000
