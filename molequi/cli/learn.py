@@ -61,6 +61,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pool-factor", type=int, default=4, metavar="F",
                         help="pick diverse frames (farthest-point on sorted interatomic distances) among the F × K "
                         "most uncertain (1: just the K most uncertain)")
+    parser.add_argument("--selection", choices=("uncertain", "random"), default="uncertain",
+                        help="'random': draw the frames uniformly from the same MD instead (a baseline)")
     parser.add_argument("--committee", type=int, default=4, metavar="M", help="committee members (models) per round")
     parser.add_argument("--ensemble-heads", type=int, default=0, metavar="K",
                         help="shallow-ensemble heads per model instead of a committee (0: committee)")
@@ -98,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         rounds=args.rounds, per_round=args.per_round, temperatures=args.temperature, md_steps=args.md_steps,
         committee=args.committee, ensemble_heads=args.ensemble_heads, labeler=args.labeler,
         labeler_kwargs=labeler_kwargs, perturbed=args.perturbed, perturb_sigma=args.perturb_sigma,
-        replicas=args.replicas, sample_every=args.sample_every, pool_factor=args.pool_factor,
+        replicas=args.replicas, sample_every=args.sample_every, pool_factor=args.pool_factor, selection=args.selection,
         timestep=args.timestep, friction=args.friction, seed=args.seed,
     )
     run_learning(settings, args.start, args.out, config=config, test_data=args.test_data)

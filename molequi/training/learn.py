@@ -61,6 +61,7 @@ ROUND_COLUMNS = [
     "round", "n_labels", "n_new", "md_frames", "md_stopped", "max_std", "mean_std",
     "test_energy_mae_meV", "test_forces_mae_meV_per_A", "test_forces_rmse_meV_per_A",
 ]
+SELECTIONS = ("uncertain", "random")
 _EXTXYZ_DECIMALS = 8  # extxyz stores positions with 8 decimals: label exactly what is stored
 
 
@@ -85,6 +86,8 @@ class LearnSettings:
         sample_every: MD steps between recorded frames.
         pool_factor: the diverse pick is made among the ``pool_factor`` × ``per_round`` most
             uncertain frames (1: simply the most uncertain).
+        selection: ``"uncertain"`` (the above) or ``"random"`` (frames drawn uniformly from the
+            same MD: the baseline that active learning must beat).
         timestep: MD time step, fs.
         friction: Langevin friction, 1/fs.
         seed: base seed of the perturbations, the members and the MD.
@@ -103,6 +106,7 @@ class LearnSettings:
     replicas: int = 2
     sample_every: int = 10
     pool_factor: int = 4
+    selection: str = "uncertain"
     timestep: float = 0.5
     friction: float = 0.01
     seed: int = 0
@@ -125,6 +129,7 @@ class LearnSettings:
             (1 <= self.sample_every <= self.md_steps,
              f"--sample-every must be between 1 and --md-steps ({self.md_steps}), got {self.sample_every}"),
             (self.pool_factor >= 1, f"--pool-factor must be ≥ 1, got {self.pool_factor}"),
+            (self.selection in SELECTIONS, f"--selection must be one of {', '.join(SELECTIONS)}, got '{self.selection}'"),
             (self.timestep > 0, f"--timestep must be > 0 fs, got {self.timestep}"),
             (self.friction >= 0, f"--friction must be ≥ 0 1/fs, got {self.friction}"),
             (isinstance(self.labeler_kwargs, dict), "--labeler-kwargs must be a JSON object"),
@@ -662,12 +667,16 @@ def _label_round(round_dir: Path, candidates: list[Atoms], settings: LearnSettin
         return len(read(final, ":"))
     partial = round_dir / "labelled.partial.extxyz"
     done = read(partial, ":") if partial.exists() else []
-    order = select_frames(
-        np.array([a.info["std_max"] for a in candidates]),
-        [distance_descriptor(a) for a in candidates],
-        settings.per_round,
-        settings.pool_factor,
-    )
+    if settings.selection == "random":
+        round_number = int(round_dir.name.removeprefix("round_"))
+        order = np.random.default_rng([settings.seed, round_number]).permutation(len(candidates)).tolist()
+    else:
+        order = select_frames(
+            np.array([a.info["std_max"] for a in candidates]),
+            [distance_descriptor(a) for a in candidates],
+            settings.per_round,
+            settings.pool_factor,
+        )
     tried = {int(a.info["candidate"]) for a in done} | {int(k) for k in _read_failed(round_dir)}
     failures = _read_failed(round_dir)
     for index in order:
