@@ -22,6 +22,11 @@ def predict(
 ) -> dict[str, np.ndarray] | list[dict[str, np.ndarray]]:
     """Predict ``energy`` (eV), ``forces`` (eV/Å) and property heads for one or many structures.
 
+    Energies are float64 whatever the model dtype (a float32 network's residuals added to the
+    float64 reference energies in float64, see :func:`molequi.nn.forces.energy_outputs`):
+    ``energy``, ``energy_residual`` and ``energy_reference`` are Python floats (eV),
+    ``energies`` a float64 array [n_atoms] (eV); forces are in the model dtype.
+
     Example::
 
         model = molequi.load_model("run/model.molequi")
@@ -54,7 +59,7 @@ def split_outputs(outputs: dict[str, torch.Tensor], batch: Batch) -> list[dict[s
         for key, value in host.items():
             if key in ("energies", "forces"):
                 result[key] = value[ptr[k] : ptr[k + 1]].copy()
-            elif key == "energy":
+            elif key in ("energy", "energy_residual", "energy_reference"):
                 result[key] = float(value[k])
             else:
                 result[key] = value[k].copy()

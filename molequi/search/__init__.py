@@ -10,8 +10,9 @@ See :func:`screen` and :class:`ScreenConfig` for the settings.
 
 from .config import Objective, ScreenConfig, StageConfig
 from .io import BUILTIN_POOLS, Candidate, CandidateSource
-from .pipeline import ScreenResult, build_config, screen
+from .pipeline import build_config, screen
 from .rank import Ranking, diverse_pick, pareto_fronts, rank_rows
+from .result import ScreenResult
 from .score import Scorer, calibrate_std_threshold, score_atoms
 
 __all__ = [

@@ -18,7 +18,7 @@ from molequi.models.io import model_config
 from molequi.nn.forces import ForceOutput
 from molequi.training.data import check_uniform_labels
 from molequi.training.metrics import MetricSums, has_label, property_prediction
-from molequi.training.plots import ParityPanel, parity_plot
+from molequi.training.plots import ParityPanel, data_title, parity_plot
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -97,7 +97,7 @@ def parity_panels(arrays: dict[str, np.ndarray], config: ModelConfig) -> list[Pa
     """Parity panels for the trained outputs found in ``arrays`` (from :func:`evaluate_graphs`)."""
     panels = []
     if "energy" in config.trained_outputs and "energy_ref" in arrays:
-        panels.append(ParityPanel("energy", "eV", arrays["energy_ref"], arrays["energy_pred"], "meV", 1000.0, centre=True))
+        panels.append(ParityPanel("energy per structure", "eV", arrays["energy_ref"], arrays["energy_pred"], "meV", 1000.0, centre=True))
     if "forces" in config.trained_outputs and "forces_ref" in arrays:
         panels.append(ParityPanel("force components", "eV/Å", arrays["forces_ref"], arrays["forces_pred"], "meV/Å", 1000.0))
     for name in config.properties:
@@ -167,5 +167,5 @@ def evaluate_model(
     if properties:
         metrics["property_units"] = property_units(properties)
     if plot is not None:
-        parity_plot(parity_panels(arrays, config), plot, title=f"{source}: {len(structures)} structures")
+        parity_plot(parity_panels(arrays, config), plot, title=data_title(source, len(structures)))
     return metrics

@@ -1,6 +1,7 @@
 """Loss and error metrics.
 
-Units: energy errors are on the total energy per structure, in meV; force errors are per
+Units: energy errors are on the total energy per structure, in meV (computed in float64 from the
+residual energies, see :func:`energy_errors`); force errors are per
 Cartesian component, in meV/Å; property errors are in the property's own unit (eV for
 energies such as a gap, e·Å for dipoles).
 
@@ -37,21 +38,36 @@ def property_prediction(predicted: torch.Tensor, label: torch.Tensor) -> torch.T
     return predicted
 
 
+def energy_errors(outputs: Mapping[str, torch.Tensor], batch) -> torch.Tensor:
+    """[num_graphs] float64 predicted minus labelled total energy, eV, formed from residuals.
+
+    The float64 reference energies (E0s and shift, ~10^4 eV for an organic molecule) are taken
+    off the label first, ``label − energy_reference``, and compared with the prediction's own
+    residual ``energy_residual``: the error of a float32 model is never rounded at the scale of
+    a total energy (~1 meV in float32). Outputs without a reference compare totals in float64.
+    """
+    label = batch.energy.to(device=outputs["energy"].device, dtype=torch.float64)
+    if "energy_residual" in outputs and "energy_reference" in outputs:
+        return outputs["energy_residual"].to(torch.float64) - (label - outputs["energy_reference"].to(torch.float64))
+    return outputs["energy"].to(torch.float64) - label
+
+
 def loss_terms(
     outputs: Mapping[str, torch.Tensor], batch, properties: Sequence[str] = ()
 ) -> dict[str, torch.Tensor]:
-    """Mean squared errors: ``energy`` per atom (eV²/atom²), ``forces`` per component ((eV/Å)²),
+    """Mean squared errors: ``energy`` per atom (eV²/atom², float64, from the residual
+    energies: see :func:`energy_errors`), ``forces`` per component ((eV/Å)², the model dtype),
     and one per property head (its unit squared), for the labels the batch carries."""
-    dtype = outputs["energy"].dtype
     terms = {}
     if has_label(batch, "energy"):
-        n_atoms = atoms_per_graph(batch).to(outputs["energy"].device, dtype)
-        terms["energy"] = (((outputs["energy"] - batch.energy.to(dtype)) / n_atoms) ** 2).mean()
+        n_atoms = atoms_per_graph(batch).to(outputs["energy"].device, torch.float64)
+        terms["energy"] = ((energy_errors(outputs, batch) / n_atoms) ** 2).mean()
     if "forces" in outputs and has_label(batch, "forces"):
-        terms["forces"] = ((outputs["forces"] - batch.forces.to(dtype)) ** 2).mean()
+        terms["forces"] = ((outputs["forces"] - batch.forces.to(outputs["forces"].dtype)) ** 2).mean()
     for name in properties:
-        label = batch[name].to(dtype)
-        terms[name] = ((property_prediction(outputs[name], label) - label) ** 2).mean()
+        predicted = outputs[name]
+        label = batch[name].to(predicted.dtype)
+        terms[name] = ((property_prediction(predicted, label) - label) ** 2).mean()
     return terms
 
 
@@ -86,7 +102,7 @@ class MetricSums:
         row[0] = outputs["energy"].numel()
         if has_label(batch, "energy"):
             n_atoms = atoms_per_graph(batch).to(device, torch.float64)
-            d_energy = outputs["energy"].detach().to(torch.float64) - batch.energy.to(device, torch.float64)
+            d_energy = energy_errors(outputs, batch).detach()
             row[1] = d_energy.numel()
             row[2] = d_energy.abs().sum()
             row[3] = (d_energy**2).sum()

@@ -1,0 +1,334 @@
+"""The collaborators of a training run, built once before the loop: checked inputs, the model,
+its EMA, optimizer, schedule and data loader, and the counters a checkpoint restores.
+
+The loop itself (a step, an epoch, a validation) is in :mod:`molequi.training.trainer`.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch_geometric.loader import DataLoader
+
+from molequi.errors import ConfigError, UnknownElementError
+from molequi.models.config import ModelConfig
+from molequi.models.io import build_model
+from molequi.training.checkpoint import load_checkpoint, rng_state, set_rng_state
+from molequi.training.config import RESUMABLE_KEYS, TrainingConfig
+from molequi.training.data import PreparedData, load_graphs, prepare_data, trained_outputs
+from molequi.training.distributed import Distributed
+from molequi.training.ema import ExponentialMovingAverage
+
+
+def checkpoint_path(out_dir: str | Path, which: str = "last") -> Path:
+    return Path(out_dir) / "checkpoints" / f"{which}.pt"
+
+
+def resume_settings(out_dir: str | Path, overrides: dict[str, Any] | None = None) -> tuple[TrainingConfig, list[str]]:
+    """The config and data files of the run in ``out_dir`` (from ``checkpoints/last.pt``), with
+    ``overrides`` applied to the settings that may change on resume (:data:`RESUMABLE_KEYS`).
+
+    Raises:
+        ConfigError: no checkpoint, or an override of a setting that must stay fixed.
+    """
+    path = checkpoint_path(out_dir)
+    if not path.is_file():
+        raise ConfigError(f"cannot resume: {path} does not exist (start the run without --resume)")
+    state = load_checkpoint(path)
+    values = state["config"]
+    for key, value in (overrides or {}).items():
+        if key not in RESUMABLE_KEYS:
+            if key in values and values[key] == value:
+                continue
+            raise ConfigError(
+                f"cannot change '{key}' when resuming (the run continues with its saved settings); "
+                f"only {', '.join(RESUMABLE_KEYS)} may change"
+            )
+        values[key] = value
+    return TrainingConfig.from_dict(values), list(state["data"])
+
+
+def _set_seeds(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _make_optimizer(config: TrainingConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+    return cls(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay, amsgrad=False)
+
+
+def _make_scheduler(config: TrainingConfig, optimizer: torch.optim.Optimizer):
+    if config.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.max_epochs, eta_min=config.min_learning_rate)
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=config.plateau_factor, patience=config.plateau_patience, min_lr=config.min_learning_rate
+    )
+
+
+# --- inputs: everything that can fail on user input, before anything is written -------------
+
+
+@dataclass
+class RunInputs:
+    """A run's checked inputs: data, architecture, test set and (on resume) the saved state."""
+
+    paths: list[str]
+    test_paths: list[str] | None
+    prepared: PreparedData
+    model_config: ModelConfig
+    outputs_trained: list[str]
+    test_graphs: list | None
+    state: dict[str, Any] | None
+
+
+def load_run_inputs(
+    config: TrainingConfig, paths: list[str], out_dir: Path, test_paths: list[str] | None, resume: bool
+) -> RunInputs:
+    """Read and check the data, the architecture and (on resume) the checkpoint.
+
+    Raises:
+        ConfigError: an existing run without ``resume``, or a resume with changed settings.
+        MolequiError subclasses for bad data or test data.
+    """
+    state = None
+    if not resume and checkpoint_path(out_dir).exists():
+        raise ConfigError(
+            f"{out_dir} already holds a training run ({checkpoint_path(out_dir)}); pass --resume to continue it, "
+            "or choose another --out (or delete the directory) to start afresh"
+        )
+    if resume:
+        state = load_checkpoint(checkpoint_path(out_dir))
+        saved = TrainingConfig.from_dict(state["config"]).to_dict()
+        current = config.to_dict()
+        changed = [key for key in saved if key not in RESUMABLE_KEYS and saved[key] != current[key]]
+        if changed:
+            raise ConfigError(f"cannot resume with changed settings {changed}; only {', '.join(RESUMABLE_KEYS)} may change")
+    outputs_trained = trained_outputs(
+        config.energy_weight, config.forces_weight, config.property_weights, config.model.properties
+    )
+    prepared = prepare_data(paths, config.model, config.validation, config.seed, outputs_trained)
+    model_config = prepared.model_config if state is None else ModelConfig(**state["model_config"])
+    test_graphs = None
+    if test_paths:
+        test_graphs = load_graphs(
+            test_paths,
+            model_config.cutoff,
+            properties=list(model_config.properties),
+            require_energy="energy" in outputs_trained,
+            require_forces="forces" in outputs_trained,
+        )
+        _check_test_species(test_graphs, model_config)
+    return RunInputs(paths, test_paths, prepared, model_config, outputs_trained, test_graphs, state)
+
+
+def _check_test_species(test_graphs: list, model_config: ModelConfig) -> None:
+    present = {int(z) for graph in test_graphs for z in graph.numbers.unique().tolist()}
+    unknown = sorted(present - set(model_config.species))
+    if unknown:
+        from ase.data import chemical_symbols
+
+        raise UnknownElementError(
+            f"the test data contain element(s) {', '.join(chemical_symbols[z] for z in unknown)} "
+            f"that are not in the training data ({', '.join(chemical_symbols[z] for z in model_config.species)})"
+        )
+
+
+# --- the collaborators of a run ---------------------------------------------------------------
+
+
+@dataclass
+class Progress:
+    """The counters of a run that a checkpoint restores (beside the optimizer, scheduler, EMA
+    and RNG states)."""
+
+    epoch: int = 0
+    best_loss: float = math.inf
+    best_epoch: int = 0
+    stale: int = 0
+    elapsed_before: float = 0.0  # wall seconds of earlier sessions of this run
+    history: list[dict[str, Any]] = field(default_factory=list)
+    stop_reason: str = ""
+
+
+@dataclass
+class TrainingRun:
+    """Model, EMA, optimizer, schedule and data of one run: what a step, an epoch and a
+    validation work with."""
+
+    config: TrainingConfig
+    model_config: ModelConfig
+    model: torch.nn.Module
+    trained: torch.nn.Module  # ``model``, or its DistributedDataParallel wrapper
+    ema: ExponentialMovingAverage | None
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    loader: DataLoader
+    sampler: Any  # DistributedSampler under DDP, else None
+    shuffle: torch.Generator
+    validation: list  # this process's shard of the validation graphs
+    properties: list[str]
+    weights: dict[str, float]
+    with_forces: bool  # no force pass (≈2/3 of the cost) when the loss does not use forces
+    device: torch.device
+    dtype: torch.dtype
+    ddp: Distributed
+
+    @property
+    def evaluation_model(self) -> torch.nn.Module:
+        """The weights that are validated and exported: the EMA if there is one."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def fresh_model(self) -> torch.nn.Module:
+        return fresh_model(self.model_config, self.dtype, self.device)
+
+
+def fresh_model(model_config: ModelConfig, dtype: torch.dtype, device: torch.device) -> torch.nn.Module:
+    """An empty model of the given architecture; building it does not consume the training RNG."""
+    with torch.random.fork_rng(devices=[]):
+        return build_model(model_config, dtype).to(device)
+
+
+def build_run(
+    config: TrainingConfig,
+    inputs: RunInputs,
+    device: torch.device,
+    dtype: torch.dtype,
+    ddp: Distributed,
+    init_weights: str | Path | None = None,
+) -> TrainingRun:
+    """Seed, build the model and its collaborators. The order of RNG use is fixed: an exact
+    resume depends on it. ``init_weights``: a model file whose weights start the run (a warm
+    start; a resumed run then restores its checkpoint over them)."""
+    _set_seeds(config.seed)
+    model_config = inputs.model_config
+    model = build_model(model_config, dtype).to(device)
+    if init_weights is not None:
+        load_initial_weights(model, init_weights)
+    factory = functools.partial(fresh_model, model_config, dtype, device)
+    ema = ExponentialMovingAverage(model, config.ema_decay, factory) if config.ema_decay > 0 else None
+    trained = model
+    if ddp.active:
+        from torch.nn.parallel import DistributedDataParallel
+
+        trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizer = _make_optimizer(config, model)
+    scheduler = _make_scheduler(config, optimizer)
+    properties = list(model_config.properties)
+    weights = {"energy": config.energy_weight, "forces": config.forces_weight}
+    weights.update({name: config.property_weights.get(name, 1.0) for name in properties})
+    shuffle = torch.Generator()
+    shuffle.manual_seed(config.seed)
+    sampler = None
+    if ddp.active:
+        from torch.utils.data.distributed import DistributedSampler
+
+        sampler = DistributedSampler(
+            inputs.prepared.train, num_replicas=ddp.world_size, rank=ddp.rank, shuffle=True, seed=config.seed
+        )
+    loader = DataLoader(
+        inputs.prepared.train,
+        batch_size=config.batch_size,
+        shuffle=sampler is None,
+        sampler=sampler,
+        generator=shuffle if sampler is None else None,
+        num_workers=config.num_workers,
+        drop_last=False,
+    )
+    return TrainingRun(
+        config=config,
+        model_config=model_config,
+        model=model,
+        trained=trained,
+        ema=ema,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        loader=loader,
+        sampler=sampler,
+        shuffle=shuffle,
+        validation=inputs.prepared.validation[ddp.rank :: ddp.world_size],
+        properties=properties,
+        weights=weights,
+        with_forces="forces" in inputs.outputs_trained,
+        device=device,
+        dtype=dtype,
+        ddp=ddp,
+    )
+
+
+def load_initial_weights(model: torch.nn.Module, path: str | Path) -> None:
+    """Copy the weights of the model file ``path`` into ``model`` (same architecture and species).
+
+    The per-element reference energies (``e0``) stay those of ``model``'s own training data;
+    every learned weight comes from ``path``. Used to warm-start a retraining on more data.
+
+    Raises:
+        ConfigError: the file's architecture or species differ from ``model``'s.
+    """
+    from molequi.models.io import load_model
+
+    source = load_model(path, device=next(model.parameters()).device, dtype=next(model.parameters()).dtype)
+    theirs, ours = source.model.config, model.model.config
+    if list(theirs.species) != list(ours.species):
+        raise ConfigError(
+            f"cannot start from {path}: it was trained on elements {list(theirs.species)}, the data hold {list(ours.species)}"
+        )
+    state = {key: value for key, value in source.state_dict().items() if key != "model.e0"}
+    own = model.state_dict()
+    mismatched = [key for key, value in state.items() if key not in own or own[key].shape != value.shape]
+    if mismatched or set(own) - set(state) - {"model.e0"}:
+        raise ConfigError(f"cannot start from {path}: its architecture differs from the configured one ({mismatched[:3]} ...)")
+    model.load_state_dict(state, strict=False)
+
+
+def restore(run: TrainingRun, state: dict[str, Any]) -> Progress:
+    """Load a checkpoint's states into ``run`` and return its counters."""
+    run.model.load_state_dict(state["model"])
+    if run.ema is not None:
+        run.ema.load_state_dict(state["ema"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"], run.shuffle)
+    stop_reason = str(state.get("stop_reason", ""))
+    if not stop_reason.startswith("early stopping"):
+        stop_reason = ""  # max_epochs / time budget: a resumed run may go on
+    return Progress(
+        epoch=int(state["epoch"]),
+        best_loss=float(state["best_loss"]),
+        best_epoch=int(state["best_epoch"]),
+        stale=int(state["stale"]),
+        elapsed_before=float(state["elapsed_s"]),
+        history=[dict(row) for row in state["history"]],
+        stop_reason=stop_reason,
+    )
+
+
+def snapshot(run: TrainingRun, progress: Progress, paths: list[str], elapsed_s: float) -> dict[str, Any]:
+    """The full state of a run after an epoch: what ``checkpoints/*.pt`` hold."""
+    return {
+        "epoch": progress.epoch,
+        "model": run.model.state_dict(),
+        "ema": run.ema.state_dict() if run.ema is not None else None,
+        "export": run.evaluation_model.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "rng": rng_state(run.shuffle),
+        "best_loss": progress.best_loss,
+        "best_epoch": progress.best_epoch,
+        "stale": progress.stale,
+        "elapsed_s": elapsed_s,
+        "history": progress.history,
+        "stop_reason": progress.stop_reason,
+        "config": run.config.to_dict(),
+        "model_config": run.model_config.to_dict(),
+        "data": paths,
+        "world_size": run.ddp.world_size,
+    }
