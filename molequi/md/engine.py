@@ -32,6 +32,48 @@ class StopEvent:
         return f"system {self.system} stopped at step {self.step}: {self.reason}"
 
 
+def default_stop_temperature(temperature: torch.Tensor) -> torch.Tensor:
+    """[S] the default safety limit, K: ``max(10 × target temperature, 100 K)``."""
+    return torch.clamp(10.0 * temperature, min=100.0)
+
+
+def safety_stops(
+    state: MDState, edge_index: torch.Tensor, shifts: torch.Tensor, stop_temperature: torch.Tensor, min_distance: float
+) -> tuple[torch.Tensor, list[StopEvent]]:
+    """Which systems of ``state`` must stop, and why (both engines apply this one rule).
+
+    A system stops when a force or a position is non-finite, when two atoms are closer than
+    ``min_distance`` Å (over the pairs ``edge_index``/``shifts`` of its neighbor list), or when
+    its kinetic temperature exceeds ``stop_temperature`` [S] K (a NaN temperature counts as too
+    hot). Returns the [S] bool mask of stopped systems and one :class:`StopEvent` each.
+    """
+    temperature = instantaneous_temperature(state)
+    atom_bad = ~(torch.isfinite(state.forces).all(-1) & torch.isfinite(state.positions).all(-1))
+    nonfinite = torch.zeros(state.num_systems, dtype=torch.long, device=state.device).index_add_(
+        0, state.batch, atom_bad.long()
+    )
+    closest = torch.full_like(temperature, float("inf"))
+    if edge_index.shape[1]:
+        i, j = edge_index
+        lengths = (state.positions[j] - state.positions[i] + shifts).norm(dim=-1)
+        closest = closest.scatter_reduce(0, state.batch[i], lengths, reduce="amin", include_self=True)
+    too_hot = ~(temperature <= stop_temperature)  # NaN counts as too hot
+    collapsed = closest < min_distance
+    bad = (nonfinite > 0) | too_hot | collapsed
+    if not bool(bad.any()):
+        return bad, []
+    events = []
+    for k in torch.nonzero(bad).flatten().tolist():
+        if nonfinite[k] > 0:
+            reason = f"non-finite forces or positions on {int(nonfinite[k])} atom(s)"
+        elif collapsed[k]:
+            reason = f"two atoms are {float(closest[k]):.3f} Å apart (< {min_distance} Å)"
+        else:
+            reason = f"temperature {float(temperature[k]):.0f} K exceeds {float(stop_temperature[k]):.0f} K"
+        events.append(StopEvent(int(state.system_ids[k]), state.step, reason))
+    return bad, events
+
+
 class BatchedMD:
     """Advance the systems of ``state`` with ``potential`` (all on the potential's device).
 
@@ -71,12 +113,13 @@ class BatchedMD:
         self.state = state if state.device == potential.device else to_device(state, potential.device)
         potential.check_species(self.state.numbers)
         if max_temperature is None:
-            self.stop_temperature = torch.clamp(10.0 * self.state.temperature, min=100.0)
+            self.stop_temperature = default_stop_temperature(self.state.temperature)
         else:
             self.stop_temperature = torch.full_like(self.state.temperature, float(max_temperature))
         self.min_distance = float(min_distance)
         self.stopped: list[StopEvent] = []
         self.outputs: dict[str, torch.Tensor] = {}
+        self.in_step = False  # True while a step is being taken (see :meth:`step`)
         self._new_neighbor_list()
         self.energy_reference = torch.zeros_like(self.state.energy)  # [S] total energy at step 0, eV
         self.max_deviation = torch.zeros_like(self.state.energy)  # [S] max |E_tot − E_ref|, eV
@@ -106,9 +149,11 @@ class BatchedMD:
         """One time step of every running system, then the safety checks (nothing if none runs)."""
         if self.state.num_systems == 0:
             return
+        self.in_step = True  # an interruption now leaves a half-updated state: no restart from it
         self.integrator(self.state, self.dt, self.compute)
         self.max_deviation = torch.maximum(self.max_deviation, (self.total_energy() - self.energy_reference).abs())
         self.check_safety()
+        self.in_step = False
 
     def run(self, steps: int, observers=(), callback=None) -> None:
         """Take ``steps`` steps (fewer if every system stops), calling ``observer(self)`` after
@@ -134,33 +179,11 @@ class BatchedMD:
     # ------------------------------------------------------------------ safety
     def check_safety(self) -> list[StopEvent]:
         """Stop systems that are too hot, collapsed or non-finite; returns the new stops."""
-        state = self.state
-        temperature = instantaneous_temperature(state)
-        atom_bad = ~(torch.isfinite(state.forces).all(-1) & torch.isfinite(state.positions).all(-1))
-        nonfinite = torch.zeros(state.num_systems, dtype=torch.long, device=state.device).index_add_(
-            0, state.batch, atom_bad.long()
-        )
-        i, j = self.neighbors.edge_index
-        lengths = (state.positions[j] - state.positions[i] + self.neighbors.shifts).norm(dim=-1)
-        closest = torch.full_like(temperature, float("inf")).scatter_reduce(
-            0, state.batch[i], lengths, reduce="amin", include_self=True
-        )
-        too_hot = ~(temperature <= self.stop_temperature)  # NaN counts as too hot
-        collapsed = closest < self.min_distance
-        bad = (nonfinite > 0) | too_hot | collapsed
-        if not bool(bad.any()):
-            return []
-        events = []
-        for k in torch.nonzero(bad).flatten().tolist():
-            if nonfinite[k] > 0:
-                reason = f"non-finite forces or positions on {int(nonfinite[k])} atom(s)"
-            elif collapsed[k]:
-                reason = f"two atoms are {float(closest[k]):.3f} Å apart (< {self.min_distance} Å)"
-            else:
-                reason = f"temperature {float(temperature[k]):.0f} K exceeds {float(self.stop_temperature[k]):.0f} K"
-            events.append(StopEvent(int(state.system_ids[k]), state.step, reason))
-        self._remove(~bad)
-        self.stopped.extend(events)
+        bad, events = safety_stops(self.state, self.neighbors.edge_index, self.neighbors.shifts,
+                                   self.stop_temperature, self.min_distance)
+        if events:
+            self._remove(~bad)
+            self.stopped.extend(events)
         return events
 
     def _remove(self, keep: torch.Tensor) -> None:
