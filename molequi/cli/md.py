@@ -54,7 +54,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--restart-every", type=int, default=1000,
                         help="write the restart file every N steps (0: never; batched engine only)")
     parser.add_argument("--resume", action="store_true",
-                        help="continue from OUT/restart.safetensors up to --steps (batched engine)")
+                        help="continue the run in OUT from its restart.safetensors up to --steps (batched engine); "
+                             "refused if the model, the structures or a setting that shapes the trajectory changed")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start afresh in an OUT that holds an earlier run, deleting that run's files "
+                             "(without it, a non-empty OUT is refused)")
     parser.add_argument("--skin", type=float, default=1.0, help="neighbor-list skin, Å (rebuilt after moves > skin/2)")
     parser.add_argument("--max-temperature", type=float, default=None,
                         help="stop a system above this temperature, K (default: max(10 x --temperature, 100))")
@@ -85,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     models = [p for p in args.model.split(",") if p]
     result = run_md_files(models, args.structures, settings, args.out, replicas=args.replicas,
-                          device=args.device, dtype=args.dtype, resume=args.resume)
+                          device=args.device, dtype=args.dtype, resume=args.resume, overwrite=args.overwrite)
     print("\n".join(result.summary_lines()))
     print(f"output: {Path(args.out).resolve()}")
     if result.stopped:

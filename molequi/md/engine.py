@@ -7,17 +7,55 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from molequi.errors import MolequiError
+from molequi.errors import ModelFileError
 from molequi.md.integrators import baoab_step, velocity_verlet_step
 from molequi.md.neighbors import BatchedNeighborList
 from molequi.md.potential import GraphTensors, Potential
-from molequi.md.state import MDState, instantaneous_temperature, kinetic_energy, to_device
-from molequi.utils import atomic_write
+from molequi.md.state import MDState, check_state, instantaneous_temperature, kinetic_energy, to_device
+from molequi.utils import DIGEST_KEY, atomic_write, tensors_digest
+from molequi.validation import check_count, check_number
 
 INTEGRATORS = {"nve": velocity_verlet_step, "nvt": baoab_step}
 RESTART_FORMAT = "molequi-md-restart"
+
+
+def write_restart_file(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
+    """Write a restart file (safetensors) atomically, with the checksum of its tensors and
+    header under :data:`~molequi.utils.DIGEST_KEY`."""
+    metadata = {**metadata, DIGEST_KEY: tensors_digest(tensors, metadata)}
+    return atomic_write(path, lambda temporary: save_file(tensors, str(temporary), metadata=metadata))
+
+
+def read_restart_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors (CPU) and header of a restart file, after checking format and checksum.
+
+    A file written before checksums existed is read with a warning.
+    """
+    import warnings
+
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: no restart file to resume from")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise ModelFileError(f"{path}: not a readable MD restart file ({str(error).splitlines()[0][:200]})") from None
+    if metadata.get("format") != RESTART_FORMAT:
+        raise ModelFileError(f"{path}: not a molequi MD restart file")
+    stored = metadata.get(DIGEST_KEY)
+    if stored is None:
+        warnings.warn(f"{path}: restart file without a checksum (written by an older molequi); its integrity "
+                      "cannot be verified", stacklevel=2)
+    elif stored != tensors_digest(tensors, metadata):
+        raise ModelFileError(f"{path}: checksum mismatch: the restart file was corrupted or altered after it was "
+                             "written; refusing to resume from it")
+    return tensors, metadata
 
 
 @dataclass
@@ -233,32 +271,46 @@ class BatchedMD:
             "stopped": json.dumps([vars(e) for e in self.stopped]),
             "extra": json.dumps(extra or {}),
         }
-        return atomic_write(path, lambda temporary: save_file(tensors, str(temporary), metadata=metadata))
+        return write_restart_file(path, tensors, metadata)
 
     @classmethod
     def from_restart(cls, path: str | Path, potential: Potential) -> tuple[BatchedMD, dict]:
-        """The engine saved by :meth:`save_restart`, and the ``extra`` metadata saved with it."""
-        from safetensors import safe_open
+        """The engine saved by :meth:`save_restart`, and the ``extra`` metadata saved with it.
 
+        Raises:
+            ModelFileError: missing, foreign, corrupt (checksum, header values, tensor shapes).
+        """
         path = Path(path)
-        if not path.is_file():
-            raise MolequiError(f"{path}: no restart file to resume from")
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-        if metadata.get("format") != RESTART_FORMAT:
-            raise MolequiError(f"{path}: not a molequi MD restart file")
-        tensors = {k: v.to(potential.device) for k, v in load_file(str(path)).items()}
-        state = MDState(
-            **{k.removeprefix("state."): v for k, v in tensors.items() if k.startswith("state.")},
-            step=int(metadata["step"]),
-        )
+        tensors, metadata = read_restart_file(path)
+        try:
+            step = check_count("step", int(metadata["step"]), error=ModelFileError)
+            dt = check_number("dt", float(metadata["dt"]), "fs", low=0.0, low_inclusive=False, error=ModelFileError)
+            ensemble = metadata["ensemble"]
+            skin = check_number("skin", float(metadata["skin"]), "Å", low=0.0, error=ModelFileError)
+            min_distance = check_number("min_distance", float(metadata["min_distance"]), "Å", low=0.0, error=ModelFileError)
+            stopped = [StopEvent(**e) for e in json.loads(metadata["stopped"])]
+            extra = json.loads(metadata.get("extra", "{}"))
+            if ensemble not in INTEGRATORS or not isinstance(extra, dict):
+                raise ValueError(f"ensemble {ensemble!r}")
+            state = MDState(**{k.removeprefix("state."): v for k, v in tensors.items() if k.startswith("state.")}, step=step)
+            check_state(state)
+            missing = [key for key in ("stop_temperature", "energy_reference", "max_deviation", "neighbors.reference",
+                                       "neighbors.edge_index", "neighbors.shifts") if key not in tensors]
+            if missing:
+                raise KeyError(f"missing tensors {missing}")
+        except ModelFileError as error:
+            raise ModelFileError(f"{path}: corrupt restart file ({error})") from None
+        except (KeyError, TypeError, ValueError) as error:
+            raise ModelFileError(f"{path}: corrupt restart file ({type(error).__name__}: {error})") from None
+        tensors = {k: v.to(potential.device) for k, v in tensors.items()}
+        state = to_device(state, potential.device)
         engine = cls(
             potential,
             state,
-            dt=float(metadata["dt"]),
-            ensemble=metadata["ensemble"],
-            skin=float(metadata["skin"]),
-            min_distance=float(metadata["min_distance"]),
+            dt=dt,
+            ensemble=ensemble,
+            skin=skin,
+            min_distance=min_distance,
             initial_forces=False,
         )
         engine.stop_temperature = tensors["stop_temperature"]
@@ -268,6 +320,6 @@ class BatchedMD:
         engine.neighbors.reference = tensors["neighbors.reference"]
         engine.neighbors.edge_index = tensors["neighbors.edge_index"]
         engine.neighbors.shifts = tensors["neighbors.shifts"]
-        engine.stopped = [StopEvent(**e) for e in json.loads(metadata["stopped"])]
-        return engine, json.loads(metadata.get("extra", "{}"))
+        engine.stopped = stopped
+        return engine, extra
 

@@ -209,22 +209,89 @@ def read_systems(specs: Sequence[str], replicas: int = 1) -> list[Atoms]:
     return systems
 
 
+MD_OUTPUTS = ("system_*.csv", "system_*.extxyz", "system_*.traj", "trajectory.extxyz", "trajectory.traj",
+              "restart.safetensors", "energy.png")
+"""Glob patterns of the files an MD run writes in its output folder (what ``overwrite`` deletes)."""
+
+
 def run_md(
     potential: Potential,
     systems: Sequence[Atoms],
     settings: MDSettings,
     out: str | Path,
     resume: bool = False,
+    overwrite: bool = False,
 ) -> MDResult:
     """Run MD of ``systems`` with ``potential`` and write logs, trajectories, restarts and
-    ``energy.png`` to ``out`` (see :mod:`molequi.md.output`)."""
+    ``energy.png`` to ``out`` (see :mod:`molequi.md.output`).
+
+    ``out`` is locked for the run (a second run on it fails at once). A new run needs an empty
+    ``out`` (or ``overwrite``, which deletes only :data:`MD_OUTPUTS`); ``resume`` continues the
+    run there from its restart file, refused when the settings that shape the trajectory, the
+    models or the structures differ (compared by content, see :func:`md_identity`).
+    """
+    from molequi.utils import claim_run_directory
+
     settings.validate()
     out = Path(out)
     if resume and settings.engine != "batched":
         raise ConfigError("resume needs the batched engine (the ASE engine writes no restart files)")
-    if settings.engine == "batched":
-        return _run_batched(potential, list(systems), settings, out, resume)
-    return _run_ase(potential, list(systems), settings, out)
+    if resume and overwrite:
+        raise ConfigError("--resume continues a run and --overwrite replaces it: pass one of them")
+    systems = list(systems)
+    identity = md_identity(potential, systems, settings)
+    with claim_run_directory(out, "md", MD_OUTPUTS, resume=resume, overwrite=overwrite,
+                             resume_marker="restart.safetensors"):
+        if settings.engine == "batched":
+            return _run_batched(potential, systems, settings, out, resume, identity)
+        return _run_ase(potential, systems, settings, out)
+
+
+def structures_digest(systems: Sequence[Atoms]) -> str:
+    """sha256 over the systems' atomic numbers, positions, cells and periodicity (their content,
+    whatever file or frame selection they came from)."""
+    import hashlib
+
+    import numpy as np
+
+    digest = hashlib.sha256()
+    for atoms in systems:
+        for array in (atoms.numbers.astype(np.int64), atoms.positions.astype(np.float64),
+                      atoms.cell.array.astype(np.float64), np.asarray(atoms.pbc, dtype=bool)):
+            digest.update(np.ascontiguousarray(array).tobytes())
+        digest.update(b"|")
+    return digest.hexdigest()
+
+
+def md_identity(potential: Potential, systems: Sequence[Atoms], settings: MDSettings) -> dict[str, object]:
+    """What a resume must find unchanged: the settings that shape the trajectory, each model's
+    content (weights, dtype, architecture) and the structures' content."""
+    from molequi.models.io import model_digest
+
+    return {"settings": settings.physics(), "models": [model_digest(m) for m in potential.models],
+            "structures": structures_digest(systems), "systems": len(systems)}
+
+
+def check_resume_identity(saved: dict | None, current: dict, out: Path) -> None:
+    """Raise :class:`ConfigError` naming what changed between the run in ``out`` and this resume."""
+    import warnings
+
+    if not saved:
+        warnings.warn(f"{out}: the restart file records no settings (written by an older molequi); the resume "
+                      "cannot check that the settings, models and structures are unchanged", stacklevel=3)
+        return
+    changes = []
+    old_settings = saved.get("settings", {})
+    for key, value in current["settings"].items():
+        if key in old_settings and old_settings[key] != value:
+            changes.append(f"--{key.replace('_', '-')} {old_settings[key]} -> {value}")
+    if saved.get("models") != current["models"]:
+        changes.append("the model(s) (other weights, dtype or architecture)")
+    if saved.get("structures") != current["structures"] or saved.get("systems") != current["systems"]:
+        changes.append("the structures (other atoms, positions, frames or --replicas)")
+    if changes:
+        raise ConfigError(f"cannot resume the run in {out}: changed since it started: {'; '.join(changes)} "
+                          "(resume with the original inputs, or start a new run in another --out)")
 
 
 def run_md_files(
@@ -236,6 +303,7 @@ def run_md_files(
     device: str = "cpu",
     dtype: str | None = None,
     resume: bool = False,
+    overwrite: bool = False,
 ) -> MDResult:
     """:func:`run_md` from model files (several: a committee) and structure specs (see
     :func:`read_systems`)."""
@@ -246,7 +314,7 @@ def run_md_files(
         raise ConfigError("no model file given")
     systems = read_systems(structures, replicas)
     potential = Potential(load_models(list(models), device=device, dtype=dtype))
-    return run_md(potential, systems, settings, out, resume=resume)
+    return run_md(potential, systems, settings, out, resume=resume, overwrite=overwrite)
 
 
 def _output(potential: Potential, count: int, settings: MDSettings, out: Path, resume: bool = False,
@@ -286,13 +354,16 @@ def _record(engine, records: list[SystemResult]) -> None:
             records[system].max_deviation = float(engine.max_deviation[k])
 
 
-def _run_batched(potential: Potential, systems: list[Atoms], settings: MDSettings, out: Path, resume: bool) -> MDResult:
+def _run_batched(potential: Potential, systems: list[Atoms], settings: MDSettings, out: Path, resume: bool,
+                 identity: dict) -> MDResult:
     from molequi.md.state import state_from_atoms
 
     if resume:
-        engine, _ = BatchedMD.from_restart(out / "restart.safetensors", potential)
+        engine, extra = BatchedMD.from_restart(out / "restart.safetensors", potential)
+        check_resume_identity(extra.get("identity"), identity, out)
         output = _output(potential, len(systems), settings, out, resume=True)
         _describe(output, settings, systems)
+        output.restart_metadata = {"identity": identity}
         for event in engine.stopped:
             print(event)
     else:
@@ -302,6 +373,7 @@ def _run_batched(potential: Potential, systems: list[Atoms], settings: MDSetting
                            max_temperature=settings.max_temperature, min_distance=settings.min_distance)
         output = _output(potential, len(systems), settings, out)
         _describe(output, settings, systems)
+        output.restart_metadata = {"identity": identity}
         output(engine)  # step 0
     progress = Progress(settings.steps, settings.dt, not settings.progress, initial=engine.state.step)
     try:

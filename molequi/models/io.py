@@ -45,6 +45,14 @@ def model_config(model: ForceOutput) -> ModelConfig:
     return inner.model.config
 
 
+def model_digest(model: ForceOutput) -> str:
+    """sha256 of a model's content: weights and buffers (in its dtype) and its configuration."""
+    from molequi.utils import tensors_digest
+
+    inner = getattr(model, "module", model)
+    return tensors_digest(inner.state_dict(), {"config": json.dumps(model_config(inner).to_dict(), sort_keys=True)})
+
+
 def save_model(model: ForceOutput, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
     """Write ``model`` to ``path`` atomically (temporary file, then rename)."""
     from molequi import __version__

@@ -1,0 +1,201 @@
+"""A careless or hostile user of the core (md, train, evaluate, model and restart files).
+
+Every case asserts: exit code 2 (1 for an MD run a safety stop cut short), one line on stderr
+without a traceback, and nothing outside the output folder changed. The case builders are plain
+functions (importable by other test modules): they take a folder and return what the case needs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from ase.build import molecule
+from ase.io import write
+
+from molequi.cli.main import main
+from molequi.models import save_model
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ---------------------------------------------------------------- case builders (plain functions)
+def tiny_model(seed: int = 0):
+    """A small random model (H, C, O) that runs in milliseconds."""
+    from conftest import random_model
+
+    return random_model(l_max=1, correlation=2, num_layers=1, seed=seed)
+
+
+def md_inputs(folder: Path) -> dict[str, Path]:
+    """A model file and an ethanol structure in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    model = save_model(tiny_model(), folder / "model.molequi")
+    atoms = molecule("CH3CH2OH")
+    atoms.rattle(0.05, seed=1)
+    write(folder / "ethanol.xyz", atoms)
+    return {"model": model, "structure": folder / "ethanol.xyz"}
+
+
+def md_args(inputs: dict[str, Path], out: Path, *extra: str, steps: int = 4) -> list[str]:
+    """``molequi md`` arguments for a short quiet run."""
+    return ["md", str(inputs["model"]), str(inputs["structure"]), "--steps", str(steps), "--dt", "0.5",
+            "--out", str(out), "--restart-every", "2", "--traj-every", "2", "--log-every", "1", "--no-progress",
+            "--min-distance", "0.2", *extra]
+
+
+def snapshot(root: Path, skip: Path | None = None) -> dict[str, bytes]:
+    """Every file under ``root`` (except under ``skip``) with its bytes and mode."""
+    state = {}
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and not (skip is not None and path.is_relative_to(skip)):
+            state[str(path.relative_to(root))] = path.read_bytes() + oct(path.stat().st_mode).encode()
+    return state
+
+
+def rewrite_restart(path: Path, change) -> None:
+    """Rewrite an MD restart file with ``change(tensors, metadata)`` applied and a valid
+    checksum: what a user with a text editor (or an attacker) can do."""
+    from molequi.md.engine import read_restart_file, write_restart_file
+
+    tensors, metadata = read_restart_file(path)
+    change(tensors, metadata)
+    metadata.pop("content_sha256", None)
+    write_restart_file(path, tensors, metadata)
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    code = main(args)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_user_error(code: int, err: str, *words: str, expected_code: int = 2) -> None:
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert code == expected_code, err
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+# ---------------------------------------------------------------- md: restart containment
+@pytest.mark.parametrize("name", ["../victim.txt", "/ABS/victim.txt", "sub/../../victim.txt", "model.molequi"])
+def test_resume_never_truncates_a_file_outside_out(tmp_path, capsys, name):
+    inputs = md_inputs(tmp_path)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n" * 100)
+    out = tmp_path / "md"
+    assert run_cli(md_args(inputs, out), capsys)[0] == 0
+    target = str(victim) if name.startswith("/ABS") else name
+
+    def poison(tensors, metadata):
+        extra = json.loads(metadata["extra"])
+        extra["file_sizes"][target] = 0
+        metadata["extra"] = json.dumps(extra)
+
+    rewrite_restart(out / "restart.safetensors", poison)
+    before = snapshot(tmp_path)
+    code, _, err = run_cli(md_args(inputs, out, "--resume", steps=8), capsys)
+    assert_user_error(code, err, "refusing")
+    assert snapshot(tmp_path) == before  # nothing anywhere changed, the run's own files included
+
+
+# ---------------------------------------------------------------- md: resume identity
+@pytest.mark.parametrize("change", [["--dt", "1.0"], ["--ensemble", "nvt"], ["--temperature", "600"],
+                                    ["--friction", "0.1"], ["--seed", "7"], "model", "structure"])
+def test_md_resume_refuses_changed_settings_or_inputs(tmp_path, capsys, change):
+    inputs = md_inputs(tmp_path)
+    out = tmp_path / "md"
+    assert run_cli(md_args(inputs, out), capsys)[0] == 0
+    args = md_args(inputs, out, "--resume", steps=8)
+    if change == "model":  # same name, other weights
+        save_model(tiny_model(seed=1), inputs["model"])
+        words = ["model"]
+    elif change == "structure":
+        atoms = molecule("CH3CH2OH")
+        write(inputs["structure"], atoms)
+        words = ["structures"]
+    else:
+        args = [a for a in args]
+        position = args.index(change[0]) if change[0] in args else None
+        if position is None:
+            args += change
+        else:
+            args[position + 1] = change[1]
+        words = [change[0]]
+    before = snapshot(tmp_path)
+    code, _, err = run_cli(args, capsys)
+    assert_user_error(code, err, "cannot resume", *words)
+    assert snapshot(tmp_path) == before
+
+
+def test_md_resume_with_the_same_inputs_continues(tmp_path, capsys):
+    inputs = md_inputs(tmp_path)
+    out = tmp_path / "md"
+    assert run_cli(md_args(inputs, out), capsys)[0] == 0
+    assert run_cli(md_args(inputs, out, "--resume", steps=8), capsys)[0] == 0
+    from molequi.md import read_log
+
+    assert read_log(out / "system_0000.csv")["step"].tolist() == list(range(9))
+
+
+# ---------------------------------------------------------------- md: silent overwrites and locks
+def test_md_refuses_an_existing_run_directory_without_resume_or_overwrite(tmp_path, capsys):
+    inputs = md_inputs(tmp_path)
+    out = tmp_path / "md"
+    assert run_cli(md_args(inputs, out), capsys)[0] == 0
+    (out / "notes.txt").write_text("mine")
+    before = snapshot(tmp_path)
+    code, _, err = run_cli(md_args(inputs, out), capsys)
+    assert_user_error(code, err, str(out), "--overwrite")
+    assert snapshot(tmp_path) == before
+    assert run_cli(md_args(inputs, out, "--overwrite"), capsys)[0] == 0
+    assert (out / "notes.txt").read_text() == "mine"  # --overwrite deletes only the run's own files
+
+
+def test_md_refuses_a_directory_locked_by_another_run(tmp_path, capsys):
+    from molequi.utils import locked_directory
+
+    inputs = md_inputs(tmp_path)
+    out = tmp_path / "md"
+    with locked_directory(out, "train"):
+        before = snapshot(tmp_path)
+        code, _, err = run_cli(md_args(inputs, out), capsys)
+        assert_user_error(code, err, str(out), "in use")
+        assert snapshot(tmp_path) == before
+
+
+def test_stale_temporaries_of_a_killed_run_are_removed(tmp_path, capsys):
+    inputs = md_inputs(tmp_path)
+    out = tmp_path / "md"
+    assert run_cli(md_args(inputs, out), capsys)[0] == 0
+    stale = out / ".restart.safetensors.0123abcd.tmp.safetensors"
+    stale.write_bytes(b"half")
+    assert run_cli(md_args(inputs, out, "--resume", steps=6), capsys)[0] == 0
+    assert not stale.exists()
+
+
+# ---------------------------------------------------------------- md: integrity of restart files
+@pytest.mark.parametrize("where", ["tensor", "header"])
+def test_md_refuses_a_corrupted_restart_file(tmp_path, capsys, where):
+    inputs = md_inputs(tmp_path)
+    out = tmp_path / "md"
+    assert run_cli(md_args(inputs, out), capsys)[0] == 0
+    path = out / "restart.safetensors"
+    data = bytearray(path.read_bytes())
+    if where == "tensor":
+        data[-20] ^= 0xFF  # a byte of the last tensor
+    else:
+        start = data.index(b'"dt":"') + 6
+        data[start] = ord("7") if data[start] != ord("7") else ord("3")
+    path.write_bytes(bytes(data))
+    before = snapshot(tmp_path)
+    code, _, err = run_cli(md_args(inputs, out, "--resume", steps=8), capsys)
+    assert_user_error(code, err, "restart")
+    assert snapshot(tmp_path) == before
