@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import torch
 from ase import Atoms
 
 from molequi.errors import ConfigError
@@ -239,6 +240,8 @@ def run_md(
     if resume and overwrite:
         raise ConfigError("--resume continues a run and --overwrite replaces it: pass one of them")
     systems = list(systems)
+    for atoms in systems:  # unknown elements are the input's fault: say so before touching ``out``
+        potential.check_species(torch.as_tensor(atoms.numbers, dtype=torch.long, device=potential.device))
     identity = md_identity(potential, systems, settings)
     with claim_run_directory(out, "md", MD_OUTPUTS, resume=resume, overwrite=overwrite,
                              resume_marker="restart.safetensors"):
