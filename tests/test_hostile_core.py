@@ -199,3 +199,90 @@ def test_md_refuses_a_corrupted_restart_file(tmp_path, capsys, where):
     code, _, err = run_cli(md_args(inputs, out, "--resume", steps=8), capsys)
     assert_user_error(code, err, "restart")
     assert snapshot(tmp_path) == before
+
+
+# ---------------------------------------------------------------- far atoms: no SIGFPE anywhere
+def far_atom_structure():
+    """Ethanol with one more H 10^6 Å away along x (vesin's open-box cell list died of SIGFPE)."""
+    from ase import Atoms
+
+    atoms = molecule("CH3CH2OH")
+    atoms.rattle(0.05, seed=1)
+    return atoms + Atoms("H", positions=[[1e6, 0.0, 0.0]])
+
+
+def labelled(atoms, energy: float = -10.0, forces=None):
+    """``atoms`` with energy (eV) and forces (eV/Å) labels attached as ASE stores them."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    atoms = atoms.copy()
+    forces = np.zeros((len(atoms), 3)) if forces is None else forces
+    atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=forces)
+    return atoms
+
+
+def far_atom_inputs(folder: Path) -> dict[str, Path]:
+    inputs = md_inputs(folder)
+    write(folder / "far.xyz", far_atom_structure())
+    write(folder / "far_labelled.extxyz", [labelled(far_atom_structure(), -10.0 - k) for k in range(2)])
+    return inputs
+
+
+def run_subprocess(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=120)
+
+
+@pytest.mark.slow
+def test_a_far_atom_kills_no_process(tmp_path):
+    inputs = far_atom_inputs(tmp_path)
+    script = f"""
+import numpy as np
+from ase.io import read
+from molequi.calculators import MolequiCalculator
+from molequi.data import neighbor_list
+from molequi.cli.main import main
+atoms = read({str(tmp_path / 'far.xyz')!r})
+atoms.calc = MolequiCalculator({str(inputs['model'])!r})
+assert np.isfinite(atoms.get_forces()).all() and np.all(atoms.get_forces()[-1] == 0)
+for far in ([[0, 0, 0], [1, 0, 0], [1e6, 0, 0]], [[0, 0, 0], [1e5, 1e5, 0], [1, 0, 0]]):
+    assert neighbor_list(np.array(far, float), 5.0)[0].shape == (2, 2)
+codes = [main(["evaluate", {str(inputs['model'])!r}, {str(tmp_path / 'far_labelled.extxyz')!r}]),
+         main(["md", {str(inputs['model'])!r}, {str(tmp_path / 'far.xyz')!r}, "--steps", "3", "--dt", "0.5",
+               "--out", {str(tmp_path / 'md')!r}, "--no-progress", "--min-distance", "0.2"])]
+print("codes", codes)
+"""
+    result = run_subprocess(["-c", script], tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "codes [0, 0]" in result.stdout and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("cell", [[[10, 0, 0], [0, 10, 0], [0, 0, 0]], [[10, 0, 0], [10, 1e-9, 0], [0, 0, 10]],
+                                  [[0.01, 0, 0], [0, 0.01, 0], [0, 0, 0.01]]])
+def test_a_degenerate_cell_is_one_line(tmp_path, capsys, cell):
+    inputs = md_inputs(tmp_path)
+    atoms = molecule("CH3CH2OH")
+    atoms.cell, atoms.pbc = cell, True
+    write(tmp_path / "box.extxyz", labelled(atoms))
+    before = snapshot(tmp_path)
+    for args in (["evaluate", str(inputs["model"]), str(tmp_path / "box.extxyz")],
+                 md_args({**inputs, "structure": tmp_path / "box.extxyz"}, tmp_path / "md")):
+        code, _, err = run_cli(args, capsys)
+        assert_user_error(code, err, "cell")
+    assert snapshot(tmp_path, skip=tmp_path / "md") == before
+    assert not (tmp_path / "md").exists()
+
+
+# ---------------------------------------------------------------- devices
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+@pytest.mark.parametrize("device", ["cuda", "cuda:3", "tpu", "garbage:x"])
+def test_an_unusable_device_is_one_line_in_every_command(tmp_path, capsys, device):
+    inputs = md_inputs(tmp_path)
+    write(tmp_path / "data.extxyz", [labelled(molecule("CH3CH2OH"), -10.0 - k) for k in range(4)])
+    for args in (md_args(inputs, tmp_path / "md", "--device", device),
+                 ["evaluate", str(inputs["model"]), str(tmp_path / "data.extxyz"), "--device", device],
+                 ["train", "--data", str(tmp_path / "data.extxyz"), "--out", str(tmp_path / "train"),
+                  "--device", device, "--max-epochs", "1"]):
+        code, _, err = run_cli(args, capsys)
+        assert_user_error(code, err, "device")
+    assert not (tmp_path / "md").exists() and not (tmp_path / "train").exists()

@@ -44,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine", choices=["batched", "ase"], default="batched",
                         help="batched: all systems at once on the device; ase: ASE integrators with the "
                              "MolequiCalculator, one system after another")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
     parser.add_argument("--dtype", choices=["float32", "float64"], default=None,
                         help="model precision (default: the precision the model was saved in); the integrator is float64")
     parser.add_argument("--out", default="md", help="output folder (CSV logs, extxyz trajectories, restart, energy.png)")

@@ -111,7 +111,10 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: str 
     Raises:
         ModelFileError: the file is missing, corrupt, truncated, foreign or too new.
     """
+    from molequi.utils import resolve_device
+
     path = Path(path)
+    device = resolve_device(device)
     header = read_header(path)
     try:
         config = ModelConfig.from_dict(header["config"])
