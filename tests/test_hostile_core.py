@@ -286,3 +286,78 @@ def test_an_unusable_device_is_one_line_in_every_command(tmp_path, capsys, devic
         code, _, err = run_cli(args, capsys)
         assert_user_error(code, err, "device")
     assert not (tmp_path / "md").exists() and not (tmp_path / "train").exists()
+
+
+# ---------------------------------------------------------------- model files: integrity and header values
+def edited_model(source: Path, target: Path, checksum: bool = True, **config_changes) -> Path:
+    """A copy of a model file with header config values changed; ``checksum``: recomputed (a
+    deliberate edit), else left stale (a corruption)."""
+    import safetensors.torch
+    from safetensors import safe_open
+
+    from molequi.utils import DIGEST_KEY, tensors_digest
+
+    with safe_open(str(source), framework="pt") as handle:
+        metadata = dict(handle.metadata())
+    tensors = safetensors.torch.load_file(str(source))
+    config = json.loads(metadata["config"])
+    config.update(config_changes)
+    metadata["config"] = json.dumps(config)
+    if checksum:
+        metadata[DIGEST_KEY] = tensors_digest(tensors, metadata)
+    safetensors.torch.save_file(tensors, str(target), metadata=metadata)
+    return target
+
+
+def flipped_weights(source: Path, target: Path) -> Path:
+    """A copy of a model file with bytes of its last tensor inverted (the header intact)."""
+    data = bytearray(source.read_bytes())
+    for k in range(-64, -32):
+        data[k] ^= 0x5A
+    target.write_bytes(bytes(data))
+    return target
+
+
+@pytest.mark.parametrize("case", ["flipped", "avg_num_neighbors=0", "energy_scale=inf", "channels='32'",
+                                  "num_layers=5000", "channels=200000", "species=[1,1,6]", "dtype"])
+def test_a_corrupt_or_absurd_model_file_is_refused_before_use(tmp_path, capsys, case):
+    import time
+
+    inputs = md_inputs(tmp_path)
+    write(tmp_path / "data.extxyz", [labelled(molecule("CH3CH2OH"), -10.0 - k) for k in range(2)])
+    bad = tmp_path / "bad.molequi"
+    if case == "flipped":
+        flipped_weights(inputs["model"], bad)
+    elif case == "dtype":
+        import safetensors.torch
+        from safetensors import safe_open
+
+        with safe_open(str(inputs["model"]), framework="pt") as handle:
+            metadata = {**handle.metadata(), "dtype": "int8"}
+        safetensors.torch.save_file(safetensors.torch.load_file(str(inputs["model"])), str(bad), metadata=metadata)
+    else:
+        key, value = case.split("=")
+        edited_model(inputs["model"], bad, **{key: float(value) if value == "inf" else eval(value)})
+    before = snapshot(tmp_path)
+    start = time.perf_counter()
+    for args in (["evaluate", str(bad), str(tmp_path / "data.extxyz")],
+                 md_args({**inputs, "model": bad}, tmp_path / "md")):
+        code, _, err = run_cli(args, capsys)
+        assert_user_error(code, err, str(bad))
+    assert time.perf_counter() - start < 20  # refused before anything was built at that size
+    assert snapshot(tmp_path) == before
+
+
+def test_a_model_file_without_checksum_loads_with_a_warning(tmp_path):
+    import safetensors.torch
+    from safetensors import safe_open
+
+    from molequi.models import load_model
+
+    source = md_inputs(tmp_path)["model"]
+    with safe_open(str(source), framework="pt") as handle:
+        metadata = {k: v for k, v in handle.metadata().items() if k != "content_sha256"}
+    old = tmp_path / "old.molequi"
+    safetensors.torch.save_file(safetensors.torch.load_file(str(source)), str(old), metadata=metadata)
+    with pytest.warns(UserWarning, match="without a checksum"):
+        load_model(old)

@@ -50,6 +50,7 @@ as it was stopped between epochs: a run cut short by ``max_minutes`` saves a par
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -90,7 +91,7 @@ from molequi.training.run import (
     resume_settings,
     snapshot,
 )
-from molequi.utils import atomic_write
+from molequi.utils import atomic_write, claim_run_directory
 
 __all__ = [
     "Distributed",
@@ -169,6 +170,7 @@ def train(
     resume: bool = False,
     log: Callable[[str], None] | None = None,
     init_weights: str | Path | None = None,
+    overwrite: bool = False,
 ) -> TrainResult:
     """Train a potential on ``data`` and write every output into ``out_dir``.
 
@@ -183,6 +185,9 @@ def train(
         log: where one-line progress messages go (default: print to stdout on rank 0).
         init_weights: a model file (same architecture and elements) whose weights start the run
             instead of random ones: a warm start, e.g. retraining on a grown data set.
+        overwrite: start afresh in an ``out_dir`` holding an earlier run, deleting its outputs
+            (:data:`TRAIN_OUTPUTS`); without it a non-empty ``out_dir`` is refused. ``out_dir``
+            is locked for the run.
 
     Raises:
         MolequiError subclasses for bad data, settings or checkpoints, before anything is written.
@@ -198,7 +203,14 @@ def train(
     say = log if log is not None else (lambda message: print(message, flush=True))
     say = say if ddp.is_main else (lambda message: None)
     try:
-        return _train(config, paths, out_dir, test_paths, resume, device, dtype, ddp, say, init_weights)
+        inputs = load_run_inputs(config, paths, out_dir, test_paths, resume, overwrite=overwrite)
+        # the main process owns out_dir for the run: a second run there fails at once, and a new
+        # run never mixes its files with an earlier one's (see claim_run_directory)
+        claim = (claim_run_directory(out_dir, "train", TRAIN_OUTPUTS, resume=resume, overwrite=overwrite,
+                                     resume_marker="checkpoints/last.pt")
+                 if ddp.is_main else contextlib.nullcontext())
+        with claim:
+            return _train(config, paths, out_dir, test_paths, resume, device, dtype, ddp, say, init_weights, inputs)
     finally:
         ddp.close()
 
@@ -387,6 +399,11 @@ def _record_validation(run: TrainingRun, progress: Progress, row: dict[str, Any]
 # --- the run ----------------------------------------------------------------------------------
 
 
+TRAIN_OUTPUTS = ("model.molequi", "log.csv", "learning_curve.png", "config.yaml", "checkpoints",
+                 "test_metrics.json", "test_parity.png")
+"""What a training run writes in its output directory (what ``overwrite`` deletes)."""
+
+
 def _output_files(out_dir: Path) -> dict[str, Path]:
     return {
         "config": out_dir / "config.yaml",
@@ -409,10 +426,12 @@ def _train(
     ddp: Distributed,
     say: Callable[[str], None],
     init_weights: str | Path | None = None,
+    inputs: RunInputs | None = None,
 ) -> TrainResult:
     started = time.monotonic()
     deadline = None if config.max_minutes is None else started + 60.0 * config.max_minutes
-    inputs = load_run_inputs(config, paths, out_dir, test_paths, resume)
+    if inputs is None:
+        inputs = load_run_inputs(config, paths, out_dir, test_paths, resume)
     run = build_run(config, inputs, device, dtype, ddp, init_weights)
     progress = Progress()
     if inputs.state is not None:
@@ -456,7 +475,7 @@ def _train(
             row["time_s"] = elapsed()
             progress.history.append(row)
             if ddp.is_main:
-                state = snapshot(run, progress, paths, elapsed())
+                state = snapshot(run, progress, paths, elapsed(), inputs.data_sha256)
                 if improved:
                     save_checkpoint(state, files["best"])
                 save_checkpoint(state, files["last"])
