@@ -361,3 +361,76 @@ def test_a_model_file_without_checksum_loads_with_a_warning(tmp_path):
     safetensors.torch.save_file(safetensors.torch.load_file(str(source)), str(old), metadata=metadata)
     with pytest.warns(UserWarning, match="without a checksum"):
         load_model(old)
+
+
+# ---------------------------------------------------------------- train: resume identity, locks, overwrites
+def labelled_dataset(path: Path, n: int = 6, seed: int = 0, energy=None, forces_scale: float = 0.1) -> Path:
+    """``n`` rattled ethanols with small energies (eV) and forces (eV/Å) in an extxyz file;
+    ``energy``: one value to give every structure instead (1e30, nan ...)."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for k in range(n):
+        atoms = molecule("CH3CH2OH")
+        atoms.rattle(0.05, seed=seed * 100 + k)
+        value = -10.0 + 0.01 * rng.normal() if energy is None else energy
+        frames.append(labelled(atoms, value, forces_scale * rng.normal(size=(len(atoms), 3))))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write(path, frames)
+    return path
+
+
+def train_args(data: Path, out: Path, *extra: str, epochs: int = 1) -> list[str]:
+    """``molequi train`` arguments for a seconds-long run of a tiny model."""
+    return ["train", "--data", str(data), "--out", str(out), "--max-epochs", str(epochs), "--channels", "4",
+            "--l-max", "0", "--num-layers", "1", "--correlation", "1", "--batch-size", "2", "--validation", "2",
+            "--device", "cpu", "--no-progress", *extra]
+
+
+@pytest.mark.parametrize("change", ["other file", "same name, other content"])
+def test_train_resume_refuses_other_data(tmp_path, capsys, change):
+    data = labelled_dataset(tmp_path / "data.extxyz")
+    out = tmp_path / "run"
+    assert run_cli(train_args(data, out), capsys)[0] == 0
+    if change == "other file":
+        data = labelled_dataset(tmp_path / "other.extxyz", seed=1)
+    else:
+        labelled_dataset(data, seed=1)
+    before = snapshot(tmp_path)
+    code, _, err = run_cli(train_args(data, out, "--resume", epochs=2), capsys)
+    assert_user_error(code, err, "cannot resume", "data")
+    assert snapshot(tmp_path) == before
+
+
+def test_train_refuses_an_existing_or_locked_run_directory(tmp_path, capsys):
+    from molequi.utils import locked_directory
+
+    data = labelled_dataset(tmp_path / "data.extxyz")
+    out = tmp_path / "run"
+    with locked_directory(out, "train"):  # another run owns it
+        code, _, err = run_cli(train_args(data, out), capsys)
+        assert_user_error(code, err, str(out), "in use")
+    assert run_cli(train_args(data, out), capsys)[0] == 0
+    (out / "notes.txt").write_text("mine")
+    before = snapshot(tmp_path)
+    code, _, err = run_cli(train_args(data, out), capsys)
+    assert_user_error(code, err, str(out))
+    assert snapshot(tmp_path) == before
+    assert run_cli(train_args(data, out, "--overwrite"), capsys)[0] == 0
+    assert (out / "notes.txt").read_text() == "mine"
+    (out / "checkpoints" / ".last.pt.0123abcd.tmp.pt").write_bytes(b"half")  # a killed checkpoint write
+    assert run_cli(train_args(data, out, "--resume", epochs=2), capsys)[0] == 0
+    assert not list(out.rglob("*.tmp*"))
+
+
+def test_train_refuses_a_corrupted_checkpoint(tmp_path, capsys):
+    data = labelled_dataset(tmp_path / "data.extxyz")
+    out = tmp_path / "run"
+    assert run_cli(train_args(data, out), capsys)[0] == 0
+    path = out / "checkpoints" / "last.pt"
+    blob = bytearray(path.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    path.write_bytes(bytes(blob))
+    before = snapshot(tmp_path)
+    code, _, err = run_cli(train_args(data, out, "--resume", epochs=2), capsys)
+    assert_user_error(code, err, "checkpoint")
+    assert snapshot(tmp_path) == before

@@ -31,6 +31,9 @@ def checkpoint_path(out_dir: str | Path, which: str = "last") -> Path:
     return Path(out_dir) / "checkpoints" / f"{which}.pt"
 
 
+_MISSING = object()
+
+
 def resume_settings(out_dir: str | Path, overrides: dict[str, Any] | None = None) -> tuple[TrainingConfig, list[str]]:
     """The config and data files of the run in ``out_dir`` (from ``checkpoints/last.pt``), with
     ``overrides`` applied to the settings that may change on resume (:data:`RESUMABLE_KEYS`).
@@ -45,7 +48,9 @@ def resume_settings(out_dir: str | Path, overrides: dict[str, Any] | None = None
     values = state["config"]
     for key, value in (overrides or {}).items():
         if key not in RESUMABLE_KEYS:
-            if key in values and values[key] == value:
+            head, _, tail = key.partition(".")  # "model.channels" lives in values["model"]
+            saved = values.get(head, {}).get(tail, _MISSING) if tail else values.get(key, _MISSING)
+            if saved == value:
                 continue
             raise ConfigError(
                 f"cannot change '{key}' when resuming (the run continues with its saved settings); "
