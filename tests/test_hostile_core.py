@@ -434,3 +434,54 @@ def test_train_refuses_a_corrupted_checkpoint(tmp_path, capsys):
     code, _, err = run_cli(train_args(data, out, "--resume", epochs=2), capsys)
     assert_user_error(code, err, "checkpoint")
     assert snapshot(tmp_path) == before
+
+
+# ---------------------------------------------------------------- values: one validation everywhere
+@pytest.mark.parametrize("option", [["--dt", "nan"], ["--dt", "-0.5"], ["--dt", "inf"], ["--temperature", "-5"],
+                                    ["--temperature", "nan"], ["--temperature", "1e7"], ["--friction", "-1"],
+                                    ["--traj-every", "-1"], ["--log-every", "-3"], ["--skin", "nan"],
+                                    ["--steps", "-1"], ["--replicas", "0"], ["--max-temperature", "nan"]])
+def test_md_refuses_impossible_values(tmp_path, capsys, option):
+    inputs = md_inputs(tmp_path)
+    before = snapshot(tmp_path)
+    code, _, err = run_cli(md_args(inputs, tmp_path / "md", *option), capsys)
+    assert_user_error(code, err, option[0].removeprefix("--").replace("-", "_"))
+    assert snapshot(tmp_path) == before and not (tmp_path / "md").exists()
+
+
+@pytest.mark.parametrize("energy", [1e30, float("nan"), float("inf")])
+def test_absurd_labels_are_refused_by_train_and_evaluate_alike(tmp_path, capsys, energy):
+    inputs = md_inputs(tmp_path)
+    data = labelled_dataset(tmp_path / "data.extxyz")
+    bad = labelled_dataset(tmp_path / "bad.extxyz", energy=energy)
+    before = snapshot(tmp_path)
+    messages = []
+    for args in (train_args(bad, tmp_path / "run"), ["evaluate", str(inputs["model"]), str(bad)]):
+        code, _, err = run_cli(args, capsys)
+        assert_user_error(code, err, "'energy' label")
+        messages.append(err.split(": ", 2)[-1])
+    assert messages[0] == messages[1]  # one validation, one message
+    assert snapshot(tmp_path) == before and not (tmp_path / "run").exists()
+    assert run_cli(["evaluate", str(inputs["model"]), str(data)], capsys)[0] == 0
+
+
+def test_training_that_diverges_stops_with_an_error(tmp_path, capsys):
+    data = labelled_dataset(tmp_path / "data.extxyz", forces_scale=1000.0)
+    code, _, err = run_cli(train_args(data, tmp_path / "run", "--lr", "1e30", epochs=3), capsys)
+    assert_user_error(code, err, "diverged")
+    assert not (tmp_path / "run" / "model.molequi").exists()
+
+
+def test_the_calculator_refuses_overlapping_atoms_like_predict(tmp_path):
+    from molequi.calculators import MolequiCalculator
+    from molequi.errors import InvalidStructureError
+    from molequi.models.predict import predict
+
+    atoms = molecule("CH3CH2OH")
+    atoms.positions[1] = atoms.positions[0]
+    model = tiny_model()
+    with pytest.raises(InvalidStructureError, match="apart"):
+        predict(model, [atoms])
+    atoms.calc = MolequiCalculator(model)
+    with pytest.raises(InvalidStructureError, match="apart"):
+        atoms.get_potential_energy()

@@ -144,7 +144,16 @@ def atoms_to_graph(
                 raise DataFormatError(f"{name}: forces have shape {forces.shape}, expected ({len(atoms)}, 3)")
             graph.forces = torch.tensor(forces, dtype=torch.float64)
     for key, value in (properties or {}).items():
-        graph[key] = torch.as_tensor(np.asarray(value, dtype=np.float64)).reshape(1, -1)
+        try:
+            graph[key] = torch.as_tensor(np.asarray(value, dtype=np.float64)).reshape(1, -1)
+        except (TypeError, ValueError):
+            raise DataFormatError(f"{name}: the '{key}' label {value!r} is not a number") from None
+    if with_labels or properties:
+        from molequi.validation import check_labels
+
+        check_labels(name, len(atoms), energy=float(graph.energy) if "energy" in graph else None,
+                     forces=graph.forces.numpy() if "forces" in graph else None,
+                     properties={key: graph[key].numpy() for key in (properties or {})})
     return graph
 
 

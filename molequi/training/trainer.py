@@ -77,6 +77,7 @@ from molequi.training.evaluate import (
     reported_metrics,
     resolve_device,
 )
+from molequi.errors import MolequiError
 from molequi.training.metrics import MetricSums, loss_terms, weighted_loss
 from molequi.training.plots import learning_curve, parity_plot
 from molequi.training.run import (
@@ -279,10 +280,18 @@ def train_one_epoch(run: TrainingRun, epoch: int, deadline: float | None, eta: s
             progress.close()
     if deadline is not None and not result.out_of_time and run.ddp.active:  # epochs shorter than 10 steps
         result.out_of_time = run.ddp.any(time.monotonic() > deadline, run.device)
+    if not bool(torch.isfinite(result.loss_sum)):  # one host sync an epoch; nothing of this epoch is saved
+        raise TrainingDivergedError(
+            f"training diverged in epoch {epoch}: the loss became {float(result.loss_sum)} (the last checkpoint keeps "
+            "the last finite epoch); lower --lr, or check the labels' units")
     if run.config.scheduler == "cosine":
         run.scheduler.step()
     result.sums.all_reduce()
     return result
+
+
+class TrainingDivergedError(MolequiError):
+    """The training loss became NaN or inf (a learning rate too high for the data, or bad labels)."""
 
 
 def _progress_bar(run: TrainingRun, epoch: int, eta: str = ""):
