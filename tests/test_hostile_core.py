@@ -485,3 +485,15 @@ def test_the_calculator_refuses_overlapping_atoms_like_predict(tmp_path):
     atoms.calc = MolequiCalculator(model)
     with pytest.raises(InvalidStructureError, match="apart"):
         atoms.get_potential_energy()
+
+
+# ---------------------------------------------------------------- safety stops are not a success
+@pytest.mark.parametrize("engine", ["batched", "ase"])
+def test_md_exits_nonzero_naming_the_stopped_systems(tmp_path, capsys, engine):
+    inputs = md_inputs(tmp_path)
+    out = tmp_path / "md"
+    code, printed, err = run_cli(md_args(inputs, out, "--replicas", "2", "--max-temperature", "1",
+                                         "--engine", engine, "--restart-every", "0"), capsys)
+    assert_user_error(code, err, "2 of 2 system(s) stopped early", "system 0", "system 1", "temperature",
+                      expected_code=1)
+    assert (out / "energy.png").exists()  # the outputs are still written
