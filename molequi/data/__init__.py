@@ -1,6 +1,7 @@
 """Data: the atomic-graph record, neighbor lists, readers, splits and statistics."""
 
-from molequi.data.graph import atoms_to_graph, structure_labels, validate_atoms
+from molequi.data.graph import atoms_to_graph, validate_atoms
+from molequi.data.labels import labelled_atoms, structure_labels
 from molequi.data.neighbors import neighbor_list
 from molequi.data.readers import KCAL_PER_MOL_IN_EV, read_rmd17, read_structures, require_labels
 from molequi.data.split import train_validation_split

@@ -78,7 +78,7 @@ import numpy as np
 from ase import Atoms, units
 from ase.data import atomic_numbers
 
-from molequi.data.readers import labelled_atoms
+from molequi.data.labels import labelled_atoms
 from molequi.errors import DataFormatError
 
 QM9_SIZE = 130_831
