@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ase import Atoms
 
-from molequi.data.labels import labelled_atoms, require_labels
+from molequi.data.labels import LabelKeys, apply_label_keys, labelled_atoms, require_labels
 from molequi.data.readers import ase_db, ase_io, qm9, rmd17
 from molequi.data.readers.ase_db import read_ase_db
 from molequi.data.readers.base import Reader
@@ -35,6 +35,7 @@ READERS: list[Reader] = [qm9.READER, rmd17.READER, ase_db.READER, ase_io.READER]
 
 __all__ = [
     "KCAL_PER_MOL_IN_EV",
+    "LabelKeys",
     "READERS",
     "RMD17_KEYS",
     "Reader",
@@ -62,10 +63,12 @@ def reader_for(source: str | Path) -> Reader:
     raise DataFormatError(f"{source}: no reader for this source (formats: {', '.join(r.name for r in READERS)})")
 
 
-def read_structures(path: str | Path, index: str = ":") -> list[Atoms]:
+def read_structures(path: str | Path, index: str = ":", keys: LabelKeys | None = None) -> list[Atoms]:
     """Read labelled structures from any registered format (see the module docstring).
 
-    ``index`` selects frames (ASE slice syntax) where the format has frames.
+    ``index`` selects frames (ASE slice syntax) where the format has frames; ``keys`` names the
+    labels' keys when they are not ASE's ``energy``/``forces``/``stress`` (e.g. MACE's
+    ``REF_energy``), see :func:`molequi.data.labels.apply_label_keys`.
 
     Raises:
         DataFormatError: the file is missing, unreadable or holds no structures.
@@ -81,4 +84,4 @@ def read_structures(path: str | Path, index: str = ":") -> list[Atoms]:
         raise DataFormatError(f"{path}: cannot read structures ({type(error).__name__}: {error})") from error
     if not structures:
         raise DataFormatError(f"{path}: the file holds no structures")
-    return structures
+    return apply_label_keys(structures, keys)
