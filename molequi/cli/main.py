@@ -21,13 +21,14 @@ COMMANDS = {
     "evaluate": "molequi.cli.evaluate",
     "md": "molequi.cli.md",
     "screen": "molequi.cli.screen",
+    "export": "molequi.cli.export",
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="molequi",
-        description="E(3)-equivariant interatomic potentials: train, evaluate, run MD, screen molecules.",
+        description="E(3)-equivariant interatomic potentials: train, evaluate, run MD, screen molecules, export.",
         epilog="Run 'molequi COMMAND --help' for the options of a command.",
     )
     parser.add_argument("--version", action="version", version=f"molequi {__version__}")
