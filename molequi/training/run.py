@@ -178,7 +178,7 @@ class TrainingRun:
     sampler: Any  # DistributedSampler under DDP, else None
     shuffle: torch.Generator
     validation: list  # this process's shard of the validation graphs
-    properties: list[str]
+    properties: dict[str, str]  # head name -> kind
     weights: dict[str, float]
     with_forces: bool  # no force pass (≈2/3 of the cost) when the loss does not use forces
     device: torch.device
@@ -225,7 +225,7 @@ def build_run(
         trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = _make_optimizer(config, model)
     scheduler = _make_scheduler(config, optimizer)
-    properties = list(model_config.properties)
+    properties = dict(model_config.properties)
     weights = {"energy": config.energy_weight, "forces": config.forces_weight}
     weights.update({name: config.property_weights.get(name, 1.0) for name in properties})
     shuffle = torch.Generator()
