@@ -46,11 +46,11 @@ TEMPERATURES = (300.0, 600.0, 1000.0)
 KCAL = 0.0433641153087705  # kcal/mol in eV (only to read rMD17 geometries; labels are xTB's)
 
 PROFILES = {
-    # quick: a smoke run; full: what fits in ~40 min of 2 shared cores
+    # quick: a smoke run (~10 min); full: what fits in ~40 min of 2 shared cores
     "quick": dict(n_train=100, n_calibration=50, n_test=20, members=4, epochs=25,
-                  rounds=2, per_round=6, md_steps=200, learn_members=2, learn_epochs=20),
-    "full": dict(n_train=300, n_calibration=100, n_test=60, members=4, epochs=60,
-                 rounds=4, per_round=8, md_steps=400, learn_members=3, learn_epochs=40),
+                  rounds=2, per_round=6, md_steps=200, learn_members=2, learn_epochs=40),
+    "full": dict(n_train=250, n_calibration=100, n_test=60, members=4, epochs=60,
+                 rounds=4, per_round=8, md_steps=400, learn_members=3, learn_epochs=150),
 }
 MODEL = {"model.channels": 16, "model.l_max": 1, "model.num_layers": 2, "model.radial_hidden": [16, 16],
          "model.readout_hidden": 16}
