@@ -80,7 +80,15 @@ def test_screen_end_to_end_with_committee(tmp_path):
     sdf = result.top_sdf.read_text()
     assert sdf.count("$$$$") == 3 and ">  <gap_mean>" in sdf and " H " in sdf
     report = result.report_html.read_text()
-    assert "<svg" in report and "data:image/png;base64," in report and "Pass rate per stage" in report
+    assert "<svg" in report and "data:image/png;base64," in report and "Molecules left after each stage" in report
+    # the report: rejection counts per filter, units, a sortable table with SMILES beside the depictions
+    assert result.rejections["duplicate"] == {"duplicate": 1}
+    assert result.rejections["filters"]["ring_size"] == 1 and result.rejections["filters"]["alert (pains)"] >= 1
+    assert "<td class='l'>ring_size</td><td>1</td>" in report
+    assert result.units == {"gap": "eV", "energy": "eV"} and "gap (mean ± std)<br><small>eV</small>" in report
+    assert "table class='sortable'" in report and "addEventListener('click'" in report
+    assert f"<td class='l smiles'>{result.top[0]['smiles']}</td>" in report
+    assert "<td class='l'>stage.max_ring_size</td><td class='l'>8</td>" in report
     assert result.stage_counts["read"] == 12 and result.stage_counts["selected"] == 3
 
 
@@ -252,3 +260,22 @@ def test_dask_two_workers_equals_single_process(tmp_path):
     assert single.scored_csv.read_bytes() == dask.scored_csv.read_bytes()
     assert single.top_sdf.read_bytes() == dask.top_sdf.read_bytes()
     shutil.rmtree(tmp_path / "two")
+
+
+def test_progress_lines_have_total_and_eta_and_say_when_resuming(tmp_path, capsys):
+    settings = dict(out=tmp_path / "p", embed_3d=False, plots=False, chunk_size=5, progress=True)
+    screen(DRUGS, **settings)
+    err = capsys.readouterr().err  # not a terminal: whole lines, no tqdm bar
+    assert "screen: 12/12 mol (100.0 %)" in err and "ETA 0s" in err and "\r" not in err
+    (tmp_path / "p" / "chunks" / "chunk_00001.csv").unlink()  # as if interrupted before chunk 1
+    screen(DRUGS, **settings)
+    err = capsys.readouterr().err
+    assert "resuming" in err and "2 chunk(s), 7 of 12 molecules already screened" in err
+
+
+def test_candidate_count_without_parsing():
+    from molequi.search.io import CandidateSource
+
+    assert CandidateSource(str(DRUGS)).count() == 12 == sum(1 for _ in CandidateSource(str(DRUGS)))
+    three = CandidateSource(str(DATA / "three.sdf.gz"))
+    assert three.count() == sum(1 for _ in three)

@@ -263,3 +263,36 @@ def test_score_mean_std_and_calibration():
     assert std[2] == 0.0 and std[3] > std[0] > 0  # std grows with heteroatoms
     threshold = calibrate_std_threshold(Committee(3), atoms, quantile=0.5)
     assert threshold["gap"] == pytest.approx(float(np.quantile(std, 0.5)))
+
+
+def test_report_percentages_never_round_a_share_to_zero():
+    from molequi.search.report import percent
+
+    assert percent(100, 1_900_000) == "0.0053 %"
+    assert percent(1, 1500) == "0.067 %"
+    assert percent(0, 10) == "0.0 %" and percent(471, 1500) == "31.4 %" and percent(5, 5) == "100.0 %"
+    assert percent(1, 0) == "–"
+
+
+def test_reason_categories_name_each_filter():
+    from molequi.search.pipeline import reason_categories
+
+    assert reason_categories("lipinski:2 violations;alert:pains:quinone_A(370)") == ["lipinski", "alert (pains)"]
+    assert reason_categories("error:ValueError:boom") == ["error (ValueError)"]
+    assert reason_categories("duplicate_of:mol3") == ["duplicate"]
+    assert reason_categories("") == []
+
+
+def test_histograms_label_axes_and_say_what_they_cover():
+    from molequi.search.report import histograms_figure
+
+    samples = {"mw": [150.0, 200.0, 320.0], "sa_score": [2.0, 3.5], "gap_mean": [4.0, 5.0],
+               "gap_std": [0.0, 0.0], "hbd": [0.0, 1.0, 3.0]}
+    figure = histograms_figure(samples, {"mw": 3, "sa_score": 2, "gap_mean": 2, "hbd": 3}, n_read=4,
+                               units={"gap": "eV"})
+    shown = {axis.get_xlabel(): axis.get_title() for axis in figure.axes if axis.get_visible()}
+    assert shown["molecular weight, g/mol"] == "n = 3 of 4"
+    assert shown["SA score, 1 easy … 10 hard"] == "n = 2 of 4 (passed the rules)"
+    assert shown["gap (mean), eV"] == "n = 2 of 4 (scored)"
+    assert "gap (committee std), eV" not in shown  # all zero: a note, not a histogram
+    assert all(axis.get_ylabel().startswith("molecules") for axis in figure.axes if axis.get_visible())

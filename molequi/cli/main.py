@@ -21,6 +21,7 @@ COMMANDS = {
     "evaluate": "molequi.cli.evaluate",
     "md": "molequi.cli.md",
     "screen": "molequi.cli.screen",
+    "learn": "molequi.cli.learn",
     "export": "molequi.cli.export",
 }
 

@@ -42,6 +42,8 @@ METAVARS = {"--energy-key": "KEY", "--forces-key": "KEY", "--stress-key": "KEY",
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from molequi.models.heads import HEADS
+
     from molequi.training.config import TrainingConfig
 
     defaults = TrainingConfig()
@@ -59,9 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(only --max-epochs, --max-minutes, --device, --num-workers may change)")
     parser.add_argument("--target", action="append", default=[], metavar="NAME[:KIND]",
                         help="train this label instead of energies+forces (repeatable): 'energy' or 'U0' = the energy "
-                        "label without forces; any other NAME = a property head on atoms.info[NAME] of KIND intensive "
-                        "(default), extensive, or dipole (default for dipole*; a 1-component label is compared with "
-                        "|μ|). Sets --forces-weight 0 and, without an energy target, --energy-weight 0 unless given. "
+                        "label without forces; any other NAME = a property head on atoms.info[NAME] of a KIND from "
+                        "molequi.models.heads: " + "; ".join(f"{kind}: {h.description}" for kind, h in HEADS.items()) +
+                        " (default: dipole for dipole*, else intensive). Sets --forces-weight 0 and, without an energy target, --energy-weight 0 unless given. "
                         "QM9 example: --data 'qm9:train?n=20000' --target gap")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (one line per epoch only)")
     for flag, (key, kind, text) in OVERRIDES.items():

@@ -190,6 +190,19 @@ class CandidateSource:
             return _read_sdf(path)
         return _read_smi(path)
 
+    def count(self) -> int:
+        """Number of records, without parsing any molecule (for a progress total): lines of a
+        SMILES file, rows of a table, ``$$$$`` lines of an SD file."""
+        n = 0
+        for path in self.files:
+            if detect_format(path) == "sdf":
+                opener = gzip.open if path.suffix == ".gz" else open
+                with opener(path, "rb") as handle:
+                    n += sum(1 for line in handle if line.startswith(b"$$$$"))
+            else:
+                n += sum(1 for _ in self._records(path))
+        return n
+
     def __iter__(self) -> Iterator[Candidate]:
         records = itertools.chain.from_iterable(self._records(f) for f in self.files)
         prefix = "qm9:" if self.source == "qm9" else ""

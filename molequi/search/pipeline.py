@@ -28,7 +28,8 @@ from .parallel import chunk_runner
 from .rank import diverse_pick, rank_rows
 from .report import write_report, write_top_sdf
 from .result import ScreenResult
-from .score import Scorer, calibrate_std_threshold, check_scorers, common_species, score_atoms, scorer_identity
+from .score import (Scorer, calibrate_std_threshold, check_scorers, common_species, prediction_units, score_atoms,
+                    scorer_identity)
 from .stage import BASE_COLUMNS, EMBED_COLUMNS
 from .store import chunk_path, finished_chunks, prepare_out_dir, read_csv_rows, write_csv_atomic
 
@@ -173,7 +174,21 @@ def _sample(samples: dict[str, list[float]], seen: dict[str, int], rng: random.R
         bucket[j] = value
 
 
-def _merge(out: Path, n_chunks: int, cfg: ScreenConfig, properties: list[str]) -> ScreenResult:
+def reason_categories(reason: str) -> list[str]:
+    """Short categories of a ``reason`` cell: ``"lipinski:2 violations;alert:pains:quinone_A(370)"``
+    -> ``["lipinski", "alert (pains)"]``; ``"error:ValueError:..."`` -> ``["error (ValueError)"]``."""
+    categories = []
+    for part in reason.split(";"):
+        words = part.split(":")
+        if words[0] in ("alert", "error", "standardize_failed") and len(words) > 1 and words[1]:
+            categories.append(f"{words[0]} ({words[1]})")
+        elif words[0]:
+            categories.append({"duplicate_of": "duplicate"}.get(words[0], words[0]))
+    return categories
+
+
+def _merge(out: Path, n_chunks: int, cfg: ScreenConfig, properties: list[str],
+           units: dict[str, str] | None = None) -> ScreenResult:
     """Pass 1 ranks the unique passing molecules, pass 2 writes the outputs."""
     thresholds = _thresholds(cfg, properties)
     objective_columns = {c for o in cfg.objectives()
@@ -203,6 +218,7 @@ def _merge(out: Path, n_chunks: int, cfg: ScreenConfig, properties: list[str]) -
     merge = _Merge(thresholds, cfg.drop_out_of_domain)
     top_rows: list[dict[str, str]] = []
     failed_at: dict[str, int] = {}
+    rejections: dict[str, dict[str, int]] = {}
     samples: dict[str, list[float]] = {}
     seen: dict[str, int] = {}
     rng = random.Random(0)
@@ -214,6 +230,10 @@ def _merge(out: Path, n_chunks: int, cfg: ScreenConfig, properties: list[str]) -
             row = merge.finalize(row)
             n_read += 1
             failed_at[row["failed_stage"]] = failed_at.get(row["failed_stage"], 0) + 1
+            if row["status"] != "pass":
+                reasons = rejections.setdefault(row["failed_stage"] or "unknown", {})
+                for category in reason_categories(row["reason"]):
+                    reasons[category] = reasons.get(category, 0) + 1
             n_ood += row["out_of_domain"] == "true"
             i = by_index.get(row["index"]) if row["status"] == "pass" else None
             if i is not None:
@@ -233,7 +253,8 @@ def _merge(out: Path, n_chunks: int, cfg: ScreenConfig, properties: list[str]) -
     failed_at.pop("", None)
     counts = _stage_counts(failed_at, n_read, len(top_rows), bool(properties), cfg.stage.embed_3d, n_ood)
     n_passed = n_read - sum(failed_at.values())
-    return ScreenResult(out, n_read, n_passed, counts, top_rows, columns, cfg.to_json(), samples)
+    return ScreenResult(out, n_read, n_passed, counts, top_rows, columns, cfg.to_json(), samples,
+                        coverage=seen, rejections=rejections, units=dict(units or {}))
 
 
 def _calibrated(cfg: ScreenConfig, scorers: Sequence[Scorer], validation_atoms, quantile: float) -> ScreenConfig:
@@ -293,7 +314,7 @@ def screen(candidates: str | Path | CandidateSource, scorers: Sequence[Scorer] =
     manifest = {"chunk_hash": chunk_hash, "chunk_settings": chunk_settings, "settings": config.to_json()}
     prepare_out_dir(out, chunk_hash, manifest, config.overwrite)
     n_chunks = _run_chunks(source, config, scorers, properties, out)
-    result = _merge(out, n_chunks, config, properties)
+    result = _merge(out, n_chunks, config, properties, prediction_units(scorers))
 
     write_top_sdf(out / "top.sdf", result.top, properties)
     write_report(out / "report.html", result)
@@ -306,8 +327,6 @@ def screen(candidates: str | Path | CandidateSource, scorers: Sequence[Scorer] =
 def _run_chunks(source: CandidateSource, cfg: ScreenConfig, scorers: Sequence[Scorer],
                 properties: list[str], out: Path) -> int:
     """Process and score every unfinished chunk; returns the number of chunks of the input."""
-    from tqdm.auto import tqdm
-
     done = finished_chunks(out)
     columns = _chunk_columns(properties)
     n_chunks = 0
@@ -319,14 +338,56 @@ def _run_chunks(source: CandidateSource, cfg: ScreenConfig, scorers: Sequence[Sc
             if k not in done:
                 yield k, chunk
 
-    n_done = n_pass = 0
-    with tqdm(unit="mol", desc="screen", disable=not cfg.progress, dynamic_ncols=True) as bar, \
-            chunk_runner(cfg.stage, cfg.workers, cfg.scheduler) as run:
-        for k, rows in run(todo()):
-            _score_chunk(rows, scorers, properties, cfg.batch_size)
-            write_csv_atomic(chunk_path(out, k), columns, rows)
-            n_done += len(rows)
-            n_pass += sum(r["status"] == "pass" for r in rows)
-            bar.update(len(rows))
-            bar.set_postfix(passed=f"{100.0 * n_pass / max(n_done, 1):.1f}%", refresh=False)
+    progress = _ScreenProgress(source, cfg, done, out) if cfg.progress else None
+    with chunk_runner(cfg.stage, cfg.workers, cfg.scheduler) as run:
+        try:
+            for k, rows in run(todo()):
+                _score_chunk(rows, scorers, properties, cfg.batch_size)
+                write_csv_atomic(chunk_path(out, k), columns, rows)
+                if progress is not None:
+                    progress.update(rows)
+        finally:
+            if progress is not None:
+                progress.close()
     return n_chunks
+
+
+class _ScreenProgress:
+    """A tqdm bar on a terminal, else a progress line every 30 s; both with the total (the
+    records are counted first, without parsing them) and an ETA. Says when a run resumes."""
+
+    def __init__(self, source: CandidateSource, cfg: ScreenConfig, done: set[int], out: Path):
+        import sys
+
+        from molequi.progress import ProgressLines, is_terminal
+
+        self.total = source.count()
+        size = cfg.chunk_size
+        initial = sum(min(size, self.total - k * size) for k in done if k * size < self.total)
+        if done:
+            print(f"screen: resuming {out}: {len(done)} chunk(s), {initial:,} of {self.total:,} molecules "
+                  "already screened", file=sys.stderr, flush=True)
+        self.n_done = self.n_pass = 0
+        if is_terminal():
+            from tqdm.auto import tqdm
+
+            self.bar, self.lines = tqdm(total=self.total, initial=initial, unit="mol", desc="screen",
+                                        dynamic_ncols=True), None
+        else:
+            self.bar, self.lines = None, ProgressLines("screen", self.total, "mol", initial=initial)
+
+    def update(self, rows: list[dict]) -> None:
+        self.n_done += len(rows)
+        self.n_pass += sum(r["status"] == "pass" for r in rows)
+        passed = f"passed {self.n_pass / max(self.n_done, 1):.1%}"
+        if self.bar is not None:
+            self.bar.update(len(rows))
+            self.bar.set_postfix_str(passed, refresh=False)
+        else:
+            self.lines.update(self.lines.initial + self.n_done, extra=passed)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        else:
+            self.lines.close()

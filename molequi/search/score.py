@@ -38,6 +38,27 @@ def scorer_identity(scorer: Scorer) -> dict:
             "species": sorted(species) if species is not None else None}
 
 
+def prediction_units(scorers: Sequence[Scorer]) -> dict[str, str]:
+    """Unit of each predicted property: a scorer's optional ``units`` mapping, else ``eV`` for
+    ``energy`` and QM9's unit for QM9's label names, else ''."""
+    units: dict[str, str] = {}
+    for scorer in scorers:
+        given = getattr(scorer, "units", None) or {}
+        for prop in scorer.properties:
+            units[prop] = given.get(prop) or _known_unit(prop)
+    return units
+
+
+def _known_unit(name: str) -> str:
+    if name == "energy":
+        return "eV"
+    try:
+        from molequi.data.qm9 import PROPERTY_UNITS
+    except ImportError:  # the screening extra without the model stack
+        return ""
+    return PROPERTY_UNITS.get(name, "")
+
+
 def check_scorers(scorers: Sequence[Scorer]) -> list[str]:
     """Validate scorers and return all property names (must be unique across scorers)."""
     names: list[str] = []

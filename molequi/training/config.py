@@ -19,7 +19,8 @@ import yaml
 
 from molequi.data.labels import LabelKeys
 from molequi.errors import ConfigError
-from molequi.models.config import PROPERTY_KINDS, ModelConfig
+from molequi.models.config import ModelConfig
+from molequi.models.heads import HEADS, default_kind
 from molequi.utils import closest_name
 
 DEFAULT_YAML = Path(__file__).with_name("default.yaml")
@@ -342,9 +343,9 @@ def parse_target(spec: str) -> tuple[str, str | None]:
     if name == "energy":
         raise ConfigError("--target energy trains the energy label itself and takes no kind; drop ':" + kind + "'")
     if not kind:
-        kind = "dipole" if name.lower().startswith("dipole") else "intensive"
-    if kind not in PROPERTY_KINDS:
-        raise ConfigError(f"--target {spec}: unknown kind '{kind}'; choose one of {sorted(PROPERTY_KINDS)}")
+        kind = default_kind(name)
+    if kind not in HEADS:
+        raise ConfigError(f"--target {spec}: unknown kind '{kind}'; choose one of {sorted(HEADS)}")
     return name, kind
 
 

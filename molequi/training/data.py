@@ -23,6 +23,7 @@ from molequi.data import (
 )
 from molequi.errors import DataFormatError
 from molequi.models.config import ModelConfig
+from molequi.models.heads import head
 
 
 def load_graphs(
@@ -82,18 +83,16 @@ def check_uniform_labels(graphs: Sequence[Data], paths: Sequence[str | Path]) ->
 
 
 def property_statistics(graphs: Sequence[Data], properties: dict[str, str]) -> dict[str, list[float]]:
-    """``[shift, scale]`` of each intensive/extensive head from the training labels, so that
-    the network's raw per-atom outputs are O(1): intensive heads use the label's mean and std,
-    extensive heads those of the label per atom. Dipole heads are not rescaled."""
+    """``[shift, scale]`` of each head that its kind rescales (:meth:`HeadKind.label_statistics`:
+    intensive heads the label's mean and std, extensive heads those of the label per atom;
+    dipole heads are not rescaled), so that the network's raw per-atom outputs are O(1)."""
     stats = {}
     for name, kind in properties.items():
-        if kind == "dipole":
-            continue
-        values = np.array([float(graph[name].reshape(-1)[0]) for graph in graphs])
-        if kind == "extensive":
-            values = values / np.array([graph.num_nodes for graph in graphs], dtype=np.float64)
-        scale = float(np.std(values)) if len(values) > 1 else 1.0
-        stats[name] = [float(np.mean(values)), scale if scale > 1e-8 else 1.0]
+        labels = np.array([graph[name].reshape(-1).tolist() for graph in graphs], dtype=np.float64)
+        n_atoms = np.array([graph.num_nodes for graph in graphs], dtype=np.float64)
+        values = head(kind).label_statistics(labels, n_atoms)
+        if values is not None:
+            stats[name] = values
     return stats
 
 
