@@ -123,12 +123,22 @@ def _default_factory() -> ScorerFactory:
     return load_scorers
 
 
+def _resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` if available, else ``cpu``; other names as given."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def run_screen(args: argparse.Namespace, scorer_factory: ScorerFactory | None = None) -> int:
     """Run ``molequi screen``; returns the process exit code."""
     from .pipeline import screen
 
     try:
-        scorers = (scorer_factory or _default_factory())(args.model, args.device) if args.model else []
+        device = _resolve_device(args.device) if args.model else args.device
+        scorers = (scorer_factory or _default_factory())(args.model, device) if args.model else []
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", RuntimeWarning)
             result = screen(args.candidates, scorers=scorers, **_settings(args))
