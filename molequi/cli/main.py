@@ -15,6 +15,7 @@ from molequi.errors import MolequiError
 COMMANDS = {
     "train": "molequi.cli.train",
     "evaluate": "molequi.cli.evaluate",
+    "calibrate": "molequi.cli.calibrate",
     "md": "molequi.cli.md",
     "screen": "molequi.cli.screen",
     "learn": "molequi.cli.learn",
