@@ -93,10 +93,13 @@ def test_make_labeler_module_class():
         make_labeler("collections:OrderedDict")
 
 
-def test_missing_tblite_says_what_to_install(monkeypatch):
+def test_missing_tblite_says_what_to_install(monkeypatch, tmp_path, capsys):
     monkeypatch.setitem(sys.modules, "tblite.ase", None)  # import fails as if not installed
     with pytest.raises(MolequiError, match="pip install tblite"):
         make_labeler("xtb")
+    assert main(["learn", "--start", "CH3CH2OH", "--out", str(tmp_path / "run")]) == 2
+    assert "pip install tblite" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # nothing written
 
 
 def test_cli_bad_options_are_one_line_errors(tmp_path, capsys):

@@ -21,10 +21,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", metavar="JSON", default="calibration.json", help="where to write the calibration")
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
     parser.add_argument("--batch-size", type=int, default=32, help="structures per batch (memory only)")
+    parser.add_argument("--energy-key", metavar="KEY", default="energy",
+                        help="key of the energy label, eV (calculator results or atoms.info; MACE-style files: REF_energy)")
+    parser.add_argument("--forces-key", metavar="KEY", default="forces",
+                        help="key of the forces label, eV/Å (calculator results or atoms.arrays; MACE-style: REF_forces)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from molequi.data import read_structures
+    from molequi.data import LabelKeys, read_structures
     from molequi.errors import ConfigError
     from molequi.training.evaluate import resolve_device
     from molequi.training.uncertainty import committee_errors, fit_committee_calibration, load_committee
@@ -32,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be ≥ 1, got {args.batch_size}")
     models = load_committee(args.model, device=resolve_device(args.device))
-    structures = read_structures(args.data)
+    structures = read_structures(args.data, keys=LabelKeys(args.energy_key, args.forces_key))
     errors = committee_errors(models, structures, args.batch_size, str(args.data))
     provenance = {"models": args.model.split(","), "data": str(args.data), "n_structures": len(structures),
                   "n_members": sum(m.model.config.ensemble_heads for m in models),

@@ -26,11 +26,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(the metrics then describe the calibrated stds)")
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
     parser.add_argument("--batch-size", type=int, default=32, help="structures per batch (memory only)")
+    parser.add_argument("--energy-key", metavar="KEY", default="energy",
+                        help="key of the energy label, eV (calculator results or atoms.info; MACE-style files: REF_energy)")
+    parser.add_argument("--forces-key", metavar="KEY", default="forces",
+                        help="key of the forces label, eV/Å (calculator results or atoms.arrays; MACE-style: REF_forces)")
+    parser.add_argument("--stress-key", metavar="KEY", default="stress", help="key of the stress label, eV/Å³ (read, not evaluated)")
     parser.add_argument("--out", metavar="JSON", default=None, help="also write the metrics to this JSON file")
 
 
 def run(args: argparse.Namespace) -> int:
-    from molequi.data import read_structures
+    from molequi.data import LabelKeys, read_structures
     from molequi.errors import ConfigError
     from molequi.models.uncertainty import as_calibration
     from molequi.training.evaluate import evaluate_model, resolve_device
@@ -42,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     models = load_committee(args.model, device=device)
     calibration = as_calibration(args.calibration)
-    structures = read_structures(args.data)
+    structures = read_structures(args.data, keys=LabelKeys(args.energy_key, args.forces_key, args.stress_key))
     if member_count(models) < 2:
         if calibration is not None:
             raise ConfigError("--calibration needs a committee (comma-separated models) or a model with ensemble heads; "

@@ -26,6 +26,11 @@ OVERRIDES = {
     "--energy-weight": ("energy_weight", float, "loss weight of the per-atom energy MSE, (eV/atom)²"),
     "--forces-weight": ("forces_weight", float, "loss weight of the force-component MSE, (eV/Å)²"),
     "--num-workers": ("num_workers", int, "DataLoader worker processes (0 = none)"),
+    "--energy-key": ("energy_key", str, "key of the energy label, eV (calculator results or atoms.info; MACE-style files: REF_energy)"),
+    "--forces-key": ("forces_key", str, "key of the forces label, eV/Å (calculator results or atoms.arrays; MACE-style: REF_forces)"),
+    "--stress-key": ("stress_key", str, "key of the stress label, eV/Å³ (read with the structures, not fitted)"),
+    "--e0s": ("e0s", str, "per-element reference energies: fit (least squares on the training energies), average "
+              "(MACE's name for the same fit) or FILE.json {symbol or Z: eV}"),
     "--channels": ("model.channels", int, "feature channels per irrep"),
     "--l-max": ("model.l_max", int, "highest rotation order of the features (0-3)"),
     "--num-layers": ("model.num_layers", int, "message-passing layers"),
@@ -36,7 +41,7 @@ OVERRIDES = {
                          "spread of the heads) to predict, evaluate, md, screen and the calculator"),
 }
 
-METAVARS = {"--ensemble-heads": "K", "--l-max": "L", "--lr": "LR", "--validation": "N_OR_FRACTION", "--max-epochs": "N", "--max-minutes": "MINUTES"}
+METAVARS = {"--ensemble-heads": "K", "--energy-key": "KEY", "--forces-key": "KEY", "--stress-key": "KEY", "--e0s": "fit|average|FILE.json", "--l-max": "L", "--lr": "LR", "--validation": "N_OR_FRACTION", "--max-epochs": "N", "--max-minutes": "MINUTES"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

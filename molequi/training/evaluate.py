@@ -12,6 +12,7 @@ from ase import Atoms
 from torch_geometric.data import Batch, Data
 
 from molequi.data import atoms_to_graph, require_labels
+from molequi.data.labels import found_label_keys
 from molequi.errors import ConfigError, DataFormatError
 from molequi.models.config import ModelConfig
 from molequi.models.io import model_config
@@ -162,7 +163,10 @@ def evaluate_model(
     metrics = reported_metrics(sums.result(), config)
     if not any(key.endswith("_mae") or key.endswith("_mae_meV") or key.endswith("_per_A") for key in metrics):
         wanted = ", ".join(config.trained_outputs)
-        raise DataFormatError(f"{source}: the structures carry no label the model was trained on ({wanted})")
+        raise DataFormatError(
+            f"{source}: the structures carry no label the model was trained on ({wanted}); structure 0 has "
+            f"{found_label_keys(structures[0])} (name other keys with --energy-key / --forces-key)"
+        )
     n_atoms = np.array([len(atoms) for atoms in structures], dtype=np.float64)
     if "energy_mae_meV" in metrics:
         metrics["energy_per_atom_mae_meV"] = float(

@@ -115,7 +115,9 @@ def load_run_inputs(
     outputs_trained = trained_outputs(
         config.energy_weight, config.forces_weight, config.property_weights, config.model.properties
     )
-    prepared = prepare_data(paths, config.model, config.validation, config.seed, outputs_trained)
+    prepared = prepare_data(
+        paths, config.model, config.validation, config.seed, outputs_trained, keys=config.label_keys, e0s=config.e0s
+    )
     model_config = prepared.model_config if state is None else ModelConfig(**state["model_config"])
     test_graphs = None
     if test_paths:
@@ -125,6 +127,7 @@ def load_run_inputs(
             properties=list(model_config.properties),
             require_energy="energy" in outputs_trained,
             require_forces="forces" in outputs_trained,
+            keys=config.label_keys,
         )
         _check_test_species(test_graphs, model_config)
     return RunInputs(paths, test_paths, prepared, model_config, outputs_trained, test_graphs, state)

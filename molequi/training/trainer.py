@@ -64,7 +64,7 @@ from typing import Any
 import torch
 
 from molequi.models.io import DTYPES, save_model
-from molequi.progress import format_duration
+from molequi.progress import format_duration, is_terminal
 from molequi.training.checkpoint import save_checkpoint
 from molequi.training.config import TrainingConfig, save_config
 from molequi.training.distributed import Distributed
@@ -274,7 +274,8 @@ def train_one_epoch(run: TrainingRun, epoch: int, deadline: float | None, eta: s
 
 
 def _progress_bar(run: TrainingRun, epoch: int, eta: str = ""):
-    if not (run.config.progress and run.ddp.is_main):
+    # in a log file tqdm's carriage-return updates pile up on one line: the epoch lines suffice there
+    if not (run.config.progress and run.ddp.is_main and is_terminal()):
         return None
     from tqdm import tqdm
 

@@ -26,7 +26,7 @@ import torch
 from ase import Atoms
 
 from molequi.data import require_labels
-from molequi.data.graph import structure_labels
+from molequi.data.labels import structure_labels
 from molequi.errors import ConfigError, DataFormatError
 from molequi.models.heads import head
 from molequi.models.predict import predict
