@@ -43,7 +43,7 @@ def add_screen_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
                         "pool: moses:train, moses:test, moses:test_scaffolds, qm9")
     parser.add_argument("--model", action="append", default=[], metavar="M",
                         help="trained model file; repeat for several models / committees")
-    parser.add_argument("--device", default="cpu", help="device for the models (cpu, cuda)")
+    parser.add_argument("--device", default="auto", help="device for the models: auto (CUDA if available), cpu, cuda or cuda:N")
     parser.add_argument("--objective", action="append", default=None, metavar="OBJ",
                         help="name:max, name:min or name:target=LO..HI; repeat for several "
                              "(default qed:max without a model)")
@@ -65,13 +65,13 @@ def add_screen_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     parser.add_argument("--sa-max", type=float, default=4.5,
                         help="max SA score (unitless, 1..10; <=0 disables)")
     parser.add_argument("--alerts", type=parse_alerts, default=("pains", "brenk"),
-                        help=f"comma-separated alert sets from {','.join(ALERT_SETS)}, or 'none'")
+                        help=f"comma-separated alert sets from {','.join(ALERT_SETS)}, or 'none' (default: pains,brenk)")
     parser.add_argument("--lipinski-max-violations", type=int, default=1,
                         help="Lipinski violations allowed (<0 disables)")
     parser.add_argument("--no-veber", action="store_true", help="disable the Veber rule")
     parser.add_argument("--max-ring-size", type=int, default=8, help="largest ring allowed (<=0 disables)")
     parser.add_argument("--heavy-atoms", type=_range, default=(1, 100), metavar="LO..HI",
-                        help="allowed heavy-atom count range")
+                        help="allowed heavy-atom count range (default: 1..100)")
     parser.add_argument("--purchasable", action="store_true",
                         help="keep only molecules probably in ZINC in-stock (molbloom, bundled filter)")
     parser.add_argument("--all-values", action="store_true",
