@@ -172,7 +172,7 @@ class EnergyTerm(nn.Module):
 
     def forward(self, pos, numbers, edge_index, shifts, batch, num_graphs):
         outputs = self.potential(pos, numbers, edge_index, shifts, batch, num_graphs)
-        outputs["energies"] = outputs["energies"] + self.term(pos, numbers, edge_index, shifts, batch)
+        outputs["residual_energies"] = outputs["residual_energies"] + self.term(pos, numbers, edge_index, shifts, batch)
         return outputs
 
 

@@ -2,6 +2,12 @@
 
 ``MolequiPotential`` maps an atomic graph to per-atom energies (and optional property heads);
 forces come from :class:`molequi.nn.forces.ForceOutput`, which wraps it.
+
+Precision: the network runs in the model dtype (float32 by default) and outputs small per-atom
+*residual* energies; the large per-element reference energies (E0[Z] + shift, 10^1–10^3 eV an
+atom) are float64 whatever the model dtype, and :func:`molequi.nn.forces.energy_outputs` adds
+the two in float64. A float32 total of a 20-atom molecule (~10^4 eV) would be rounded to ~1 meV
+and depend on the order of the sum.
 """
 
 from __future__ import annotations
@@ -9,38 +15,71 @@ from __future__ import annotations
 import torch
 from e3nn import o3
 from torch import nn
-from torch_geometric.utils import scatter
 
 from molequi.models.config import ModelConfig
+from molequi.models.heads import head
 from molequi.nn.interaction import InteractionBlock
 from molequi.nn.radial import RadialEmbedding
 from molequi.nn.tensor_products import natural_irreps
 
 MAX_ATOMIC_NUMBER = 118
+MEMBERS = "_members"
+"""Suffix of the per-head outputs of a shallow ensemble: ``energy_members`` [K, G] eV,
+``forces_members`` [K, n_atoms, 3] eV/Å, ``<property>_members`` [K, G, components]."""
+
+
+def reference_table(config: ModelConfig) -> torch.Tensor:
+    """[MAX_ATOMIC_NUMBER + 1] float64 E0 of each element (eV), 0 for elements without one."""
+    e0 = torch.zeros(MAX_ATOMIC_NUMBER + 1, dtype=torch.float64)
+    for z, value in config.e0s.items():
+        e0[int(z)] = value
+    return e0
 
 
 class ScalarReadout(nn.Module):
-    """Per-atom scalar from the invariant (0e) channels: linear, or a one-hidden-layer MLP."""
+    """Per-atom scalars from the invariant (0e) channels: linear, or a one-hidden-layer MLP;
+    ``heads`` independent readouts (a shallow ensemble) give ``heads`` scalars an atom.
 
-    def __init__(self, irreps_in: o3.Irreps, hidden: int | None) -> None:
+    With one head the modules (and the weight names of a model file) are those of a plain
+    readout; with K heads the MLP is one wide hidden layer (K · hidden) and a per-head output
+    layer, so the K heads cost one matrix product more than one.
+    """
+
+    def __init__(self, irreps_in: o3.Irreps, hidden: int | None, heads: int = 1) -> None:
         super().__init__()
         self.num_scalars = sum(mul for mul, ir in irreps_in if ir.l == 0)
+        self.heads = heads
+        self.hidden = hidden
         # Scalars come first in every irreps molequi builds (sorted by l), so slicing is safe.
-        if hidden:
-            self.net = nn.Sequential(nn.Linear(self.num_scalars, hidden), nn.SiLU(), nn.Linear(hidden, 1))
+        if heads == 1:
+            if hidden:
+                self.net = nn.Sequential(nn.Linear(self.num_scalars, hidden), nn.SiLU(), nn.Linear(hidden, 1))
+            else:
+                self.net = nn.Linear(self.num_scalars, 1)
+        elif hidden:
+            self.net = nn.Sequential(nn.Linear(self.num_scalars, hidden * heads), nn.SiLU())
+            bound = 1.0 / hidden**0.5  # nn.Linear's default initialisation, per head
+            self.out_weight = nn.Parameter(torch.empty(heads, hidden).uniform_(-bound, bound))
+            self.out_bias = nn.Parameter(torch.empty(heads).uniform_(-bound, bound))
         else:
-            self.net = nn.Linear(self.num_scalars, 1)
+            self.net = nn.Linear(self.num_scalars, heads)
 
     def forward(self, node_features: torch.Tensor) -> torch.Tensor:
-        """[n_atoms, dim] -> [n_atoms]"""
-        return self.net(node_features[:, : self.num_scalars]).squeeze(-1)
+        """[n_atoms, dim] -> [n_atoms, heads]"""
+        out = self.net(node_features[:, : self.num_scalars])
+        if self.heads > 1 and self.hidden:
+            out = torch.einsum("nkh,kh->nk", out.view(len(out), self.heads, self.hidden), self.out_weight) + self.out_bias
+        return out
 
 
 class MolequiPotential(nn.Module):
     """E(3)-equivariant message-passing potential (see :class:`ModelConfig` for the knobs).
 
     Per-atom energy: ``E_i = scale · Σ_t readout_t(h_i^t) + shift + E0[Z_i]`` (eV); the
-    total energy is its sum. Layers output l ≤ l_max features except the last, which outputs
+    total energy is its sum. The first term, the *residual*, is computed in the model dtype;
+    ``shift + E0[Z_i]``, the *reference*, in float64 (the ``e0`` buffer stays float64 when the
+    model is cast to another dtype), and the total is formed in float64 by
+    :func:`molequi.nn.forces.energy_outputs`. Layers output l ≤ l_max features except the last, which outputs
     scalars only (nothing downstream needs its l > 0 features, so they are not computed).
     """
 
@@ -54,10 +93,8 @@ class MolequiPotential(nn.Module):
         table = torch.full((MAX_ATOMIC_NUMBER + 1,), -1, dtype=torch.long)
         table[torch.tensor(config.species)] = torch.arange(num_species)
         self.register_buffer("species_index", table, persistent=False)
-        e0 = torch.zeros(MAX_ATOMIC_NUMBER + 1, dtype=torch.float64)  # exact E0s; cast with the model
-        for z, value in config.e0s.items():
-            e0[int(z)] = value
-        self.register_buffer("e0", e0)
+        # float64 whatever the model dtype (see _apply): the E0s are 10^1–10^3 eV
+        self.register_buffer("e0", reference_table(config))
 
         self.radial = RadialEmbedding(config.cutoff, config.num_radial, config.cutoff_p, config.trainable_radial)
         irreps_edge = o3.Irreps.spherical_harmonics(config.l_max)
@@ -85,15 +122,39 @@ class MolequiPotential(nn.Module):
                     avg_num_neighbors=config.avg_num_neighbors,
                 )
             )
-            self.readouts.append(ScalarReadout(irreps_out, config.readout_hidden if last else None))
+            self.readouts.append(ScalarReadout(irreps_out, config.readout_hidden if last else None, config.ensemble_heads))
             irreps_in = irreps_out
         self.property_heads = nn.ModuleDict(
-            {name: ScalarReadout(irreps_in, config.readout_hidden) for name in config.properties}
+            {name: ScalarReadout(irreps_in, config.readout_hidden, config.ensemble_heads) for name in config.properties}
         )
 
     @property
     def species(self) -> list[int]:
         return list(self.config.species)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the network computes in (its weights')."""
+        return self.embedding.weight.dtype
+
+    def _apply(self, fn, recurse=True):
+        # Module.to(dtype) / .float() cast every floating buffer: keep the E0s float64 (only
+        # their device follows the model), so a float32 model keeps the exact reference energies.
+        e0 = self.e0
+        result = super()._apply(fn, recurse)
+        self.e0 = e0.to(self.e0.device)
+        return result
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        # The config's E0s are the exact values: a file written by a float32 model of an older
+        # molequi stored them rounded to float32 (~0.1 meV for oxygen).
+        with torch.no_grad():
+            self.e0.copy_(reference_table(self.config).to(self.e0.device))
+
+    def reference_energies(self, numbers: torch.Tensor) -> torch.Tensor:
+        """[n_atoms] float64 per-atom reference energies ``E0[Z_i] + shift``, eV."""
+        return self.e0[numbers] + self.config.energy_shift
 
     def forward(
         self,
@@ -104,10 +165,12 @@ class MolequiPotential(nn.Module):
         batch: torch.Tensor,
         num_graphs: int,
     ) -> dict[str, torch.Tensor]:
-        """Per-atom energies and property heads.
+        """Per-atom residual and reference energies, and property heads.
 
         Args:
-            pos: [n_atoms, 3] positions, Å (model dtype).
+            pos: [n_atoms, 3] positions, Å (float64 preferred: edge vectors are formed in the
+                dtype of ``pos``, then cast to the model dtype, so that their rounding is
+                relative to a bond length, not to the coordinates' distance from the origin).
             numbers: [n_atoms] atomic numbers, all among ``config.species``.
             edge_index: [2, n_edges] row 0 = centre i, row 1 = neighbor j.
             shifts: [n_edges, 3] periodic shifts, Å (r_ij = pos[j] - pos[i] + shifts).
@@ -115,41 +178,42 @@ class MolequiPotential(nn.Module):
             num_graphs: number of structures in the batch.
 
         Returns:
-            ``energies`` [n_atoms] per-atom energies, eV, and one [num_graphs, k] tensor per
-            property head.
+            ``residual_energies`` [n_atoms] learned per-atom energies, eV (model dtype),
+            ``reference_energies`` [n_atoms] ``E0[Z_i] + shift``, eV (float64), and one
+            [num_graphs, k] tensor per property head (a dipole in the dtype of ``pos``).
         """
+        dtype = self.dtype
         species = self.species_index[numbers]
-        one_hot = torch.nn.functional.one_hot(species, len(self.config.species)).to(pos.dtype)
-        vectors = pos[edge_index[1]] - pos[edge_index[0]] + shifts  # [n_edges, 3], Å
+        one_hot = torch.nn.functional.one_hot(species, len(self.config.species)).to(dtype)
+        vectors = (pos[edge_index[1]] - pos[edge_index[0]] + shifts).to(dtype)  # [n_edges, 3], Å
         lengths = vectors.norm(dim=-1, keepdim=True)  # [n_edges, 1], Å
         harmonics = self.spherical_harmonics(vectors)
         radial = self.radial(lengths)
 
         features = self.embedding(one_hot)
-        raw_energy = torch.zeros_like(pos[:, 0])
+        raw_energy = one_hot.new_zeros(len(numbers), self.config.ensemble_heads)
         for layer, readout in zip(self.layers, self.readouts):
             features = layer(features, one_hot, harmonics, radial, edge_index)
             raw_energy = raw_energy + readout(features)
-        energies = self.config.energy_scale * raw_energy + self.config.energy_shift + self.e0[numbers]
-        outputs = {"energies": energies}
-        for name, head in self.property_heads.items():
-            per_atom = head(features)
-            stats = self.config.property_stats.get(name)
-            if stats:  # [shift, scale] of the training labels
-                per_atom = stats[1] * per_atom + stats[0]
-            outputs[name] = self._property(self.config.properties[name], per_atom, pos, batch, num_graphs)
+        residual = self.config.energy_scale * raw_energy  # [n_atoms, K]
+        outputs = {
+            "residual_energies": residual.mean(-1),
+            "reference_energies": self.reference_energies(numbers),
+        }
+        if self.config.ensemble_heads > 1:
+            outputs["residual_energies_members"] = residual
+        for name, readout in self.property_heads.items():
+            members = self._property(name, readout(features), pos, batch, num_graphs)  # [G, K, c]
+            outputs[name] = members.mean(1)
+            if self.config.ensemble_heads > 1:
+                outputs[f"{name}{MEMBERS}"] = members.transpose(0, 1)  # [K, G, c]
         return outputs
 
-    @staticmethod
     def _property(
-        kind: str, per_atom: torch.Tensor, pos: torch.Tensor, batch: torch.Tensor, num_graphs: int
+        self, name: str, raw: torch.Tensor, pos: torch.Tensor, batch: torch.Tensor, num_graphs: int
     ) -> torch.Tensor:
-        """Pool a per-atom scalar into a graph-level property ([num_graphs, 1], or [.., 3] for dipoles)."""
-        if kind == "extensive":
-            return scatter(per_atom, batch, dim=0, dim_size=num_graphs, reduce="sum").unsqueeze(-1)
-        if kind == "intensive":
-            return scatter(per_atom, batch, dim=0, dim_size=num_graphs, reduce="mean").unsqueeze(-1)
-        # Dipole: neutral partial charges (mean removed per molecule) times positions; neutrality
-        # makes it independent of the origin, and q_i invariant makes it rotate with the molecule.
-        charges = per_atom - scatter(per_atom, batch, dim=0, dim_size=num_graphs, reduce="mean")[batch]
-        return scatter(charges.unsqueeze(-1) * pos, batch, dim=0, dim_size=num_graphs, reduce="sum")
+        """Pool a head's per-atom outputs [n_atoms, K] into [num_graphs, K, components] the way
+        its kind says (:mod:`molequi.models.heads`), with the head's label statistics."""
+        return head(self.config.properties[name]).pool(
+            raw, self.config.property_stats.get(name), pos, batch, num_graphs
+        )

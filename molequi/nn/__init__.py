@@ -1,6 +1,6 @@
 """Neural-network building blocks: radial basis, tensor products, interaction layer, force wrapper."""
 
-from molequi.nn.forces import ForceOutput
+from molequi.nn.forces import ForceOutput, energy_outputs
 from molequi.nn.interaction import BodyOrderProduct, InteractionBlock
 from molequi.nn.radial import BesselBasis, PolynomialCutoff, RadialEmbedding
 from molequi.nn.tensor_products import channelwise_edge_product, channelwise_self_product, natural_irreps
@@ -14,5 +14,6 @@ __all__ = [
     "RadialEmbedding",
     "channelwise_edge_product",
     "channelwise_self_product",
+    "energy_outputs",
     "natural_irreps",
 ]

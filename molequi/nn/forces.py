@@ -3,6 +3,11 @@
 The energy model knows nothing about forces: :class:`ForceOutput` turns on gradients for the
 positions (and a strain for periodic cells), calls it once and differentiates the total energy.
 Forces are therefore exactly conservative, F = -∂E/∂r, and exactly equivariant.
+
+Precision: every energy leaves here in float64, formed by :func:`energy_outputs` from the
+model's small per-atom residuals (model dtype) and its float64 per-atom references (E0s and
+shift). Forces and stress are returned in the model dtype: they are derivatives of the residual
+alone, so the reference energies cannot round them.
 """
 
 from __future__ import annotations
@@ -14,10 +19,71 @@ from torch_geometric.utils import scatter
 from molequi.errors import UnknownElementError
 
 
+def energy_outputs(
+    residual_energies: torch.Tensor, reference_energies: torch.Tensor, batch: torch.Tensor, num_graphs: int
+) -> dict[str, torch.Tensor]:
+    """The float64 energies of a batch: the one place where residual and reference meet.
+
+    Args:
+        residual_energies: [n_atoms] learned per-atom energies, eV (any dtype, e.g. float32).
+        reference_energies: [n_atoms] per-atom reference energies ``E0[Z_i] + shift``, eV (float64).
+        batch: [n_atoms] structure index of each atom.
+        num_graphs: number of structures.
+
+    Returns (all float64):
+        ``energies`` [n_atoms] per-atom energies, eV; ``energy`` [num_graphs] total energies, eV;
+        ``energy_residual`` [num_graphs] sum of the residuals, eV; ``energy_reference``
+        [num_graphs] sum of the references, eV (``energy = energy_reference + energy_residual``).
+        Both sums are taken in float64, so a total does not depend on the order of the atoms.
+    """
+    residual = residual_energies.to(torch.float64)
+    reference = reference_energies.to(torch.float64)
+    energy_residual = scatter(residual, batch, dim=0, dim_size=num_graphs, reduce="sum")
+    energy_reference = scatter(reference, batch, dim=0, dim_size=num_graphs, reduce="sum")
+    return {
+        "energies": residual + reference,
+        "energy": energy_reference + energy_residual,
+        "energy_residual": energy_residual,
+        "energy_reference": energy_reference,
+    }
+
+
+MEMBER_GRADIENTS = "loop"
+"""How the forces of a shallow ensemble's K heads are computed: ``"loop"`` (K backward passes
+through the shared body, retaining its graph) or ``"batched"`` (one vectorised backward,
+``torch.autograd.grad(is_grads_batched=True)``). ``scripts/bench_ensemble_forces.py`` times both."""
+
+
+def member_gradients(members: torch.Tensor, positions: torch.Tensor, create_graph: bool, method: str = "loop") -> torch.Tensor:
+    """[K, n_atoms, 3] gradients of each head's summed residual energy ``members[:, k].sum()``
+    ([n_atoms, K], eV) with respect to ``positions`` (eV/Å).
+
+    The K heads share the body, so K gradients cost K backward passes of it ("loop") — or one
+    vmapped pass ("batched"), which trades memory (K copies of every intermediate gradient)
+    for fewer kernel launches."""
+    heads = members.shape[1]
+    if method == "batched":
+        eye = torch.eye(heads, dtype=members.dtype, device=members.device)
+        grad_outputs = eye.unsqueeze(1).expand(heads, members.shape[0], heads)
+        (gradients,) = torch.autograd.grad(
+            members, positions, grad_outputs=grad_outputs, is_grads_batched=True, create_graph=create_graph, retain_graph=True
+        )
+        return gradients
+    return torch.stack(
+        [
+            torch.autograd.grad(members[:, k].sum(), positions, retain_graph=True, create_graph=create_graph)[0]
+            for k in range(heads)
+        ]
+    )
+
+
 class ForceOutput(nn.Module):
     """Wrap an energy model ``model(pos, numbers, edge_index, shifts, batch, num_graphs) -> dict``
-    that returns per-atom ``energies`` (eV), and add ``energy`` (eV), ``forces`` (eV/Å) and
-    optionally ``stress`` (eV/Å³, ASE sign convention σ = (1/V) ∂E/∂ε).
+    that returns per-atom ``residual_energies`` (eV, its own dtype) and ``reference_energies``
+    (eV, float64) — or only per-atom ``energies``, taken as residuals with a zero reference — and
+    add float64 ``energy`` (eV), ``energies`` (eV), ``energy_residual`` and ``energy_reference``
+    (eV, see :func:`energy_outputs`), and, in the model dtype, ``forces`` (eV/Å) and optionally
+    ``stress`` (eV/Å³, ASE sign convention σ = (1/V) ∂E/∂ε).
 
     The wrapped model must expose ``species`` (its known atomic numbers).
     """
@@ -58,36 +124,64 @@ class ForceOutput(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """Evaluate a graph or batch (see :mod:`molequi.data.graph` for its fields).
 
-        Returns a dict with ``energy`` [num_graphs] eV, ``energies`` [n_atoms] eV, ``forces``
-        [n_atoms, 3] eV/Å (if asked), ``stress`` [num_graphs, 3, 3] eV/Å³ (if asked; periodic
-        cells only) and any property heads of the model.
+        Returns a dict with float64 ``energy`` [num_graphs] eV, ``energies`` [n_atoms] eV,
+        ``energy_residual`` and ``energy_reference`` [num_graphs] eV; in the model dtype
+        ``forces`` [n_atoms, 3] eV/Å (if asked) and ``stress`` [num_graphs, 3, 3] eV/Å³ (if asked;
+        periodic cells only); and any property heads of the model. A shallow ensemble
+        (``ensemble_heads`` K ≥ 2) gives the mean over its heads, and each head's values in
+        ``energy_members`` [K, G] eV (float64), ``forces_members`` [K, n_atoms, 3] eV/Å (if
+        forces are asked; K backward passes, see :func:`member_gradients`) and
+        ``<property>_members`` [K, G, components].
         """
         if check_species:
             self.check_species(graph.numbers)
         dtype = self.dtype
         num_graphs = int(graph.num_graphs) if hasattr(graph, "num_graphs") else 1
         batch = graph.batch if getattr(graph, "batch", None) is not None else torch.zeros_like(graph.numbers)
-        # A fresh leaf so gradients never leak into the caller's tensors.
-        pos = graph.pos.detach().to(dtype=dtype, copy=True).requires_grad_(compute_forces or compute_stress)
-        shifts = graph.shifts.to(dtype)
+        # Positions keep their float64: the model forms edge vectors before casting to its dtype,
+        # so a float32 model rounds bond vectors (~3 Å), not coordinates (tens of Å in a large
+        # system). A fresh leaf so gradients never leak into the caller's tensors.
+        position_dtype = torch.promote_types(graph.pos.dtype, dtype)
+        pos = graph.pos.detach().to(dtype=position_dtype, copy=True).requires_grad_(compute_forces or compute_stress)
+        shifts = graph.shifts.to(position_dtype)
         inputs = [pos]
         if compute_stress:
-            strain = torch.zeros(num_graphs, 3, 3, dtype=dtype, device=pos.device, requires_grad=True)
+            strain = torch.zeros(num_graphs, 3, 3, dtype=position_dtype, device=pos.device, requires_grad=True)
             symmetric = 0.5 * (strain + strain.transpose(1, 2))
             pos = pos + torch.einsum("ni,nij->nj", pos, symmetric[batch])
             shifts = shifts + torch.einsum("ei,eij->ej", shifts, symmetric[batch[graph.edge_index[0]]])
             inputs.append(strain)
         with torch.set_grad_enabled(torch.is_grad_enabled() or compute_forces or compute_stress):
             outputs = self.model(pos, graph.numbers, graph.edge_index, shifts, batch, num_graphs)
-            energy = scatter(outputs["energies"], batch, dim=0, dim_size=num_graphs, reduce="sum")
-            outputs["energy"] = energy
-            if compute_forces or compute_stress:
+            members = outputs.pop("residual_energies_members", None)  # [n_atoms, K], shallow ensembles
+            if "residual_energies" in outputs:
+                residual = outputs.pop("residual_energies")
+                reference = outputs.pop("reference_energies")
+            else:  # a model without a reference: its energies are all "residual"
+                residual = outputs.pop("energies")
+                reference = torch.zeros(residual.shape, dtype=torch.float64, device=residual.device)
+            outputs.update(energy_outputs(residual, reference, batch, num_graphs))
+            if members is not None:
+                member_sums = scatter(members.to(torch.float64), batch, dim=0, dim_size=num_graphs, reduce="sum")
+                outputs["energy_members"] = (member_sums + outputs["energy_reference"].unsqueeze(-1)).T  # [K, G]
+            if members is not None and compute_forces:
+                # each head's forces (the mean forces are their mean: the gradient is linear)
+                member_forces = -member_gradients(members, inputs[0], self.training, MEMBER_GRADIENTS)
+                outputs["forces_members"] = member_forces.to(dtype)
+                outputs["forces"] = member_forces.mean(0).to(dtype)
+                if compute_stress:
+                    (strain_gradient,) = torch.autograd.grad(residual.sum(), inputs[1], create_graph=self.training)
+                    volume = torch.linalg.det(graph.cell.to(position_dtype)).abs()
+                    outputs["stress"] = (strain_gradient / volume.view(-1, 1, 1)).to(dtype)
+            elif compute_forces or compute_stress:
+                # The references do not depend on positions: differentiate the residuals only,
+                # in the model dtype (the gradient of a sum is the same in any dtype).
                 gradients = torch.autograd.grad(
-                    energy.sum(), inputs, create_graph=self.training, allow_unused=False
+                    residual.sum(), inputs, create_graph=self.training, allow_unused=False
                 )
                 if compute_forces:
-                    outputs["forces"] = -gradients[0]
+                    outputs["forces"] = -gradients[0].to(dtype)
                 if compute_stress:
-                    volume = torch.linalg.det(graph.cell.to(dtype)).abs()  # [num_graphs], Å³
-                    outputs["stress"] = gradients[-1] / volume.view(-1, 1, 1)
+                    volume = torch.linalg.det(graph.cell.to(position_dtype)).abs()  # [num_graphs], Å³
+                    outputs["stress"] = (gradients[-1] / volume.view(-1, 1, 1)).to(dtype)
         return outputs

@@ -9,6 +9,7 @@ import ase
 import numpy as np
 
 from molequi.models import load_model, predict
+from molequi.models.heads import head
 from molequi.nn.forces import ForceOutput
 
 
@@ -32,6 +33,7 @@ class ModelScorer:
         self.heads = dict(configs[0].properties)
         self.with_energy = "energy" in configs[0].trained_outputs  # a gap-only model's energy is untrained
         self.properties = (["energy"] if self.with_energy else []) + [_scored_name(n, k) for n, k in self.heads.items()]
+        self.units = {"energy": "eV"} | {_scored_name(n, k): head(k).unit for n, k in self.heads.items() if head(k).unit}
 
     def predict(self, atoms: list[ase.Atoms]) -> dict[str, np.ndarray]:
         """``{property: [n_members, n_molecules]}``; forces are not needed for scoring."""
@@ -41,10 +43,8 @@ class ModelScorer:
             out["energy"] = np.array([[r["energy"] for r in results] for results in per_member])
         for name, kind in self.heads.items():
             values = np.array([[np.asarray(r[name]) for r in results] for results in per_member])
-            if kind == "dipole":
-                out[_scored_name(name, kind)] = np.linalg.norm(values, axis=-1)
-            else:
-                out[name] = values[..., 0]
+            scored, scalars = head(kind).scored(name, values)
+            out[scored] = scalars
         return out
 
 
@@ -55,6 +55,6 @@ def load_scorers(paths: Sequence[str | Path], device: str = "cpu") -> list[Model
 
 
 def _scored_name(name: str, kind: str) -> str:
-    """The screening property of a head: a dipole head ``mu`` is scored by its magnitude
-    ``mu_norm`` (a head already named ``dipole_norm``, trained on QM9's |μ|, keeps its name)."""
-    return f"{name}_norm" if kind == "dipole" and not name.endswith("_norm") else name
+    """The screening property of a head (its kind's :meth:`~molequi.models.heads.HeadKind.scored`:
+    a dipole head ``mu`` is scored by its magnitude ``mu_norm``)."""
+    return head(kind).scored(name, np.zeros((1, head(kind).components)))[0]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import os
 from pathlib import Path
 from typing import Sequence
 
@@ -19,6 +18,8 @@ import numpy as np
 from rdkit import Chem
 from rdkit.Chem import rdDepictor
 from rdkit.Chem.Draw import rdMolDraw2D
+
+from molequi.utils import atomic_path, atomic_write_text
 
 from .conformers import molblock_to_mol
 from .result import ScreenResult
@@ -34,24 +35,23 @@ _MAX_TABLE_ROWS = 500
 
 def write_top_sdf(path: Path, top_rows: Sequence[dict[str, str]], properties: Sequence[str]) -> None:
     """Top hits in rank order: 3D coordinates (or 2D with ``--no-3d``) and scores as SD tags."""
-    tmp = path.with_name(path.name + ".tmp")
-    writer = Chem.SDWriter(str(tmp))
-    try:
-        for row in top_rows:
-            if row.get("molblock"):
-                mol = molblock_to_mol(row["molblock"])
-            else:
-                mol = Chem.MolFromSmiles(row["smiles"])
-                rdDepictor.Compute2DCoords(mol)
-            mol.SetProp("_Name", row["id"])
-            names = list(SDF_PROPERTIES) + [f"{p}_{s}" for p in properties for s in ("mean", "std")]
-            for name in names:
-                if row.get(name, "") != "":
-                    mol.SetProp(name, row[name])
-            writer.write(mol)
-    finally:
-        writer.close()
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        writer = Chem.SDWriter(str(tmp))
+        try:
+            for row in top_rows:
+                if row.get("molblock"):
+                    mol = molblock_to_mol(row["molblock"])
+                else:
+                    mol = Chem.MolFromSmiles(row["smiles"])
+                    rdDepictor.Compute2DCoords(mol)
+                mol.SetProp("_Name", row["id"])
+                names = list(SDF_PROPERTIES) + [f"{p}_{s}" for p in properties for s in ("mean", "std")]
+                for name in names:
+                    if row.get(name, "") != "":
+                        mol.SetProp(name, row[name])
+                writer.write(mol)
+        finally:
+            writer.close()
 
 
 def depict_svg(smiles: str, size: tuple[int, int] = (260, 200), legend: str = "") -> str:
@@ -323,6 +323,4 @@ Full table: <code>scored.csv</code>; hits with {"3D" if result.settings.get("sta
 {_SORT_SCRIPT}
 </body></html>
 """
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, page)

@@ -1,6 +1,7 @@
 """Loss and error metrics.
 
-Units: energy errors are on the total energy per structure, in meV; force errors are per
+Units: energy errors are on the total energy per structure, in meV (computed in float64 from the
+residual energies, see :func:`energy_errors`); force errors are per
 Cartesian component, in meV/Å; property errors are in the property's own unit (eV for
 energies such as a gap, e·Å for dipoles).
 
@@ -16,6 +17,8 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
+from molequi.models.heads import head
+
 METRIC_KEYS = ("energy_mae_meV", "energy_rmse_meV", "forces_mae_meV_per_A", "forces_rmse_meV_per_A")
 
 
@@ -29,29 +32,65 @@ def has_label(batch, key: str) -> bool:
     return key in batch and batch[key] is not None
 
 
-def property_prediction(predicted: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-    """The prediction to compare with ``label``: a predicted dipole vector [G, 3] against a
-    magnitude label [G, 1] (QM9 gives only |μ|) is compared through its norm."""
+def property_prediction(predicted: torch.Tensor, label: torch.Tensor, kind: str | None = None) -> torch.Tensor:
+    """The prediction to compare with ``label``, as its head kind says
+    (:meth:`~molequi.models.heads.HeadKind.comparable`: a dipole vector [G, 3] against a
+    magnitude label [G, 1], QM9's |μ|, through its norm). Without a kind, by shape alone."""
+    if kind is not None:
+        return head(kind).comparable(predicted, label)
     if predicted.shape[-1] == 3 and label.shape[-1] == 1:
         return torch.linalg.vector_norm(predicted, dim=-1, keepdim=True)
     return predicted
 
 
+def property_kinds(properties: Mapping[str, str] | Sequence[str]) -> dict[str, str | None]:
+    """``{name: kind}`` from a ``{name: kind}`` mapping or a list of names (kind unknown)."""
+    if isinstance(properties, Mapping):
+        return dict(properties)
+    return {name: None for name in properties}
+
+
+def energy_errors(outputs: Mapping[str, torch.Tensor], batch) -> torch.Tensor:
+    """[num_graphs] float64 predicted minus labelled total energy, eV, formed from residuals.
+
+    The float64 reference energies (E0s and shift, ~10^4 eV for an organic molecule) are taken
+    off the label first, ``label − energy_reference``, and compared with the prediction's own
+    residual ``energy_residual``: the error of a float32 model is never rounded at the scale of
+    a total energy (~1 meV in float32). Outputs without a reference compare totals in float64.
+    """
+    label = batch.energy.to(device=outputs["energy"].device, dtype=torch.float64)
+    if "energy_residual" in outputs and "energy_reference" in outputs:
+        return outputs["energy_residual"].to(torch.float64) - (label - outputs["energy_reference"].to(torch.float64))
+    return outputs["energy"].to(torch.float64) - label
+
+
 def loss_terms(
-    outputs: Mapping[str, torch.Tensor], batch, properties: Sequence[str] = ()
+    outputs: Mapping[str, torch.Tensor], batch, properties: Mapping[str, str] | Sequence[str] = ()
 ) -> dict[str, torch.Tensor]:
-    """Mean squared errors: ``energy`` per atom (eV²/atom²), ``forces`` per component ((eV/Å)²),
-    and one per property head (its unit squared), for the labels the batch carries."""
-    dtype = outputs["energy"].dtype
+    """Mean squared errors: ``energy`` per atom (eV²/atom², float64, from the residual
+    energies: see :func:`energy_errors`), ``forces`` per component ((eV/Å)², the model dtype),
+    and one per property head (``{name: kind}``; its unit squared), for the labels the batch
+    carries.
+
+    A shallow ensemble (outputs with ``*_members``) is trained on the mean over its heads of
+    each head's squared error, so that every head is a model of its own (the loss of the mean
+    alone would leave the heads free to disagree)."""
     terms = {}
     if has_label(batch, "energy"):
-        n_atoms = atoms_per_graph(batch).to(outputs["energy"].device, dtype)
-        terms["energy"] = (((outputs["energy"] - batch.energy.to(dtype)) / n_atoms) ** 2).mean()
+        n_atoms = atoms_per_graph(batch).to(outputs["energy"].device, torch.float64)
+        if "energy_members" in outputs:
+            label = batch.energy.to(device=n_atoms.device, dtype=torch.float64) - outputs["energy_reference"].to(torch.float64)
+            residuals = outputs["energy_members"] - outputs["energy_reference"].to(torch.float64)  # [K, G]
+            terms["energy"] = (((residuals - label) / n_atoms) ** 2).mean()
+        else:
+            terms["energy"] = ((energy_errors(outputs, batch) / n_atoms) ** 2).mean()
     if "forces" in outputs and has_label(batch, "forces"):
-        terms["forces"] = ((outputs["forces"] - batch.forces.to(dtype)) ** 2).mean()
-    for name in properties:
-        label = batch[name].to(dtype)
-        terms[name] = ((property_prediction(outputs[name], label) - label) ** 2).mean()
+        predicted = outputs.get("forces_members", outputs["forces"])
+        terms["forces"] = ((predicted - batch.forces.to(predicted.dtype)) ** 2).mean()
+    for name, kind in property_kinds(properties).items():
+        predicted = outputs.get(f"{name}_members", outputs[name])
+        label = batch[name].to(predicted.dtype)
+        terms[name] = ((property_prediction(predicted, label, kind) - label) ** 2).mean()
     return terms
 
 
@@ -68,8 +107,9 @@ class MetricSums:
     """Running sums of errors, so metrics can be accumulated batch by batch and all-reduced
     across processes before being turned into MAE/RMSE."""
 
-    def __init__(self, properties: Sequence[str] = (), weights: Mapping[str, float] | None = None) -> None:
-        self.properties = list(properties)
+    def __init__(self, properties: Mapping[str, str] | Sequence[str] = (), weights: Mapping[str, float] | None = None) -> None:
+        self.kinds = property_kinds(properties)
+        self.properties = list(self.kinds)
         self.weights = dict(weights or {})
         # [n_structures, n_energies, |dE| sum, dE² sum, (dE/N)² sum, n_components, |dF| sum, dF² sum,
         # then per property: n_values, |dp| sum, dp² sum]
@@ -86,7 +126,7 @@ class MetricSums:
         row[0] = outputs["energy"].numel()
         if has_label(batch, "energy"):
             n_atoms = atoms_per_graph(batch).to(device, torch.float64)
-            d_energy = outputs["energy"].detach().to(torch.float64) - batch.energy.to(device, torch.float64)
+            d_energy = energy_errors(outputs, batch).detach()
             row[1] = d_energy.numel()
             row[2] = d_energy.abs().sum()
             row[3] = (d_energy**2).sum()
@@ -98,7 +138,7 @@ class MetricSums:
             row[7] = (d_forces**2).sum()
         for k, name in enumerate(self.properties):
             label = batch[name].to(device, torch.float64)
-            d = property_prediction(outputs[name].detach().to(torch.float64), label) - label
+            d = property_prediction(outputs[name].detach().to(torch.float64), label, self.kinds[name]) - label
             row[8 + 3 * k] = d.numel()
             row[9 + 3 * k] = d.abs().sum()
             row[10 + 3 * k] = (d**2).sum()

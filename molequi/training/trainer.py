@@ -168,6 +168,7 @@ def train(
     test_data: str | Path | Sequence[str | Path] | None = None,
     resume: bool = False,
     log: Callable[[str], None] | None = None,
+    init_weights: str | Path | None = None,
 ) -> TrainResult:
     """Train a potential on ``data`` and write every output into ``out_dir``.
 
@@ -180,6 +181,8 @@ def train(
         resume: continue from ``out_dir/checkpoints/last.pt``; ``config`` must equal the saved
             one except for :data:`RESUMABLE_KEYS` (use :func:`resume_settings`).
         log: where one-line progress messages go (default: print to stdout on rank 0).
+        init_weights: a model file (same architecture and elements) whose weights start the run
+            instead of random ones: a warm start, e.g. retraining on a grown data set.
 
     Raises:
         MolequiError subclasses for bad data, settings or checkpoints, before anything is written.
@@ -195,7 +198,7 @@ def train(
     say = log if log is not None else (lambda message: print(message, flush=True))
     say = say if ddp.is_main else (lambda message: None)
     try:
-        return _train(config, paths, out_dir, test_paths, resume, device, dtype, ddp, say)
+        return _train(config, paths, out_dir, test_paths, resume, device, dtype, ddp, say, init_weights)
     finally:
         ddp.close()
 
@@ -406,11 +409,12 @@ def _train(
     dtype: torch.dtype,
     ddp: Distributed,
     say: Callable[[str], None],
+    init_weights: str | Path | None = None,
 ) -> TrainResult:
     started = time.monotonic()
     deadline = None if config.max_minutes is None else started + 60.0 * config.max_minutes
     inputs = load_run_inputs(config, paths, out_dir, test_paths, resume)
-    run = build_run(config, inputs, device, dtype, ddp)
+    run = build_run(config, inputs, device, dtype, ddp, init_weights)
     progress = Progress()
     if inputs.state is not None:
         progress = restore(run, inputs.state)
