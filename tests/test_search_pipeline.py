@@ -53,6 +53,21 @@ def _rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
+def test_single_model_has_no_uncertainty_anywhere(tmp_path):
+    """One model: empty std columns in scored.csv and top.sdf, out_of_domain 'unknown', no
+    in-domain count, and report.html says that no uncertainty is available."""
+    result = screen(DRUGS, scorers=[FakeScorer(members=1)], objective="gap:max", top=3, out=tmp_path / "run",
+                    kappa=1.0, **FAST)
+    passed = [r for r in _rows(result.scored_csv) if r["status"] == "pass"]
+    assert passed and all(r["gap_std"] == "" and r["energy_std"] == "" for r in passed)
+    assert all(r["out_of_domain"] == "unknown" for r in passed)
+    assert "in_domain" not in result.stage_counts
+    sdf = result.top_sdf.read_text()
+    assert "<gap_mean>" in sdf and "<gap_std>" not in sdf and "unknown" in sdf
+    report = result.report_html.read_text()
+    assert "No uncertainty is available" in report and "±" not in report.split("Top hits")[1].split("Distributions")[0]
+
+
 def test_screen_end_to_end_with_committee(tmp_path):
     result = screen(DRUGS, scorers=[FakeScorer()], objective="gap:max", top=3,
                     out=tmp_path / "run", std_threshold={"gap": 0.06}, progress=False)

@@ -19,6 +19,7 @@ from molequi.errors import MissingDependencyError, MolequiError
 COMMANDS = {
     "train": "molequi.cli.train",
     "evaluate": "molequi.cli.evaluate",
+    "calibrate": "molequi.cli.calibrate",
     "md": "molequi.cli.md",
     "screen": "molequi.cli.screen",
     "learn": "molequi.cli.learn",

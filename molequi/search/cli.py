@@ -56,6 +56,10 @@ def add_screen_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
                         help="mean + kappa·std towards the objective (default: pessimistic)")
     parser.add_argument("--std-threshold", type=float, default=None,
                         help="flag molecules whose committee std exceeds this (property units)")
+    parser.add_argument("--calibration", metavar="JSON", default=None,
+                        help="std calibration from 'molequi calibrate': stds (and so --kappa ranking) are "
+                             "calibrated, and without --std-threshold a molecule is out of domain when a "
+                             "calibrated std exceeds the 95th percentile seen on the calibration data")
     parser.add_argument("--drop-out-of-domain", action="store_true",
                         help="reject (not only flag) out-of-domain molecules")
     parser.add_argument("--sa-max", type=float, default=4.5,
@@ -137,8 +141,13 @@ def run_screen(args: argparse.Namespace, scorer_factory: ScorerFactory | None = 
     from .pipeline import screen
 
     try:
-        device = _resolve_device(args.device) if args.model else args.device
-        scorers = (scorer_factory or _default_factory())(args.model, device) if args.model else []
+        scorers = []
+        if args.model:
+            factory = scorer_factory or _default_factory()
+            device = _resolve_device(args.device)
+            calibration = getattr(args, "calibration", None)
+            scorers = (factory(args.model, device, calibration=calibration) if calibration
+                       else factory(args.model, device))
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", RuntimeWarning)
             result = screen(args.candidates, scorers=scorers, **_settings(args))
