@@ -86,6 +86,7 @@ def test_calculator_md_and_committee_of_ensembles():
 
 def test_batched_member_gradients_match_the_loop(monkeypatch):
     model = ensemble(4)
+    monkeypatch.setattr(forces_module, "MEMBER_GRADIENTS", "loop")
     loop = predict(model, [ethanol(1), ethanol(2)])
     monkeypatch.setattr(forces_module, "MEMBER_GRADIENTS", "batched")
     try:
