@@ -29,3 +29,7 @@ class ModelFileError(MolequiError, ValueError):
 
 class UnknownElementError(MolequiError, ValueError):
     """A structure contains elements the model was not trained on."""
+
+
+class MissingDependencyError(MolequiError, ImportError):
+    """An optional dependency (an extra such as ``molequi[search]``) is not installed."""

@@ -46,11 +46,12 @@ TEMPERATURES = (300.0, 600.0, 1000.0)
 KCAL = 0.0433641153087705  # kcal/mol in eV (only to read rMD17 geometries; labels are xTB's)
 
 PROFILES = {
-    # quick: a smoke run; full: what fits in ~40 min of 2 shared cores
-    "quick": dict(n_train=100, n_calibration=50, n_test=20, members=4, epochs=25,
-                  rounds=2, per_round=6, md_steps=200, learn_members=2, learn_epochs=20),
-    "full": dict(n_train=300, n_calibration=100, n_test=60, members=4, epochs=60,
-                 rounds=4, per_round=8, md_steps=400, learn_members=3, learn_epochs=40),
+    # quick: a smoke run (~10 min); full: what fits in ~40 min of 2 shared cores. Committee members
+    # stop at `epochs` or after `member_minutes` (whichever comes first: on a loaded machine, the latter)
+    "quick": dict(n_train=100, n_calibration=50, n_test=20, members=4, epochs=25, member_minutes=1.0,
+                  rounds=2, per_round=6, md_steps=200, learn_members=2, learn_epochs=40),
+    "full": dict(n_train=250, n_calibration=100, n_test=60, members=4, epochs=60, member_minutes=2.5,
+                 rounds=3, per_round=8, md_steps=400, learn_members=3, learn_epochs=100),
 }
 MODEL = {"model.channels": 16, "model.l_max": 1, "model.num_layers": 2, "model.radial_hidden": [16, 16],
          "model.readout_hidden": 16}
@@ -188,7 +189,7 @@ def train_committee(molecule: str, files, profile, args, log) -> list[Path]:
             if out.exists():
                 shutil.rmtree(out)  # a member this script left unfinished
             config = load_config(None, {**MODEL, "max_epochs": profile["epochs"], "seed": m, "validation": 0.1,
-                                        "device": "cpu", "progress": False})
+                                        "max_minutes": profile["member_minutes"], "device": "cpu", "progress": False})
             started = time.monotonic()
             result = train(config, str(files["train"]), out, log=lambda message: None)
             log(f"{molecule}: member {m} trained ({result.epochs} epochs, {time.monotonic() - started:.0f} s, "

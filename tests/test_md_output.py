@@ -117,3 +117,23 @@ def test_energy_figure_nvt_draws_the_target_and_no_drift():
 def test_close_writes_energy_png_that_knows_the_run(model, tmp_path):
     run(model, tmp_path, 8, plot=True)
     assert (tmp_path / "energy.png").stat().st_size > 1000
+
+
+def test_progress_lines_in_a_log_file_and_one_summary_for_many_replicas(capsys):
+    from molequi.md.progress import MDProgress, summary_lines
+
+    progress = MDProgress(100, dt=0.5, every_s=0.0)  # stderr is captured: not a terminal
+    for _ in range(100):
+        progress()
+    progress.close()
+    err = capsys.readouterr().err
+    assert "md: 100/100 steps (100.0 %)" in err and "ETA" in err and "ns/day" in err and "\r" not in err
+
+    records = [{"system": k, "n_atoms": 9, "drift": 9e-6 * k, "max_deviation": 9e-5} for k in range(16)]
+    records[3] = {"system": 3, "n_atoms": 9, "stopped": "system 3 stopped at step 40: temperature 5000 K exceeds 3000 K"}
+    lines = summary_lines(records, "nve")
+    assert len(lines) == 4  # not 16
+    assert lines[0] == "16 systems, 15 ran to the end, 1 stopped early"
+    assert "energy drift" in lines[1] and "range +0.0000 … +0.0150" in lines[1]
+    assert lines[3].startswith("  system 3 stopped")
+    assert len(summary_lines(records[:4], "nvt")) == 5  # few systems: a line each

@@ -257,10 +257,12 @@ def test_score_mean_std_and_calibration():
     mols = [embed_molecule(Chem.MolFromSmiles(s)).mol for s in ("CCO", "CCN", "CCCC", "OCCO")]
     atoms = [mol_to_atoms(m) for m in mols]
     single = score_atoms([Committee(1)], atoms, batch_size=3)
-    assert np.all(single["gap"][1] == 0.0)
+    assert np.all(np.isnan(single["gap"][1]))  # one model: no estimate, not a zero one
     mean, std = score_atoms([Committee(3)], atoms, batch_size=3)["gap"]
     assert mean == pytest.approx([7.4, 7.4, 7.2, 7.2])
     assert std[2] == 0.0 and std[3] > std[0] > 0  # std grows with heteroatoms
+    # unbiased: members 8-0.2h ∓ 0.1·hetero and the mean -> std = 0.1·hetero (ddof 1), not 0.0816·hetero
+    assert std[0] == pytest.approx(0.1) and std[3] == pytest.approx(0.2)
     threshold = calibrate_std_threshold(Committee(3), atoms, quantile=0.5)
     assert threshold["gap"] == pytest.approx(float(np.quantile(std, 0.5)))
 

@@ -25,6 +25,8 @@ TRAINING_FLAGS = {
     "--num-layers": ("model.num_layers", int, "message-passing layers"),
     "--cutoff": ("model.cutoff", float, "neighbor cutoff radius, Å"),
 }
+METAVARS = {"--l-max": "L", "--lr": "LR", "--max-epochs": "N", "--max-minutes": "MINUTES", "--num-layers": "N",
+            "--batch-size": "N", "--cutoff": "Å"}
 
 
 def _floats(text: str) -> list[float]:
@@ -76,7 +78,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "the flags below override it")
     parser.add_argument("--seed", type=int, default=0, help="base seed (members, perturbations, MD)")
     for flag, (_, kind, text) in TRAINING_FLAGS.items():
-        parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, metavar=flag.strip("-").split("-")[-1].upper(),
+        parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, metavar=METAVARS.get(flag, flag.strip("-").split("-")[-1].upper()),
                             help=f"{text} (default: the training default or --config)")
 
 

@@ -67,6 +67,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=0,
                         help="torch CPU threads (0: torch's default; 1 is often fastest for small molecules)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--calibration", metavar="JSON", default=None,
+                        help="calibration of the committee/ensemble spread from 'molequi calibrate': the logged "
+                             "energy_std_eV and forces_std_max_eV_per_A are calibrated stds")
 
 
 def settings_from_args(args: argparse.Namespace) -> MDSettings:
@@ -89,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     models = [p for p in args.model.split(",") if p]
     result = run_md_files(models, args.structures, settings, args.out, replicas=args.replicas,
-                          device=args.device, dtype=args.dtype, resume=args.resume, overwrite=args.overwrite)
+                          device=args.device, dtype=args.dtype, resume=args.resume, overwrite=args.overwrite,
+                          calibration=args.calibration)
     print("\n".join(result.summary_lines()))
     print(f"output: {Path(args.out).resolve()}")
     if result.stopped:

@@ -77,7 +77,7 @@ import numpy as np
 from ase import Atoms, units
 from ase.data import atomic_numbers
 
-from molequi.data.readers import labelled_atoms
+from molequi.data.labels import labelled_atoms
 from molequi.errors import DataFormatError
 from molequi.utils import atomic_open
 

@@ -60,7 +60,8 @@ class ASEEngine:
         self.state = state_from_atoms([self.atoms], temperature=temperature, friction=friction, seed=seed)
         self.state.system_ids[:] = system
         self.atoms.set_velocities(self.state.velocities.numpy() / units.fs)
-        self.atoms.calc = MolequiCalculator(potential.models, device=potential.device, skin=skin)
+        self.atoms.calc = MolequiCalculator(potential.models, device=potential.device, skin=skin,
+                                            calibration=potential.calibration)
         if ensemble == "nve":
             self.dynamics = VelocityVerlet(self.atoms, timestep=self.dt * units.fs)
         else:

@@ -3,7 +3,8 @@
 Layout of the output folder::
 
     system_0000.csv      time_fs, step, potential_eV, kinetic_eV, total_eV, temperature_K
-                         (+ energy_std_eV, forces_std_max_eV_per_A for a committee)
+                         energy_std_eV, forces_std_max_eV_per_A (committee or ensemble
+                         spread; empty cells for one model, which has no estimate)
     system_0000.extxyz   frames every traj_every steps: positions Å, velocities (ASE units),
                          energy eV and forces eV/Å, ``info`` system, step, time_fs (readable
                          back with ase.io.read); ``traj_format="traj"``: ASE's binary
@@ -48,7 +49,8 @@ class MDOutput:
     Args:
         folder: output folder.
         num_systems: number of systems in the original input (file per system).
-        committee: add the committee columns to the logs.
+        committee: unused (kept for callers): the spread columns are always written, empty
+            for one plain model.
         traj_every, log_every, restart_every: intervals in steps (0 = never).
         resume: continue files cut back to the sizes recorded in the restart file.
         traj_format: ``"extxyz"`` (text) or ``"traj"`` (ASE's binary trajectory).
@@ -75,7 +77,8 @@ class MDOutput:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.num_systems = num_systems
-        self.columns = LOG_COLUMNS + (COMMITTEE_COLUMNS if committee else [])
+        # the spread columns are always there, empty without an estimate (one plain model)
+        self.columns = LOG_COLUMNS + COMMITTEE_COLUMNS
         self.traj_every, self.log_every, self.restart_every = traj_every, log_every, restart_every
         self._rows: dict[int, list[str]] = {}
         self._frames: list[tuple[int, Atoms]] = []  # (system, frame) in the order they were taken
@@ -193,9 +196,10 @@ class MDOutput:
             # repr: the shortest string that reads back as the same float64, so the log keeps a
             # 10^4–10^6 eV total to the last bit (10 digits would round it to 10–100 µeV)
             cells = [f"{engine.time:.6g}", str(state.step)] + [repr(float(v)) for v in row]
-            self.add_row(system, cells[: len(self.columns)])
+            self.add_row(system, cells + [""] * (len(self.columns) - len(cells)))
 
     def add_row(self, system: int, cells: list[str]) -> None:
+        cells = list(cells) + [""] * (len(self.columns) - len(cells))  # no spread: empty cells
         self._rows.setdefault(system, []).append(",".join(cells) + "\n")
         self._count()
 

@@ -307,16 +307,18 @@ def run_md_files(
     dtype: str | None = None,
     resume: bool = False,
     overwrite: bool = False,
+    calibration: str | Path | None = None,
 ) -> MDResult:
     """:func:`run_md` from model files (several: a committee) and structure specs (see
-    :func:`read_systems`)."""
+    :func:`read_systems`); ``calibration``: the JSON of ``molequi calibrate`` (logged stds are
+    calibrated)."""
     from molequi.md.potential import load_models
 
     settings.validate()
     if not models:
         raise ConfigError("no model file given")
     systems = read_systems(structures, replicas)
-    potential = Potential(load_models(list(models), device=device, dtype=dtype))
+    potential = Potential(load_models(list(models), device=device, dtype=dtype), calibration=calibration)
     return run_md(potential, systems, settings, out, resume=resume, overwrite=overwrite)
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from molequi.errors import ConfigError
+from molequi.models.heads import HEADS
 from molequi.utils import closest_name
 
 
@@ -27,10 +28,13 @@ class ModelConfig:
         correlation: body order of the node-feature product (1 = none; 2–3 = MACE-style).
         readout_hidden: hidden size of the last layer's non-linear energy readout.
         trainable_radial: learn the Bessel frequencies.
-        properties: extra outputs beside the energy, name -> kind, where kind is
-            ``"intensive"`` (mean over atoms, e.g. HOMO–LUMO gap, eV), ``"extensive"`` (sum
-            over atoms, e.g. U0, eV) or ``"dipole"`` (Σ q_i r_i with learned neutral partial
-            charges, e·Å).
+        properties: extra outputs beside the energy, name -> kind, where kind is a registered
+            head kind (:mod:`molequi.models.heads`): ``"intensive"`` (mean over atoms, e.g.
+            HOMO–LUMO gap, eV), ``"extensive"`` (sum over atoms, e.g. U0, eV) or ``"dipole"``
+            (Σ q_i r_i with learned neutral partial charges, e·Å).
+        ensemble_heads: readouts per output on the one shared body (a shallow ensemble). With
+            K ≥ 2 every output is the mean of K heads and comes with their spread (an
+            uncertainty from one model); 1 is a plain model.
         avg_num_neighbors: mean neighbor count (from the training data); normalises messages.
         e0s: atomic number (as str, for JSON) -> reference energy, eV.
         energy_shift: per-atom energy shift, eV.
@@ -55,6 +59,7 @@ class ModelConfig:
     correlation: int = 3
     readout_hidden: int = 16
     trainable_radial: bool = False
+    ensemble_heads: int = 1
     properties: dict[str, str] = field(default_factory=dict)
     avg_num_neighbors: float = 1.0
     e0s: dict[str, float] = field(default_factory=dict)
@@ -90,6 +95,7 @@ class ModelConfig:
              f"species must be distinct atomic numbers in 1..118, got {self.species}"),
             (all(h >= 1 for h in self.radial_hidden), f"radial_hidden sizes must be ≥ 1, got {self.radial_hidden}"),
             (self.readout_hidden >= 1, f"readout_hidden must be ≥ 1, got {self.readout_hidden}"),
+            (int(self.ensemble_heads) >= 1, f"ensemble_heads must be ≥ 1, got {self.ensemble_heads}"),
         ]
         for name, limit in LIMITS.items():
             value = getattr(self, name)
@@ -101,9 +107,10 @@ class ModelConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        self.ensemble_heads = int(self.ensemble_heads)
         for name, kind in self.properties.items():
-            if kind not in PROPERTY_KINDS:
-                raise ConfigError(f"property '{name}' has kind '{kind}'; choose one of {sorted(PROPERTY_KINDS)}")
+            if kind not in HEADS:
+                raise ConfigError(f"property '{name}' has kind '{kind}'; choose one of {sorted(HEADS)}")
         for name, stats in self.property_stats.items():
             if name not in self.properties:
                 raise ConfigError(f"property_stats names '{name}', which is not a property head")
@@ -129,14 +136,13 @@ class ModelConfig:
         return cls(**values)
 
 
-PROPERTY_KINDS = {"intensive", "extensive", "dipole"}
-
 LIMITS = {"cutoff": 30.0, "channels": 1024, "num_layers": 16, "num_radial": 128, "cutoff_p": 64,
-          "radial_hidden": 4096, "readout_hidden": 4096}
+          "radial_hidden": 4096, "readout_hidden": 4096, "ensemble_heads": 64}
 """Upper bounds of the architecture: far beyond any useful molecular potential, low enough that a
 model always fits in memory (cutoff Å)."""
 
-_INTEGERS = ("channels", "l_max", "num_layers", "num_radial", "cutoff_p", "correlation", "readout_hidden")
+_INTEGERS = ("channels", "l_max", "num_layers", "num_radial", "cutoff_p", "correlation", "readout_hidden",
+             "ensemble_heads")
 _REALS = ("cutoff", "avg_num_neighbors", "energy_shift", "energy_scale")
 
 

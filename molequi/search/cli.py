@@ -43,7 +43,7 @@ def add_screen_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
                         "pool: moses:train, moses:test, moses:test_scaffolds, qm9")
     parser.add_argument("--model", action="append", default=[], metavar="M",
                         help="trained model file; repeat for several models / committees")
-    parser.add_argument("--device", default="cpu", help="device for the models (cpu, cuda)")
+    parser.add_argument("--device", default="auto", help="device for the models: auto (CUDA if available), cpu, cuda or cuda:N")
     parser.add_argument("--objective", action="append", default=None, metavar="OBJ",
                         help="name:max, name:min or name:target=LO..HI; repeat for several "
                              "(default qed:max without a model)")
@@ -56,18 +56,22 @@ def add_screen_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
                         help="mean + kappa·std towards the objective (default: pessimistic)")
     parser.add_argument("--std-threshold", type=float, default=None,
                         help="flag molecules whose committee std exceeds this (property units)")
+    parser.add_argument("--calibration", metavar="JSON", default=None,
+                        help="std calibration from 'molequi calibrate': stds (and so --kappa ranking) are "
+                             "calibrated, and without --std-threshold a molecule is out of domain when a "
+                             "calibrated std exceeds the 95th percentile seen on the calibration data")
     parser.add_argument("--drop-out-of-domain", action="store_true",
                         help="reject (not only flag) out-of-domain molecules")
     parser.add_argument("--sa-max", type=float, default=4.5,
                         help="max SA score (unitless, 1..10; <=0 disables)")
     parser.add_argument("--alerts", type=parse_alerts, default=("pains", "brenk"),
-                        help=f"comma-separated alert sets from {','.join(ALERT_SETS)}, or 'none'")
+                        help=f"comma-separated alert sets from {','.join(ALERT_SETS)}, or 'none' (default: pains,brenk)")
     parser.add_argument("--lipinski-max-violations", type=int, default=1,
                         help="Lipinski violations allowed (<0 disables)")
     parser.add_argument("--no-veber", action="store_true", help="disable the Veber rule")
     parser.add_argument("--max-ring-size", type=int, default=8, help="largest ring allowed (<=0 disables)")
     parser.add_argument("--heavy-atoms", type=_range, default=(1, 100), metavar="LO..HI",
-                        help="allowed heavy-atom count range")
+                        help="allowed heavy-atom count range (default: 1..100)")
     parser.add_argument("--purchasable", action="store_true",
                         help="keep only molecules probably in ZINC in-stock (molbloom, bundled filter)")
     parser.add_argument("--all-values", action="store_true",
@@ -123,12 +127,27 @@ def _default_factory() -> ScorerFactory:
     return load_scorers
 
 
+def _resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` if available, else ``cpu``; other names as given."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def run_screen(args: argparse.Namespace, scorer_factory: ScorerFactory | None = None) -> int:
     """Run ``molequi screen``; returns the process exit code."""
     from .pipeline import screen
 
     try:
-        scorers = (scorer_factory or _default_factory())(args.model, args.device) if args.model else []
+        scorers = []
+        if args.model:
+            factory = scorer_factory or _default_factory()
+            device = _resolve_device(args.device)
+            calibration = getattr(args, "calibration", None)
+            scorers = (factory(args.model, device, calibration=calibration) if calibration
+                       else factory(args.model, device))
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", RuntimeWarning)
             result = screen(args.candidates, scorers=scorers, **_settings(args))

@@ -33,9 +33,13 @@ class Scorer(Protocol):
 def scorer_identity(scorer: Scorer) -> dict:
     """What the run manifest records about a scorer (name, properties, species)."""
     species = getattr(scorer, "species", None)
-    return {"name": str(getattr(scorer, "name", type(scorer).__name__)),
-            "properties": list(scorer.properties),
-            "species": sorted(species) if species is not None else None}
+    identity = {"name": str(getattr(scorer, "name", type(scorer).__name__)),
+                "properties": list(scorer.properties),
+                "species": sorted(species) if species is not None else None}
+    calibration = getattr(scorer, "calibration", None)
+    if calibration is not None:  # calibrated stds are other stds: a resume must not mix them
+        identity["calibration"] = {name: [fit.form, fit.a, fit.b] for name, fit in sorted(calibration.fits.items())}
+    return identity
 
 
 def prediction_units(scorers: Sequence[Scorer]) -> dict[str, str]:
@@ -113,12 +117,25 @@ def score_atoms(scorers: Sequence[Scorer], atoms: list[ase.Atoms],
                 batch_size: int = 64) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """``{property: (mean, std)}`` across committee members, each ``[n_molecules]``.
 
-    ``std`` is the population std (ddof=0), hence exactly 0 for a single model.
+    ``std`` is the unbiased std over members (ddof 1), calibrated when the scorer has a
+    ``calibration`` (``apply(property, std)``, e.g. a
+    :class:`~molequi.models.uncertainty.Calibration` read from ``molequi calibrate``'s JSON).
+    A single member gives no estimate: its std is NaN (written as an empty cell), never 0.
     """
     if not atoms:
         return {prop: (np.zeros(0), np.zeros(0)) for s in scorers for prop in s.properties}
     members = predict_members(scorers, atoms, batch_size)
-    return {prop: (v.mean(axis=0), v.std(axis=0)) for prop, v in members.items()}
+    calibrations = {prop: getattr(s, "calibration", None) for s in scorers for prop in s.properties}
+    scores = {}
+    for prop, values in members.items():
+        if len(values) < 2:
+            std = np.full(values.shape[1], np.nan)
+        else:
+            std = values.std(axis=0, ddof=1)
+            if calibrations.get(prop) is not None:
+                std = np.asarray(calibrations[prop].apply(prop, std), dtype=np.float64)
+        scores[prop] = (values.mean(axis=0), std)
+    return scores
 
 
 def calibrate_std_threshold(scorer: Scorer, atoms_list: list[ase.Atoms],

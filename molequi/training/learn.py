@@ -449,6 +449,7 @@ def run_learning(
     Raises:
         MolequiError subclasses for bad settings, inputs, a changed rerun, or a labeler failure.
     """
+    from molequi.data.graph import structure_labels
     from molequi.data.readers import read_structures, require_labels
     from molequi.training import TrainingConfig, resolve_device
 
@@ -470,8 +471,6 @@ def run_learning(
         "start_sha256": structures_sha256(starts),
         "test_sha256": files_sha256(test_paths) if test_paths else None,
     }
-    _check_identity(out_dir, identity, say)
-    device = str(resolve_device(config.device))
     labeler = None
 
     def get_labeler():
@@ -479,6 +478,11 @@ def run_learning(
         if labeler is None:
             labeler = make_labeler(settings.labeler, settings.labeler_kwargs)
         return labeler
+
+    if settings.rounds > 0 or not all(None not in structure_labels(a) for a in starts):
+        get_labeler()  # a missing or broken labeler fails here, before anything is written
+    _check_identity(out_dir, identity, say)
+    device = str(resolve_device(config.device))
 
     start_file = out_dir / "start.extxyz"
     if not start_file.exists():
@@ -570,6 +574,12 @@ def _run_round(r, settings, config, out_dir, md_starts, test_structures, device,
     members = [round_dir / f"member_{m}" / "model.molequi" for m in range(settings.committee)]
     if done.exists():
         record = json.loads(done.read_text())
+        if r < settings.rounds and not (round_dir / "labelled.extxyz").exists():
+            # the last round of a shorter run: --rounds grew, so this round now labels too
+            candidates = read(round_dir / "candidates.extxyz", ":")
+            record["row"]["n_new"] = _label_round(round_dir, candidates, settings, get_labeler, say)
+            say(f"round {r}/{settings.rounds}: labelled {record['row']['n_new']} frames ({settings.labeler})")
+            _write_json(record, done)
         return record["row"], members
     round_dir.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}

@@ -127,7 +127,9 @@ def load_run_inputs(
     outputs_trained = trained_outputs(
         config.energy_weight, config.forces_weight, config.property_weights, config.model.properties
     )
-    prepared = prepare_data(paths, config.model, config.validation, config.seed, outputs_trained)
+    prepared = prepare_data(
+        paths, config.model, config.validation, config.seed, outputs_trained, keys=config.label_keys, e0s=config.e0s
+    )
     model_config = prepared.model_config if state is None else ModelConfig(**state["model_config"])
     test_graphs = None
     if test_paths:
@@ -137,6 +139,7 @@ def load_run_inputs(
             properties=list(model_config.properties),
             require_energy="energy" in outputs_trained,
             require_forces="forces" in outputs_trained,
+            keys=config.label_keys,
         )
         _check_test_species(test_graphs, model_config)
     return RunInputs(paths, test_paths, prepared, model_config, outputs_trained, test_graphs, state, data_sha256)
@@ -208,7 +211,7 @@ class TrainingRun:
     sampler: Any  # DistributedSampler under DDP, else None
     shuffle: torch.Generator
     validation: list  # this process's shard of the validation graphs
-    properties: list[str]
+    properties: dict[str, str]  # head name -> kind
     weights: dict[str, float]
     with_forces: bool  # no force pass (≈2/3 of the cost) when the loss does not use forces
     device: torch.device
@@ -255,7 +258,7 @@ def build_run(
         trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = _make_optimizer(config, model)
     scheduler = _make_scheduler(config, optimizer)
-    properties = list(model_config.properties)
+    properties = dict(model_config.properties)
     weights = {"energy": config.energy_weight, "forces": config.forces_weight}
     weights.update({name: config.property_weights.get(name, 1.0) for name in properties})
     shuffle = torch.Generator()

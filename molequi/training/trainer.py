@@ -65,7 +65,7 @@ from typing import Any
 import torch
 
 from molequi.models.io import DTYPES, save_model
-from molequi.progress import format_duration
+from molequi.progress import format_duration, is_terminal
 from molequi.training.checkpoint import save_checkpoint
 from molequi.training.config import TrainingConfig, save_config
 from molequi.training.distributed import Distributed
@@ -226,7 +226,7 @@ def take_step(run: TrainingRun, batch) -> tuple[torch.Tensor, dict[str, torch.Te
     """One optimizer step on ``batch`` (already on the device): loss, backward, clipping,
     update, EMA. Returns the detached loss (a device tensor: no host sync) and the outputs."""
     outputs = run.trained(batch, compute_forces=run.with_forces)
-    loss = weighted_loss(loss_terms(outputs, batch, run.properties), run.weights)
+    loss = weighted_loss(loss_terms(outputs, batch, run.properties, run.config.ensemble_loss), run.weights)
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if run.config.grad_clip > 0:
@@ -295,7 +295,8 @@ class TrainingDivergedError(MolequiError):
 
 
 def _progress_bar(run: TrainingRun, epoch: int, eta: str = ""):
-    if not (run.config.progress and run.ddp.is_main):
+    # in a log file tqdm's carriage-return updates pile up on one line: the epoch lines suffice there
+    if not (run.config.progress and run.ddp.is_main and is_terminal()):
         return None
     from tqdm import tqdm
 
