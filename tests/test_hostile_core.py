@@ -497,3 +497,42 @@ def test_md_exits_nonzero_naming_the_stopped_systems(tmp_path, capsys, engine):
     assert_user_error(code, err, "2 of 2 system(s) stopped early", "system 0", "system 1", "temperature",
                       expected_code=1)
     assert (out / "energy.png").exists()  # the outputs are still written
+
+
+# ---------------------------------------------------------------- degenerate data files
+def degenerate_file(folder: Path, kind: str) -> Path:
+    """A data file a careless user might pass: ``empty``, ``npy-as-npz``, ``garbage-db``,
+    ``mixed-pbc`` or ``degenerate-cell``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if kind == "empty":
+        path = folder / "empty.extxyz"
+        path.write_text("")
+    elif kind == "npy-as-npz":
+        path = folder / "data.npz"
+        with open(path, "wb") as handle:
+            np.save(handle, np.zeros(3))
+    elif kind == "garbage-db":
+        path = folder / "data.db"
+        path.write_bytes(b"\x00not a database" * 64)
+    else:
+        atoms = molecule("CH3CH2OH")
+        atoms.cell = [10, 10, 10] if kind == "mixed-pbc" else [[10, 0, 0], [0, 10, 0], [20, 0, 0]]
+        atoms.pbc = [True, True, False] if kind == "mixed-pbc" else True
+        path = folder / f"{kind}.extxyz"
+        write(path, labelled(atoms))
+    return path
+
+
+@pytest.mark.parametrize("kind,words", [("empty", "empty"), ("npy-as-npz", ".npy"), ("garbage-db", "database"),
+                                        ("mixed-pbc", "mixed periodic"), ("degenerate-cell", "degenerate")])
+def test_a_degenerate_data_file_is_one_line_in_every_command(tmp_path, capsys, kind, words):
+    inputs = md_inputs(tmp_path)
+    path = degenerate_file(tmp_path / "data", kind)
+    before = snapshot(tmp_path)
+    for args in (["evaluate", str(inputs["model"]), str(path)],
+                 md_args({**inputs, "structure": path}, tmp_path / "md"),
+                 train_args(path, tmp_path / "run")):
+        code, _, err = run_cli(args, capsys)
+        assert_user_error(code, err, str(path), words)
+    assert snapshot(tmp_path) == before
+    assert not (tmp_path / "md").exists() and not (tmp_path / "run").exists()
