@@ -78,7 +78,7 @@ def check_cell(cell: np.ndarray, n_atoms: int, cutoff: float) -> None:
     non-finite, degenerate (a height below :data:`MIN_CELL_HEIGHT` Å) or so small for its atoms
     and ``cutoff`` that the list would exceed :data:`MAX_PAIRS` pairs."""
     if not np.all(np.isfinite(cell)):
-        raise InvalidStructureError("non-finite periodic cell")
+        raise InvalidStructureError("non-finite cell (NaN/inf lattice vectors)")
     volume = abs(float(np.linalg.det(cell)))
     areas = [np.linalg.norm(np.cross(cell[(k + 1) % 3], cell[(k + 2) % 3])) for k in range(3)]
     heights = [volume / area if area > 0 else 0.0 for area in areas]
