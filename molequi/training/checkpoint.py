@@ -49,10 +49,24 @@ def data_identity(paths: Sequence[str | Path]) -> list[str]:
     named dataset (``qm9:train?n=1000``), so a resume is tied to the data, not to their names."""
     from molequi.utils import file_digest, text_digest
 
+    import json
+
+    from molequi.data.qm9 import is_qm9_spec, parse_qm9_spec, qm9pack_version
+
     identity = []
     for spec in paths:
         path = Path(str(spec))
-        identity.append(file_digest(path) if path.is_file() else text_digest(f"spec:{str(spec).strip()}"))
+        if path.is_file():
+            identity.append(file_digest(path))
+        elif is_qm9_spec(str(spec)):  # resolved: qm9?n=5 and qm9:train?seed=0&n=5 are the same data
+            try:
+                version = qm9pack_version()
+            except Exception:  # noqa: BLE001 - identity only: a missing qm9pack fails later, with its own message
+                version = "?"
+            resolved = {**parse_qm9_spec(str(spec)), "qm9pack": version}
+            identity.append(text_digest("qm9:" + json.dumps(resolved, sort_keys=True)))
+        else:
+            identity.append(text_digest(f"spec:{str(spec).strip()}"))
     return identity
 
 
