@@ -30,6 +30,7 @@ from typing import Iterator, NamedTuple, Sequence
 SMILES_COLUMNS: tuple[str, ...] = ("smiles", "SMILES", "canonical_smiles", "Smiles")
 ID_COLUMNS: tuple[str, ...] = ("id", "ID", "name", "Name", "zinc_id", "mol_id")
 BUILTIN_POOLS: tuple[str, ...] = ("moses:train", "moses:test", "moses:test_scaffolds", "qm9")
+from molequi.errors import DataFormatError, InputFileError, MissingDependencyError
 
 
 class Candidate(NamedTuple):
@@ -48,7 +49,7 @@ def _package_dir(package: str) -> Path:
     """
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise ValueError(
+        raise MissingDependencyError(
             f"built-in pool needs the {package!r} package; install it "
             f"({'pip install --no-deps molsets' if package == 'moses' else 'pip install qm9pack'})")
     return Path(next(iter(spec.submodule_search_locations)))
@@ -59,12 +60,12 @@ def builtin_pool_files(name: str) -> list[Path]:
     if name.startswith("moses:"):
         split = name.split(":", 1)[1]
         if split not in ("train", "test", "test_scaffolds"):
-            raise ValueError(f"unknown MOSES split {split!r}; use one of {BUILTIN_POOLS}")
+            raise DataFormatError(f"unknown MOSES split {split!r}; use one of {BUILTIN_POOLS}")
         return [_package_dir("moses") / "dataset" / "data" / f"{split}.csv.gz"]
     if name == "qm9":
         data = _package_dir("qm9pack") / "data"
         return sorted(data.glob("qm9_part*.csv"))
-    raise ValueError(f"unknown built-in pool {name!r}; use one of {BUILTIN_POOLS}")
+    raise DataFormatError(f"unknown built-in pool {name!r}; use one of {BUILTIN_POOLS}")
 
 
 def _open_text(path: Path) -> io.TextIOBase:
@@ -88,13 +89,13 @@ def _pick_column(header: Sequence[str], wanted: str | None, candidates: Sequence
     """Index of the wanted (or auto-detected) column, with a clear error if missing."""
     if wanted is not None:
         if wanted not in header:
-            raise ValueError(f"{path}: no {what} column {wanted!r}; columns are {list(header)}")
+            raise DataFormatError(f"{path}: no {what} column {wanted!r}; columns are {list(header)}")
         return header.index(wanted)
     for name in candidates:
         if name in header:
             return header.index(name)
     if required:
-        raise ValueError(
+        raise DataFormatError(
             f"{path}: no {what} column found (looked for {list(candidates)}); columns are "
             f"{list(header)} -- pass smiles_column=... / --smiles-column")
     return None
@@ -107,7 +108,7 @@ def _read_table(path: Path, delimiter: str, smiles_column: str | None,
         reader = csv.reader(handle, delimiter=delimiter)
         header = next(reader, None)
         if header is None:
-            raise ValueError(f"{path}: empty file")
+            raise DataFormatError(f"{path}: empty file")
         header = [h.strip() for h in header]
         s_col = _pick_column(header, smiles_column, SMILES_COLUMNS, "SMILES", path, True)
         i_col = _pick_column(header, id_column, ID_COLUMNS, "id", path, False)
@@ -167,13 +168,13 @@ class CandidateSource:
         else:
             path = Path(self.source).expanduser()
             if not path.is_file():
-                raise FileNotFoundError(f"candidate file not found: {path}")
+                raise InputFileError(f"candidate file not found: {path}")
             self.files = [path.resolve()]
         missing = [f for f in self.files if not f.is_file()]
         if missing or not self.files:
-            raise ValueError(f"{self.source}: data files missing {missing or '(none found)'}")
+            raise DataFormatError(f"{self.source}: data files missing {missing or '(none found)'}")
         if next(iter(self), None) is None:
-            raise ValueError(f"{self.source}: no candidate molecules found (empty input)")
+            raise DataFormatError(f"{self.source}: no candidate molecules found (empty input)")
 
     def describe(self) -> dict:
         """Identity of the input for the run manifest (paths and sizes in bytes)."""
