@@ -34,11 +34,13 @@ from molequi.errors import DataFormatError, InputFileError, MissingDependencyErr
 
 
 class Candidate(NamedTuple):
-    """One input record: 0-based position in the input, id and SMILES as read."""
+    """One input record: 0-based position in the input, id and SMILES as read, and why the
+    record could not be read (``""`` when it could; the row then fails at the read stage)."""
 
     index: int
     id: str
     smiles: str
+    error: str = ""
 
 
 def _package_dir(package: str) -> Path:
@@ -101,26 +103,48 @@ def _pick_column(header: Sequence[str], wanted: str | None, candidates: Sequence
     return None
 
 
+def _parse_line(line: str, delimiter: str) -> list[str]:
+    """Fields of one CSV/TSV line; ``csv.Error`` when it cannot stand alone (an unbalanced
+    quote, a NUL byte)."""
+    return next(csv.reader([line], delimiter=delimiter, strict=True), [])
+
+
 def _read_table(path: Path, delimiter: str, smiles_column: str | None,
-                id_column: str | None) -> Iterator[tuple[str | None, str]]:
-    """(name, smiles) from a CSV/TSV file, streaming."""
+                id_column: str | None) -> Iterator[tuple[str | None, str, str]]:
+    """(name, smiles, error) from a CSV/TSV file, streaming, one record per line.
+
+    Each line is parsed on its own (SMILES never span lines), so an unbalanced quote spoils
+    only its own line -- reported with its line number as the record's error -- instead of
+    swallowing every following record into one field as a whole-file CSV parse would.
+    """
     with _open_text(path) as handle:
-        reader = csv.reader(handle, delimiter=delimiter)
-        header = next(reader, None)
+        header = None
+        for header_line, text in enumerate(handle, start=1):
+            if text.strip():
+                try:
+                    header = [h.strip() for h in _parse_line(text, delimiter)]
+                except csv.Error as error:
+                    raise DataFormatError(f"{path}: unreadable header line {header_line} ({error})") from None
+                break
         if header is None:
             raise DataFormatError(f"{path}: empty file")
-        header = [h.strip() for h in header]
         s_col = _pick_column(header, smiles_column, SMILES_COLUMNS, "SMILES", path, True)
         i_col = _pick_column(header, id_column, ID_COLUMNS, "id", path, False)
-        for row in reader:
-            if not row:
+        for number, text in enumerate(handle, start=header_line + 1):
+            if not text.strip():
+                continue
+            try:
+                row = _parse_line(text, delimiter)
+            except csv.Error as error:
+                why = "unbalanced quote" if "end of data" in str(error) else str(error).replace(";", ",")
+                yield f"line{number}", "", f"unreadable_line:{number}:{why}"
                 continue
             smiles = row[s_col].strip() if s_col < len(row) else ""
             name = row[i_col].strip() if i_col is not None and i_col < len(row) else None
-            yield name or None, smiles
+            yield name or None, smiles, ""
 
 
-def _read_smi(path: Path) -> Iterator[tuple[str | None, str]]:
+def _read_smi(path: Path) -> Iterator[tuple[str | None, str, str]]:
     """(name, smiles) from a ``SMILES [name]`` file; ``#`` comments and a header line skipped."""
     with _open_text(path) as handle:
         for n, line in enumerate(handle):
@@ -130,10 +154,10 @@ def _read_smi(path: Path) -> Iterator[tuple[str | None, str]]:
             parts = line.split(None, 1)
             if n == 0 and parts[0].lower() in ("smiles", "canonical_smiles"):
                 continue  # header line
-            yield (parts[1].strip() if len(parts) > 1 else None), parts[0]
+            yield (parts[1].strip() if len(parts) > 1 else None), parts[0], ""
 
 
-def _read_sdf(path: Path) -> Iterator[tuple[str | None, str]]:
+def _read_sdf(path: Path) -> Iterator[tuple[str | None, str, str]]:
     """(title, isomeric SMILES) from an SD file; unreadable records give SMILES ``""``."""
     from rdkit import Chem, rdBase
 
@@ -141,10 +165,10 @@ def _read_sdf(path: Path) -> Iterator[tuple[str | None, str]]:
     with opener(path, "rb") as handle, rdBase.BlockLogs():
         for mol in Chem.ForwardSDMolSupplier(handle, sanitize=True, removeHs=True):
             if mol is None:
-                yield None, ""  # recorded downstream as invalid
+                yield None, "", ""  # recorded downstream as invalid
                 continue
             title = mol.GetProp("_Name").strip() if mol.HasProp("_Name") else ""
-            yield title or None, Chem.MolToSmiles(mol)
+            yield title or None, Chem.MolToSmiles(mol), ""
 
 
 @dataclass
@@ -183,7 +207,7 @@ class CandidateSource:
                 "bytes": [os.path.getsize(f) for f in self.files],
                 "smiles_column": self.smiles_column, "id_column": self.id_column}
 
-    def _records(self, path: Path) -> Iterator[tuple[str | None, str]]:
+    def _records(self, path: Path) -> Iterator[tuple[str | None, str, str]]:
         fmt = detect_format(path)
         if fmt in ("csv", "tsv"):
             return _read_table(path, "," if fmt == "csv" else "\t", self.smiles_column, self.id_column)
@@ -207,8 +231,8 @@ class CandidateSource:
     def __iter__(self) -> Iterator[Candidate]:
         records = itertools.chain.from_iterable(self._records(f) for f in self.files)
         prefix = "qm9:" if self.source == "qm9" else ""
-        for index, (name, smiles) in enumerate(records):
-            yield Candidate(index, f"{prefix}{name}" if name else f"mol{index}", smiles)
+        for index, (name, smiles, error) in enumerate(records):
+            yield Candidate(index, f"{prefix}{name}" if name else f"mol{index}", smiles, error)
 
 
 def chunked(candidates: Iterator[Candidate], size: int) -> Iterator[list[Candidate]]:

@@ -166,7 +166,7 @@ def _stage_counts(rows_failed_at: dict[str, int], n_read: int, n_selected: int, 
     molecule has a std (a single model has no estimate: no in-domain count at all)."""
     left = n_read
     counts = {"read": n_read}
-    for stage, failed in (("standardized", ("standardize", "error")), ("unique", ("duplicate",)),
+    for stage, failed in (("standardized", ("read", "standardize", "error")), ("unique", ("duplicate",)),
                           ("filters", ("filters",)), ("3d", ("3d",)), ("scored", ("score",))):
         left -= sum(rows_failed_at.get(s, 0) for s in failed)
         if (stage == "3d" and not embed) or (stage == "scored" and not scored):
