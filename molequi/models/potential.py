@@ -180,7 +180,9 @@ class MolequiPotential(nn.Module):
         Returns:
             ``residual_energies`` [n_atoms] learned per-atom energies, eV (model dtype),
             ``reference_energies`` [n_atoms] ``E0[Z_i] + shift``, eV (float64), and one
-            [num_graphs, k] tensor per property head (a dipole in the dtype of ``pos``).
+            [num_graphs, k] tensor per property head (a dipole in the dtype of ``pos``). With
+            ``ensemble_heads`` K ≥ 2 these are means over the heads, and each head's values come
+            as ``residual_energies_members`` [n_atoms, K] and ``<property>_members`` [K, G, k].
         """
         dtype = self.dtype
         species = self.species_index[numbers]
