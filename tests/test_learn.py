@@ -253,6 +253,15 @@ def test_rerun_with_other_inputs_is_refused(finished, test_file, tmp_path):
                  log=lambda m: None)
     assert (out / "rounds.csv").read_text() == (out_ref / "rounds.csv").read_text()
     assert json.loads((out / "learn.json").read_text())["settings"]["rounds"] == 2
+    # more rounds continue the finished run: its last round now labels, one more round trains
+    longer = LearnSettings(**{**SETTINGS, "rounds": 3})
+    result = run_learning(longer, ["CH3CH2OH"], out, config=_config(), test_data=[test_file], log=lambda m: None)
+    assert [row["n_labels"] for row in result.rows] == [4, 7, 10, 13]
+    assert [row["n_new"] for row in result.rows] == [3, 3, 3, 0]
+    assert _rows(out)[:2] == _rows(out_ref)[:2]
+    with pytest.raises(ConfigError, match="cannot shrink"):
+        run_learning(LearnSettings(**SETTINGS), ["CH3CH2OH"], out, config=_config(), test_data=[test_file],
+                     log=lambda m: None)
 
 
 def test_unrelated_directory_is_refused(tmp_path):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 pytest.importorskip("rdkit")
 
@@ -236,7 +237,7 @@ def test_cli_with_injected_scorer_factory(tmp_path, capsys):
                    "--multi", "pareto", "--kappa", "1", "--alerts", "pains", "--top", "2",
                    "--out", str(tmp_path / "cli"), "--no-progress", "--no-plots", "--diverse"])
     assert run_screen(args, scorer_factory=factory) == 0
-    assert seen == {"paths": ["m1.pt"], "device": "cpu"}
+    assert seen == {"paths": ["m1.pt"], "device": "cuda" if torch.cuda.is_available() else "cpu"}  # --device auto
     rows = _rows(tmp_path / "cli" / "scored.csv")
     assert "pareto_rank" in rows[0] and sum(r["selected"] == "true" for r in rows) == 2
     assert "screened 12 molecules" in capsys.readouterr().out

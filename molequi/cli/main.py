@@ -23,13 +23,14 @@ COMMANDS = {
     "md": "molequi.cli.md",
     "screen": "molequi.cli.screen",
     "learn": "molequi.cli.learn",
+    "export": "molequi.cli.export",
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="molequi",
-        description="E(3)-equivariant interatomic potentials: train, evaluate, run MD, screen molecules.",
+        description="E(3)-equivariant interatomic potentials: train, evaluate, run MD, screen molecules, export.",
         epilog="Run 'molequi COMMAND --help' for the options of a command.",
     )
     parser.add_argument("--version", action="version", version=f"molequi {__version__}")
@@ -47,12 +48,33 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("-h", "--help", action=_HintAction, hint=hint)
             sub.set_defaults(handler=_unavailable(hint))
             continue
-        sub = commands.add_parser(
-            name, help=module.HELP, description=module.HELP, formatter_class=argparse.ArgumentDefaultsHelpFormatter
-        )
+        sub = commands.add_parser(name, help=module.HELP, description=module.HELP, formatter_class=HelpFormatter)
         module.add_arguments(sub)
         sub.set_defaults(handler=module.run)
     return parser
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Help that shows a default only where it informs: not for required options, flags, or
+    options without a value (None, empty lists); not where the help text already states it;
+    lists as ``a, b`` rather than Python's tuple syntax."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" in text.lower()
+            or action.required
+            or not action.option_strings
+            or default is None
+            or default is argparse.SUPPRESS
+            or isinstance(default, bool)
+            or (isinstance(default, (list, tuple, dict)) and not default)
+            or (isinstance(default, str) and default.strip() in ("", "{}", "[]"))  # empty JSON/text
+        ):
+            return text
+        shown = ", ".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
+        return f"{text} (default: {shown.replace('%', '%%')})"
 
 
 class _HintAction(argparse.Action):

@@ -43,7 +43,7 @@ def add_screen_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
                         "pool: moses:train, moses:test, moses:test_scaffolds, qm9")
     parser.add_argument("--model", action="append", default=[], metavar="M",
                         help="trained model file; repeat for several models / committees")
-    parser.add_argument("--device", default="cpu", help="device for the models (cpu, cuda)")
+    parser.add_argument("--device", default="auto", help="device for the models: auto (CUDA if available), cpu, cuda or cuda:N")
     parser.add_argument("--objective", action="append", default=None, metavar="OBJ",
                         help="name:max, name:min or name:target=LO..HI; repeat for several "
                              "(default qed:max without a model)")
@@ -65,13 +65,13 @@ def add_screen_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     parser.add_argument("--sa-max", type=float, default=4.5,
                         help="max SA score (unitless, 1..10; <=0 disables)")
     parser.add_argument("--alerts", type=parse_alerts, default=("pains", "brenk"),
-                        help=f"comma-separated alert sets from {','.join(ALERT_SETS)}, or 'none'")
+                        help=f"comma-separated alert sets from {','.join(ALERT_SETS)}, or 'none' (default: pains,brenk)")
     parser.add_argument("--lipinski-max-violations", type=int, default=1,
                         help="Lipinski violations allowed (<0 disables)")
     parser.add_argument("--no-veber", action="store_true", help="disable the Veber rule")
     parser.add_argument("--max-ring-size", type=int, default=8, help="largest ring allowed (<=0 disables)")
     parser.add_argument("--heavy-atoms", type=_range, default=(1, 100), metavar="LO..HI",
-                        help="allowed heavy-atom count range")
+                        help="allowed heavy-atom count range (default: 1..100)")
     parser.add_argument("--purchasable", action="store_true",
                         help="keep only molecules probably in ZINC in-stock (molbloom, bundled filter)")
     parser.add_argument("--all-values", action="store_true",
@@ -127,6 +127,15 @@ def _default_factory() -> ScorerFactory:
     return load_scorers
 
 
+def _resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` if available, else ``cpu``; other names as given."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def run_screen(args: argparse.Namespace, scorer_factory: ScorerFactory | None = None) -> int:
     """Run ``molequi screen``; returns the process exit code."""
     from .pipeline import screen
@@ -135,9 +144,10 @@ def run_screen(args: argparse.Namespace, scorer_factory: ScorerFactory | None = 
         scorers = []
         if args.model:
             factory = scorer_factory or _default_factory()
+            device = _resolve_device(args.device)
             calibration = getattr(args, "calibration", None)
-            scorers = (factory(args.model, args.device, calibration=calibration) if calibration
-                       else factory(args.model, args.device))
+            scorers = (factory(args.model, device, calibration=calibration) if calibration
+                       else factory(args.model, device))
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", RuntimeWarning)
             result = screen(args.candidates, scorers=scorers, **_settings(args))

@@ -334,7 +334,7 @@ img{{margin:2px;max-width:100%}}</style></head><body>
 <h1>molequi screening report</h1>
 <p>{result.n_read:,} molecules read, {result.n_passed:,} passed every stage ({percent(result.n_passed, result.n_read)}),
 {n_selected:,} selected ({percent(n_selected, result.n_read)}).
-Full table: <code>scored.csv</code>; 3D hits: <code>top.sdf</code>.{f" Units of the predictions: {html.escape(units)}." if units else ""}</p>
+Full table: <code>scored.csv</code>; hits with {"3D" if result.settings.get("stage", {}).get("embed_3d", True) else "2D"} coordinates: <code>top.sdf</code>.{f" Units of the predictions: {html.escape(units)}." if units else ""}</p>
 <h2>Molecules left after each stage</h2>{_stage_table(result.stage_counts)}
 <h2>Why molecules were rejected</h2>{_rejection_table(result.rejections, result.n_read)}
 <h2>Top hits</h2>{uncertainty_note(result, properties)}{_hits_table(result, properties) if result.top else '<p>No molecule passed.</p>'}

@@ -574,6 +574,12 @@ def _run_round(r, settings, config, out_dir, md_starts, test_structures, device,
     members = [round_dir / f"member_{m}" / "model.molequi" for m in range(settings.committee)]
     if done.exists():
         record = json.loads(done.read_text())
+        if r < settings.rounds and not (round_dir / "labelled.extxyz").exists():
+            # the last round of a shorter run: --rounds grew, so this round now labels too
+            candidates = read(round_dir / "candidates.extxyz", ":")
+            record["row"]["n_new"] = _label_round(round_dir, candidates, settings, get_labeler, say)
+            say(f"round {r}/{settings.rounds}: labelled {record['row']['n_new']} frames ({settings.labeler})")
+            _write_json(record, done)
         return record["row"], members
     round_dir.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
