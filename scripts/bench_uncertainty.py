@@ -43,7 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "datasets"))  # the xTB recipe's helpers (datasets/xtb_md.py)
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "rmd17"
 TEMPERATURES = (300.0, 600.0, 1000.0)
-KCAL = 0.0433641153087705  # kcal/mol in eV (only to read rMD17 geometries; labels are xTB's)
+REUSED: list[str] = []  # models and loops of an earlier run in --out that this run reused
 
 PROFILES = {
     # quick: a smoke run (~10 min); full: what fits in ~40 min of 2 shared cores. Committee members
@@ -166,7 +166,9 @@ def train_members(molecule: str, kind: str, files, profile, args, log) -> list[P
     for m in range(count):
         out = args.out / kind / molecule / f"member_{m}"
         model = out / "model.molequi"
-        if not model.exists():
+        if model.exists():
+            REUSED.append(str(model.relative_to(args.out)))
+        else:
             if out.exists():
                 shutil.rmtree(out)  # a member this script left unfinished
             config = load_config(None, {**MODEL, **heads, "max_epochs": profile["epochs"], "seed": m, "validation": 0.1,
@@ -212,6 +214,8 @@ def learning_comparison(molecule: str, files, profile, args, log) -> dict:
                                 "batch_size": 4, "seed": 0})
     curves = {}
     for selection in ("uncertain", "random"):
+        if (args.out / "learn" / molecule / selection / f"round_{profile['rounds']:03d}" / "round.json").exists():
+            REUSED.append(f"learn/{molecule}/{selection}")
         settings = LearnSettings(
             rounds=profile["rounds"], per_round=profile["per_round"], temperatures=list(TEMPERATURES),
             md_steps=profile["md_steps"], committee=profile["learn_members"], replicas=2, sample_every=10,
@@ -271,7 +275,9 @@ def markdown(report: dict) -> str:
         f"Measured with `{report['command']}` on {m['cpu']} ({m['cpu_count']} cores shared with other jobs, "
         f"load {report['load_before']:.1f} before / {report['load_after']:.1f} after; {report['wall_s'] / 60:.1f} min wall, "
         f"{report['cpu_s'] / 60:.1f} min CPU; torch {m['torch']}, commit {str(m.get('git_commit', ''))[:10]}). "
-        f"Profile `{report['profile']}`: {json.dumps(report['settings'])}; models {json.dumps(MODEL)}.",
+        f"Profile `{report['profile']}`: {json.dumps(report['settings'])}; models {json.dumps(MODEL)}."
+        + (f" Reused from an earlier run in the same --out (its wall and CPU times are not in the figures above): "
+           f"{', '.join(report['reused'])}." if report.get("reused") else ""),
         "",
         "Spearman: per structure, mean |force error| vs mean predicted std (unchanged by calibration); RMSE÷std and "
         "miscalibration area per force component; calibration fitted on held-out rMD17 geometries (xTB labels) by "
@@ -371,6 +377,7 @@ def main(argv=None) -> int:
             report["calibration"][f"{molecule}/{kind}"] = calibration_table(models, files[molecule], kind)
     for molecule in args.learn_molecules:
         report["learning"][molecule] = learning_comparison(molecule, files[molecule], profile, args, log)
+    report["reused"] = list(REUSED)
     report["wall_s"] = time.monotonic() - started
     report["cpu_s"] = cpu_seconds() - cpu_started
     report["load_after"] = os.getloadavg()[0]
