@@ -263,34 +263,6 @@ def tensors_digest(tensors: Mapping[str, Any], metadata: Mapping[str, str] | Non
     return digest.hexdigest()
 
 
-def resolve_device(device: Any = None) -> Any:
-    """A usable ``torch.device``: ``"auto"``/None -> CUDA if available else CPU.
-
-    Raises :class:`~molequi.errors.ConfigError` (one line) for a name torch does not know, a CUDA
-    device without a GPU (torch itself raises an AssertionError deep inside ``.to()``), or a GPU
-    index that does not exist.
-    """
-    import torch
-
-    from molequi.errors import ConfigError
-
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError, ValueError):
-        raise ConfigError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got '{device}'") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device '{device}' requested but no CUDA GPU is available to torch "
-                              f"(torch {torch.__version__}, torch.cuda.is_available() is False); use --device cpu")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(f"device '{device}' does not exist: torch sees {torch.cuda.device_count()} GPU(s)")
-    elif device.type != "cpu":
-        raise ConfigError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got '{device}'")
-    return device
-
-
 def cpu_model() -> str:
     """The CPU's marketing name from ``/proc/cpuinfo`` (Linux), else the architecture."""
     import platform

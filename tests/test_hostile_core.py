@@ -1,6 +1,6 @@
 """A careless or hostile user of the core (md, train, evaluate, model and restart files).
 
-Every case asserts: exit code 2 (1 for an MD run a safety stop cut short), one line on stderr
+Every case asserts: exit code 2 (3 for an MD run a safety stop cut short), one line on stderr
 without a traceback, and nothing outside the output folder changed. The case builders are plain
 functions (importable by other test modules): they take a folder and return what the case needs.
 """
@@ -495,7 +495,7 @@ def test_md_exits_nonzero_naming_the_stopped_systems(tmp_path, capsys, engine):
     code, printed, err = run_cli(md_args(inputs, out, "--replicas", "2", "--max-temperature", "1",
                                          "--engine", engine, "--restart-every", "0"), capsys)
     assert_user_error(code, err, "2 of 2 system(s) stopped early", "system 0", "system 1", "temperature",
-                      expected_code=1)
+                      expected_code=3)
     assert (out / "energy.png").exists()  # the outputs are still written
 
 

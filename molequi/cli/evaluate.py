@@ -38,12 +38,17 @@ def run(args: argparse.Namespace) -> int:
     from molequi.data import LabelKeys, read_structures
     from molequi.errors import ConfigError
     from molequi.models.uncertainty import as_calibration
-    from molequi.training.evaluate import evaluate_model, resolve_device
+    from molequi.devices import resolve_device
+    from molequi.training.evaluate import evaluate_model
     from molequi.training.trainer import write_json
     from molequi.training.uncertainty import evaluate_committee, load_committee, member_count
 
+    from molequi.cli.main import check_output_file
+
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be ≥ 1, got {args.batch_size}")
+    for option, path in (("--out", args.out), ("--plot", args.plot)):
+        check_output_file(path, option)
     device = resolve_device(args.device)
     models = load_committee(args.model, device=device)
     calibration = as_calibration(args.calibration)

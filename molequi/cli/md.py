@@ -2,8 +2,8 @@
 
 Parse the options into :class:`~molequi.md.runner.MDSettings` and call
 :func:`~molequi.md.runner.run_md_files`; the run itself (both engines) lives in :mod:`molequi.md`.
-Exit status: 0 when every system ran to the end, 1 when a safety stop took a system out (the
-outputs are written; stderr names the systems), 2 for a usage error.
+Exit status: 0 when every system ran to the end, 3 when a safety stop took a system out (the
+outputs are written; stderr names the systems), 2 for a usage error (1 stays a crash's).
 
 Example::
 
@@ -21,6 +21,9 @@ import torch
 
 if TYPE_CHECKING:
     from molequi.md.runner import MDSettings
+
+STOPPED_EXIT_CODE = 3
+"""Exit status of a run that a safety stop cut short (its outputs are written)."""
 
 HELP = "run molecular dynamics (NVE or Langevin NVT) with a trained model or a committee"
 
@@ -98,5 +101,5 @@ def run(args: argparse.Namespace) -> int:
     print(f"output: {Path(args.out).resolve()}")
     if result.stopped:
         print(f"error: {result.stop_message()}", file=sys.stderr)
-        return 1
+        return STOPPED_EXIT_CODE
     return 0

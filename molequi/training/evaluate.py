@@ -13,6 +13,7 @@ from torch_geometric.data import Batch, Data
 
 from molequi.data import atoms_to_graph, require_labels
 from molequi.data.labels import found_label_keys
+from molequi.devices import resolve_device  # noqa: F401  (re-exported: molequi.training.resolve_device)
 from molequi.errors import DataFormatError
 from molequi.models.config import ModelConfig
 from molequi.models.io import model_config
@@ -20,7 +21,6 @@ from molequi.nn.forces import ForceOutput
 from molequi.training.data import check_uniform_labels
 from molequi.training.metrics import MetricSums, has_label, property_prediction
 from molequi.training.plots import ParityPanel, data_title, parity_plot
-from molequi.utils import resolve_device  # re-exported as molequi.training.resolve_device
 
 
 def evaluate_graphs(
