@@ -191,8 +191,9 @@ def test_committee_mean_and_spread(model):
     members = [predict(m, atoms) for m in (model, other)]
     assert energy == pytest.approx(np.mean([m["energy"] for m in members]), abs=1e-10)
     np.testing.assert_allclose(calculator.get_forces(atoms), np.mean([m["forces"] for m in members], 0), atol=1e-10)
-    assert calculator.results["energy_std"] == pytest.approx(abs(members[0]["energy"] - members[1]["energy"]) / 2, abs=1e-10)
-    expected = np.sqrt(np.var([m["forces"] for m in members], axis=0).mean(-1))
+    # unbiased (ddof 1): for two members |ΔE|/√2, not the population |ΔE|/2
+    assert calculator.results["energy_std"] == pytest.approx(abs(members[0]["energy"] - members[1]["energy"]) / np.sqrt(2), abs=1e-10)
+    expected = np.sqrt(np.var([m["forces"] for m in members], axis=0, ddof=1).mean(-1))
     np.testing.assert_allclose(calculator.results["forces_std"], expected, atol=1e-10)
     assert calculator.results["forces_std"].shape == (len(atoms),)
     assert np.all(calculator.results["forces_std"] > 0)
@@ -201,6 +202,28 @@ def test_committee_mean_and_spread(model):
     identical.get_forces(atoms)
     assert identical.results["energy_std"] == 0.0
     assert np.all(identical.results["forces_std"] == 0.0)
+
+
+def test_one_model_has_no_spread_keys(model):
+    """One plain model has no uncertainty estimate: no *_std key, rather than a 0."""
+    calculator = MolequiCalculator(model)
+    calculator.get_forces(ethanol())
+    assert "energy_std" not in calculator.results and "forces_std" not in calculator.results
+    assert "energy_std" not in predict(model, ethanol())
+
+
+def test_calibration_scales_the_committee_spread(model, tmp_path):
+    from molequi.models.uncertainty import Calibration, Fit
+
+    atoms = ethanol()
+    raw = MolequiCalculator([model, tiny_model(seed=1)])
+    raw.get_forces(atoms)
+    path = Calibration({"energy": Fit("scale", 2.0), "forces": Fit("power", 0.5, 2.0)}).save(tmp_path / "c.json")
+    calibrated = MolequiCalculator([model, tiny_model(seed=1)], calibration=path)
+    calibrated.get_forces(atoms)
+    assert calibrated.results["energy_std"] == pytest.approx(2.0 * raw.results["energy_std"])
+    np.testing.assert_allclose(calibrated.results["forces_std"], 0.5 * raw.results["forces_std"] ** 2)
+    np.testing.assert_allclose(calibrated.get_forces(atoms), raw.get_forces(atoms))  # the mean is untouched
 
 
 def test_dtype_conversion_copies_the_callers_model(model):

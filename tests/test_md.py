@@ -223,6 +223,19 @@ def test_committee_spread_in_the_engine_and_its_log(random_model, tmp_path):
     assert float(same.outputs["forces_std"].abs().max()) == 0.0
 
 
+def test_one_model_logs_empty_spread_columns(random_model, tmp_path):
+    """One plain model has no spread estimate: the log's std columns exist and are empty
+    (read back as NaN), never 0."""
+    engine = BatchedMD(potential_of(random_model), state_from_atoms([ethanol(0)], seed=0), dt=0.5)
+    assert "energy_std" not in engine.outputs
+    output = MDOutput(tmp_path, 1, log_every=5, traj_every=0, restart_every=0)
+    engine.run(5, [output])
+    output.close(plot=False)
+    header, first = (tmp_path / "system_0000.csv").read_text().splitlines()[:2]
+    assert header.endswith("energy_std_eV,forces_std_max_eV_per_A") and first.endswith(",,")
+    assert np.all(np.isnan(read_log(tmp_path / "system_0000.csv")["energy_std_eV"]))
+
+
 # ------------------------------------------------------------------ restarts and safety
 def run_with_output(model, folder, steps, resume=False):
     if resume:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 pytest.importorskip("rdkit")
 
@@ -52,6 +53,21 @@ def _rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
+def test_single_model_has_no_uncertainty_anywhere(tmp_path):
+    """One model: empty std columns in scored.csv and top.sdf, out_of_domain 'unknown', no
+    in-domain count, and report.html says that no uncertainty is available."""
+    result = screen(DRUGS, scorers=[FakeScorer(members=1)], objective="gap:max", top=3, out=tmp_path / "run",
+                    kappa=1.0, **FAST)
+    passed = [r for r in _rows(result.scored_csv) if r["status"] == "pass"]
+    assert passed and all(r["gap_std"] == "" and r["energy_std"] == "" for r in passed)
+    assert all(r["out_of_domain"] == "unknown" for r in passed)
+    assert "in_domain" not in result.stage_counts
+    sdf = result.top_sdf.read_text()
+    assert "<gap_mean>" in sdf and "<gap_std>" not in sdf and "unknown" in sdf
+    report = result.report_html.read_text()
+    assert "No uncertainty is available" in report and "±" not in report.split("Top hits")[1].split("Distributions")[0]
+
+
 def test_screen_end_to_end_with_committee(tmp_path):
     result = screen(DRUGS, scorers=[FakeScorer()], objective="gap:max", top=3,
                     out=tmp_path / "run", std_threshold={"gap": 0.06}, progress=False)
@@ -80,7 +96,15 @@ def test_screen_end_to_end_with_committee(tmp_path):
     sdf = result.top_sdf.read_text()
     assert sdf.count("$$$$") == 3 and ">  <gap_mean>" in sdf and " H " in sdf
     report = result.report_html.read_text()
-    assert "<svg" in report and "data:image/png;base64," in report and "Pass rate per stage" in report
+    assert "<svg" in report and "data:image/png;base64," in report and "Molecules left after each stage" in report
+    # the report: rejection counts per filter, units, a sortable table with SMILES beside the depictions
+    assert result.rejections["duplicate"] == {"duplicate": 1}
+    assert result.rejections["filters"]["ring_size"] == 1 and result.rejections["filters"]["alert (pains)"] >= 1
+    assert "<td class='l'>ring_size</td><td>1</td>" in report
+    assert result.units == {"gap": "eV", "energy": "eV"} and "gap (mean ± std)<br><small>eV</small>" in report
+    assert "table class='sortable'" in report and "addEventListener('click'" in report
+    assert f"<td class='l smiles'>{result.top[0]['smiles']}</td>" in report
+    assert "<td class='l'>stage.max_ring_size</td><td class='l'>8</td>" in report
     assert result.stage_counts["read"] == 12 and result.stage_counts["selected"] == 3
 
 
@@ -213,11 +237,15 @@ def test_cli_with_injected_scorer_factory(tmp_path, capsys):
                    "--multi", "pareto", "--kappa", "1", "--alerts", "pains", "--top", "2",
                    "--out", str(tmp_path / "cli"), "--no-progress", "--no-plots", "--diverse"])
     assert run_screen(args, scorer_factory=factory) == 0
-    assert seen == {"paths": ["m1.pt"], "device": "cpu"}
+    assert seen == {"paths": ["m1.pt"], "device": "cuda" if torch.cuda.is_available() else "cpu"}  # --device auto
     rows = _rows(tmp_path / "cli" / "scored.csv")
     assert "pareto_rank" in rows[0] and sum(r["selected"] == "true" for r in rows) == 2
     assert "screened 12 molecules" in capsys.readouterr().out
-    assert run_screen(_parse([str(DRUGS), "--objective", "gap:bogus", "--out", str(tmp_path / "e")])) == 2
+    from molequi.cli.main import main
+
+    assert main(["screen", str(DRUGS), "--objective", "gap:bogus", "--out", str(tmp_path / "e")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: bad objective") and err.count("\n") == 1
 
 
 def test_cli_all_values_fills_slow_columns_of_rule_rejected_molecules(tmp_path):
@@ -252,3 +280,22 @@ def test_dask_two_workers_equals_single_process(tmp_path):
     assert single.scored_csv.read_bytes() == dask.scored_csv.read_bytes()
     assert single.top_sdf.read_bytes() == dask.top_sdf.read_bytes()
     shutil.rmtree(tmp_path / "two")
+
+
+def test_progress_lines_have_total_and_eta_and_say_when_resuming(tmp_path, capsys):
+    settings = dict(out=tmp_path / "p", embed_3d=False, plots=False, chunk_size=5, progress=True)
+    screen(DRUGS, **settings)
+    err = capsys.readouterr().err  # not a terminal: whole lines, no tqdm bar
+    assert "screen: 12/12 mol (100.0 %)" in err and "ETA 0s" in err and "\r" not in err
+    (tmp_path / "p" / "chunks" / "chunk_00001.csv").unlink()  # as if interrupted before chunk 1
+    screen(DRUGS, **settings)
+    err = capsys.readouterr().err
+    assert "resuming" in err and "2 chunk(s), 7 of 12 molecules already screened" in err
+
+
+def test_candidate_count_without_parsing():
+    from molequi.search.io import CandidateSource
+
+    assert CandidateSource(str(DRUGS)).count() == 12 == sum(1 for _ in CandidateSource(str(DRUGS)))
+    three = CandidateSource(str(DATA / "three.sdf.gz"))
+    assert three.count() == sum(1 for _ in three)

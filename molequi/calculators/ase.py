@@ -30,15 +30,19 @@ class MolequiCalculator(Calculator):
     """ASE calculator: ``energy``/``free_energy`` (eV), ``forces`` (eV/Å), per-atom ``energies``
     (eV) and ``stress`` (eV/Å³, Voigt order xx yy zz yz xz xy, fully periodic cells only).
 
-    A committee (``model`` a list) gives the mean energy and forces and adds ``energy_std`` (eV)
-    and ``forces_std`` ([n_atoms] eV/Å, per atom sqrt of the mean over x, y, z of the variance
-    over members) to :attr:`results`.
+    A committee (``model`` a list) or a shallow ensemble (a model trained with
+    ``--ensemble-heads K``) gives the mean energy and forces and adds ``energy_std`` (eV) and
+    ``forces_std`` ([n_atoms] eV/Å, per atom sqrt of the mean over x, y, z of the unbiased
+    variance over members) to :attr:`results`, calibrated when ``calibration`` is given. One
+    plain model has no uncertainty: :attr:`results` then has no ``*_std`` keys (never a 0).
 
     Args:
         model: a model file path, a loaded model, or a list of either (a committee).
         device: ``"cpu"``, ``"cuda"``, ...
         dtype: ``torch.float32``/``torch.float64`` (or their names); default: the model's own.
         skin: neighbor-list skin, Å (0 rebuilds the list at every step).
+        calibration: a :class:`~molequi.models.uncertainty.Calibration` or the JSON file
+            written by ``molequi calibrate`` (scales ``energy_std`` and ``forces_std``).
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "energies", "stress"]
@@ -49,10 +53,11 @@ class MolequiCalculator(Calculator):
         device: str | torch.device = "cpu",
         dtype: torch.dtype | str | None = None,
         skin: float = 1.0,
+        calibration=None,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
-        self.potential = Potential(load_models(model, device=device, dtype=dtype))
+        self.potential = Potential(load_models(model, device=device, dtype=dtype), calibration=calibration)
         self.device = self.potential.device
         self.neighbors = SkinNeighborList(self.potential.cutoff, skin)
         self._numbers: np.ndarray | None = None  # atomic numbers the device tensors were made for
@@ -82,7 +87,7 @@ class MolequiCalculator(Calculator):
         if compute_stress:
             s = outputs["stress"][0].cpu().numpy()
             self.results["stress"] = np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])
-        if self.potential.is_committee:
+        if "energy_std" in outputs:
             self.results["energy_std"] = float(outputs["energy_std"][0])
             self.results["forces_std"] = outputs["forces_std"].cpu().numpy().copy()
 

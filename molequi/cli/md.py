@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine", choices=["batched", "ase"], default="batched",
                         help="batched: all systems at once on the device; ase: ASE integrators with the "
                              "MolequiCalculator, one system after another")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
     parser.add_argument("--dtype", choices=["float32", "float64"], default=None,
                         help="model precision (default: the precision the model was saved in); the integrator is float64")
     parser.add_argument("--out", default="md", help="output folder (CSV logs, extxyz trajectories, restart, energy.png)")
@@ -58,6 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=0,
                         help="torch CPU threads (0: torch's default; 1 is often fastest for small molecules)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--calibration", metavar="JSON", default=None,
+                        help="calibration of the committee/ensemble spread from 'molequi calibrate': the logged "
+                             "energy_std_eV and forces_std_max_eV_per_A are calibrated stds")
 
 
 def read_systems(specs: list[str], replicas: int) -> list[Atoms]:
@@ -93,7 +96,10 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     paths = [p for p in args.model.split(",") if p]
-    potential = Potential(load_models(paths, device=args.device, dtype=args.dtype))
+    from molequi.devices import resolve_device
+
+    device = resolve_device(args.device)
+    potential = Potential(load_models(paths, device=device, dtype=args.dtype), calibration=args.calibration)
     systems = read_systems(args.structures, args.replicas)
     runner = run_batched if args.engine == "batched" else run_ase
     summary = runner(args, potential, systems)
@@ -189,7 +195,7 @@ def run_ase(args, potential, systems: list[Atoms]) -> list[dict]:
             # the batched engine's initial velocities (same seeds), in ASE units
             start = state_from_atoms([atoms], temperature=args.temperature, seed=args.seed + k)
             atoms.set_velocities(start.velocities.numpy() / units.fs)
-            atoms.calc = MolequiCalculator(potential.models, skin=args.skin)
+            atoms.calc = MolequiCalculator(potential.models, skin=args.skin, calibration=potential.calibration)
             if args.ensemble == "nve":
                 dynamics = VelocityVerlet(atoms, timestep=args.dt * units.fs)
             else:
@@ -235,9 +241,11 @@ def ase_log_row(atoms: Atoms, step: int, dt: float, committee: bool) -> list[str
     potential, kinetic = atoms.get_potential_energy(), atoms.get_kinetic_energy()
     dof = 3 * len(atoms) - 3 if len(atoms) > 1 else 3
     values = [potential, kinetic, potential + kinetic, 2 * kinetic / (dof * units.kB)]
-    if committee:
-        values += [atoms.calc.results["energy_std"], float(atoms.calc.results["forces_std"].max())]
-    return [f"{step * dt:.6g}", str(step)] + [f"{v:.10g}" for v in values]
+    cells = [f"{step * dt:.6g}", str(step)] + [f"{v:.10g}" for v in values]
+    results = atoms.calc.results
+    if "energy_std" in results:  # one plain model has no spread: the columns stay empty
+        cells += [f"{results['energy_std']:.10g}", f"{float(results['forces_std'].max()):.10g}"]
+    return cells
 
 
 def snapshot(atoms: Atoms, step: int, dt: float) -> Atoms:

@@ -26,17 +26,27 @@ OVERRIDES = {
     "--energy-weight": ("energy_weight", float, "loss weight of the per-atom energy MSE, (eV/atom)²"),
     "--forces-weight": ("forces_weight", float, "loss weight of the force-component MSE, (eV/Å)²"),
     "--num-workers": ("num_workers", int, "DataLoader worker processes (0 = none)"),
+    "--energy-key": ("energy_key", str, "key of the energy label, eV (calculator results or atoms.info; MACE-style files: REF_energy)"),
+    "--forces-key": ("forces_key", str, "key of the forces label, eV/Å (calculator results or atoms.arrays; MACE-style: REF_forces)"),
+    "--stress-key": ("stress_key", str, "key of the stress label, eV/Å³ (read with the structures, not fitted)"),
+    "--e0s": ("e0s", str, "per-element reference energies: fit (least squares on the training energies), average "
+              "(MACE's name for the same fit) or FILE.json {symbol or Z: eV}"),
     "--channels": ("model.channels", int, "feature channels per irrep"),
     "--l-max": ("model.l_max", int, "highest rotation order of the features (0-3)"),
     "--num-layers": ("model.num_layers", int, "message-passing layers"),
     "--correlation": ("model.correlation", int, "body order of the node-feature product (1-4)"),
     "--cutoff": ("model.cutoff", float, "neighbor cutoff radius, Å"),
+    "--ensemble-heads": ("model.ensemble_heads", int, "K ≥ 2: a shallow ensemble — K readout heads on one shared body, "
+                         "trained on the mean over heads of the loss; one model file then gives mean ± std (the "
+                         "spread of the heads) to predict, evaluate, md, screen and the calculator"),
 }
 
-METAVARS = {"--l-max": "L", "--lr": "LR", "--validation": "N_OR_FRACTION", "--max-epochs": "N", "--max-minutes": "MINUTES"}
+METAVARS = {"--ensemble-heads": "K", "--energy-key": "KEY", "--forces-key": "KEY", "--stress-key": "KEY", "--e0s": "fit|average|FILE.json", "--l-max": "L", "--lr": "LR", "--validation": "N_OR_FRACTION", "--max-epochs": "N", "--max-minutes": "MINUTES"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from molequi.models.heads import HEADS
+
     from molequi.training.config import TrainingConfig
 
     defaults = TrainingConfig()
@@ -54,9 +64,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(only --max-epochs, --max-minutes, --device, --num-workers may change)")
     parser.add_argument("--target", action="append", default=[], metavar="NAME[:KIND]",
                         help="train this label instead of energies+forces (repeatable): 'energy' or 'U0' = the energy "
-                        "label without forces; any other NAME = a property head on atoms.info[NAME] of KIND intensive "
-                        "(default), extensive, or dipole (default for dipole*; a 1-component label is compared with "
-                        "|μ|). Sets --forces-weight 0 and, without an energy target, --energy-weight 0 unless given. "
+                        "label without forces; any other NAME = a property head on atoms.info[NAME] of a KIND from "
+                        "molequi.models.heads: " + "; ".join(f"{kind}: {h.description}" for kind, h in HEADS.items()) +
+                        " (default: dipole for dipole*, else intensive). Sets --forces-weight 0 and, without an energy target, --energy-weight 0 unless given. "
                         "QM9 example: --data 'qm9:train?n=20000' --target gap")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (one line per epoch only)")
     for flag, (key, kind, text) in OVERRIDES.items():

@@ -30,6 +30,7 @@ import torch
 from ase import Atoms
 from torch_geometric.data import Batch, Data
 
+from molequi.data.labels import structure_labels  # re-exported: graphs carry these labels
 from molequi.data.neighbors import dense_candidate_pairs, neighbor_list
 from molequi.errors import DataFormatError, InvalidStructureError
 
@@ -78,26 +79,6 @@ def check_close_contacts(positions: np.ndarray, edge_index: np.ndarray, shifts: 
         raise InvalidStructureError(
             f"{name}: atoms {i[k]} and {j[k]} are {distances[k]:.3f} Å apart (closer than {MIN_DISTANCE} Å)"
         )
-
-
-def structure_labels(atoms: Atoms) -> tuple[float | None, np.ndarray | None]:
-    """Energy (eV) and forces [n_atoms, 3] (eV/Å) attached to ``atoms``, or None where absent.
-
-    Labels are read from an attached calculator's stored results (as ``ase.io.read`` of extxyz or
-    an ASE database gives them), falling back to ``atoms.info["energy"]`` and
-    ``atoms.arrays["forces"]``.
-    """
-    energy, forces = None, None
-    results = getattr(atoms.calc, "results", None) or {}
-    if "energy" in results:
-        energy = float(results["energy"])
-    elif "energy" in atoms.info:
-        energy = float(atoms.info["energy"])
-    if "forces" in results:
-        forces = np.asarray(results["forces"], dtype=np.float64)
-    elif "forces" in atoms.arrays:
-        forces = np.asarray(atoms.arrays["forces"], dtype=np.float64)
-    return energy, forces
 
 
 def atoms_to_graph(

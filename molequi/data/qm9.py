@@ -67,7 +67,6 @@ import importlib.metadata
 import importlib.util
 import os
 import re
-import tempfile
 import warnings
 import zipfile
 from collections.abc import Iterator
@@ -78,8 +77,9 @@ import numpy as np
 from ase import Atoms, units
 from ase.data import atomic_numbers
 
-from molequi.data.readers import labelled_atoms
+from molequi.data.labels import labelled_atoms
 from molequi.errors import DataFormatError
+from molequi.utils import atomic_open
 
 QM9_SIZE = 130_831
 """Molecules in QM9 (133,885 numbers, 3,054 of which failed to converge and are absent)."""
@@ -306,11 +306,8 @@ def parse_qm9pack(data_dir: str | Path | None = None) -> QM9Arrays:
 
 def _write_cache(arrays: QM9Arrays, path: Path) -> None:
     """Write ``arrays`` to ``path`` atomically (temporary file + rename); warn if impossible."""
-    tmp = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.name + ".", suffix=".tmp", delete=False) as handle:
-            tmp = Path(handle.name)
+        with atomic_open(path, "wb") as handle:
             np.savez(
                 handle,
                 index=arrays.index,
@@ -320,13 +317,8 @@ def _write_cache(arrays: QM9Arrays, path: Path) -> None:
                 positions=arrays.positions,
                 **{f"property_{name}": values for name, values in arrays.properties.items()},
             )
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
     except OSError as error:
         warnings.warn(f"could not write the QM9 cache {path} ({error}); QM9 will be parsed again next time", stacklevel=3)
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
 
 
 def _read_cache(path: Path, keys: tuple[str, ...] | None = None) -> QM9Arrays | dict[str, np.ndarray] | None:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
+from ase.data import atomic_numbers, chemical_symbols
 from torch_geometric.data import Data
 
 from molequi.errors import DataFormatError
@@ -17,7 +20,8 @@ class EnergyStatistics:
     """Per-element reference energies and the scale/shift of the learned per-atom energies.
 
     Attributes:
-        e0s: atomic number -> reference energy, eV (least-squares fit of E ≈ Σ_i E0[Z_i]).
+        e0s: atomic number -> reference energy, eV (least-squares fit of E ≈ Σ_i E0[Z_i], or
+            given; see :func:`resolve_e0s`).
         shift: mean per-atom energy left after subtracting the E0s, eV/atom.
         scale: RMS of the force components, eV/Å, the natural unit for the network's per-atom
             energy outputs (as in MACE). Without forces (QM9-style data): the standard deviation
@@ -54,17 +58,62 @@ def fit_e0s(graphs: Sequence[Data], species: Sequence[int]) -> dict[int, float]:
     return {z: float(solution[column[z]]) for z in species}
 
 
-def compute_statistics(graphs: Sequence[Data], species: Sequence[int]) -> EnergyStatistics:
+E0S_METHODS = ("fit", "average")
+"""Ways to compute the per-element reference energies from the training data. Both are the
+least-squares fit of :func:`fit_e0s`: ``average`` is MACE's name for that same fit
+(``E0s="average"`` in MACE solves the same least-squares problem), accepted so that MACE
+settings carry over."""
+
+
+def read_e0s_file(path: str | Path) -> dict[int, float]:
+    """Per-element reference energies from a JSON object ``{symbol or Z: eV}``
+    (``{"H": -13.6, "8": -2041.8}``)."""
+    path = Path(path)
+    try:
+        table = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataFormatError(f"--e0s {path}: no such file (use fit, average or a JSON file {{symbol or Z: eV}})") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DataFormatError(f"{path}: not a JSON object of reference energies ({error})") from error
+    if not isinstance(table, dict):
+        raise DataFormatError(f"{path}: E0s must be a JSON object {{symbol or Z: eV}}, got {type(table).__name__}")
+    e0s = {}
+    for key, value in table.items():
+        key = str(key).strip()
+        z = int(key) if key.isdigit() else atomic_numbers.get(key)
+        if z is None or not 1 <= z <= 118:
+            raise DataFormatError(f"{path}: '{key}' is neither an element symbol nor an atomic number")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+            raise DataFormatError(f"{path}: the E0 of {key} must be a finite number of eV, got {value!r}")
+        e0s[z] = float(value)
+    return e0s
+
+
+def resolve_e0s(graphs: Sequence[Data], species: Sequence[int], e0s: str = "fit") -> dict[int, float]:
+    """Reference energies (eV) of ``species``: ``fit``/``average`` (:data:`E0S_METHODS`) fit them
+    to the energies of ``graphs``; anything else is a JSON file read by :func:`read_e0s_file`,
+    which must name every element of ``species``."""
+    if e0s in E0S_METHODS:
+        return fit_e0s(graphs, species)
+    table = read_e0s_file(e0s)
+    missing = [chemical_symbols[z] for z in species if z not in table]
+    if missing:
+        raise DataFormatError(f"{e0s}: no reference energy for {', '.join(missing)} (present in the training data)")
+    return {int(z): table[int(z)] for z in species}
+
+
+def compute_statistics(graphs: Sequence[Data], species: Sequence[int], e0s: str = "fit") -> EnergyStatistics:
     """E0s, per-atom shift, energy scale and mean neighbor count of ``graphs``.
 
     The scale is the force RMS when the graphs carry forces, else the standard deviation of the
     per-atom residual energies (after the E0s). Without energy labels at all (a model trained
     on property heads only) the E0s and the shift are 0 and the scale is the force RMS or 1.
+    ``e0s`` is ``fit``, ``average`` or a JSON file (see :func:`resolve_e0s`).
     """
     if not graphs:
         raise DataFormatError("cannot compute statistics of an empty training set")
     with_energy = all("energy" in graph for graph in graphs)
-    e0s = fit_e0s(graphs, species) if with_energy else {int(z): 0.0 for z in species}
+    e0s = resolve_e0s(graphs, species, e0s) if with_energy else {int(z): 0.0 for z in species}
     residual_per_atom, force_squares, n_force_components, n_neighbors, n_atoms = [], 0.0, 0, 0, 0
     for graph in graphs:
         if with_energy:

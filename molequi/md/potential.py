@@ -17,6 +17,7 @@ import torch
 
 from molequi.errors import ConfigError
 from molequi.models.io import load_model
+from molequi.models.uncertainty import Calibration, as_calibration
 from molequi.nn.forces import ForceOutput
 
 ModelSpec = str | Path | ForceOutput
@@ -56,7 +57,12 @@ def load_models(
     """
     if isinstance(models, (str, Path, ForceOutput)):
         models = [models]
+    from molequi.devices import resolve_device
+
+    device = resolve_device(device)
     if isinstance(dtype, str):
+        if dtype not in ("float32", "float64"):
+            raise ConfigError(f"dtype must be float32 or float64, got {dtype!r}")
         dtype = {"float32": torch.float32, "float64": torch.float64}[dtype]
     loaded = []
     for spec in models:
@@ -77,12 +83,19 @@ def load_models(
 class Potential:
     """Energies and forces of a model or a committee (mean over members, and the spread).
 
-    The neighbor list must hold every pair closer than :attr:`cutoff`; pairs beyond a member's
-    own cutoff contribute exactly zero (its envelope vanishes there and the radial MLP has no
-    biases), so a list built with a larger radius (a skin) gives identical results.
+    Members are the committee's models and, for a shallow ensemble (``ensemble_heads`` K ≥ 2),
+    each model's K heads. The neighbor list must hold every pair closer than :attr:`cutoff`;
+    pairs beyond a member's own cutoff contribute exactly zero (its envelope vanishes there and
+    the radial MLP has no biases), so a list built with a larger radius (a skin) gives
+    identical results.
+
+    Args:
+        models: loaded models (see :func:`load_models`).
+        calibration: a :class:`~molequi.models.uncertainty.Calibration` (or its JSON file from
+            ``molequi calibrate``) applied to ``energy_std`` and ``forces_std``.
     """
 
-    def __init__(self, models: Sequence[ForceOutput]) -> None:
+    def __init__(self, models: Sequence[ForceOutput], calibration: Calibration | str | Path | None = None) -> None:
         self.models = list(models)
         for model in self.models:
             trained = model.model.config.trained_outputs
@@ -94,10 +107,13 @@ class Potential:
         self.cutoff = max(m.model.config.cutoff for m in self.models)  # Å
         self.dtype = self.models[0].dtype
         self.device = self.models[0].device
+        self.calibration = as_calibration(calibration)
+        self.num_members = sum(m.model.config.ensemble_heads for m in self.models)
 
     @property
     def is_committee(self) -> bool:
-        return len(self.models) > 1
+        """Whether there is a spread: two or more members (models, or heads of an ensemble)."""
+        return self.num_members > 1
 
     def check_species(self, numbers: torch.Tensor) -> None:
         """Raise :class:`~molequi.errors.UnknownElementError` for elements a member does not know."""
@@ -109,19 +125,29 @@ class Potential:
 
         Returns (detached, float64):
             ``energy`` [S] eV, ``energies`` [N] eV, ``forces`` [N, 3] eV/Å, ``stress`` [S, 3, 3]
-            eV/Å³ (if asked) — means over members — and for a committee ``energy_std`` [S] eV
-            and ``forces_std`` [N] eV/Å, the per-atom spread
-            sqrt(mean over x, y, z of the variance over members); population statistics (ddof 0).
+            eV/Å³ (if asked) — means over members — and with two or more members ``energy_std``
+            [S] eV and ``forces_std`` [N] eV/Å, the per-atom spread sqrt(mean over x, y, z of
+            the variance over members): unbiased (ddof 1), calibrated if a calibration is set.
+            With one member there are no ``*_std`` keys (no estimate is not a zero estimate).
         """
         keys = ["energy", "energies", "forces"] + (["stress"] if compute_stress else [])
         outputs = [
             model(graph, compute_forces=True, compute_stress=compute_stress, check_species=False)
             for model in self.models
         ]
-        if not self.is_committee:
+        if len(outputs) == 1 and not self.is_committee:
             return {key: outputs[0][key].detach().to(torch.float64) for key in keys}
-        stacked = {key: torch.stack([out[key].detach() for out in outputs]).to(torch.float64) for key in keys}
-        results = {key: value.mean(0) for key, value in stacked.items()}
-        results["energy_std"] = stacked["energy"].std(0, correction=0)
-        results["forces_std"] = stacked["forces"].var(0, correction=0).mean(-1).sqrt()
+        results = {key: torch.stack([out[key].detach() for out in outputs]).to(torch.float64).mean(0) for key in keys}
+        members = {
+            key: torch.cat([out.get(f"{key}_members", out[key].unsqueeze(0)).detach() for out in outputs]).to(torch.float64)
+            for key in ("energy", "forces")
+        }
+        results["energy"] = members["energy"].mean(0)
+        results["forces"] = members["forces"].mean(0)
+        energy_std = members["energy"].std(0, correction=1)
+        forces_std = members["forces"].var(0, correction=1).mean(-1).sqrt()
+        if self.calibration is not None:
+            energy_std = self.calibration.apply("energy", energy_std)
+            forces_std = self.calibration.apply("forces", forces_std)
+        results["energy_std"], results["forces_std"] = energy_std, forces_std
         return results

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from molequi.errors import ConfigError
+from molequi.models.heads import HEADS
 from molequi.utils import closest_name
 
 
@@ -27,10 +28,13 @@ class ModelConfig:
         correlation: body order of the node-feature product (1 = none; 2–3 = MACE-style).
         readout_hidden: hidden size of the last layer's non-linear energy readout.
         trainable_radial: learn the Bessel frequencies.
-        properties: extra outputs beside the energy, name -> kind, where kind is
-            ``"intensive"`` (mean over atoms, e.g. HOMO–LUMO gap, eV), ``"extensive"`` (sum
-            over atoms, e.g. U0, eV) or ``"dipole"`` (Σ q_i r_i with learned neutral partial
-            charges, e·Å).
+        properties: extra outputs beside the energy, name -> kind, where kind is a registered
+            head kind (:mod:`molequi.models.heads`): ``"intensive"`` (mean over atoms, e.g.
+            HOMO–LUMO gap, eV), ``"extensive"`` (sum over atoms, e.g. U0, eV) or ``"dipole"``
+            (Σ q_i r_i with learned neutral partial charges, e·Å).
+        ensemble_heads: readouts per output on the one shared body (a shallow ensemble). With
+            K ≥ 2 every output is the mean of K heads and comes with their spread (an
+            uncertainty from one model); 1 is a plain model.
         avg_num_neighbors: mean neighbor count (from the training data); normalises messages.
         e0s: atomic number (as str, for JSON) -> reference energy, eV.
         energy_shift: per-atom energy shift, eV.
@@ -55,6 +59,7 @@ class ModelConfig:
     correlation: int = 3
     readout_hidden: int = 16
     trainable_radial: bool = False
+    ensemble_heads: int = 1
     properties: dict[str, str] = field(default_factory=dict)
     avg_num_neighbors: float = 1.0
     e0s: dict[str, float] = field(default_factory=dict)
@@ -78,13 +83,15 @@ class ModelConfig:
             (1 <= self.correlation <= 4, f"correlation must be in 1..4, got {self.correlation}"),
             (all(int(z) >= 1 for z in self.species), f"species must be atomic numbers, got {self.species}"),
             (self.energy_scale > 0, f"energy_scale must be > 0, got {self.energy_scale}"),
+            (int(self.ensemble_heads) >= 1, f"ensemble_heads must be ≥ 1, got {self.ensemble_heads}"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        self.ensemble_heads = int(self.ensemble_heads)
         for name, kind in self.properties.items():
-            if kind not in PROPERTY_KINDS:
-                raise ConfigError(f"property '{name}' has kind '{kind}'; choose one of {sorted(PROPERTY_KINDS)}")
+            if kind not in HEADS:
+                raise ConfigError(f"property '{name}' has kind '{kind}'; choose one of {sorted(HEADS)}")
         for name, stats in self.property_stats.items():
             if name not in self.properties:
                 raise ConfigError(f"property_stats names '{name}', which is not a property head")
@@ -109,5 +116,3 @@ class ModelConfig:
                 raise ConfigError(f"unknown model setting '{key}'{closest_name(key, known)}")
         return cls(**values)
 
-
-PROPERTY_KINDS = {"intensive", "extensive", "dipole"}

@@ -15,14 +15,17 @@ from __future__ import annotations
 import torch
 from e3nn import o3
 from torch import nn
-from torch_geometric.utils import scatter
 
 from molequi.models.config import ModelConfig
+from molequi.models.heads import head
 from molequi.nn.interaction import InteractionBlock
 from molequi.nn.radial import RadialEmbedding
 from molequi.nn.tensor_products import natural_irreps
 
 MAX_ATOMIC_NUMBER = 118
+MEMBERS = "_members"
+"""Suffix of the per-head outputs of a shallow ensemble: ``energy_members`` [K, G] eV,
+``forces_members`` [K, n_atoms, 3] eV/Å, ``<property>_members`` [K, G, components]."""
 
 
 def reference_table(config: ModelConfig) -> torch.Tensor:
@@ -34,20 +37,39 @@ def reference_table(config: ModelConfig) -> torch.Tensor:
 
 
 class ScalarReadout(nn.Module):
-    """Per-atom scalar from the invariant (0e) channels: linear, or a one-hidden-layer MLP."""
+    """Per-atom scalars from the invariant (0e) channels: linear, or a one-hidden-layer MLP;
+    ``heads`` independent readouts (a shallow ensemble) give ``heads`` scalars an atom.
 
-    def __init__(self, irreps_in: o3.Irreps, hidden: int | None) -> None:
+    With one head the modules (and the weight names of a model file) are those of a plain
+    readout; with K heads the MLP is one wide hidden layer (K · hidden) and a per-head output
+    layer, so the K heads cost one matrix product more than one.
+    """
+
+    def __init__(self, irreps_in: o3.Irreps, hidden: int | None, heads: int = 1) -> None:
         super().__init__()
         self.num_scalars = sum(mul for mul, ir in irreps_in if ir.l == 0)
+        self.heads = heads
+        self.hidden = hidden
         # Scalars come first in every irreps molequi builds (sorted by l), so slicing is safe.
-        if hidden:
-            self.net = nn.Sequential(nn.Linear(self.num_scalars, hidden), nn.SiLU(), nn.Linear(hidden, 1))
+        if heads == 1:
+            if hidden:
+                self.net = nn.Sequential(nn.Linear(self.num_scalars, hidden), nn.SiLU(), nn.Linear(hidden, 1))
+            else:
+                self.net = nn.Linear(self.num_scalars, 1)
+        elif hidden:
+            self.net = nn.Sequential(nn.Linear(self.num_scalars, hidden * heads), nn.SiLU())
+            bound = 1.0 / hidden**0.5  # nn.Linear's default initialisation, per head
+            self.out_weight = nn.Parameter(torch.empty(heads, hidden).uniform_(-bound, bound))
+            self.out_bias = nn.Parameter(torch.empty(heads).uniform_(-bound, bound))
         else:
-            self.net = nn.Linear(self.num_scalars, 1)
+            self.net = nn.Linear(self.num_scalars, heads)
 
     def forward(self, node_features: torch.Tensor) -> torch.Tensor:
-        """[n_atoms, dim] -> [n_atoms]"""
-        return self.net(node_features[:, : self.num_scalars]).squeeze(-1)
+        """[n_atoms, dim] -> [n_atoms, heads]"""
+        out = self.net(node_features[:, : self.num_scalars])
+        if self.heads > 1 and self.hidden:
+            out = torch.einsum("nkh,kh->nk", out.view(len(out), self.heads, self.hidden), self.out_weight) + self.out_bias
+        return out
 
 
 class MolequiPotential(nn.Module):
@@ -100,10 +122,10 @@ class MolequiPotential(nn.Module):
                     avg_num_neighbors=config.avg_num_neighbors,
                 )
             )
-            self.readouts.append(ScalarReadout(irreps_out, config.readout_hidden if last else None))
+            self.readouts.append(ScalarReadout(irreps_out, config.readout_hidden if last else None, config.ensemble_heads))
             irreps_in = irreps_out
         self.property_heads = nn.ModuleDict(
-            {name: ScalarReadout(irreps_in, config.readout_hidden) for name in config.properties}
+            {name: ScalarReadout(irreps_in, config.readout_hidden, config.ensemble_heads) for name in config.properties}
         )
 
     @property
@@ -158,7 +180,9 @@ class MolequiPotential(nn.Module):
         Returns:
             ``residual_energies`` [n_atoms] learned per-atom energies, eV (model dtype),
             ``reference_energies`` [n_atoms] ``E0[Z_i] + shift``, eV (float64), and one
-            [num_graphs, k] tensor per property head (a dipole in the dtype of ``pos``).
+            [num_graphs, k] tensor per property head (a dipole in the dtype of ``pos``). With
+            ``ensemble_heads`` K ≥ 2 these are means over the heads, and each head's values come
+            as ``residual_energies_members`` [n_atoms, K] and ``<property>_members`` [K, G, k].
         """
         dtype = self.dtype
         species = self.species_index[numbers]
@@ -169,39 +193,32 @@ class MolequiPotential(nn.Module):
         radial = self.radial(lengths)
 
         features = self.embedding(one_hot)
-        raw_energy = one_hot.new_zeros(len(numbers))
+        # summed from the first readout, not from zeros of len(numbers): a Python-int size would
+        # be frozen into a traced export (molequi.models.export) for one molecule size
+        raw_energy = None
         for layer, readout in zip(self.layers, self.readouts):
             features = layer(features, one_hot, harmonics, radial, edge_index)
-            raw_energy = raw_energy + readout(features)
+            term = readout(features)
+            raw_energy = term if raw_energy is None else raw_energy + term
+        residual = self.config.energy_scale * raw_energy  # [n_atoms, K]
         outputs = {
-            "residual_energies": self.config.energy_scale * raw_energy,
+            "residual_energies": residual.mean(-1),
             "reference_energies": self.reference_energies(numbers),
         }
-        for name, head in self.property_heads.items():
-            outputs[name] = self._property(name, head(features), pos, batch, num_graphs)
+        if self.config.ensemble_heads > 1:
+            outputs["residual_energies_members"] = residual
+        for name, readout in self.property_heads.items():
+            members = self._property(name, readout(features), pos, batch, num_graphs)  # [G, K, c]
+            outputs[name] = members.mean(1)
+            if self.config.ensemble_heads > 1:
+                outputs[f"{name}{MEMBERS}"] = members.transpose(0, 1)  # [K, G, c]
         return outputs
 
     def _property(
         self, name: str, raw: torch.Tensor, pos: torch.Tensor, batch: torch.Tensor, num_graphs: int
     ) -> torch.Tensor:
-        """Pool a head's per-atom output into a graph-level property ([num_graphs, 1], or
-        [.., 3] for dipoles).
-
-        Intensive and extensive heads are ``scale · raw + shift`` per atom ([shift, scale] of the
-        training labels); the shift is added in float64 after pooling, since an extensive label
-        such as a total energy is as large as the energies above. Float64 results.
-        """
-        kind = self.config.properties[name]
-        shift, scale = self.config.property_stats.get(name) or (0.0, 1.0)
-        per_atom = scale * raw
-        if kind == "extensive":
-            pooled = scatter(per_atom.to(torch.float64), batch, dim=0, dim_size=num_graphs, reduce="sum")
-            atoms = scatter(torch.ones_like(pooled[batch]), batch, dim=0, dim_size=num_graphs, reduce="sum")
-            return (pooled + shift * atoms).unsqueeze(-1)
-        if kind == "intensive":
-            pooled = scatter(per_atom.to(torch.float64), batch, dim=0, dim_size=num_graphs, reduce="mean")
-            return (pooled + shift).unsqueeze(-1)
-        # Dipole: neutral partial charges (mean removed per molecule) times positions; neutrality
-        # makes it independent of the origin, and q_i invariant makes it rotate with the molecule.
-        charges = per_atom - scatter(per_atom, batch, dim=0, dim_size=num_graphs, reduce="mean")[batch]
-        return scatter(charges.unsqueeze(-1).to(pos.dtype) * pos, batch, dim=0, dim_size=num_graphs, reduce="sum")
+        """Pool a head's per-atom outputs [n_atoms, K] into [num_graphs, K, components] the way
+        its kind says (:mod:`molequi.models.heads`), with the head's label statistics."""
+        return head(self.config.properties[name]).pool(
+            raw, self.config.property_stats.get(name), pos, batch, num_graphs
+        )

@@ -48,6 +48,42 @@ def energy_outputs(
     }
 
 
+MEMBER_GRADIENTS = "loop"
+"""How the forces of a shallow ensemble's K heads are computed: ``"loop"`` (K backward passes
+through the shared body, retaining its graph) or ``"batched"`` (one vectorised backward,
+``torch.autograd.grad(is_grads_batched=True)``). ``scripts/bench_ensemble_forces.py`` times both."""
+
+
+def member_gradients(members: torch.Tensor, positions: torch.Tensor, create_graph: bool, method: str = "loop") -> torch.Tensor:
+    """[K, n_atoms, 3] gradients of each head's summed residual energy ``members[:, k].sum()``
+    ([n_atoms, K], eV) with respect to ``positions`` (eV/Å).
+
+    The K heads share the body, so K gradients cost K backward passes of it ("loop") — or one
+    vmapped pass ("batched"), which trades memory (K copies of every intermediate gradient)
+    for fewer kernel launches."""
+    heads = members.shape[1]
+    if method == "auto":
+        if not create_graph:
+            try:
+                return member_gradients(members, positions, False, "batched")
+            except RuntimeError:  # an op without a batching rule: fall back to the loop
+                pass
+        method = "loop"
+    if method == "batched":
+        eye = torch.eye(heads, dtype=members.dtype, device=members.device)
+        grad_outputs = eye.unsqueeze(1).expand(heads, members.shape[0], heads)
+        (gradients,) = torch.autograd.grad(
+            members, positions, grad_outputs=grad_outputs, is_grads_batched=True, create_graph=create_graph, retain_graph=True
+        )
+        return gradients
+    return torch.stack(
+        [
+            torch.autograd.grad(members[:, k].sum(), positions, retain_graph=True, create_graph=create_graph)[0]
+            for k in range(heads)
+        ]
+    )
+
+
 class ForceOutput(nn.Module):
     """Wrap an energy model ``model(pos, numbers, edge_index, shifts, batch, num_graphs) -> dict``
     that returns per-atom ``residual_energies`` (eV, its own dtype) and ``reference_energies``
@@ -98,7 +134,11 @@ class ForceOutput(nn.Module):
         Returns a dict with float64 ``energy`` [num_graphs] eV, ``energies`` [n_atoms] eV,
         ``energy_residual`` and ``energy_reference`` [num_graphs] eV; in the model dtype
         ``forces`` [n_atoms, 3] eV/Å (if asked) and ``stress`` [num_graphs, 3, 3] eV/Å³ (if asked;
-        periodic cells only); and any property heads of the model.
+        periodic cells only); and any property heads of the model. A shallow ensemble
+        (``ensemble_heads`` K ≥ 2) gives the mean over its heads, and each head's values in
+        ``energy_members`` [K, G] eV (float64), ``forces_members`` [K, n_atoms, 3] eV/Å (if
+        forces are asked; K backward passes, see :func:`member_gradients`) and
+        ``<property>_members`` [K, G, components].
         """
         if check_species:
             self.check_species(graph.numbers)
@@ -120,6 +160,7 @@ class ForceOutput(nn.Module):
             inputs.append(strain)
         with torch.set_grad_enabled(torch.is_grad_enabled() or compute_forces or compute_stress):
             outputs = self.model(pos, graph.numbers, graph.edge_index, shifts, batch, num_graphs)
+            members = outputs.pop("residual_energies_members", None)  # [n_atoms, K], shallow ensembles
             if "residual_energies" in outputs:
                 residual = outputs.pop("residual_energies")
                 reference = outputs.pop("reference_energies")
@@ -127,7 +168,19 @@ class ForceOutput(nn.Module):
                 residual = outputs.pop("energies")
                 reference = torch.zeros(residual.shape, dtype=torch.float64, device=residual.device)
             outputs.update(energy_outputs(residual, reference, batch, num_graphs))
-            if compute_forces or compute_stress:
+            if members is not None:
+                member_sums = scatter(members.to(torch.float64), batch, dim=0, dim_size=num_graphs, reduce="sum")
+                outputs["energy_members"] = (member_sums + outputs["energy_reference"].unsqueeze(-1)).T  # [K, G]
+            if members is not None and compute_forces:
+                # each head's forces (the mean forces are their mean: the gradient is linear)
+                member_forces = -member_gradients(members, inputs[0], self.training, MEMBER_GRADIENTS)
+                outputs["forces_members"] = member_forces.to(dtype)
+                outputs["forces"] = member_forces.mean(0).to(dtype)
+                if compute_stress:
+                    (strain_gradient,) = torch.autograd.grad(residual.sum(), inputs[1], create_graph=self.training)
+                    volume = torch.linalg.det(graph.cell.to(position_dtype)).abs()
+                    outputs["stress"] = (strain_gradient / volume.view(-1, 1, 1)).to(dtype)
+            elif compute_forces or compute_stress:
                 # The references do not depend on positions: differentiate the residuals only,
                 # in the model dtype (the gradient of a sum is the same in any dtype).
                 gradients = torch.autograd.grad(

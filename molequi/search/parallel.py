@@ -33,7 +33,15 @@ def _run_in_process(chunks: Iterator[tuple[int, list[Candidate]]],
 @contextlib.contextmanager
 def dask_client(workers: int, scheduler: str | None):
     """A connected ``distributed.Client`` (and its LocalCluster, closed on exit)."""
-    from distributed import Client, LocalCluster
+    try:
+        from distributed import Client, LocalCluster
+    except ModuleNotFoundError as error:
+        from molequi.errors import MissingDependencyError
+
+        raise MissingDependencyError(
+            f"parallel screening (--workers > 1 or a scheduler) needs Dask ({error.name} is not installed): "
+            "pip install 'molequi[search]'"
+        ) from error
 
     if scheduler is not None:
         with Client(scheduler) as client:

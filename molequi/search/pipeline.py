@@ -20,6 +20,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from molequi.errors import ConfigError
+
 from .config import ScreenConfig, StageConfig, stable_hash
 from .conformers import mol_to_atoms, molblock_to_mol
 from .filters import FILTER_COLUMNS
@@ -28,7 +30,8 @@ from .parallel import chunk_runner
 from .rank import diverse_pick, rank_rows
 from .report import write_report, write_top_sdf
 from .result import ScreenResult
-from .score import Scorer, calibrate_std_threshold, check_scorers, common_species, score_atoms, scorer_identity
+from .score import (Scorer, calibrate_std_threshold, check_scorers, common_species, prediction_units, score_atoms,
+                    scorer_identity)
 from .stage import BASE_COLUMNS, EMBED_COLUMNS
 from .store import chunk_path, finished_chunks, prepare_out_dir, read_csv_rows, write_csv_atomic
 
@@ -49,7 +52,7 @@ def build_config(**settings) -> ScreenConfig:
     """``ScreenConfig`` from flat keyword settings (stage and run settings mixed)."""
     unknown = set(settings) - _STAGE_FIELDS - _SCREEN_FIELDS
     if unknown:
-        raise TypeError(f"unknown screen setting(s): {sorted(unknown)}")
+        raise ConfigError(f"unknown screen setting(s): {sorted(unknown)}")
     stage = StageConfig(**{k: v for k, v in settings.items() if k in _STAGE_FIELDS})
     return ScreenConfig(stage=stage, **{k: v for k, v in settings.items() if k in _SCREEN_FIELDS})
 
@@ -67,7 +70,7 @@ def _check_objectives(cfg: ScreenConfig, properties: list[str]) -> None:
     known = set(properties) | set(NUMERIC_COLUMNS)
     for obj in cfg.objectives():
         if obj.name not in known:
-            raise ValueError(f"objective {obj} refers to unknown column {obj.name!r}; "
+            raise ConfigError(f"objective {obj} refers to unknown column {obj.name!r}; "
                              f"use a predicted property {properties} or one of {sorted(NUMERIC_COLUMNS)}")
 
 
@@ -83,8 +86,9 @@ def _score_chunk(rows: list[dict[str, object]], scorers: Sequence[Scorer], prope
         bad = []
         for prop in properties:
             mean, std = scores[prop][0][i], scores[prop][1][i]
-            row[f"{prop}_mean"], row[f"{prop}_std"] = float(mean), float(std)
-            if not (math.isfinite(mean) and math.isfinite(std)):
+            # NaN std of a single model: no estimate, an empty cell (never a 0)
+            row[f"{prop}_mean"], row[f"{prop}_std"] = float(mean), ("" if math.isnan(std) else float(std))
+            if not (math.isfinite(mean) and (math.isnan(std) or math.isfinite(std))):
                 bad.append(prop)
         if bad:
             row.update(status="fail", failed_stage="score", reason="score_failed:nan:" + ",".join(bad))
@@ -102,9 +106,21 @@ def _thresholds(cfg: ScreenConfig, properties: list[str]) -> dict[str, float]:
     if isinstance(t, dict):
         unknown = set(t) - set(properties)
         if unknown:
-            raise ValueError(f"std_threshold given for unknown properties {sorted(unknown)}")
+            raise ConfigError(f"std_threshold given for unknown properties {sorted(unknown)}")
         return {k: float(v) for k, v in t.items()}
     return {p: float(t) for p in properties}
+
+
+def _domain_status(row: dict[str, str], thresholds: dict[str, float], properties: Sequence[str]) -> tuple[str, list[str]]:
+    """``out_of_domain`` of a passing row: ``"true"`` with the violations when a std exceeds its
+    threshold, ``"unknown"`` when a predicted property has no std (one model: no estimate),
+    else ``"false"``."""
+    violations = _domain_violations(row, thresholds)
+    if violations:
+        return "true", violations
+    if any(row.get(f"{prop}_std", "") == "" for prop in properties):
+        return "unknown", []
+    return "false", []
 
 
 def _domain_violations(row: dict[str, str], thresholds: dict[str, float]) -> list[str]:
@@ -124,8 +140,8 @@ def _iter_chunk_rows(out: Path, n_chunks: int) -> Iterator[dict[str, str]]:
 class _Merge:
     """Global de-dup, domain flags and stage counts over the chunk files (pass 1 and 2)."""
 
-    def __init__(self, thresholds: dict[str, float], drop_ood: bool):
-        self.thresholds, self.drop_ood = thresholds, drop_ood
+    def __init__(self, thresholds: dict[str, float], drop_ood: bool, properties: Sequence[str] = ()):
+        self.thresholds, self.drop_ood, self.properties = thresholds, drop_ood, list(properties)
         self.first: dict[str, tuple[str, str]] = {}  # key -> (index, id) of first occurrence
 
     def finalize(self, row: dict[str, str]) -> dict[str, str]:
@@ -135,25 +151,28 @@ class _Merge:
             first_index, first_id = self.first.setdefault(key, (row["index"], row["id"]))
             if first_index != row["index"]:
                 row.update(status="fail", failed_stage="duplicate", reason=f"duplicate_of:{first_id}")
-        violations = _domain_violations(row, self.thresholds) if row["status"] == "pass" else []
-        row["out_of_domain"] = "true" if violations else ("false" if row["status"] == "pass" else "")
+        if row["status"] == "pass":
+            row["out_of_domain"], violations = _domain_status(row, self.thresholds, self.properties)
+        else:
+            row["out_of_domain"], violations = "", []
         if violations and self.drop_ood:
             row.update(status="fail", failed_stage="domain", reason="out_of_domain:" + ",".join(violations))
         return row
 
 
 def _stage_counts(rows_failed_at: dict[str, int], n_read: int, n_selected: int, scored: bool,
-                  embed: bool, n_ood: int) -> dict[str, int]:
-    """Molecules left after each stage (cumulative)."""
+                  embed: bool, n_ood: int, n_unknown: int = 0) -> dict[str, int]:
+    """Molecules left after each stage (cumulative). ``in_domain`` only when every scored
+    molecule has a std (a single model has no estimate: no in-domain count at all)."""
     left = n_read
     counts = {"read": n_read}
-    for stage, failed in (("standardized", ("standardize", "error")), ("unique", ("duplicate",)),
+    for stage, failed in (("standardized", ("read", "standardize", "error")), ("unique", ("duplicate",)),
                           ("filters", ("filters",)), ("3d", ("3d",)), ("scored", ("score",))):
         left -= sum(rows_failed_at.get(s, 0) for s in failed)
         if (stage == "3d" and not embed) or (stage == "scored" and not scored):
             continue
         counts[stage] = left
-    if scored:
+    if scored and not n_unknown:
         counts["in_domain"] = left - n_ood  # flagged rows, whether dropped or kept
     counts["selected"] = n_selected
     return counts
@@ -173,12 +192,26 @@ def _sample(samples: dict[str, list[float]], seen: dict[str, int], rng: random.R
         bucket[j] = value
 
 
-def _merge(out: Path, n_chunks: int, cfg: ScreenConfig, properties: list[str]) -> ScreenResult:
+def reason_categories(reason: str) -> list[str]:
+    """Short categories of a ``reason`` cell: ``"lipinski:2 violations;alert:pains:quinone_A(370)"``
+    -> ``["lipinski", "alert (pains)"]``; ``"error:ValueError:..."`` -> ``["error (ValueError)"]``."""
+    categories = []
+    for part in reason.split(";"):
+        words = part.split(":")
+        if words[0] in ("alert", "error", "standardize_failed") and len(words) > 1 and words[1]:
+            categories.append(f"{words[0]} ({words[1]})")
+        elif words[0]:
+            categories.append({"duplicate_of": "duplicate"}.get(words[0], words[0]))
+    return categories
+
+
+def _merge(out: Path, n_chunks: int, cfg: ScreenConfig, properties: list[str],
+           units: dict[str, str] | None = None) -> ScreenResult:
     """Pass 1 ranks the unique passing molecules, pass 2 writes the outputs."""
     thresholds = _thresholds(cfg, properties)
     objective_columns = {c for o in cfg.objectives()
                          for c in ((f"{o.name}_mean", f"{o.name}_std") if o.name in properties else (o.name,))}
-    merge = _Merge(thresholds, cfg.drop_out_of_domain)
+    merge = _Merge(thresholds, cfg.drop_out_of_domain, properties)
     candidates: list[dict[str, str]] = []  # one small record per passing molecule
     for row in _iter_chunk_rows(out, n_chunks):
         row = merge.finalize(row)
@@ -200,21 +233,27 @@ def _merge(out: Path, n_chunks: int, cfg: ScreenConfig, properties: list[str]) -
     pred_columns = [f"{p}_{s}" for p in properties for s in ("mean", "std")]
     rank_columns = [c for c in RANK_COLUMNS if c != "pareto_rank" or cfg.multi == "pareto"]
     columns = list(BASE_COLUMNS + FILTER_COLUMNS + EMBED_COLUMNS) + pred_columns + rank_columns
-    merge = _Merge(thresholds, cfg.drop_out_of_domain)
+    merge = _Merge(thresholds, cfg.drop_out_of_domain, properties)
     top_rows: list[dict[str, str]] = []
     failed_at: dict[str, int] = {}
+    rejections: dict[str, dict[str, int]] = {}
     samples: dict[str, list[float]] = {}
     seen: dict[str, int] = {}
     rng = random.Random(0)
-    n_read = n_ood = 0
+    n_read = n_ood = n_unknown = 0
 
     def final_rows() -> Iterator[dict[str, str]]:
-        nonlocal n_read, n_ood
+        nonlocal n_read, n_ood, n_unknown
         for row in _iter_chunk_rows(out, n_chunks):
             row = merge.finalize(row)
             n_read += 1
             failed_at[row["failed_stage"]] = failed_at.get(row["failed_stage"], 0) + 1
+            if row["status"] != "pass":
+                reasons = rejections.setdefault(row["failed_stage"] or "unknown", {})
+                for category in reason_categories(row["reason"]):
+                    reasons[category] = reasons.get(category, 0) + 1
             n_ood += row["out_of_domain"] == "true"
+            n_unknown += row["out_of_domain"] == "unknown"
             i = by_index.get(row["index"]) if row["status"] == "pass" else None
             if i is not None:
                 row["objective"] = format(float(ranking.score[i]), ".8g")
@@ -231,15 +270,22 @@ def _merge(out: Path, n_chunks: int, cfg: ScreenConfig, properties: list[str]) -
     write_csv_atomic(out / "scored.csv", columns, final_rows())
     top_rows.sort(key=lambda r: int(r["rank"]))
     failed_at.pop("", None)
-    counts = _stage_counts(failed_at, n_read, len(top_rows), bool(properties), cfg.stage.embed_3d, n_ood)
+    counts = _stage_counts(failed_at, n_read, len(top_rows), bool(properties), cfg.stage.embed_3d, n_ood, n_unknown)
     n_passed = n_read - sum(failed_at.values())
-    return ScreenResult(out, n_read, n_passed, counts, top_rows, columns, cfg.to_json(), samples)
+    return ScreenResult(out, n_read, n_passed, counts, top_rows, columns, cfg.to_json(), samples,
+                        coverage=seen, rejections=rejections, units=dict(units or {}))
 
 
 def _calibrated(cfg: ScreenConfig, scorers: Sequence[Scorer], validation_atoms, quantile: float) -> ScreenConfig:
-    """Replace ``std_threshold`` by its calibration on validation molecules (if given)."""
-    if validation_atoms is None or cfg.std_threshold is not None:
+    """Replace ``std_threshold`` by its calibration on validation molecules (if given), else by
+    the thresholds a scorer's std calibration carries (``in_domain_std``: the 95th percentile
+    of the calibrated std on the labelled structures ``molequi calibrate`` was fitted on)."""
+    if cfg.std_threshold is not None:
         return cfg
+    if validation_atoms is None:
+        thresholds = {prop: float(limit) for scorer in scorers
+                      for prop, limit in (getattr(scorer, "in_domain_std", None) or {}).items()}
+        return dataclasses.replace(cfg, std_threshold=thresholds) if thresholds else cfg
     thresholds: dict[str, float] = {}
     for scorer in scorers:
         thresholds.update(calibrate_std_threshold(scorer, list(validation_atoms), quantile, cfg.batch_size))
@@ -271,15 +317,15 @@ def screen(candidates: str | Path | CandidateSource, scorers: Sequence[Scorer] =
     if config is None:
         if objective is None:
             if scorers:
-                raise ValueError(f"give an objective for the predicted properties {properties}, "
+                raise ConfigError(f"give an objective for the predicted properties {properties}, "
                                  f"e.g. '{properties[0]}:max'")
             objective = "qed:max"
         config = build_config(objective=objective, sa_max=sa_max, alerts=tuple(alerts), top=top,
                               workers=workers, scheduler=scheduler, **settings)
     elif settings:
-        raise TypeError("pass either config=... or individual settings, not both")
+        raise ConfigError("pass either config=... or individual settings, not both")
     if scorers and not config.stage.embed_3d:
-        raise ValueError("scorers need 3D structures: embed_3d must be on (drop --no-3d)")
+        raise ConfigError("scorers need 3D structures: embed_3d must be on (drop --no-3d)")
     _check_objectives(config, properties)
     config = _calibrated(_with_model_elements(config, scorers), scorers, validation_atoms, std_quantile)
     _thresholds(config, properties)  # validate property names early
@@ -293,7 +339,7 @@ def screen(candidates: str | Path | CandidateSource, scorers: Sequence[Scorer] =
     manifest = {"chunk_hash": chunk_hash, "chunk_settings": chunk_settings, "settings": config.to_json()}
     prepare_out_dir(out, chunk_hash, manifest, config.overwrite)
     n_chunks = _run_chunks(source, config, scorers, properties, out)
-    result = _merge(out, n_chunks, config, properties)
+    result = _merge(out, n_chunks, config, properties, prediction_units(scorers))
 
     write_top_sdf(out / "top.sdf", result.top, properties)
     write_report(out / "report.html", result)
@@ -306,8 +352,6 @@ def screen(candidates: str | Path | CandidateSource, scorers: Sequence[Scorer] =
 def _run_chunks(source: CandidateSource, cfg: ScreenConfig, scorers: Sequence[Scorer],
                 properties: list[str], out: Path) -> int:
     """Process and score every unfinished chunk; returns the number of chunks of the input."""
-    from tqdm.auto import tqdm
-
     done = finished_chunks(out)
     columns = _chunk_columns(properties)
     n_chunks = 0
@@ -319,14 +363,56 @@ def _run_chunks(source: CandidateSource, cfg: ScreenConfig, scorers: Sequence[Sc
             if k not in done:
                 yield k, chunk
 
-    n_done = n_pass = 0
-    with tqdm(unit="mol", desc="screen", disable=not cfg.progress, dynamic_ncols=True) as bar, \
-            chunk_runner(cfg.stage, cfg.workers, cfg.scheduler) as run:
-        for k, rows in run(todo()):
-            _score_chunk(rows, scorers, properties, cfg.batch_size)
-            write_csv_atomic(chunk_path(out, k), columns, rows)
-            n_done += len(rows)
-            n_pass += sum(r["status"] == "pass" for r in rows)
-            bar.update(len(rows))
-            bar.set_postfix(passed=f"{100.0 * n_pass / max(n_done, 1):.1f}%", refresh=False)
+    progress = _ScreenProgress(source, cfg, done, out) if cfg.progress else None
+    with chunk_runner(cfg.stage, cfg.workers, cfg.scheduler) as run:
+        try:
+            for k, rows in run(todo()):
+                _score_chunk(rows, scorers, properties, cfg.batch_size)
+                write_csv_atomic(chunk_path(out, k), columns, rows)
+                if progress is not None:
+                    progress.update(rows)
+        finally:
+            if progress is not None:
+                progress.close()
     return n_chunks
+
+
+class _ScreenProgress:
+    """A tqdm bar on a terminal, else a progress line every 30 s; both with the total (the
+    records are counted first, without parsing them) and an ETA. Says when a run resumes."""
+
+    def __init__(self, source: CandidateSource, cfg: ScreenConfig, done: set[int], out: Path):
+        import sys
+
+        from molequi.progress import ProgressLines, is_terminal
+
+        self.total = source.count()
+        size = cfg.chunk_size
+        initial = sum(min(size, self.total - k * size) for k in done if k * size < self.total)
+        if done:
+            print(f"screen: resuming {out}: {len(done)} chunk(s), {initial:,} of {self.total:,} molecules "
+                  "already screened", file=sys.stderr, flush=True)
+        self.n_done = self.n_pass = 0
+        if is_terminal():
+            from tqdm.auto import tqdm
+
+            self.bar, self.lines = tqdm(total=self.total, initial=initial, unit="mol", desc="screen",
+                                        dynamic_ncols=True), None
+        else:
+            self.bar, self.lines = None, ProgressLines("screen", self.total, "mol", initial=initial)
+
+    def update(self, rows: list[dict]) -> None:
+        self.n_done += len(rows)
+        self.n_pass += sum(r["status"] == "pass" for r in rows)
+        passed = f"passed {self.n_pass / max(self.n_done, 1):.1%}"
+        if self.bar is not None:
+            self.bar.update(len(rows))
+            self.bar.set_postfix_str(passed, refresh=False)
+        else:
+            self.lines.update(self.lines.initial + self.n_done, extra=passed)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        else:
+            self.lines.close()

@@ -25,6 +25,13 @@ class ScreenResult:
     columns: list[str]
     settings: dict
     samples: dict[str, list[float]] = field(default_factory=dict, repr=False)
+    #: values present per numeric column (the histograms' sample is at most 50,000 of them)
+    coverage: dict[str, int] = field(default_factory=dict, repr=False)
+    #: ``{failed_stage: {reason: molecules}}``; a molecule a filter rejects for several
+    #: reasons counts once under each
+    rejections: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: unit of each predicted property ('' where unknown)
+    units: dict[str, str] = field(default_factory=dict)
 
     @property
     def scored_csv(self) -> Path:

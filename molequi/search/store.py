@@ -6,8 +6,8 @@ Layout of ``OUT/``::
     chunks/chunk_00000.csv   one CSV per finished chunk (rows + molblocks)
     scored.csv top.sdf report.html   written by the merge
 
-A chunk file appears only once complete (written to a temporary name then
-``os.replace``d), so after an interruption every chunk file present is whole
+A chunk file appears only once complete (written through
+:func:`molequi.utils.atomic_open`), so after an interruption every chunk file present is whole
 and a rerun skips it.
 """
 
@@ -16,11 +16,13 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import shutil
 import sys
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Sequence
+
+from molequi.errors import OutputPathError, ResumeMismatchError
+from molequi.utils import atomic_open, atomic_write_text, remove_stale_temporaries
 
 MANIFEST = "manifest.json"
 CHUNK_DIR = "chunks"
@@ -43,16 +45,12 @@ def format_value(value: object) -> str:
 
 
 def write_csv_atomic(path: Path, columns: Sequence[str], rows: Iterable[Mapping[str, object]]) -> None:
-    """Write rows to ``path`` via a temporary file and ``os.replace`` (atomic on POSIX)."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as handle:
+    """Write rows to ``path`` atomically (:func:`molequi.utils.atomic_open`)."""
+    with atomic_open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(columns)
         for row in rows:
             writer.writerow([format_value(row.get(c)) for c in columns])
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def read_csv_rows(path: Path) -> Iterator[dict[str, str]]:
@@ -81,12 +79,23 @@ def _clear(out: Path) -> None:
         (out / name).unlink(missing_ok=True)
 
 
+def check_out_dir(out: Path) -> None:
+    """Refuse an output folder that is a file, or lies under one (:class:`OutputPathError`)."""
+    for path in (out, *out.parents):
+        if path.exists():
+            if not path.is_dir():
+                what = "is a file" if path == out else f"lies under {path}, which is a file"
+                raise OutputPathError(f"output folder {out} {what}; give a folder")
+            return
+
+
 def prepare_out_dir(out: Path, chunk_hash: str, manifest: dict, overwrite: bool) -> bool:
     """Create or reuse ``out``; returns True when finished chunks are being resumed.
 
     Raises ``ValueError`` if ``out`` holds a run made with other chunk settings
     or another input, unless ``overwrite`` is set (then that run is deleted).
     """
+    check_out_dir(out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / MANIFEST
     resuming = False
@@ -101,11 +110,11 @@ def prepare_out_dir(out: Path, chunk_hash: str, manifest: dict, overwrite: bool)
                 "or overwrite=True / --overwrite to replace it")
         resuming = bool(finished_chunks(out))
     elif (out / CHUNK_DIR).exists():
-        raise ValueError(f"{out}/{CHUNK_DIR} exists without a manifest; use --overwrite")
+        raise ResumeMismatchError(f"{out}/{CHUNK_DIR} exists without a manifest; use --overwrite")
     (out / CHUNK_DIR).mkdir(exist_ok=True)
     for stale in (out / CHUNK_DIR).glob("*.tmp"):
-        stale.unlink()  # half-written chunk of an interrupted run
-    tmp = path.with_name(MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
+        stale.unlink()  # half-written chunk of an interrupted run (older releases' temporary name)
+    remove_stale_temporaries(out / CHUNK_DIR)  # ... and of atomic_path's
+    remove_stale_temporaries(out)
+    atomic_write_text(path, json.dumps(manifest, indent=2, sort_keys=True, default=str))
     return resuming

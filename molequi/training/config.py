@@ -17,8 +17,10 @@ from typing import Any
 
 import yaml
 
+from molequi.data.labels import LabelKeys
 from molequi.errors import ConfigError
-from molequi.models.config import PROPERTY_KINDS, ModelConfig
+from molequi.models.config import ModelConfig
+from molequi.models.heads import HEADS, default_kind
 from molequi.utils import closest_name
 
 DEFAULT_YAML = Path(__file__).with_name("default.yaml")
@@ -115,6 +117,20 @@ class TrainingConfig:
         eval_interval: validate every this many epochs (the last epoch is always validated).
         num_workers: DataLoader worker processes (0 = load in the training process).
         progress: show a tqdm progress bar per epoch (rank 0 only).
+        ensemble_loss: how a shallow ensemble (``model.ensemble_heads`` ≥ 2) is trained:
+            ``"heads"`` (the mean over heads of each head's usual loss) or ``"nll"`` (the
+            Gaussian negative log-likelihood of the labels under the heads' mean and variance).
+            ``heads`` is the default: on ethanol MD frames (``scripts/bench_ensemble_heads.py``)
+            its spread ranks force errors better and its mean is more accurate; its raw spread
+            is far too small, which ``molequi calibrate`` corrects, while ``nll`` sizes the
+            spread about right uncalibrated but ranks errors worse.
+        energy_key: key of the energy label (eV) in the data: calculator results or
+            ``atoms.info`` (MACE-style files: ``REF_energy``).
+        forces_key: key of the forces label (eV/Å): calculator results or ``atoms.arrays``.
+        stress_key: key of the stress label (eV/Å³): calculator results or ``atoms.info``. Read
+            and carried with the structures; no stress is fitted.
+        e0s: per-element reference energies: ``fit`` (least squares on the training energies),
+            ``average`` (MACE's name for the same fit) or a JSON file ``{symbol or Z: eV}``.
         model: the architecture (a ``model:`` section of :class:`ModelConfig` keys; species,
             E0s, energy shift/scale and average neighbor count come from the training data).
     """
@@ -143,6 +159,11 @@ class TrainingConfig:
     eval_interval: int = 1
     num_workers: int = 0
     progress: bool = True
+    ensemble_loss: str = "heads"
+    energy_key: str = "energy"
+    forces_key: str = "forces"
+    stress_key: str = "stress"
+    e0s: str = "fit"
     model: ModelConfig = field(default_factory=default_model)
 
     def __post_init__(self) -> None:
@@ -160,6 +181,7 @@ class TrainingConfig:
         checks = [
             (self.optimizer in ("adam", "adamw"), f"optimizer must be 'adam' or 'adamw', got '{self.optimizer}'"),
             (self.scheduler in ("plateau", "cosine"), f"scheduler must be 'plateau' or 'cosine', got '{self.scheduler}'"),
+            (self.ensemble_loss in ("heads", "nll"), f"ensemble_loss must be 'heads' or 'nll', got '{self.ensemble_loss}'"),
             (self.dtype in ("float32", "float64"), f"dtype must be 'float32' or 'float64', got '{self.dtype}'"),
             (self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}"),
             (self.weight_decay >= 0, f"weight_decay must be ≥ 0, got {self.weight_decay}"),
@@ -185,6 +207,11 @@ class TrainingConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        for name in ("energy_key", "forces_key", "stress_key"):
+            if not getattr(self, name).strip():
+                raise ConfigError(f"{name} must name a label key, got an empty string")
+        if self.e0s not in ("fit", "average") and not self.e0s.endswith(".json"):
+            raise ConfigError(f"e0s must be 'fit', 'average' or a JSON file of reference energies, got '{self.e0s}'")
         if isinstance(self.validation, float) and not 0 < self.validation < 1:
             raise ConfigError(f"validation must be a count ≥ 1 or a fraction in (0, 1), got {self.validation}")
         if isinstance(self.validation, int) and self.validation < 1:
@@ -211,6 +238,11 @@ class TrainingConfig:
                 "every loss weight is 0 (energy_weight, forces_weight and property_weights): nothing to train; "
                 "set at least one positive weight"
             )
+
+    @property
+    def label_keys(self) -> LabelKeys:
+        """The label keys as one object."""
+        return LabelKeys(self.energy_key, self.forces_key, self.stress_key)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain mapping in the YAML layout (architecture keys only under ``model``)."""
@@ -322,9 +354,9 @@ def parse_target(spec: str) -> tuple[str, str | None]:
     if name == "energy":
         raise ConfigError("--target energy trains the energy label itself and takes no kind; drop ':" + kind + "'")
     if not kind:
-        kind = "dipole" if name.lower().startswith("dipole") else "intensive"
-    if kind not in PROPERTY_KINDS:
-        raise ConfigError(f"--target {spec}: unknown kind '{kind}'; choose one of {sorted(PROPERTY_KINDS)}")
+        kind = default_kind(name)
+    if kind not in HEADS:
+        raise ConfigError(f"--target {spec}: unknown kind '{kind}'; choose one of {sorted(HEADS)}")
     return name, kind
 
 

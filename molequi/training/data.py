@@ -13,6 +13,7 @@ from torch_geometric.data import Data
 
 from molequi.data import (
     EnergyStatistics,
+    LabelKeys,
     atoms_to_graph,
     compute_statistics,
     read_structures,
@@ -22,6 +23,7 @@ from molequi.data import (
 )
 from molequi.errors import DataFormatError
 from molequi.models.config import ModelConfig
+from molequi.models.heads import head
 
 
 def load_graphs(
@@ -31,13 +33,14 @@ def load_graphs(
     labels: bool = True,
     require_energy: bool = True,
     require_forces: bool = True,
+    keys: LabelKeys | None = None,
 ) -> list[Data]:
     """Read every structure of ``paths`` and convert it to a graph with a ``cutoff`` (Å).
 
     Each graph carries ``index`` (its position in the concatenated files). With ``labels``,
     the energy and forces found are attached (and must be finite); ``require_energy`` /
     ``require_forces`` make them mandatory, and every name in ``properties`` must be in each
-    structure's ``atoms.info``.
+    structure's ``atoms.info``. ``keys`` names the label keys (MACE's ``REF_energy`` ...).
 
     Raises:
         DataFormatError / InvalidStructureError: naming the file and the structure index.
@@ -46,9 +49,9 @@ def load_graphs(
         paths = [paths]
     graphs: list[Data] = []
     for path in paths:
-        structures = read_structures(path)
+        structures = read_structures(path, keys=keys)
         if labels:
-            require_labels(structures, path, energy=require_energy, forces=require_forces)
+            require_labels(structures, path, energy=require_energy, forces=require_forces, keys=keys)
         for k, atoms in enumerate(structures):
             name = f"{path}: structure {k}"
             values = {}
@@ -80,18 +83,16 @@ def check_uniform_labels(graphs: Sequence[Data], paths: Sequence[str | Path]) ->
 
 
 def property_statistics(graphs: Sequence[Data], properties: dict[str, str]) -> dict[str, list[float]]:
-    """``[shift, scale]`` of each intensive/extensive head from the training labels, so that
-    the network's raw per-atom outputs are O(1): intensive heads use the label's mean and std,
-    extensive heads those of the label per atom. Dipole heads are not rescaled."""
+    """``[shift, scale]`` of each head that its kind rescales (:meth:`HeadKind.label_statistics`:
+    intensive heads the label's mean and std, extensive heads those of the label per atom;
+    dipole heads are not rescaled), so that the network's raw per-atom outputs are O(1)."""
     stats = {}
     for name, kind in properties.items():
-        if kind == "dipole":
-            continue
-        values = np.array([float(graph[name].reshape(-1)[0]) for graph in graphs])
-        if kind == "extensive":
-            values = values / np.array([graph.num_nodes for graph in graphs], dtype=np.float64)
-        scale = float(np.std(values)) if len(values) > 1 else 1.0
-        stats[name] = [float(np.mean(values)), scale if scale > 1e-8 else 1.0]
+        labels = np.array([graph[name].reshape(-1).tolist() for graph in graphs], dtype=np.float64)
+        n_atoms = np.array([graph.num_nodes for graph in graphs], dtype=np.float64)
+        values = head(kind).label_statistics(labels, n_atoms)
+        if values is not None:
+            stats[name] = values
     return stats
 
 
@@ -119,12 +120,16 @@ def prepare_data(
     validation: int | float,
     seed: int,
     outputs: Sequence[str] = ("energy", "forces"),
+    keys: LabelKeys | None = None,
+    e0s: str = "fit",
 ) -> PreparedData:
     """Read the training file(s), split with ``seed``, and fill the model's data statistics.
 
     ``outputs`` are the trained outputs (see :func:`trained_outputs`): energies/forces are
     required only when trained. The E0s, energy shift/scale, property shifts/scales and mean
     neighbor count are computed on the training part only; ``species`` covers every structure.
+    ``keys`` names the label keys; ``e0s`` is ``fit``, ``average`` or a JSON file of reference
+    energies (see :func:`molequi.data.statistics.resolve_e0s`).
     """
     graphs = load_graphs(
         paths,
@@ -132,12 +137,13 @@ def prepare_data(
         properties=list(architecture.properties),
         require_energy="energy" in outputs,
         require_forces="forces" in outputs,
+        keys=keys,
     )
     train_indices, validation_indices = train_validation_split(len(graphs), validation, seed)
     train = [graphs[k] for k in train_indices]
     held_out = [graphs[k] for k in validation_indices]
     species = species_of(graphs)
-    statistics = compute_statistics(train, species)
+    statistics = compute_statistics(train, species, e0s)
     model_config = dataclasses.replace(
         architecture,
         species=species,

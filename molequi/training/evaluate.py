@@ -12,28 +12,15 @@ from ase import Atoms
 from torch_geometric.data import Batch, Data
 
 from molequi.data import atoms_to_graph, require_labels
-from molequi.errors import ConfigError, DataFormatError
+from molequi.data.labels import found_label_keys
+from molequi.devices import resolve_device  # noqa: F401  (re-exported: molequi.training.resolve_device)
+from molequi.errors import DataFormatError
 from molequi.models.config import ModelConfig
 from molequi.models.io import model_config
 from molequi.nn.forces import ForceOutput
 from molequi.training.data import check_uniform_labels
 from molequi.training.metrics import MetricSums, has_label, property_prediction
-from molequi.training.plots import ParityPanel, parity_plot
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``"auto"``/None -> CUDA if available else CPU; ``"cuda"`` without a GPU -> ConfigError."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(
-            f"device '{device}' requested but no CUDA GPU is available to torch "
-            f"(torch {torch.__version__}, torch.cuda.is_available() is False); use --device cpu"
-        )
-    if device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"device must be 'cpu' or 'cuda[:N]', got '{device}'")
-    return device
+from molequi.training.plots import ParityPanel, data_title, parity_plot
 
 
 def evaluate_graphs(
@@ -41,7 +28,7 @@ def evaluate_graphs(
     graphs: Sequence[Data],
     batch_size: int,
     device: torch.device,
-    properties: Sequence[str] = (),
+    properties: dict[str, str] | Sequence[str] = (),
     weights: dict[str, float] | None = None,
     collect: bool = False,
     compute_forces: bool | None = None,
@@ -74,8 +61,8 @@ def evaluate_graphs(
                 keep("energy", batch.energy, outputs["energy"])
             if "forces" in outputs and has_label(batch, "forces"):
                 keep("forces", batch.forces, outputs["forces"])
-            for name in properties:
-                keep(name, batch[name], property_prediction(outputs[name], batch[name]))
+            for name, kind in sums.kinds.items():
+                keep(name, batch[name], property_prediction(outputs[name], batch[name], kind))
     finally:
         model.train(was_training)
     if not collect:
@@ -97,25 +84,30 @@ def parity_panels(arrays: dict[str, np.ndarray], config: ModelConfig) -> list[Pa
     """Parity panels for the trained outputs found in ``arrays`` (from :func:`evaluate_graphs`)."""
     panels = []
     if "energy" in config.trained_outputs and "energy_ref" in arrays:
-        panels.append(ParityPanel("energy", "eV", arrays["energy_ref"], arrays["energy_pred"], "meV", 1000.0, centre=True))
+        panels.append(ParityPanel("energy per structure", "eV", arrays["energy_ref"], arrays["energy_pred"], "meV", 1000.0, centre=True))
     if "forces" in config.trained_outputs and "forces_ref" in arrays:
         panels.append(ParityPanel("force components", "eV/Å", arrays["forces_ref"], arrays["forces_pred"], "meV/Å", 1000.0))
-    for name in config.properties:
+    for name, kind in config.properties.items():
         if f"{name}_ref" in arrays:
-            panels.append(ParityPanel(name, property_unit(name), arrays[f"{name}_ref"], arrays[f"{name}_pred"]))
+            panels.append(ParityPanel(name, property_unit(name, kind), arrays[f"{name}_ref"], arrays[f"{name}_pred"]))
     return panels
 
 
-def property_units(names: Sequence[str]) -> dict[str, str]:
-    """``{name: unit}`` of property labels ('' where molequi does not know the unit)."""
-    return {name: property_unit(name) for name in names}
+def property_units(names: dict[str, str] | Sequence[str]) -> dict[str, str]:
+    """``{name: unit}`` of property heads (``{name: kind}``) or labels (names); '' where
+    molequi does not know the unit."""
+    kinds = names if isinstance(names, dict) else dict.fromkeys(names)
+    return {name: property_unit(name, kind) for name, kind in kinds.items()}
 
 
-def property_unit(name: str) -> str:
-    """The unit of a property label: QM9's when the name is one of QM9's, else ''."""
+def property_unit(name: str, kind: str | None = None) -> str:
+    """The unit of a property: its head kind's own (a dipole: e·Å), else QM9's when the name is
+    one of QM9's, else ''."""
     from molequi.data.qm9 import PROPERTY_UNITS
+    from molequi.models.heads import HEADS
 
-    return PROPERTY_UNITS.get(name, "")
+    fixed = HEADS[kind].unit if kind in HEADS else None
+    return fixed or PROPERTY_UNITS.get(name, "")
 
 
 def evaluate_model(
@@ -142,7 +134,7 @@ def evaluate_model(
     device = resolve_device(device) if device is not None else model.device
     config = model_config(model)
     structures = list(structures)
-    properties = [name for name in config.properties if all(name in atoms.info for atoms in structures)]
+    properties = {name: kind for name, kind in config.properties.items() if all(name in atoms.info for atoms in structures)}
     require_labels(structures, source, energy=False, forces=False)  # shapes; what is present is evaluated
     graphs = [
         atoms_to_graph(
@@ -157,7 +149,10 @@ def evaluate_model(
     metrics = reported_metrics(sums.result(), config)
     if not any(key.endswith("_mae") or key.endswith("_mae_meV") or key.endswith("_per_A") for key in metrics):
         wanted = ", ".join(config.trained_outputs)
-        raise DataFormatError(f"{source}: the structures carry no label the model was trained on ({wanted})")
+        raise DataFormatError(
+            f"{source}: the structures carry no label the model was trained on ({wanted}); structure 0 has "
+            f"{found_label_keys(structures[0])} (name other keys with --energy-key / --forces-key)"
+        )
     n_atoms = np.array([len(atoms) for atoms in structures], dtype=np.float64)
     if "energy_mae_meV" in metrics:
         metrics["energy_per_atom_mae_meV"] = float(
@@ -167,5 +162,5 @@ def evaluate_model(
     if properties:
         metrics["property_units"] = property_units(properties)
     if plot is not None:
-        parity_plot(parity_panels(arrays, config), plot, title=f"{source}: {len(structures)} structures")
+        parity_plot(parity_panels(arrays, config), plot, title=data_title(source, len(structures)))
     return metrics

@@ -17,6 +17,8 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
+from molequi.models.heads import head
+
 METRIC_KEYS = ("energy_mae_meV", "energy_rmse_meV", "forces_mae_meV_per_A", "forces_rmse_meV_per_A")
 
 
@@ -30,12 +32,22 @@ def has_label(batch, key: str) -> bool:
     return key in batch and batch[key] is not None
 
 
-def property_prediction(predicted: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-    """The prediction to compare with ``label``: a predicted dipole vector [G, 3] against a
-    magnitude label [G, 1] (QM9 gives only |μ|) is compared through its norm."""
+def property_prediction(predicted: torch.Tensor, label: torch.Tensor, kind: str | None = None) -> torch.Tensor:
+    """The prediction to compare with ``label``, as its head kind says
+    (:meth:`~molequi.models.heads.HeadKind.comparable`: a dipole vector [G, 3] against a
+    magnitude label [G, 1], QM9's |μ|, through its norm). Without a kind, by shape alone."""
+    if kind is not None:
+        return head(kind).comparable(predicted, label)
     if predicted.shape[-1] == 3 and label.shape[-1] == 1:
         return torch.linalg.vector_norm(predicted, dim=-1, keepdim=True)
     return predicted
+
+
+def property_kinds(properties: Mapping[str, str] | Sequence[str]) -> dict[str, str | None]:
+    """``{name: kind}`` from a ``{name: kind}`` mapping or a list of names (kind unknown)."""
+    if isinstance(properties, Mapping):
+        return dict(properties)
+    return {name: None for name in properties}
 
 
 def energy_errors(outputs: Mapping[str, torch.Tensor], batch) -> torch.Tensor:
@@ -53,21 +65,69 @@ def energy_errors(outputs: Mapping[str, torch.Tensor], batch) -> torch.Tensor:
 
 
 def loss_terms(
-    outputs: Mapping[str, torch.Tensor], batch, properties: Sequence[str] = ()
+    outputs: Mapping[str, torch.Tensor], batch, properties: Mapping[str, str] | Sequence[str] = (),
+    ensemble_loss: str = "heads",
 ) -> dict[str, torch.Tensor]:
     """Mean squared errors: ``energy`` per atom (eV²/atom², float64, from the residual
     energies: see :func:`energy_errors`), ``forces`` per component ((eV/Å)², the model dtype),
-    and one per property head (its unit squared), for the labels the batch carries."""
+    and one per property head (``{name: kind}``; its unit squared), for the labels the batch
+    carries.
+
+    A shallow ensemble (outputs with ``*_members``) is trained on the mean over its heads of
+    each head's squared error, so that every head is a model of its own (the loss of the mean
+    alone would leave the heads free to disagree). ``ensemble_loss="nll"`` trains it instead on
+    the Gaussian negative log-likelihood of the labels under N(mean, variance) over its heads
+    (see :func:`ensemble_nll_terms`)."""
+    if ensemble_loss == "nll" and "energy_members" in outputs:
+        return ensemble_nll_terms(outputs, batch, properties)
     terms = {}
     if has_label(batch, "energy"):
         n_atoms = atoms_per_graph(batch).to(outputs["energy"].device, torch.float64)
-        terms["energy"] = ((energy_errors(outputs, batch) / n_atoms) ** 2).mean()
+        if "energy_members" in outputs:
+            label = batch.energy.to(device=n_atoms.device, dtype=torch.float64) - outputs["energy_reference"].to(torch.float64)
+            residuals = outputs["energy_members"] - outputs["energy_reference"].to(torch.float64)  # [K, G]
+            terms["energy"] = (((residuals - label) / n_atoms) ** 2).mean()
+        else:
+            terms["energy"] = ((energy_errors(outputs, batch) / n_atoms) ** 2).mean()
     if "forces" in outputs and has_label(batch, "forces"):
-        terms["forces"] = ((outputs["forces"] - batch.forces.to(outputs["forces"].dtype)) ** 2).mean()
-    for name in properties:
-        predicted = outputs[name]
+        predicted = outputs.get("forces_members", outputs["forces"])
+        terms["forces"] = ((predicted - batch.forces.to(predicted.dtype)) ** 2).mean()
+    for name, kind in property_kinds(properties).items():
+        predicted = outputs.get(f"{name}_members", outputs[name])
         label = batch[name].to(predicted.dtype)
-        terms[name] = ((property_prediction(predicted, label) - label) ** 2).mean()
+        terms[name] = ((property_prediction(predicted, label, kind) - label) ** 2).mean()
+    return terms
+
+
+NLL_MIN_VARIANCE = 1e-6
+"""Floor of the heads' variance in the Gaussian NLL, in the output's unit squared (a head
+variance of 0 would make the NLL of an exact prediction −∞)."""
+
+
+def ensemble_nll_terms(
+    outputs: Mapping[str, torch.Tensor], batch, properties: Mapping[str, str] | Sequence[str] = ()
+) -> dict[str, torch.Tensor]:
+    """Gaussian NLL terms of a shallow ensemble: ``0.5·(log σ² + (y − μ)²/σ²)`` with μ and σ² the
+    mean and unbiased variance over its heads; energies per atom (eV/atom), forces per component
+    (eV/Å), properties in their unit. Lower is better; a term may be negative."""
+
+    def nll(members: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        variance = members.var(0, correction=1).clamp_min(NLL_MIN_VARIANCE)
+        return 0.5 * (torch.log(variance) + (label - members.mean(0)) ** 2 / variance).mean()
+
+    terms = {}
+    if has_label(batch, "energy"):
+        n_atoms = atoms_per_graph(batch).to(outputs["energy"].device, torch.float64)
+        label = batch.energy.to(device=n_atoms.device, dtype=torch.float64) - outputs["energy_reference"].to(torch.float64)
+        residuals = outputs["energy_members"] - outputs["energy_reference"].to(torch.float64)
+        terms["energy"] = nll(residuals / n_atoms, label / n_atoms)
+    if "forces_members" in outputs and has_label(batch, "forces"):
+        members = outputs["forces_members"]
+        terms["forces"] = nll(members, batch.forces.to(members.dtype))
+    for name, kind in property_kinds(properties).items():
+        members = outputs.get(f"{name}_members", outputs[name].unsqueeze(0))
+        label = batch[name].to(members.dtype)
+        terms[name] = nll(property_prediction(members, label, kind), label)
     return terms
 
 
@@ -84,8 +144,9 @@ class MetricSums:
     """Running sums of errors, so metrics can be accumulated batch by batch and all-reduced
     across processes before being turned into MAE/RMSE."""
 
-    def __init__(self, properties: Sequence[str] = (), weights: Mapping[str, float] | None = None) -> None:
-        self.properties = list(properties)
+    def __init__(self, properties: Mapping[str, str] | Sequence[str] = (), weights: Mapping[str, float] | None = None) -> None:
+        self.kinds = property_kinds(properties)
+        self.properties = list(self.kinds)
         self.weights = dict(weights or {})
         # [n_structures, n_energies, |dE| sum, dE² sum, (dE/N)² sum, n_components, |dF| sum, dF² sum,
         # then per property: n_values, |dp| sum, dp² sum]
@@ -114,7 +175,7 @@ class MetricSums:
             row[7] = (d_forces**2).sum()
         for k, name in enumerate(self.properties):
             label = batch[name].to(device, torch.float64)
-            d = property_prediction(outputs[name].detach().to(torch.float64), label) - label
+            d = property_prediction(outputs[name].detach().to(torch.float64), label, self.kinds[name]) - label
             row[8 + 3 * k] = d.numel()
             row[9 + 3 * k] = d.abs().sum()
             row[10 + 3 * k] = (d**2).sum()

@@ -115,7 +115,9 @@ def load_run_inputs(
     outputs_trained = trained_outputs(
         config.energy_weight, config.forces_weight, config.property_weights, config.model.properties
     )
-    prepared = prepare_data(paths, config.model, config.validation, config.seed, outputs_trained)
+    prepared = prepare_data(
+        paths, config.model, config.validation, config.seed, outputs_trained, keys=config.label_keys, e0s=config.e0s
+    )
     model_config = prepared.model_config if state is None else ModelConfig(**state["model_config"])
     test_graphs = None
     if test_paths:
@@ -125,6 +127,7 @@ def load_run_inputs(
             properties=list(model_config.properties),
             require_energy="energy" in outputs_trained,
             require_forces="forces" in outputs_trained,
+            keys=config.label_keys,
         )
         _check_test_species(test_graphs, model_config)
     return RunInputs(paths, test_paths, prepared, model_config, outputs_trained, test_graphs, state)
@@ -175,7 +178,7 @@ class TrainingRun:
     sampler: Any  # DistributedSampler under DDP, else None
     shuffle: torch.Generator
     validation: list  # this process's shard of the validation graphs
-    properties: list[str]
+    properties: dict[str, str]  # head name -> kind
     weights: dict[str, float]
     with_forces: bool  # no force pass (≈2/3 of the cost) when the loss does not use forces
     device: torch.device
@@ -198,13 +201,21 @@ def fresh_model(model_config: ModelConfig, dtype: torch.dtype, device: torch.dev
 
 
 def build_run(
-    config: TrainingConfig, inputs: RunInputs, device: torch.device, dtype: torch.dtype, ddp: Distributed
+    config: TrainingConfig,
+    inputs: RunInputs,
+    device: torch.device,
+    dtype: torch.dtype,
+    ddp: Distributed,
+    init_weights: str | Path | None = None,
 ) -> TrainingRun:
     """Seed, build the model and its collaborators. The order of RNG use is fixed: an exact
-    resume depends on it."""
+    resume depends on it. ``init_weights``: a model file whose weights start the run (a warm
+    start; a resumed run then restores its checkpoint over them)."""
     _set_seeds(config.seed)
     model_config = inputs.model_config
     model = build_model(model_config, dtype).to(device)
+    if init_weights is not None:
+        load_initial_weights(model, init_weights)
     factory = functools.partial(fresh_model, model_config, dtype, device)
     ema = ExponentialMovingAverage(model, config.ema_decay, factory) if config.ema_decay > 0 else None
     trained = model
@@ -214,7 +225,7 @@ def build_run(
         trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = _make_optimizer(config, model)
     scheduler = _make_scheduler(config, optimizer)
-    properties = list(model_config.properties)
+    properties = dict(model_config.properties)
     weights = {"energy": config.energy_weight, "forces": config.forces_weight}
     weights.update({name: config.property_weights.get(name, 1.0) for name in properties})
     shuffle = torch.Generator()
@@ -254,6 +265,31 @@ def build_run(
         dtype=dtype,
         ddp=ddp,
     )
+
+
+def load_initial_weights(model: torch.nn.Module, path: str | Path) -> None:
+    """Copy the weights of the model file ``path`` into ``model`` (same architecture and species).
+
+    The per-element reference energies (``e0``) stay those of ``model``'s own training data;
+    every learned weight comes from ``path``. Used to warm-start a retraining on more data.
+
+    Raises:
+        ConfigError: the file's architecture or species differ from ``model``'s.
+    """
+    from molequi.models.io import load_model
+
+    source = load_model(path, device=next(model.parameters()).device, dtype=next(model.parameters()).dtype)
+    theirs, ours = source.model.config, model.model.config
+    if list(theirs.species) != list(ours.species):
+        raise ConfigError(
+            f"cannot start from {path}: it was trained on elements {list(theirs.species)}, the data hold {list(ours.species)}"
+        )
+    state = {key: value for key, value in source.state_dict().items() if key != "model.e0"}
+    own = model.state_dict()
+    mismatched = [key for key, value in state.items() if key not in own or own[key].shape != value.shape]
+    if mismatched or set(own) - set(state) - {"model.e0"}:
+        raise ConfigError(f"cannot start from {path}: its architecture differs from the configured one ({mismatched[:3]} ...)")
+    model.load_state_dict(state, strict=False)
 
 
 def restore(run: TrainingRun, state: dict[str, Any]) -> Progress:

@@ -37,6 +37,10 @@ per property head (its unit); ``train_structures`` (structures processed in the 
 over processes: each once, plus DistributedSampler's padding to a multiple of the world size).
 Validation columns are empty in epochs without validation (``eval_interval``).
 
+Progress: each epoch line ends with the run's ETA (this session's mean epoch time against
+``max_epochs``, or the ``max_minutes`` deadline when that comes first). Ctrl-C writes
+``model.molequi`` from the current (EMA) weights and prints the ``--resume`` command.
+
 Exact resume: the shuffling generator, all RNG states, the
 optimizer, scheduler, EMA and early-stopping counters are checkpointed after every epoch, so a
 run killed and resumed reproduces the uninterrupted one (bit for bit on the same machine), as long
@@ -50,6 +54,7 @@ import csv
 import io
 import json
 import math
+import shlex
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -59,6 +64,7 @@ from typing import Any
 import torch
 
 from molequi.models.io import DTYPES, save_model
+from molequi.progress import format_duration, is_terminal
 from molequi.training.checkpoint import save_checkpoint
 from molequi.training.config import TrainingConfig, save_config
 from molequi.training.distributed import Distributed
@@ -162,6 +168,7 @@ def train(
     test_data: str | Path | Sequence[str | Path] | None = None,
     resume: bool = False,
     log: Callable[[str], None] | None = None,
+    init_weights: str | Path | None = None,
 ) -> TrainResult:
     """Train a potential on ``data`` and write every output into ``out_dir``.
 
@@ -174,6 +181,8 @@ def train(
         resume: continue from ``out_dir/checkpoints/last.pt``; ``config`` must equal the saved
             one except for :data:`RESUMABLE_KEYS` (use :func:`resume_settings`).
         log: where one-line progress messages go (default: print to stdout on rank 0).
+        init_weights: a model file (same architecture and elements) whose weights start the run
+            instead of random ones: a warm start, e.g. retraining on a grown data set.
 
     Raises:
         MolequiError subclasses for bad data, settings or checkpoints, before anything is written.
@@ -189,7 +198,7 @@ def train(
     say = log if log is not None else (lambda message: print(message, flush=True))
     say = say if ddp.is_main else (lambda message: None)
     try:
-        return _train(config, paths, out_dir, test_paths, resume, device, dtype, ddp, say)
+        return _train(config, paths, out_dir, test_paths, resume, device, dtype, ddp, say, init_weights)
     finally:
         ddp.close()
 
@@ -204,7 +213,7 @@ def take_step(run: TrainingRun, batch) -> tuple[torch.Tensor, dict[str, torch.Te
     """One optimizer step on ``batch`` (already on the device): loss, backward, clipping,
     update, EMA. Returns the detached loss (a device tensor: no host sync) and the outputs."""
     outputs = run.trained(batch, compute_forces=run.with_forces)
-    loss = weighted_loss(loss_terms(outputs, batch, run.properties), run.weights)
+    loss = weighted_loss(loss_terms(outputs, batch, run.properties, run.config.ensemble_loss), run.weights)
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if run.config.grad_clip > 0:
@@ -225,13 +234,14 @@ class EpochResult:
     out_of_time: bool
 
 
-def train_one_epoch(run: TrainingRun, epoch: int, deadline: float | None) -> EpochResult:
-    """Step through the training data once, or until ``deadline`` (``time.monotonic()`` seconds)."""
+def train_one_epoch(run: TrainingRun, epoch: int, deadline: float | None, eta: str = "") -> EpochResult:
+    """Step through the training data once, or until ``deadline`` (``time.monotonic()`` seconds).
+    ``eta``: the run's remaining time, shown beside the progress bar."""
     if run.sampler is not None:
         run.sampler.set_epoch(epoch)
     run.trained.train()
     result = EpochResult(MetricSums(run.properties, run.weights), torch.zeros((), dtype=torch.float64, device=run.device), 0, False)
-    progress = _progress_bar(run, epoch)
+    progress = _progress_bar(run, epoch, eta)
     last_postfix = -math.inf
     try:
         for batch in run.loader:
@@ -263,12 +273,73 @@ def train_one_epoch(run: TrainingRun, epoch: int, deadline: float | None) -> Epo
     return result
 
 
-def _progress_bar(run: TrainingRun, epoch: int):
-    if not (run.config.progress and run.ddp.is_main):
+def _progress_bar(run: TrainingRun, epoch: int, eta: str = ""):
+    # in a log file tqdm's carriage-return updates pile up on one line: the epoch lines suffice there
+    if not (run.config.progress and run.ddp.is_main and is_terminal()):
         return None
     from tqdm import tqdm
 
-    return tqdm(total=len(run.loader), desc=f"epoch {epoch}/{run.config.max_epochs}", leave=False, dynamic_ncols=True)
+    description = f"epoch {epoch}/{run.config.max_epochs}" + (f" ({eta})" if eta else "")
+    return tqdm(total=len(run.loader), desc=description, leave=False, dynamic_ncols=True)
+
+
+def run_eta(config: TrainingConfig, epoch: int, loop_s: float, epochs_done: int, deadline: float | None) -> str:
+    """``run ETA 12m30s (max_epochs 100)``: time left at this session's mean epoch time, or to the
+    ``max_minutes`` deadline when that comes first ('' before an epoch of this session ended)."""
+    if epochs_done <= 0:
+        return ""
+    by_epochs = (config.max_epochs - epoch) * loop_s / epochs_done
+    by_time = math.inf if deadline is None else max(0.0, deadline - time.monotonic())
+    if by_time < by_epochs:
+        return f"run ETA {format_duration(by_time)} (max_minutes {config.max_minutes:g})"
+    return f"run ETA {format_duration(by_epochs)} (max_epochs {config.max_epochs})"
+
+
+def resume_command(out_dir: Path, test_paths: Sequence[str] | None = None) -> str:
+    """The shell command that continues the run in ``out_dir`` (its data and settings are saved
+    in the checkpoint; the test data are not)."""
+    command = f"molequi train --out {shlex.quote(str(out_dir))} --resume"
+    if test_paths:
+        command += " --test-data " + " ".join(shlex.quote(str(path)) for path in test_paths)
+    return command
+
+
+def _save_interrupted(
+    run: TrainingRun,
+    progress: Progress,
+    inputs: RunInputs,
+    files: dict[str, Path],
+    out_dir: Path,
+    elapsed_s: float,
+    say: Callable[[str], None],
+) -> None:
+    """On Ctrl-C: write ``model.molequi`` from the current (EMA) weights and say how to resume.
+
+    The weights are those of the interrupted epoch (not validated); ``checkpoints/last.pt``
+    still holds the last completed epoch, from which ``--resume`` continues exactly.
+    """
+    export = run.fresh_model()
+    export.load_state_dict(run.evaluation_model.state_dict())
+    reason = f"interrupted (Ctrl-C) during epoch {progress.epoch}"
+    extra = {
+        "data": inputs.paths,
+        "n_train": len(inputs.prepared.train),
+        "n_validation": len(inputs.prepared.validation),
+        "epochs": progress.epoch,
+        "minutes": round(elapsed_s / 60.0, 3),
+        "stop_reason": reason,
+        "interrupted": True,
+        "training_config": run.config.to_dict(),
+        "world_size": run.ddp.world_size,
+        "device": str(run.device),
+        "torch_version": torch.__version__,
+    }
+    path = save_model(export.eval(), files["model"], extra=extra)
+    say(f"{reason}: wrote {path} from the current {'EMA ' if run.ema is not None else ''}weights (not validated)")
+    if files["last"].is_file():
+        say(f"resume from the last completed epoch with: {resume_command(out_dir, inputs.test_paths)}")
+    else:
+        say("no epoch completed, so there is nothing to resume: start the run again")
 
 
 def validate(run: TrainingRun) -> dict[str, float]:
@@ -338,11 +409,12 @@ def _train(
     dtype: torch.dtype,
     ddp: Distributed,
     say: Callable[[str], None],
+    init_weights: str | Path | None = None,
 ) -> TrainResult:
     started = time.monotonic()
     deadline = None if config.max_minutes is None else started + 60.0 * config.max_minutes
     inputs = load_run_inputs(config, paths, out_dir, test_paths, resume)
-    run = build_run(config, inputs, device, dtype, ddp)
+    run = build_run(config, inputs, device, dtype, ddp, init_weights)
     progress = Progress()
     if inputs.state is not None:
         progress = restore(run, inputs.state)
@@ -367,30 +439,38 @@ def _train(
         return progress.elapsed_before + time.monotonic() - started
 
     last_plot = -math.inf
-    while not progress.stop_reason and progress.epoch < config.max_epochs:
-        progress.epoch += 1
-        result = train_one_epoch(run, progress.epoch, deadline)
-        row = _train_row(run, progress.epoch, result)
-        last_epoch = progress.epoch >= config.max_epochs or result.out_of_time
-        improved = False
-        if progress.epoch % config.eval_interval == 0 or last_epoch:
-            improved = _record_validation(run, progress, row, validate(run))
-        if result.out_of_time:
-            progress.stop_reason = f"time budget of {config.max_minutes} min used up"
-        elif progress.epoch >= config.max_epochs and not progress.stop_reason:
-            progress.stop_reason = f"max_epochs={config.max_epochs} reached"
-        row["time_s"] = elapsed()
-        progress.history.append(row)
+    loop_started, first_epoch = time.monotonic(), progress.epoch
+    eta = ""
+    try:
+        while not progress.stop_reason and progress.epoch < config.max_epochs:
+            progress.epoch += 1
+            result = train_one_epoch(run, progress.epoch, deadline, eta=eta)
+            row = _train_row(run, progress.epoch, result)
+            last_epoch = progress.epoch >= config.max_epochs or result.out_of_time
+            improved = False
+            if progress.epoch % config.eval_interval == 0 or last_epoch:
+                improved = _record_validation(run, progress, row, validate(run))
+            if result.out_of_time:
+                progress.stop_reason = f"time budget of {config.max_minutes} min used up"
+            elif progress.epoch >= config.max_epochs and not progress.stop_reason:
+                progress.stop_reason = f"max_epochs={config.max_epochs} reached"
+            row["time_s"] = elapsed()
+            progress.history.append(row)
+            if ddp.is_main:
+                state = snapshot(run, progress, paths, elapsed())
+                if improved:
+                    save_checkpoint(state, files["best"])
+                save_checkpoint(state, files["last"])
+                _write_log(progress.history, columns, files["log"])
+                if "val_loss" in row and time.monotonic() - last_plot > 30.0:  # a plot costs ~0.3 s
+                    learning_curve(progress.history, files["learning_curve"])
+                    last_plot = time.monotonic()
+                eta = run_eta(config, progress.epoch, time.monotonic() - loop_started, progress.epoch - first_epoch, deadline)
+                say(_epoch_line(row, improved) + (f"  {eta}" if eta and not progress.stop_reason else ""))
+    except KeyboardInterrupt:
         if ddp.is_main:
-            state = snapshot(run, progress, paths, elapsed())
-            if improved:
-                save_checkpoint(state, files["best"])
-            save_checkpoint(state, files["last"])
-            _write_log(progress.history, columns, files["log"])
-            if "val_loss" in row and time.monotonic() - last_plot > 30.0:  # a plot costs ~0.3 s
-                learning_curve(progress.history, files["learning_curve"])
-                last_plot = time.monotonic()
-            say(_epoch_line(row, improved))
+            _save_interrupted(run, progress, inputs, files, out_dir, elapsed(), say)
+        raise
     if progress.stop_reason:
         say(f"stopped: {progress.stop_reason}")
     return _finish(run, progress, inputs, files, out_dir, elapsed(), say)

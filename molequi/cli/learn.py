@@ -1,0 +1,109 @@
+"""``molequi learn``: active learning with a committee, MD exploration and an ASE labeler."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from molequi.errors import ConfigError
+
+HELP = (
+    "Active learning: train a committee on a few labelled structures, explore with committee MD, label the most "
+    "uncertain and mutually different frames (GFN2-xTB by default, or any ASE calculator), retrain, repeat. "
+    "Rerun the same command to continue a killed run."
+)
+
+# flag -> (training config key, type, help), as in 'molequi train'
+TRAINING_FLAGS = {
+    "--max-epochs": ("max_epochs", int, "epochs per member and round"),
+    "--max-minutes": ("max_minutes", float, "wall-clock budget per member and round, minutes"),
+    "--device": ("device", str, "auto (CUDA if available), cpu, cuda or cuda:N (training, MD and test)"),
+    "--lr": ("learning_rate", float, "initial learning rate"),
+    "--batch-size": ("batch_size", int, "structures per optimizer step"),
+    "--channels": ("model.channels", int, "feature channels per irrep"),
+    "--l-max": ("model.l_max", int, "highest rotation order of the features"),
+    "--num-layers": ("model.num_layers", int, "message-passing layers"),
+    "--cutoff": ("model.cutoff", float, "neighbor cutoff radius, Å"),
+}
+METAVARS = {"--l-max": "L", "--lr": "LR", "--max-epochs": "N", "--max-minutes": "MINUTES", "--num-layers": "N",
+            "--batch-size": "N", "--cutoff": "Å"}
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(value) for value in text.split(",") if value.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers (K), got '{text}'") from None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--start", nargs="+", required=True, metavar="STRUCTURES",
+                        help="start structures: files (extxyz, xyz, ASE .db …) or ASE G2 names (CH3CH2OH); labelled "
+                        "ones (energy + forces) are used as they are, unlabelled ones are labelled with --perturbed "
+                        "noisy copies each")
+    parser.add_argument("--out", required=True, metavar="DIR",
+                        help="output directory: rounds.csv, rounds.png, round_NNN/ (training set, committee, MD "
+                        "candidates, new labels); rerun the same command to continue")
+    parser.add_argument("--labeler", default="xtb", metavar="xtb|module:Class",
+                        help="reference method: 'xtb' (GFN2-xTB through tblite) or any ASE calculator class, e.g. "
+                        "'pyscf_module:Calc'")
+    parser.add_argument("--labeler-kwargs", default="{}", metavar="JSON",
+                        help="keyword arguments of the labeler's class (or of tblite's TBLite), as a JSON object")
+    parser.add_argument("--rounds", type=int, default=3, metavar="N",
+                        help="acquisition rounds (rounds 0 … N are trained; may grow when a run is continued)")
+    parser.add_argument("--per-round", type=int, default=10, metavar="K", help="frames labelled per round")
+    parser.add_argument("--temperature", type=_floats, default=[300.0], metavar="T[,T…]",
+                        help="MD temperature(s), K (every start structure runs at each)")
+    parser.add_argument("--md-steps", type=int, default=500, metavar="S", help="Langevin MD steps per round")
+    parser.add_argument("--timestep", type=float, default=0.5, metavar="FS", help="MD time step, fs")
+    parser.add_argument("--friction", type=float, default=0.01, metavar="1/FS", help="Langevin friction, 1/fs")
+    parser.add_argument("--replicas", type=int, default=2, metavar="R",
+                        help="MD systems per start structure and temperature (different seeds)")
+    parser.add_argument("--sample-every", type=int, default=10, metavar="N", help="MD steps between candidate frames")
+    parser.add_argument("--pool-factor", type=int, default=4, metavar="F",
+                        help="pick diverse frames (farthest-point on sorted interatomic distances) among the F × K "
+                        "most uncertain (1: just the K most uncertain)")
+    parser.add_argument("--selection", choices=("uncertain", "random"), default="uncertain",
+                        help="'random': draw the frames uniformly from the same MD instead (a baseline)")
+    parser.add_argument("--committee", type=int, default=4, metavar="M", help="committee members (models) per round")
+    parser.add_argument("--ensemble-heads", type=int, default=0, metavar="K",
+                        help="shallow-ensemble heads per model instead of a committee (0: committee)")
+    parser.add_argument("--perturbed", type=int, default=4, metavar="N",
+                        help="noisy copies labelled beside each unlabelled start structure")
+    parser.add_argument("--perturb-sigma", type=float, default=0.05, metavar="Å", help="noise of those copies, Å")
+    parser.add_argument("--test-data", nargs="+", metavar="TEST", default=None,
+                        help="labelled test file(s): each round's committee is evaluated on them (rounds.csv)")
+    parser.add_argument("--config", metavar="YAML", default=None,
+                        help="training config of every member (molequi/training/default.yaml lists the keys); "
+                        "the flags below override it")
+    parser.add_argument("--seed", type=int, default=0, help="base seed (members, perturbations, MD)")
+    for flag, (_, kind, text) in TRAINING_FLAGS.items():
+        parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, metavar=METAVARS.get(flag, flag.strip("-").split("-")[-1].upper()),
+                            help=f"{text} (default: the training default or --config)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from molequi.training import load_config
+    from molequi.training.learn import LearnSettings, run_learning
+
+    try:
+        labeler_kwargs = json.loads(args.labeler_kwargs)
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"--labeler-kwargs is not valid JSON ({error})") from None
+    if not isinstance(labeler_kwargs, dict):
+        raise ConfigError(f"--labeler-kwargs must be a JSON object, got {args.labeler_kwargs}")
+    overrides = {"validation": 0.1, "seed": args.seed}
+    for flag, (key, _, _) in TRAINING_FLAGS.items():
+        name = flag.removeprefix("--").replace("-", "_")
+        if hasattr(args, name):
+            overrides[key] = getattr(args, name)
+    config = load_config(args.config, overrides)
+    settings = LearnSettings(
+        rounds=args.rounds, per_round=args.per_round, temperatures=args.temperature, md_steps=args.md_steps,
+        committee=args.committee, ensemble_heads=args.ensemble_heads, labeler=args.labeler,
+        labeler_kwargs=labeler_kwargs, perturbed=args.perturbed, perturb_sigma=args.perturb_sigma,
+        replicas=args.replicas, sample_every=args.sample_every, pool_factor=args.pool_factor, selection=args.selection,
+        timestep=args.timestep, friction=args.friction, seed=args.seed,
+    )
+    run_learning(settings, args.start, args.out, config=config, test_data=args.test_data)
+    return 0

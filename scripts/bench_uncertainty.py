@@ -1,0 +1,400 @@
+#!/usr/bin/env python
+"""Uncertainty benchmark (CPU): are committee error bars right, and does active learning pay?
+
+(a) Calibration. For each molecule, a committee of 4 potentials and one shallow ensemble of 4
+    heads (``--ensemble-heads 4``) are trained on GFN2-xTB labels of rMD17 geometries (DFT MD at
+    500 K, relabelled with xTB) and tested on frames of GFN2-xTB Langevin MD at 300, 600 and
+    1000 K. Per temperature, before and after calibration, the metrics of ``molequi evaluate``:
+    ``forces_std_spearman`` (per structure: mean |force error| vs mean predicted std),
+    ``forces_rmse_over_std`` (RMSE of the force components ÷ RMS predicted std) and
+    ``miscalibration_area``. The calibration is ``molequi calibrate``'s (scale or power law, chosen
+    by held-out NLL), fitted on 100 held-out rMD17 geometries (the training distribution; the MD
+    test frames are never used for it).
+(b) Active learning vs random selection: ``molequi learn`` from one unlabelled geometry (labelled
+    with 4 perturbed copies), committee MD at 300, 600 and 1000 K, and the same loop with frames
+    drawn at random from its own MD; force MAE on the 1000 K frames against the number of labels.
+
+    python scripts/bench_uncertainty.py --quick                 # ~10 min on 2 busy cores
+    python scripts/bench_uncertainty.py --out runs/bench_uncertainty --readme
+
+Writes ``uncertainty.json``, ``uncertainty.md`` and ``uncertainty.png`` into ``--out``; the xTB
+data sets are cached there (``data/``) and reused by a rerun. ``--readme`` pastes the Markdown
+into README.md (block ``uncertainty``). Targets: after calibration ``rmse_over_std`` within
+0.8–1.25 at 300 K and ≤ 1.5 at 1000 K, Spearman ≥ 0.7, miscalibration area ≤ 0.1; the loop
+reaches random selection's final 1000 K error with at most half of its labels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import shlex
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "datasets"))  # the xTB recipe's helpers (datasets/xtb_md.py)
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "rmd17"
+TEMPERATURES = (300.0, 600.0, 1000.0)
+REUSED: list[str] = []  # models and loops of an earlier run in --out that this run reused
+
+PROFILES = {
+    # quick: a smoke run (~10 min); full: what fits in ~40 min of 2 shared cores. Committee members
+    # stop at `epochs` or after `member_minutes` (whichever comes first: on a loaded machine, the latter)
+    "quick": dict(n_train=100, n_calibration=50, n_test=20, members=4, epochs=25, member_minutes=1.0,
+                  rounds=2, per_round=6, md_steps=200, learn_members=2, learn_epochs=40),
+    "full": dict(n_train=250, n_calibration=100, n_test=60, members=4, epochs=60, member_minutes=2.5,
+                 rounds=3, per_round=8, md_steps=400, learn_members=3, learn_epochs=100),
+}
+MODEL = {"model.channels": 16, "model.l_max": 1, "model.num_layers": 2, "model.radial_hidden": [16, 16],
+         "model.readout_hidden": 16}
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime + children.ru_utime + children.ru_stime
+
+
+# --- data -------------------------------------------------------------------------------------
+
+
+def rmd17_geometries(data_dir: Path, molecule: str, split: str = "train"):
+    from ase import Atoms
+
+    path = data_dir / f"rmd17_{molecule}_{split}_01.npz"
+    if not path.is_file():
+        raise SystemExit(f"error: {path} not found (rMD17 is expected in {data_dir}; see --data-dir)")
+    data = np.load(path)
+    numbers = data["nuclear_charges"]
+    return [Atoms(numbers=numbers, positions=coords) for coords in data["coords"]]
+
+
+def xtb_label(structures, desc: str):
+    import xtb_md
+
+    from molequi.training.learn import label_structure, make_labeler
+
+    calculator = make_labeler("xtb")
+    with xtb_md.single_openmp_thread():
+        return [label_structure(atoms, calculator) for atoms in structures]
+
+
+def xtb_md_frames(start, temperature: float, n_frames: int, seed: int, stride: int = 20, equilibration: int = 400):
+    """GFN2-xTB Langevin MD (0.5 fs, friction 0.01 1/fs) from ``start``; frames every ``stride``
+    steps after ``equilibration`` steps, each relabelled with a fresh single point."""
+    import xtb_md
+    from ase import units
+    from ase.md.langevin import Langevin
+
+    rng = np.random.default_rng([seed, int(temperature)])
+    atoms = xtb_md.initial_state(start, temperature, rng)
+    atoms.calc = xtb_md.make_xtb_calculator(reuse_wavefunction=True)
+    labeller = xtb_md.make_xtb_calculator(reuse_wavefunction=False)
+    dyn = Langevin(atoms, timestep=0.5 * units.fs, temperature_K=temperature, friction=0.01 / units.fs,
+                   fixcm=False, rng=rng)
+    frames = []
+    with xtb_md.single_openmp_thread():
+        dyn.run(equilibration)
+        for _ in range(n_frames):
+            dyn.run(stride)
+            frames.append(xtb_md.label_frame(atoms, labeller, {"temperature_K": temperature, "md_step": dyn.nsteps}))
+    return frames
+
+
+def molecule_data(molecule: str, profile: dict, args, log) -> dict[str, Path]:
+    """xTB-labelled train / calibration sets (rMD17 geometries) and MD test frames per temperature,
+    cached under ``out/data``."""
+    from ase.io import write
+
+    folder = args.out / "data" / molecule
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {"train": folder / f"train_{profile['n_train']}.extxyz",
+             "calibration": folder / f"calibration_{profile['n_calibration']}.extxyz"}
+    files |= {f"md_{t:g}K": folder / f"md_{t:g}K_{profile['n_test']}.extxyz" for t in TEMPERATURES}
+    geometries = rmd17_geometries(args.data_dir, molecule)
+    order = np.random.default_rng(0).permutation(len(geometries))
+    chosen = {"train": order[: profile["n_train"]],
+              "calibration": order[len(order) - profile["n_calibration"]:]}
+    for key in ("train", "calibration"):
+        if not files[key].exists():
+            started = time.monotonic()
+            write(files[key], xtb_label([geometries[k] for k in chosen[key]], key))
+            log(f"{molecule}: labelled {len(chosen[key])} {key} geometries with GFN2-xTB ({time.monotonic() - started:.0f} s)")
+    for t in TEMPERATURES:
+        key = f"md_{t:g}K"
+        if not files[key].exists():
+            started = time.monotonic()
+            write(files[key], xtb_md_frames(geometries[0], t, profile["n_test"], seed=1))
+            log(f"{molecule}: {profile['n_test']} GFN2-xTB MD frames at {t:g} K ({time.monotonic() - started:.0f} s)")
+    return files
+
+
+# --- (a) calibration --------------------------------------------------------------------------
+
+
+def forces_metrics(errors, calibration=None) -> dict[str, float]:
+    """``molequi evaluate``'s force uncertainty metrics (see :mod:`molequi.training.uncertainty`:
+    Spearman per structure of mean |error| and mean std, RMSE ÷ RMS std and the miscalibration
+    area per force component) and the force errors of the members' mean."""
+    from molequi.training.uncertainty import error_metrics, uncertainty_report
+
+    report = uncertainty_report({"forces": errors}, calibration)
+    return {
+        "spearman": report["forces_std_spearman"],
+        "rmse_over_std": report["forces_rmse_over_std"],
+        "miscalibration_area": report["forces_miscalibration_area"],
+        "nll": report.get("forces_nll"),
+        **error_metrics({"forces": errors}),
+    }
+
+
+def train_members(molecule: str, kind: str, files, profile, args, log) -> list[Path]:
+    """A committee of ``members`` models, or (kind ``ensemble``) one shallow ensemble of as many heads."""
+    from molequi.training import load_config, train
+
+    count = profile["members"] if kind == "committee" else 1
+    heads = {"model.ensemble_heads": profile["members"]} if kind == "ensemble" else {}
+    models = []
+    for m in range(count):
+        out = args.out / kind / molecule / f"member_{m}"
+        model = out / "model.molequi"
+        if model.exists():
+            REUSED.append(str(model.relative_to(args.out)))
+        else:
+            if out.exists():
+                shutil.rmtree(out)  # a member this script left unfinished
+            config = load_config(None, {**MODEL, **heads, "max_epochs": profile["epochs"], "seed": m, "validation": 0.1,
+                                        "max_minutes": profile["member_minutes"], "device": "cpu", "progress": False})
+            started = time.monotonic()
+            result = train(config, str(files["train"]), out, log=lambda message: None)
+            log(f"{molecule}: {kind} member {m} trained ({result.epochs} epochs, {time.monotonic() - started:.0f} s, "
+                f"validation F MAE {result.validation_metrics.get('forces_mae_meV_per_A', math.nan):.1f} meV/Å)")
+        models.append(model)
+    return models
+
+
+def calibration_table(models, files, kind: str) -> dict:
+    """Metrics per temperature before and after ``molequi calibrate``'s fit (scale or power law,
+    chosen by held-out NLL) on the calibration geometries."""
+    from ase.io import read
+
+    from molequi.models import load_model
+    from molequi.training.uncertainty import committee_errors, fit_committee_calibration
+
+    loaded = [load_model(path) for path in models]
+    calibration_errors = committee_errors(loaded, read(files["calibration"], ":"))["forces"]
+    calibration = fit_committee_calibration({"forces": calibration_errors})
+    fit = calibration.fits["forces"]
+    rows = {}
+    for t in TEMPERATURES:
+        errors = committee_errors(loaded, read(files[f"md_{t:g}K"], ":"))["forces"]
+        rows[f"{t:g}K"] = {"before": forces_metrics(errors), "after": forces_metrics(errors, calibration)}
+    heads = loaded[0].model.config.ensemble_heads
+    name = f"committee of {len(models)}" if kind == "committee" else f"shallow ensemble of {heads} heads"
+    return {"kind": name, "calibration": {"form": fit.form, "a": fit.a, "b": fit.b}, "temperatures": rows}
+
+
+# --- (b) active learning vs random ------------------------------------------------------------
+
+
+def learning_comparison(molecule: str, files, profile, args, log) -> dict:
+    from molequi.training import load_config
+    from molequi.training.learn import LearnSettings, run_learning
+
+    start = rmd17_geometries(args.data_dir, molecule)[0]
+    config = load_config(None, {**MODEL, "max_epochs": profile["learn_epochs"], "validation": 0.1, "device": "cpu",
+                                "batch_size": 4, "seed": 0})
+    curves = {}
+    for selection in ("uncertain", "random"):
+        if (args.out / "learn" / molecule / selection / f"round_{profile['rounds']:03d}" / "round.json").exists():
+            REUSED.append(f"learn/{molecule}/{selection}")
+        settings = LearnSettings(
+            rounds=profile["rounds"], per_round=profile["per_round"], temperatures=list(TEMPERATURES),
+            md_steps=profile["md_steps"], committee=profile["learn_members"], replicas=2, sample_every=10,
+            selection=selection, seed=0,
+        )
+        started = time.monotonic()
+        result = run_learning(settings, [start], args.out / "learn" / molecule / selection, config=config,
+                              test_data=[files["md_1000K"]], log=lambda message: log(f"{molecule} {selection}: {message}"))
+        curves[selection] = [{"n_labels": row["n_labels"], "forces_mae_meV_per_A": row["test_forces_mae_meV_per_A"],
+                              "max_std": row["max_std"]} for row in result.rows]
+        log(f"{molecule}: {selection} loop done ({time.monotonic() - started:.0f} s)")
+    random_final = curves["random"][-1]
+    reached = [p["n_labels"] for p in curves["uncertain"] if p["forces_mae_meV_per_A"] <= random_final["forces_mae_meV_per_A"]]
+    return {
+        "curves": curves,
+        "random_final_mae": random_final["forces_mae_meV_per_A"],
+        "random_labels": random_final["n_labels"],
+        "loop_labels_to_reach_random": min(reached) if reached else None,
+    }
+
+
+# --- report -----------------------------------------------------------------------------------
+
+
+def _calibration_results(report: dict):
+    for key, result in report["calibration"].items():
+        molecule, _, kind = key.partition("/")
+        yield (molecule, kind), result
+
+
+def targets(report: dict) -> list[tuple[str, bool]]:
+    checks = []
+    for (molecule, kind), result in _calibration_results(report):
+        rows = result["temperatures"]
+        molecule = f"{molecule} {kind}"
+        after300, after1000 = rows["300K"]["after"], rows["1000K"]["after"]
+        checks.append((f"{molecule}: RMSE÷std after calibration in 0.8–1.25 at 300 K ({after300['rmse_over_std']:.2f})",
+                       0.8 <= after300["rmse_over_std"] <= 1.25))
+        checks.append((f"{molecule}: RMSE÷std after calibration ≤ 1.5 at 1000 K ({after1000['rmse_over_std']:.2f})",
+                       after1000["rmse_over_std"] <= 1.5))
+        worst = min(row["after"]["spearman"] for row in rows.values())
+        checks.append((f"{molecule}: Spearman ≥ 0.7 at every temperature (lowest {worst:.2f})", worst >= 0.7))
+        area = max(row["after"]["miscalibration_area"] for row in rows.values())
+        checks.append((f"{molecule}: miscalibration area ≤ 0.1 after calibration (largest {area:.3f})", area <= 0.1))
+    for molecule, result in report["learning"].items():
+        n = result["loop_labels_to_reach_random"]
+        ok = n is not None and n <= 0.5 * result["random_labels"]
+        checks.append((f"{molecule}: loop reaches random selection's 1000 K force MAE "
+                       f"({result['random_final_mae']:.0f} meV/Å at {result['random_labels']} labels) with ≤ half the labels "
+                       f"({'never' if n is None else f'{n} labels'})", ok))
+    return checks
+
+
+def markdown(report: dict) -> str:
+    m = report["machine"]
+    lines = [
+        f"Measured with `{report['command']}` on {m['cpu']} ({m['cpu_count']} cores shared with other jobs, "
+        f"load {report['load_before']:.1f} before / {report['load_after']:.1f} after; {report['wall_s'] / 60:.1f} min wall, "
+        f"{report['cpu_s'] / 60:.1f} min CPU; torch {m['torch']}, commit {str(m.get('git_commit', ''))[:10]}). "
+        f"Profile `{report['profile']}`: {json.dumps(report['settings'])}; models {json.dumps(MODEL)}."
+        + (f" Reused from an earlier run in the same --out (its wall and CPU times are not in the figures above): "
+           f"{', '.join(report['reused'])}." if report.get("reused") else ""),
+        "",
+        "Spearman: per structure, mean |force error| vs mean predicted std (unchanged by calibration); RMSE÷std and "
+        "miscalibration area per force component; calibration fitted on held-out rMD17 geometries (xTB labels) by "
+        "`molequi.training.uncertainty.fit_committee_calibration`, as `molequi calibrate` does.",
+        "",
+        "| molecule | uncertainty (calibration) | T | Spearman | RMSE÷std before | RMSE÷std after | miscal. area before | after | force RMSE (meV/Å) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (molecule, _), result in _calibration_results(report):
+        fit = result["calibration"]
+        form = f"σ' = {fit['a']:.2f} σ" if fit["form"] == "scale" else f"σ' = {fit['a']:.2f} σ^{fit['b']:.2f}"
+        for t, row in result["temperatures"].items():
+            b, a = row["before"], row["after"]
+            lines.append(f"| {molecule} | {result['kind']} ({form}) | {t} | {a['spearman']:.2f} | "
+                         f"{b['rmse_over_std']:.2f} | {a['rmse_over_std']:.2f} | {b['miscalibration_area']:.3f} | "
+                         f"{a['miscalibration_area']:.3f} | {a['forces_rmse_meV_per_A']:.0f} |")
+    for molecule, result in report["learning"].items():
+        lines += ["", f"Active learning on {molecule} (force MAE on the 1000 K xTB MD frames, meV/Å):", "",
+                  "| labels | loop (uncertain + diverse) | random from the same MD |", "|---|---|---|"]
+        for loop, rand in zip(result["curves"]["uncertain"], result["curves"]["random"]):
+            lines.append(f"| {loop['n_labels']} | {loop['forces_mae_meV_per_A']:.0f} | {rand['forces_mae_meV_per_A']:.0f} |")
+    lines += ["", "Targets:", ""]
+    lines += [f"- {'met' if ok else '**not met**'}: {text}" for text, ok in targets(report)]
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    ax = axes[0]
+    width = 0.1
+    results = list(_calibration_results(report))
+    for k, ((molecule, kind), result) in enumerate(results):
+        xs = np.arange(len(TEMPERATURES)) + (k - (len(results) - 1) / 2) * 2 * width
+        before = [row["before"]["rmse_over_std"] for row in result["temperatures"].values()]
+        after = [row["after"]["rmse_over_std"] for row in result["temperatures"].values()]
+        ax.bar(xs - width / 2, before, width, label=f"{molecule} {kind} before", alpha=0.5)
+        ax.bar(xs + width / 2, after, width, label=f"{molecule} {kind} after")
+    ax.axhspan(0.8, 1.25, color="green", alpha=0.1)
+    ax.set_xticks(range(len(TEMPERATURES)), [f"{t:g} K" for t in TEMPERATURES])
+    ax.set_ylabel("force RMSE ÷ predicted std")
+    ax.legend(fontsize=7)
+    ax = axes[1]
+    for molecule, result in report["learning"].items():
+        for selection, style in (("uncertain", "o-"), ("random", "s--")):
+            curve = result["curves"][selection]
+            ax.plot([p["n_labels"] for p in curve], [p["forces_mae_meV_per_A"] for p in curve], style,
+                    label=f"{molecule} {'loop' if selection == 'uncertain' else 'random'}")
+    ax.set_xlabel("labelled structures")
+    ax.set_ylabel("force MAE at 1000 K (meV/Å)")
+    ax.set_yscale("log")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run of every stage)")
+    parser.add_argument("--molecules", nargs="+", default=["ethanol", "aspirin"], help="rMD17 molecules for (a)")
+    parser.add_argument("--learn-molecules", nargs="*", default=["ethanol"], help="molecules for (b)")
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA, help="rMD17 .npz directory (geometries only)")
+    parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench_uncertainty")
+    parser.add_argument("--readme", action="store_true", help="paste the Markdown table into README.md")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
+    from molequi.utils import machine_info
+
+    profile_name = "quick" if args.quick else "full"
+    profile = PROFILES[profile_name]
+    args.out = args.out / profile_name
+    args.out.mkdir(parents=True, exist_ok=True)
+    command = "python scripts/bench_uncertainty.py" + (" " + shlex.join(sys.argv[1:]) if len(sys.argv) > 1 else "")
+    load_before = os.getloadavg()[0]
+    started, cpu_started = time.monotonic(), cpu_seconds()
+
+    def log(message: str) -> None:
+        print(f"[{time.monotonic() - started:6.0f} s] {message}", flush=True)
+
+    report = {"command": command, "profile": profile_name, "settings": profile, "load_before": load_before,
+              "calibration": {}, "learning": {}}
+    files = {}
+    for molecule in dict.fromkeys(args.molecules + args.learn_molecules):
+        files[molecule] = molecule_data(molecule, profile, args, log)
+    for molecule in args.molecules:
+        for kind in ("committee", "ensemble"):
+            models = train_members(molecule, kind, files[molecule], profile, args, log)
+            report["calibration"][f"{molecule}/{kind}"] = calibration_table(models, files[molecule], kind)
+    for molecule in args.learn_molecules:
+        report["learning"][molecule] = learning_comparison(molecule, files[molecule], profile, args, log)
+    report["reused"] = list(REUSED)
+    report["wall_s"] = time.monotonic() - started
+    report["cpu_s"] = cpu_seconds() - cpu_started
+    report["load_after"] = os.getloadavg()[0]
+    report["machine"] = machine_info("cpu")
+    report["targets"] = [{"target": text, "met": ok} for text, ok in targets(report)]
+    (args.out / "uncertainty.json").write_text(json.dumps(report, indent=2) + "\n")
+    text = markdown(report)
+    (args.out / "uncertainty.md").write_text(text)
+    plot(report, args.out / "uncertainty.png")
+    print(text)
+    if args.readme:
+        sys.path.insert(0, str(REPO / "scripts"))
+        from readme_section import update_readme_section
+
+        update_readme_section("uncertainty", text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,301 @@
+"""Active learning (molequi learn): frame selection, labelers, the loop, its resume identity."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ase.build import molecule
+
+from molequi.cli.main import main
+from molequi.errors import ConfigError, MolequiError
+from molequi.training import learn
+from molequi.training.learn import (
+    LearnSettings,
+    distance_descriptor,
+    make_labeler,
+    parse_labeler,
+    run_learning,
+    select_frames,
+)
+
+# --- selection ----------------------------------------------------------------------------------
+
+
+def test_select_frames_without_pool_takes_the_most_uncertain():
+    rng = np.random.default_rng(0)
+    stds = rng.uniform(0.0, 1.0, 50)
+    descriptors = list(rng.normal(size=(50, 6)))
+    picked = select_frames(stds, descriptors, k=7, pool_factor=1)
+    assert sorted(picked) == sorted(np.argsort(-stds)[:7].tolist())
+    assert picked[0] == int(np.argmax(stds))
+
+
+def test_select_frames_picks_diverse_frames_among_the_uncertain():
+    rng = np.random.default_rng(1)
+    stds = rng.uniform(0.0, 1.0, 40)
+    descriptors = [rng.normal(size=4) for _ in range(40)]
+    top = np.argsort(-stds)
+    # the second most uncertain frame is a copy of the first: diversity must skip it
+    descriptors[top[1]] = descriptors[top[0]].copy()
+    picked = select_frames(stds, descriptors, k=4, pool_factor=3)
+    assert picked[0] == top[0]
+    assert set(picked) <= set(top[:12].tolist())  # only from the pool of the 12 most uncertain
+    assert top[1] not in picked[:4]
+    assert len(picked) == 12  # the whole pool in pick order (fallbacks when a label fails)
+
+
+def test_select_frames_ignores_non_finite_and_keeps_different_sizes_apart():
+    stds = np.array([np.nan, 0.5, 0.4, np.inf, 0.3])
+    descriptors = [np.zeros(3), np.zeros(3), np.zeros(3), np.zeros(3), np.zeros(6)]
+    picked = select_frames(stds, descriptors, k=2, pool_factor=2)
+    assert picked[:2] == [1, 4]  # frame 4 is another molecule: infinitely far from frame 1
+    assert 0 not in picked and 3 not in picked
+
+
+def test_distance_descriptor_is_invariant():
+    atoms = molecule("CH3CH2OH")
+    moved = atoms.copy()
+    moved.rotate(40.0, "z")
+    moved.translate([1.0, -2.0, 0.5])
+    moved = moved[np.random.default_rng(0).permutation(len(moved))]
+    np.testing.assert_allclose(distance_descriptor(atoms), distance_descriptor(moved), atol=1e-10)
+
+
+# --- labelers -----------------------------------------------------------------------------------
+
+
+def test_parse_labeler():
+    assert parse_labeler("xtb") is None
+    assert parse_labeler("ase.calculators.emt:EMT") == ("ase.calculators.emt", "EMT")
+    for bad in ("emt", "mod:", ":Calc", "a b:Calc", "mod:Calc()", "mod:Calc:x"):
+        with pytest.raises(ConfigError, match="module:Class"):
+            parse_labeler(bad)
+
+
+def test_make_labeler_module_class():
+    from ase.calculators.emt import EMT
+
+    calculator = make_labeler("ase.calculators.emt:EMT", {})
+    assert isinstance(calculator, EMT)
+    with pytest.raises(MolequiError, match="cannot import module"):
+        make_labeler("no_such_module_xyz:Calc")
+    with pytest.raises(MolequiError, match="has no attribute 'Nope'"):
+        make_labeler("ase.calculators.emt:Nope")
+    with pytest.raises(MolequiError, match="bad --labeler-kwargs"):
+        make_labeler("ase.calculators.singlepoint:SinglePointCalculator", {"no_atoms": 1})
+    with pytest.raises(MolequiError, match="not an ASE calculator"):
+        make_labeler("collections:OrderedDict")
+
+
+def test_missing_tblite_says_what_to_install(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "tblite.ase", None)  # import fails as if not installed
+    with pytest.raises(MolequiError, match="pip install tblite"):
+        make_labeler("xtb")
+    assert main(["learn", "--start", "CH3CH2OH", "--out", str(tmp_path / "run")]) == 2
+    assert "pip install tblite" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # nothing written
+
+
+def test_cli_bad_options_are_one_line_errors(tmp_path, capsys):
+    assert main(["learn", "--start", "CH3CH2OH", "--out", str(tmp_path / "a"), "--labeler", "nonsense"]) == 2
+    assert capsys.readouterr().err.strip().count("\n") == 0
+    assert main(["learn", "--start", "CH3CH2OH", "--out", str(tmp_path / "b"), "--labeler-kwargs", "[1]"]) == 2
+    assert "JSON object" in capsys.readouterr().err
+    assert main(["learn", "--start", "CH3CH2OH", "--out", str(tmp_path / "c"), "--committee", "1"]) == 2
+    assert "at least two" in capsys.readouterr().err
+    assert main(["learn", "--start", "CH3CH2OH", "--out", str(tmp_path / "c"), "--ensemble-heads", "1"]) == 2
+    assert "--ensemble-heads must be 0" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()
+
+
+# --- the loop -----------------------------------------------------------------------------------
+
+SETTINGS = dict(rounds=2, per_round=3, temperatures=[300.0, 800.0], md_steps=20, committee=2,
+                perturbed=3, replicas=1, sample_every=5, pool_factor=1, seed=0)
+
+
+def _config():
+    from molequi.training import load_config
+
+    return load_config(None, {
+        "max_epochs": 3, "validation": 1, "device": "cpu", "progress": False, "batch_size": 4,
+        "model.channels": 8, "model.num_layers": 1, "model.radial_hidden": [8], "model.readout_hidden": 8,
+    })
+
+
+@pytest.fixture(scope="module")
+def test_file(tmp_path_factory):
+    pytest.importorskip("tblite")
+    from ase.io import write
+
+    calculator = make_labeler("xtb")
+    rng = np.random.default_rng(5)
+    frames = []
+    for _ in range(6):
+        atoms = molecule("CH3CH2OH")
+        atoms.positions += rng.normal(0.0, 0.08, atoms.positions.shape)
+        frames.append(learn.label_structure(atoms, calculator))
+    path = tmp_path_factory.mktemp("learn_test") / "test.extxyz"
+    write(path, frames)
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, test_file):
+    out = tmp_path_factory.mktemp("learn") / "run"
+    result = run_learning(LearnSettings(**SETTINGS), ["CH3CH2OH"], out, config=_config(), test_data=[test_file],
+                          log=lambda message: None)
+    return out, result
+
+
+def _rows(out: Path) -> list[dict[str, str]]:
+    with open(out / "rounds.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.mark.slow
+def test_loop_rows_labels_and_selection(finished):
+    from ase.io import read
+
+    out, result = finished
+    rows = _rows(out)
+    assert [int(row["round"]) for row in rows] == [0, 1, 2]
+    assert [int(row["n_labels"]) for row in rows] == [4, 7, 10]  # 1 start + 3 perturbed, then +3 a round
+    assert [int(row["n_new"]) for row in rows] == [3, 3, 0]
+    for row in rows:
+        assert float(row["max_std"]) >= float(row["mean_std"]) > 0.0
+        assert 0.0 < float(row["test_forces_mae_meV_per_A"]) < 1e5
+    assert (out / "rounds.png").stat().st_size > 1000
+    assert len(result.models) == 2 and all(Path(m).is_file() for m in result.models)
+    # with pool_factor 1 the labelled frames are exactly the three most uncertain MD frames
+    candidates = read(out / "round_000" / "candidates.extxyz", ":")
+    labelled = read(out / "round_000" / "labelled.extxyz", ":")
+    stds = np.array([a.info["std_max"] for a in candidates])
+    assert sorted(int(a.info["candidate"]) for a in labelled) == sorted(np.argsort(-stds)[:3].tolist())
+    # the stored labels are GFN2-xTB's at the stored positions
+    atoms = labelled[0].copy()
+    atoms.calc = make_labeler("xtb")
+    np.testing.assert_allclose(atoms.get_forces(), labelled[0].get_forces(), atol=1e-6)
+    # round 1 starts from round 0's weights: a warm start keeps the members close to them
+    train_set = read(out / "round_001" / "train.extxyz", ":")
+    assert len(train_set) == 7
+
+
+@pytest.mark.slow
+def test_resume_after_interruptions_gives_the_same_rounds(finished, test_file, tmp_path, monkeypatch):
+    import molequi.training as training
+
+    out_ref, _ = finished
+    out = tmp_path / "run"
+    settings = LearnSettings(**SETTINGS)
+
+    real_train = training.train
+    trained = []
+
+    def train_then_die(config, data, out_dir, **kwargs):  # killed before round 1's second member
+        if "round_001" in str(out_dir) and "member_1" in str(out_dir):
+            raise KeyboardInterrupt
+        trained.append(str(out_dir))
+        return real_train(config, data, out_dir, **kwargs)
+
+    monkeypatch.setattr(training, "train", train_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run_learning(settings, ["CH3CH2OH"], out, config=_config(), test_data=[test_file], log=lambda m: None)
+    monkeypatch.setattr(training, "train", real_train)
+    assert not (out / "round_001" / "round.json").exists()
+
+    real_label = learn.label_structure
+    calls = []
+
+    def label_then_die(atoms, calculator):  # killed after the first label of round 1
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real_label(atoms, calculator)
+
+    monkeypatch.setattr(learn, "label_structure", label_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run_learning(settings, ["CH3CH2OH"], out, config=_config(), test_data=[test_file], log=lambda m: None)
+    monkeypatch.setattr(learn, "label_structure", real_label)
+    assert len(calls) == 1 and (out / "round_001" / "labelled.partial.extxyz").exists()
+
+    messages = []
+    run_learning(settings, ["CH3CH2OH"], out, config=_config(), test_data=[test_file], log=messages.append)
+    assert messages[0].startswith("continuing the learning run")
+    assert (out / "rounds.csv").read_text() == (out_ref / "rounds.csv").read_text()
+
+
+@pytest.mark.slow
+def test_rerun_with_other_inputs_is_refused(finished, test_file, tmp_path):
+    out_ref, _ = finished
+    out = tmp_path / "copy"
+    shutil.copytree(out_ref, out)
+    changed = LearnSettings(**{**SETTINGS, "per_round": 5})
+    with pytest.raises(ConfigError, match=r"per_round \(3 → 5\)"):
+        run_learning(changed, ["CH3CH2OH"], out, config=_config(), test_data=[test_file], log=lambda m: None)
+    with pytest.raises(ConfigError, match="start structures"):
+        run_learning(LearnSettings(**SETTINGS), ["CH3CHO"], out, config=_config(), test_data=[test_file],
+                     log=lambda m: None)
+    with pytest.raises(ConfigError, match="test data"):
+        run_learning(LearnSettings(**SETTINGS), ["CH3CH2OH"], out, config=_config(), log=lambda m: None)
+    from molequi.training import load_config
+
+    other = load_config(None, {**_config().to_dict(), "learning_rate": 0.5})
+    with pytest.raises(ConfigError, match="learning_rate"):
+        run_learning(LearnSettings(**SETTINGS), ["CH3CH2OH"], out, config=other, test_data=[test_file],
+                     log=lambda m: None)
+    # a finished run rerun unchanged does nothing new; more rounds would extend it
+    run_learning(LearnSettings(**SETTINGS), ["CH3CH2OH"], out, config=_config(), test_data=[test_file],
+                 log=lambda m: None)
+    assert (out / "rounds.csv").read_text() == (out_ref / "rounds.csv").read_text()
+    assert json.loads((out / "learn.json").read_text())["settings"]["rounds"] == 2
+    # more rounds continue the finished run: its last round now labels, one more round trains
+    longer = LearnSettings(**{**SETTINGS, "rounds": 3})
+    result = run_learning(longer, ["CH3CH2OH"], out, config=_config(), test_data=[test_file], log=lambda m: None)
+    assert [row["n_labels"] for row in result.rows] == [4, 7, 10, 13]
+    assert [row["n_new"] for row in result.rows] == [3, 3, 3, 0]
+    assert _rows(out)[:2] == _rows(out_ref)[:2]
+    with pytest.raises(ConfigError, match="cannot shrink"):
+        run_learning(LearnSettings(**SETTINGS), ["CH3CH2OH"], out, config=_config(), test_data=[test_file],
+                     log=lambda m: None)
+
+
+def test_unrelated_directory_is_refused(tmp_path):
+    (tmp_path / "something.txt").write_text("x")
+    with pytest.raises(ConfigError, match="not a molequi learn run"):
+        run_learning(LearnSettings(**SETTINGS), ["CH3CH2OH"], tmp_path, config=_config(), log=lambda m: None)
+
+
+@pytest.mark.slow
+def test_loop_with_one_shallow_ensemble(tmp_path, test_file):
+    from molequi.models import load_model
+
+    settings = LearnSettings(**{**SETTINGS, "rounds": 1, "committee": 1, "ensemble_heads": 3})
+    result = run_learning(settings, ["CH3CH2OH"], tmp_path / "run", config=_config(), test_data=[test_file],
+                          log=lambda m: None)
+    assert [row["n_labels"] for row in result.rows] == [4, 7]
+    assert all(row["max_std"] > 0 for row in result.rows)
+    assert len(result.models) == 1 and load_model(result.models[0]).model.config.ensemble_heads == 3
+
+
+def test_rerun_accepts_settings_added_since_at_their_defaults(tmp_path):
+    out = tmp_path / "run"
+    settings = LearnSettings(**SETTINGS)
+    identity = {"format": learn.FORMAT, "settings": {k: v for k, v in dataclasses.asdict(settings).items() if k != "selection"},
+                "training": {k: v for k, v in _config().to_dict().items() if k not in learn.IGNORED_TRAINING_KEYS},
+                "start_sha256": "x", "test_sha256": None}
+    identity["training"]["model"] = {k: v for k, v in identity["training"]["model"].items() if k != "ensemble_heads"}
+    out.mkdir()
+    (out / "learn.json").write_text(json.dumps(identity))
+    # the saved run predates 'selection' and 'model.ensemble_heads': only the start structures differ
+    with pytest.raises(ConfigError) as error:
+        run_learning(settings, ["CH3CH2OH"], out, config=_config(), log=lambda m: None)
+    assert "start structures" in str(error.value) and "selection" not in str(error.value)
+    assert "ensemble_heads" not in str(error.value)
