@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
 import importlib.util
 import io
 import itertools
@@ -201,10 +202,19 @@ class CandidateSource:
             raise DataFormatError(f"{self.source}: no candidate molecules found (empty input)")
 
     def describe(self) -> dict:
-        """Identity of the input for the run manifest (paths and sizes in bytes)."""
+        """Where the input is, for the run manifest (paths and sizes in bytes; not its identity)."""
         return {"source": self.source,
                 "files": [str(f) for f in self.files],
                 "bytes": [os.path.getsize(f) for f in self.files],
+                "smiles_column": self.smiles_column, "id_column": self.id_column}
+
+    def identity(self) -> dict:
+        """Identity of the input by content: the SHA-256 of every file and the columns read.
+
+        A resume compares it, so an input edited in place (even to the same size) is noticed;
+        the same bytes under another path or name are the same input.
+        """
+        return {"sha256": [file_sha256(f) for f in self.files],
                 "smiles_column": self.smiles_column, "id_column": self.id_column}
 
     def _records(self, path: Path) -> Iterator[tuple[str | None, str, str]]:
@@ -233,6 +243,15 @@ class CandidateSource:
         prefix = "qm9:" if self.source == "qm9" else ""
         for index, (name, smiles, error) in enumerate(records):
             yield Candidate(index, f"{prefix}{name}" if name else f"mol{index}", smiles, error)
+
+
+def file_sha256(path: str | Path, block: int = 1 << 20) -> str:
+    """SHA-256 (hex) of a file's bytes, read in blocks of ``block`` bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def chunked(candidates: Iterator[Candidate], size: int) -> Iterator[list[Candidate]]:
