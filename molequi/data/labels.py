@@ -88,7 +88,6 @@ def apply_label_keys(structures: list[Atoms], keys: LabelKeys | None) -> list[At
     leaves that label absent (so :func:`require_labels` names it). Default keys: unchanged."""
     if keys is None or keys.is_default():
         return structures
-    _require_given_keys(structures, keys)
     for atoms in structures:
         found = {
             "energy": _lookup(atoms, keys.energy, atoms.info),
@@ -107,18 +106,6 @@ def apply_label_keys(structures: list[Atoms], keys: LabelKeys | None) -> list[At
         if keys.forces != "forces" and "forces" in atoms.arrays:
             del atoms.arrays["forces"]
     return structures
-
-
-def _require_given_keys(structures: list[Atoms], keys: LabelKeys) -> None:
-    """A key the user named (not a default) that no structure carries is a mistake (a typo),
-    not an absent label: refuse it rather than silently dropping that label's metrics."""
-    from molequi.errors import DataFormatError
-
-    for name, key, table in (("energy", keys.energy, "info"), ("forces", keys.forces, "arrays")):  # stress: optional
-        if key == name or not structures:
-            continue
-        if all(_lookup(atoms, key, getattr(atoms, table)) is None for atoms in structures):
-            raise DataFormatError(f"no structure has the {name} key {key!r} (found {found_label_keys(structures[0])})")
 
 
 def found_label_keys(atoms: Atoms) -> str:
