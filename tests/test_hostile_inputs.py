@@ -646,3 +646,28 @@ def test_hostile_case(case: Case, pristine: Path, tmp_path: Path, capsys, monkey
 def test_corpus_covers_every_command_and_the_api() -> None:
     kinds = {c.id.split("-")[0] for c in CASES}
     assert kinds == {"train", "evaluate", "md", "screen", "api"} and len(CASES) >= 100, (kinds, len(CASES))
+
+
+def test_full_disk_is_one_line_and_leaves_no_partial_file(pristine, tmp_path, capsys, monkeypatch):
+    """A disk that fills up while a chunk is written: one error line, exit 2, no half-written chunk."""
+    import errno
+
+    import molequi.utils
+
+    folder = tmp_path / "case"
+    shutil.copytree(pristine, folder)
+    real_replace = os.replace
+
+    def full_disk(source, target, *args, **kwargs):
+        if str(target).endswith(".csv"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(target))
+        return real_replace(source, target, *args, **kwargs)
+
+    monkeypatch.setattr(molequi.utils.os, "replace", full_disk)
+    capsys.readouterr()
+    assert main(screen_run(folder, "--no-3d")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: No space left on device: ") and err.count("\n") == 1, err
+    monkeypatch.undo()
+    leftovers = [p.name for p in (folder / "out").rglob("*") if p.is_file() and p.suffix == ".csv" or ".tmp" in p.name]
+    assert leftovers == [], leftovers
