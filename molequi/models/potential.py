@@ -191,7 +191,8 @@ class MolequiPotential(nn.Module):
         radial = self.radial(lengths)
 
         features = self.embedding(one_hot)
-        raw_energy = one_hot.new_zeros(len(numbers), self.config.ensemble_heads)
+        # one_hot.shape[0], not len(numbers): a traced export (models/export.py) keeps the size symbolic
+        raw_energy = one_hot.new_zeros(one_hot.shape[0], self.config.ensemble_heads)
         for layer, readout in zip(self.layers, self.readouts):
             features = layer(features, one_hot, harmonics, radial, edge_index)
             raw_energy = raw_energy + readout(features)
