@@ -82,10 +82,14 @@ def test_calculator_md_and_committee_of_ensembles():
     pair.get_forces(atoms)
     members = np.concatenate([predict(m, atoms)["energy_members"] for m in (model, ensemble(3, seed=1))])
     assert pair.results["energy_std"] == pytest.approx(members.std(ddof=1))  # 6 members
+    together = predict([model, ensemble(3, seed=1)], atoms)  # predict takes a committee too
+    assert together["energy"] == pytest.approx(members.mean()) and together["energy_std"] == pytest.approx(members.std(ddof=1))
+    np.testing.assert_allclose(together["forces_std"], pair.results["forces_std"], atol=1e-10)
 
 
 def test_batched_member_gradients_match_the_loop(monkeypatch):
     model = ensemble(4)
+    monkeypatch.setattr(forces_module, "MEMBER_GRADIENTS", "loop")
     loop = predict(model, [ethanol(1), ethanol(2)])
     monkeypatch.setattr(forces_module, "MEMBER_GRADIENTS", "batched")
     try:
@@ -120,3 +124,13 @@ def test_training_an_ensemble_end_to_end(tmp_path, loss):
     assert model.model.config.ensemble_heads == 3
     out = predict(model, structures[0])
     assert out["energy_std"] > 0 and np.all(out["forces_std"] > 0)
+    if loss == "heads":  # evaluate takes one ensemble model like a committee
+        import json
+
+        from molequi.cli.main import main
+
+        assert main(["evaluate", str(tmp_path / "run" / "model.molequi"), str(tmp_path / "train.extxyz"),
+                     "--out", str(tmp_path / "m.json")]) == 0
+        metrics = json.loads((tmp_path / "m.json").read_text())
+        assert metrics["n_members"] == 3 and "forces_std_spearman" in metrics and "miscalibration_area" in metrics
+        assert "forces_mae_meV_per_A" in metrics

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 pytest.importorskip("rdkit")
 
@@ -236,11 +237,15 @@ def test_cli_with_injected_scorer_factory(tmp_path, capsys):
                    "--multi", "pareto", "--kappa", "1", "--alerts", "pains", "--top", "2",
                    "--out", str(tmp_path / "cli"), "--no-progress", "--no-plots", "--diverse"])
     assert run_screen(args, scorer_factory=factory) == 0
-    assert seen == {"paths": ["m1.pt"], "device": "cpu"}
+    assert seen == {"paths": ["m1.pt"], "device": "cuda" if torch.cuda.is_available() else "cpu"}  # --device auto
     rows = _rows(tmp_path / "cli" / "scored.csv")
     assert "pareto_rank" in rows[0] and sum(r["selected"] == "true" for r in rows) == 2
     assert "screened 12 molecules" in capsys.readouterr().out
-    assert run_screen(_parse([str(DRUGS), "--objective", "gap:bogus", "--out", str(tmp_path / "e")])) == 2
+    from molequi.cli.main import main
+
+    assert main(["screen", str(DRUGS), "--objective", "gap:bogus", "--out", str(tmp_path / "e")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: bad objective") and err.count("\n") == 1
 
 
 def test_cli_all_values_fills_slow_columns_of_rule_rejected_molecules(tmp_path):

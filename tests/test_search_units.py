@@ -298,3 +298,19 @@ def test_histograms_label_axes_and_say_what_they_cover():
     assert shown["gap (mean), eV"] == "n = 2 of 4 (scored)"
     assert "gap (committee std), eV" not in shown  # all zero: a note, not a histogram
     assert all(axis.get_ylabel().startswith("molecules") for axis in figure.axes if axis.get_visible())
+
+
+def test_csv_unbalanced_quote_spoils_only_its_own_line(tmp_path):
+    """A stray quote used to merge every following record into one invalid field."""
+    path = tmp_path / "quote.csv"
+    path.write_text('id,smiles\na,CCO\nb,"CCN\nc,CCC\nd,c1ccccc1\n')
+    records = list(CandidateSource(str(path)))
+    assert [r.smiles for r in records] == ["CCO", "", "CCC", "c1ccccc1"]
+    assert [r.id for r in records] == ["a", "line3", "c", "d"]
+    assert records[1].error == "unreadable_line:3:unbalanced quote" and not records[0].error
+    from molequi.search.stage import process_chunk
+    from molequi.search.config import StageConfig
+
+    rows = process_chunk(records, StageConfig(embed_3d=False, sa_max=None, alerts=()))
+    assert [r["status"] for r in rows] == ["pass", "fail", "pass", "pass"]
+    assert rows[1]["failed_stage"] == "read" and rows[1]["reason"].startswith("unreadable_line:3")

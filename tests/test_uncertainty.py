@@ -24,6 +24,7 @@ from molequi.models.uncertainty import (
     miscalibration_area,
     reliability_bins,
     spread,
+    _trapezoid,
     uncertainty_metrics,
 )
 
@@ -69,7 +70,7 @@ def test_metrics_with_known_answers():
     # every |z| = 2: inside every interval wider than 2σ, outside the others
     expected = np.linspace(0, 1, 2001)
     observed = (2.0 <= __import__("scipy").stats.norm.ppf(0.5 + expected / 2)).astype(float)
-    assert metrics["miscalibration_area"] == pytest.approx(np.trapezoid(np.abs(observed - expected), expected), abs=0.01)
+    assert metrics["miscalibration_area"] == pytest.approx(_trapezoid(np.abs(observed - expected), expected), abs=0.01)
     # zero errors: observed fraction 1 everywhere -> area ∫(1 − p) dp = 0.5; huge errors -> ∫p dp = 0.5
     assert miscalibration_area(np.zeros(100), np.ones(100)) == pytest.approx(0.5, abs=0.01)
     assert miscalibration_area(np.full(100, 1e6), np.ones(100)) == pytest.approx(0.5, abs=0.01)
@@ -144,3 +145,36 @@ def test_evaluate_and_calibrate_a_committee(tmp_path, capsys):
     assert "forces_std_spearman" not in single and "miscalibration_area" not in single
     assert main(["calibrate", paths[0], str(data)]) == 2
     assert "two or more members" in capsys.readouterr().err
+
+
+def test_screening_scorer_uses_ensemble_heads_and_a_calibration(tmp_path):
+    """A one-file shallow ensemble scores like a committee; a calibration scales its stds and
+    its in_domain_std becomes the default out-of-domain threshold of a screen."""
+    import dataclasses
+
+    from test_ensemble_heads import ensemble
+
+    from molequi.search import build_config
+    from molequi.search.models import ModelScorer
+    from molequi.search.pipeline import _calibrated
+    from molequi.search.score import score_atoms, scorer_identity
+
+    model = ensemble(4, properties={"gap": "intensive", "mu": "dipole"})
+    molecules = [molecule(name) for name in ("CH3CH2OH", "CH3OH", "H2O")]
+    raw = ModelScorer([model])
+    assert raw.predict(molecules)["gap"].shape == (4, 3) and raw.properties == ["energy", "gap", "mu_norm"]
+    _, raw_std = score_atoms([raw], molecules)["gap"]
+    assert np.all(raw_std > 0)
+    info = {"outputs": {"gap": {"in_domain_std": 0.123}}}
+    path = Calibration({"gap": Fit("scale", 3.0), "mu": Fit("scale", 2.0)}, info).save(tmp_path / "cal.json")
+    calibrated = ModelScorer([model], calibration=path)
+    _, std = score_atoms([calibrated], molecules)["gap"]
+    np.testing.assert_allclose(std, 3.0 * raw_std)
+    _, mu_raw = score_atoms([raw], molecules)["mu_norm"]
+    np.testing.assert_allclose(score_atoms([calibrated], molecules)["mu_norm"][1], 2.0 * mu_raw)
+    assert calibrated.in_domain_std == {"gap": 0.123}
+    assert scorer_identity(calibrated)["calibration"]["gap"] == ["scale", 3.0, 1.0]
+    config = build_config(objective="gap:max")
+    assert _calibrated(config, [calibrated], None, 0.95).std_threshold == {"gap": 0.123}
+    given = dataclasses.replace(config, std_threshold=0.5)
+    assert _calibrated(given, [calibrated], None, 0.95).std_threshold == 0.5  # an explicit threshold wins

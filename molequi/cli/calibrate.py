@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from molequi.data import LabelKeys, read_structures
     from molequi.errors import ConfigError
-    from molequi.training.evaluate import resolve_device
+    from molequi.devices import resolve_device
     from molequi.training.uncertainty import committee_errors, fit_committee_calibration, load_committee
 
     if args.batch_size < 1:

@@ -38,12 +38,17 @@ def run(args: argparse.Namespace) -> int:
     from molequi.data import LabelKeys, read_structures
     from molequi.errors import ConfigError
     from molequi.models.uncertainty import as_calibration
-    from molequi.training.evaluate import evaluate_model, resolve_device
+    from molequi.devices import resolve_device
+    from molequi.training.evaluate import evaluate_model
     from molequi.training.trainer import write_json
-    from molequi.training.uncertainty import load_committee, member_count
+    from molequi.training.uncertainty import evaluate_committee, load_committee, member_count
+
+    from molequi.cli.main import check_output_file
 
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be ≥ 1, got {args.batch_size}")
+    for option, path in (("--out", args.out), ("--plot", args.plot)):
+        check_output_file(path, option)
     device = resolve_device(args.device)
     models = load_committee(args.model, device=device)
     calibration = as_calibration(args.calibration)
@@ -55,32 +60,9 @@ def run(args: argparse.Namespace) -> int:
         metrics = evaluate_model(models[0], structures, batch_size=args.batch_size, device=device, plot=args.plot,
                                  source=str(args.data))
     else:
-        metrics = evaluate_committee(models, structures, args, calibration)
+        metrics = evaluate_committee(models, structures, args.batch_size, calibration, args.plot, str(args.data))
     metrics = {"model": str(args.model), "data": str(args.data), **metrics}
     if args.out:
         write_json(metrics, args.out)
     print(json.dumps(metrics, indent=2))
     return 0
-
-
-def evaluate_committee(models, structures, args, calibration) -> dict:
-    """Errors of the members' mean and the uncertainty metrics; with --plot, parity panels and
-    reliability diagrams side by side."""
-    from molequi.training.evaluate import evaluate_model
-    from molequi.training.plots import data_title, parity_plot
-    from molequi.training.uncertainty import (committee_errors, error_metrics, parity_panels, reliability_panels,
-                                              uncertainty_report)
-
-    source = str(args.data)
-    errors = committee_errors(models, structures, args.batch_size, source)
-    if len(models) == 1:  # one shallow ensemble: its usual metrics (its outputs are the heads' mean)
-        metrics = evaluate_model(models[0], structures, batch_size=args.batch_size, device=models[0].device, source=source)
-    else:
-        metrics = error_metrics(errors)
-        metrics.update(n_structures=len(structures), n_atoms=int(sum(len(a) for a in structures)))
-    metrics["n_members"] = sum(m.model.config.ensemble_heads for m in models)
-    metrics.update(uncertainty_report(errors, calibration))
-    if args.plot:
-        panels = parity_panels(errors) + reliability_panels(errors, calibration)
-        parity_plot(panels, args.plot, title=data_title(source, len(structures)))
-    return metrics

@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from molequi.models import load_model
     from molequi.models.export import export_model
-    from molequi.training.evaluate import resolve_device
+    from molequi.devices import resolve_device
 
     device = resolve_device(args.device)
     model = load_model(args.model, device=device)

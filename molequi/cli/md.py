@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     paths = [p for p in args.model.split(",") if p]
-    from molequi.training.evaluate import resolve_device
+    from molequi.devices import resolve_device
 
     device = resolve_device(args.device)
     potential = Potential(load_models(paths, device=device, dtype=args.dtype), calibration=args.calibration)

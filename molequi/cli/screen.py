@@ -37,8 +37,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from molequi.search.cli import run_screen
     from molequi.search.models import load_scorers
-    from molequi.training.evaluate import resolve_device
-
-    args.device = str(resolve_device(args.device))
 
     return run_screen(args, scorer_factory=load_scorers)

@@ -12,6 +12,7 @@ from molequi.models import load_model, predict
 from molequi.models.heads import head
 from molequi.models.uncertainty import Calibration, as_calibration, members_of
 from molequi.nn.forces import ForceOutput
+from molequi.errors import ConfigError
 
 
 class ModelScorer:
@@ -24,10 +25,10 @@ class ModelScorer:
     def __init__(self, models: Sequence[ForceOutput], name: str = "molequi", batch_size: int = 64,
                  calibration: Calibration | str | Path | None = None) -> None:
         if not models:
-            raise ValueError("a ModelScorer needs at least one model")
+            raise ConfigError("a ModelScorer needs at least one model")
         configs = [m.model.config for m in models]
         if any(c.species != configs[0].species or c.properties != configs[0].properties for c in configs):
-            raise ValueError("committee members must share species and property heads")
+            raise ConfigError("committee members must share species and property heads")
         self.models = list(models)
         self.name = name
         self.batch_size = batch_size

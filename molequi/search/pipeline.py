@@ -20,6 +20,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from molequi.errors import ConfigError
+
 from .config import ScreenConfig, StageConfig, stable_hash
 from .conformers import mol_to_atoms, molblock_to_mol
 from .filters import FILTER_COLUMNS
@@ -50,7 +52,7 @@ def build_config(**settings) -> ScreenConfig:
     """``ScreenConfig`` from flat keyword settings (stage and run settings mixed)."""
     unknown = set(settings) - _STAGE_FIELDS - _SCREEN_FIELDS
     if unknown:
-        raise TypeError(f"unknown screen setting(s): {sorted(unknown)}")
+        raise ConfigError(f"unknown screen setting(s): {sorted(unknown)}")
     stage = StageConfig(**{k: v for k, v in settings.items() if k in _STAGE_FIELDS})
     return ScreenConfig(stage=stage, **{k: v for k, v in settings.items() if k in _SCREEN_FIELDS})
 
@@ -68,7 +70,7 @@ def _check_objectives(cfg: ScreenConfig, properties: list[str]) -> None:
     known = set(properties) | set(NUMERIC_COLUMNS)
     for obj in cfg.objectives():
         if obj.name not in known:
-            raise ValueError(f"objective {obj} refers to unknown column {obj.name!r}; "
+            raise ConfigError(f"objective {obj} refers to unknown column {obj.name!r}; "
                              f"use a predicted property {properties} or one of {sorted(NUMERIC_COLUMNS)}")
 
 
@@ -104,7 +106,7 @@ def _thresholds(cfg: ScreenConfig, properties: list[str]) -> dict[str, float]:
     if isinstance(t, dict):
         unknown = set(t) - set(properties)
         if unknown:
-            raise ValueError(f"std_threshold given for unknown properties {sorted(unknown)}")
+            raise ConfigError(f"std_threshold given for unknown properties {sorted(unknown)}")
         return {k: float(v) for k, v in t.items()}
     return {p: float(t) for p in properties}
 
@@ -164,7 +166,7 @@ def _stage_counts(rows_failed_at: dict[str, int], n_read: int, n_selected: int, 
     molecule has a std (a single model has no estimate: no in-domain count at all)."""
     left = n_read
     counts = {"read": n_read}
-    for stage, failed in (("standardized", ("standardize", "error")), ("unique", ("duplicate",)),
+    for stage, failed in (("standardized", ("read", "standardize", "error")), ("unique", ("duplicate",)),
                           ("filters", ("filters",)), ("3d", ("3d",)), ("scored", ("score",))):
         left -= sum(rows_failed_at.get(s, 0) for s in failed)
         if (stage == "3d" and not embed) or (stage == "scored" and not scored):
@@ -315,15 +317,15 @@ def screen(candidates: str | Path | CandidateSource, scorers: Sequence[Scorer] =
     if config is None:
         if objective is None:
             if scorers:
-                raise ValueError(f"give an objective for the predicted properties {properties}, "
+                raise ConfigError(f"give an objective for the predicted properties {properties}, "
                                  f"e.g. '{properties[0]}:max'")
             objective = "qed:max"
         config = build_config(objective=objective, sa_max=sa_max, alerts=tuple(alerts), top=top,
                               workers=workers, scheduler=scheduler, **settings)
     elif settings:
-        raise TypeError("pass either config=... or individual settings, not both")
+        raise ConfigError("pass either config=... or individual settings, not both")
     if scorers and not config.stage.embed_3d:
-        raise ValueError("scorers need 3D structures: embed_3d must be on (drop --no-3d)")
+        raise ConfigError("scorers need 3D structures: embed_3d must be on (drop --no-3d)")
     _check_objectives(config, properties)
     config = _calibrated(_with_model_elements(config, scorers), scorers, validation_atoms, std_quantile)
     _thresholds(config, properties)  # validate property names early

@@ -11,6 +11,7 @@ from typing import Iterable, Protocol, Sequence, runtime_checkable
 
 import ase
 import numpy as np
+from molequi.errors import ConfigError
 
 
 @runtime_checkable
@@ -68,10 +69,10 @@ def check_scorers(scorers: Sequence[Scorer]) -> list[str]:
     names: list[str] = []
     for scorer in scorers:
         if not isinstance(scorer, Scorer):
-            raise TypeError(f"{scorer!r} is not a Scorer (needs species, properties, predict)")
+            raise ConfigError(f"{scorer!r} is not a Scorer (needs species, properties, predict)")
         for prop in scorer.properties:
             if prop in names:
-                raise ValueError(f"property {prop!r} is predicted by two scorers; rename one")
+                raise ConfigError(f"property {prop!r} is predicted by two scorers; rename one")
             names.append(prop)
     return names
 
@@ -90,12 +91,12 @@ def _members(scorer: Scorer, atoms: list[ase.Atoms]) -> dict[str, np.ndarray]:
     checked = {}
     for prop in scorer.properties:
         if prop not in out:
-            raise ValueError(f"scorer {scorer_identity(scorer)['name']} did not return {prop!r}")
+            raise ConfigError(f"scorer {scorer_identity(scorer)['name']} did not return {prop!r}")
         values = np.asarray(out[prop], dtype=np.float64)
         if values.ndim == 1:
             values = values[None, :]  # a single model may return [n_molecules]
         if values.ndim != 2 or values.shape[1] != len(atoms):
-            raise ValueError(f"scorer output {prop!r} has shape {values.shape}, "
+            raise ConfigError(f"scorer output {prop!r} has shape {values.shape}, "
                              f"expected [n_members, {len(atoms)}]")
         checked[prop] = values
     return checked
@@ -146,8 +147,8 @@ def calibrate_std_threshold(scorer: Scorer, atoms_list: list[ase.Atoms],
     The threshold is in the unit of each property (e.g. eV).
     """
     if not 0.0 < quantile <= 1.0:
-        raise ValueError(f"quantile must be in (0, 1], got {quantile}")
+        raise ConfigError(f"quantile must be in (0, 1], got {quantile}")
     if not atoms_list:
-        raise ValueError("calibration needs at least one validation molecule")
+        raise ConfigError("calibration needs at least one validation molecule")
     scores = score_atoms([scorer], list(atoms_list), batch_size)
     return {prop: float(np.quantile(std, quantile)) for prop, (_, std) in scores.items()}

@@ -197,6 +197,43 @@ def reliability_panels(errors: dict[str, OutputErrors], calibration: Calibration
     return panels
 
 
+def evaluate_committee(
+    models: Sequence[ForceOutput],
+    structures: Sequence[Atoms],
+    batch_size: int = 32,
+    calibration: Calibration | str | Path | None = None,
+    plot: str | Path | None = None,
+    source: str = "structures",
+) -> dict[str, Any]:
+    """Errors of a committee's (or one shallow ensemble's) mean and the metrics of its spread.
+
+    Returns the error metrics of :func:`~molequi.training.evaluate.evaluate_model` (for a
+    committee, of the members' mean), ``n_members``, and per output ``<output>_std_spearman``,
+    ``<output>_rmse_over_std``, ``<output>_miscalibration_area``, ``<output>_nll`` (see
+    :func:`uncertainty_report`), with stds calibrated by ``calibration`` (a
+    :class:`Calibration` or the JSON of ``molequi calibrate``). ``plot``: a PNG with the
+    parity panels and a reliability diagram per output.
+    """
+    from molequi.models.uncertainty import as_calibration
+    from molequi.training.evaluate import evaluate_model
+    from molequi.training.plots import data_title, parity_plot
+
+    models, structures = list(models), list(structures)
+    calibration = as_calibration(calibration)
+    errors = committee_errors(models, structures, batch_size, source)
+    if len(models) == 1:  # one shallow ensemble: its usual metrics (its outputs are the heads' mean)
+        metrics = evaluate_model(models[0], structures, batch_size=batch_size, device=models[0].device, source=source)
+    else:
+        metrics = error_metrics(errors)
+        metrics.update(n_structures=len(structures), n_atoms=int(sum(len(a) for a in structures)))
+    metrics["n_members"] = member_count(models)
+    metrics.update(uncertainty_report(errors, calibration))
+    if plot:
+        panels = parity_panels(errors) + reliability_panels(errors, calibration)
+        parity_plot(panels, plot, title=data_title(source, len(structures)))
+    return metrics
+
+
 def load_committee(spec: str | Sequence[str | Path], device: str | torch.device = "cpu") -> list[ForceOutput]:
     """Models from ``"a.molequi,b.molequi"`` or a list of paths; members must share species and heads."""
     from molequi.models import load_model
