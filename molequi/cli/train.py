@@ -36,6 +36,8 @@ OVERRIDES = {
     "--num-layers": ("model.num_layers", int, "message-passing layers"),
     "--correlation": ("model.correlation", int, "body order of the node-feature product (1-4)"),
     "--cutoff": ("model.cutoff", float, "neighbor cutoff radius, Å"),
+    "--baseline": ("model.baseline", str, "Δ-learning: learn the labels minus this physical model, added back wherever "
+                   "the model runs: 'xtb' = GFN2-xTB through tblite (molecules; labels cached in DIR/baseline_cache)"),
 }
 
 METAVARS = {"--energy-key": "KEY", "--forces-key": "KEY", "--stress-key": "KEY", "--e0s": "fit|average|FILE.json", "--l-max": "L", "--lr": "LR", "--validation": "N_OR_FRACTION", "--max-epochs": "N", "--max-minutes": "MINUTES"}

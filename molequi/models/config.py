@@ -35,6 +35,10 @@ class ModelConfig:
         ensemble_heads: readouts per output on the one shared body (a shallow ensemble). With
             K ≥ 2 every output is the mean of K heads and comes with their spread (an
             uncertainty from one model); 1 is a plain model.
+        baseline: a physical model the network corrects (Δ-learning), or None: ``"xtb"``
+            (GFN2-xTB through tblite). The network is trained on ``label − baseline`` and a
+            loaded model adds the baseline back (energies eV, forces eV/Å), so tblite is needed
+            wherever such a model runs. Molecules in open space only.
         avg_num_neighbors: mean neighbor count (from the training data); normalises messages.
         e0s: atomic number (as str, for JSON) -> reference energy, eV.
         energy_shift: per-atom energy shift, eV.
@@ -61,6 +65,7 @@ class ModelConfig:
     trainable_radial: bool = False
     ensemble_heads: int = 1
     properties: dict[str, str] = field(default_factory=dict)
+    baseline: str | None = None
     avg_num_neighbors: float = 1.0
     e0s: dict[str, float] = field(default_factory=dict)
     energy_shift: float = 0.0
@@ -89,6 +94,9 @@ class ModelConfig:
             if not ok:
                 raise ConfigError(message)
         self.ensemble_heads = int(self.ensemble_heads)
+        from molequi.models.baseline import check_baseline
+
+        check_baseline(self.baseline)
         for name, kind in self.properties.items():
             if kind not in HEADS:
                 raise ConfigError(f"property '{name}' has kind '{kind}'; choose one of {sorted(HEADS)}")
