@@ -122,7 +122,9 @@ def markdown(results: list[dict], machine: dict, args: argparse.Namespace) -> st
         f"Command: `{args.command}`",
         "Direct: trained on the DFT labels. Δ: `--baseline xtb`, trained on DFT − GFN2-xTB, GFN2-xTB added back "
         "at run time. E: MAE of the total energy, meV; F: MAE per component, meV/Å; MD: velocity-Verlet steps/s of "
-        "one molecule through the ASE calculator (xTB included for Δ).",
+        "one molecule through the ASE calculator (xTB included for Δ); CPU s: the whole `molequi train` process "
+        "(for Δ including the xTB labels of the training and test structures, and testing for both). Plot: "
+        "`runs/bench_delta/delta_curve.png`.",
         "",
         "| molecule | N train | direct F | Δ F | direct E | Δ E | direct MD steps/s | Δ MD steps/s | epochs (direct/Δ) | CPU s (direct/Δ) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -180,8 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench_delta")
     parser.add_argument("--readme", action="store_true", help="write the table into README.md (block 'delta')")
+    parser.add_argument("--render", action="store_true", help="only rewrite the table, plot and README from OUT's JSON")
     args = parser.parse_args(argv)
-    args.command = shlex.join(["python", "scripts/bench_delta.py", *(sys.argv[1:] if argv is None else argv)])
+    args.command = shlex.join(["python", "scripts/bench_delta.py", *(sys.argv[1:] if argv is None else argv)]).replace(" --readme", "")
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     from molequi.utils import machine_info
@@ -190,16 +193,21 @@ def main(argv: list[str] | None = None) -> int:
     path = args.out / "delta_results.json"
     previous = json.loads(path.read_text())["results"] if path.is_file() else []
     results = [r for r in previous]
+    if args.render:  # the table of the runs already made (same flags as the run, plus --render)
+        args.command = json.loads(path.read_text()).get("command") or args.command.replace(" --render", "")
+        args.molecules = []
     for molecule in args.molecules:
         for n in args.sizes:
             for mode in args.modes:
                 result = run_one(molecule, n, mode, args)
                 print(json.dumps(result), flush=True)
                 results = [r for r in results if (r["molecule"], r["n_train"], r["mode"]) != (molecule, n, mode)] + [result]
-                path.write_text(json.dumps({"machine": machine, "results": results}, indent=2) + "\n")
+                path.write_text(json.dumps({"machine": machine, "command": args.command, "results": results}, indent=2) + "\n")
                 (args.out / "delta_results.md").write_text(markdown(results, machine, args))
                 plot(results, args.out / "delta_curve.png")
     text = markdown(results, machine, args)
+    (args.out / "delta_results.md").write_text(text)
+    plot(results, args.out / "delta_curve.png")
     print(text)
     if args.readme:
         from readme_section import update_readme_section
