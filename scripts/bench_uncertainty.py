@@ -1,15 +1,15 @@
 #!/usr/bin/env python
 """Uncertainty benchmark (CPU): are committee error bars right, and does active learning pay?
 
-(a) Calibration. For each molecule, a committee of 4 potentials is trained on GFN2-xTB labels of
-    rMD17 geometries (DFT MD at 500 K, relabelled with xTB), and tested on frames of GFN2-xTB
-    Langevin MD at 300, 600 and 1000 K. Per temperature, before and after calibration:
-    ``spearman`` (per-atom force spread vs the per-atom RMS force error), ``rmse_over_std``
-    (RMSE of the force components ÷ RMS of the predicted per-atom spread) and
-    ``miscalibration_area`` (mean |observed − expected| fraction of force components inside
-    the central Gaussian intervals of 100 confidence levels). Calibration: one scale factor on
-    the spread, fitted so that ``rmse_over_std`` = 1 on 100 held-out rMD17 geometries (the
-    training distribution; the MD test frames are never used for it).
+(a) Calibration. For each molecule, a committee of 4 potentials and one shallow ensemble of 4
+    heads (``--ensemble-heads 4``) are trained on GFN2-xTB labels of rMD17 geometries (DFT MD at
+    500 K, relabelled with xTB) and tested on frames of GFN2-xTB Langevin MD at 300, 600 and
+    1000 K. Per temperature, before and after calibration, the metrics of ``molequi evaluate``:
+    ``forces_std_spearman`` (per structure: mean |force error| vs mean predicted std),
+    ``forces_rmse_over_std`` (RMSE of the force components ÷ RMS predicted std) and
+    ``miscalibration_area``. The calibration is ``molequi calibrate``'s (scale or power law, chosen
+    by held-out NLL), fitted on 100 held-out rMD17 geometries (the training distribution; the MD
+    test frames are never used for it).
 (b) Active learning vs random selection: ``molequi learn`` from one unlabelled geometry (labelled
     with 4 perturbed copies), committee MD at 300, 600 and 1000 K, and the same loop with frames
     drawn at random from its own MD; force MAE on the 1000 K frames against the number of labels.
@@ -43,7 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "datasets"))  # the xTB recipe's helpers (datasets/xtb_md.py)
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "rmd17"
 TEMPERATURES = (300.0, 600.0, 1000.0)
-KCAL = 0.0433641153087705  # kcal/mol in eV (only to read rMD17 geometries; labels are xTB's)
+REUSED: list[str] = []  # models and loops of an earlier run in --out that this run reused
 
 PROFILES = {
     # quick: a smoke run (~10 min); full: what fits in ~40 min of 2 shared cores. Committee members
@@ -137,77 +137,69 @@ def molecule_data(molecule: str, profile: dict, args, log) -> dict[str, Path]:
     return files
 
 
-# --- metrics ----------------------------------------------------------------------------------
-
-
-def uncertainty_metrics(errors: np.ndarray, stds: np.ndarray) -> dict[str, float]:
-    """Metrics of per-atom force spreads against force errors.
-
-    Args:
-        errors: [n_atoms, 3] predicted − reference force components, eV/Å.
-        stds: [n_atoms] predicted per-atom spread (sqrt of the mean over x, y, z of the variance), eV/Å.
-    """
-    from scipy.stats import norm, spearmanr
-
-    atom_error = np.sqrt((errors**2).mean(-1))
-    rmse = float(np.sqrt((errors**2).mean()))
-    rms_std = float(np.sqrt((stds**2).mean()))
-    z = np.abs(errors / np.maximum(stds, 1e-12)[:, None]).ravel()
-    expected = np.linspace(0.01, 0.99, 99)
-    observed = np.array([(z <= norm.ppf(0.5 + p / 2)).mean() for p in expected])
-    return {
-        "spearman": float(spearmanr(stds, atom_error).statistic),
-        "rmse_over_std": rmse / rms_std,
-        "miscalibration_area": float(np.abs(observed - expected).mean()),
-        "forces_rmse_meV_per_A": 1000.0 * rmse,
-        "forces_mae_meV_per_A": 1000.0 * float(np.abs(errors).mean()),
-        "rms_std_meV_per_A": 1000.0 * rms_std,
-    }
-
-
-def committee_arrays(models, structures):
-    from molequi.data.graph import structure_labels
-    from molequi.training.learn import predict_committee
-
-    prediction = predict_committee(models, structures)
-    errors = np.concatenate([prediction.forces[k] - structure_labels(a)[1] for k, a in enumerate(structures)])
-    stds = np.concatenate(prediction.forces_std)
-    return errors, stds
-
-
 # --- (a) calibration --------------------------------------------------------------------------
 
 
-def train_committee(molecule: str, files, profile, args, log) -> list[Path]:
+def forces_metrics(errors, calibration=None) -> dict[str, float]:
+    """``molequi evaluate``'s force uncertainty metrics (see :mod:`molequi.training.uncertainty`:
+    Spearman per structure of mean |error| and mean std, RMSE ÷ RMS std and the miscalibration
+    area per force component) and the force errors of the members' mean."""
+    from molequi.training.uncertainty import error_metrics, uncertainty_report
+
+    report = uncertainty_report({"forces": errors}, calibration)
+    return {
+        "spearman": report["forces_std_spearman"],
+        "rmse_over_std": report["forces_rmse_over_std"],
+        "miscalibration_area": report["forces_miscalibration_area"],
+        "nll": report.get("forces_nll"),
+        **error_metrics({"forces": errors}),
+    }
+
+
+def train_members(molecule: str, kind: str, files, profile, args, log) -> list[Path]:
+    """A committee of ``members`` models, or (kind ``ensemble``) one shallow ensemble of as many heads."""
     from molequi.training import load_config, train
 
+    count = profile["members"] if kind == "committee" else 1
+    heads = {"model.ensemble_heads": profile["members"]} if kind == "ensemble" else {}
     models = []
-    for m in range(profile["members"]):
-        out = args.out / "committee" / molecule / f"member_{m}"
+    for m in range(count):
+        out = args.out / kind / molecule / f"member_{m}"
         model = out / "model.molequi"
-        if not model.exists():
+        if model.exists():
+            REUSED.append(str(model.relative_to(args.out)))
+        else:
             if out.exists():
                 shutil.rmtree(out)  # a member this script left unfinished
-            config = load_config(None, {**MODEL, "max_epochs": profile["epochs"], "seed": m, "validation": 0.1,
+            config = load_config(None, {**MODEL, **heads, "max_epochs": profile["epochs"], "seed": m, "validation": 0.1,
                                         "max_minutes": profile["member_minutes"], "device": "cpu", "progress": False})
             started = time.monotonic()
             result = train(config, str(files["train"]), out, log=lambda message: None)
-            log(f"{molecule}: member {m} trained ({result.epochs} epochs, {time.monotonic() - started:.0f} s, "
+            log(f"{molecule}: {kind} member {m} trained ({result.epochs} epochs, {time.monotonic() - started:.0f} s, "
                 f"validation F MAE {result.validation_metrics.get('forces_mae_meV_per_A', math.nan):.1f} meV/Å)")
         models.append(model)
     return models
 
 
-def calibration_table(molecule: str, models, files) -> dict:
+def calibration_table(models, files, kind: str) -> dict:
+    """Metrics per temperature before and after ``molequi calibrate``'s fit (scale or power law,
+    chosen by held-out NLL) on the calibration geometries."""
     from ase.io import read
 
-    errors, stds = committee_arrays(models, read(files["calibration"], ":"))
-    scale = float(np.sqrt((errors**2).mean() / (stds**2).mean()))  # rmse_over_std = 1 on the calibration set
+    from molequi.models import load_model
+    from molequi.training.uncertainty import committee_errors, fit_committee_calibration
+
+    loaded = [load_model(path) for path in models]
+    calibration_errors = committee_errors(loaded, read(files["calibration"], ":"))["forces"]
+    calibration = fit_committee_calibration({"forces": calibration_errors})
+    fit = calibration.fits["forces"]
     rows = {}
     for t in TEMPERATURES:
-        e, s = committee_arrays(models, read(files[f"md_{t:g}K"], ":"))
-        rows[f"{t:g}K"] = {"before": uncertainty_metrics(e, s), "after": uncertainty_metrics(e, scale * s)}
-    return {"kind": f"committee of {len(models)}", "scale": scale, "temperatures": rows}
+        errors = committee_errors(loaded, read(files[f"md_{t:g}K"], ":"))["forces"]
+        rows[f"{t:g}K"] = {"before": forces_metrics(errors), "after": forces_metrics(errors, calibration)}
+    heads = loaded[0].model.config.ensemble_heads
+    name = f"committee of {len(models)}" if kind == "committee" else f"shallow ensemble of {heads} heads"
+    return {"kind": name, "calibration": {"form": fit.form, "a": fit.a, "b": fit.b}, "temperatures": rows}
 
 
 # --- (b) active learning vs random ------------------------------------------------------------
@@ -222,6 +214,8 @@ def learning_comparison(molecule: str, files, profile, args, log) -> dict:
                                 "batch_size": 4, "seed": 0})
     curves = {}
     for selection in ("uncertain", "random"):
+        if (args.out / "learn" / molecule / selection / f"round_{profile['rounds']:03d}" / "round.json").exists():
+            REUSED.append(f"learn/{molecule}/{selection}")
         settings = LearnSettings(
             rounds=profile["rounds"], per_round=profile["per_round"], temperatures=list(TEMPERATURES),
             md_steps=profile["md_steps"], committee=profile["learn_members"], replicas=2, sample_every=10,
@@ -246,10 +240,17 @@ def learning_comparison(molecule: str, files, profile, args, log) -> dict:
 # --- report -----------------------------------------------------------------------------------
 
 
+def _calibration_results(report: dict):
+    for key, result in report["calibration"].items():
+        molecule, _, kind = key.partition("/")
+        yield (molecule, kind), result
+
+
 def targets(report: dict) -> list[tuple[str, bool]]:
     checks = []
-    for molecule, result in report["calibration"].items():
+    for (molecule, kind), result in _calibration_results(report):
         rows = result["temperatures"]
+        molecule = f"{molecule} {kind}"
         after300, after1000 = rows["300K"]["after"], rows["1000K"]["after"]
         checks.append((f"{molecule}: RMSE÷std after calibration in 0.8–1.25 at 300 K ({after300['rmse_over_std']:.2f})",
                        0.8 <= after300["rmse_over_std"] <= 1.25))
@@ -274,19 +275,25 @@ def markdown(report: dict) -> str:
         f"Measured with `{report['command']}` on {m['cpu']} ({m['cpu_count']} cores shared with other jobs, "
         f"load {report['load_before']:.1f} before / {report['load_after']:.1f} after; {report['wall_s'] / 60:.1f} min wall, "
         f"{report['cpu_s'] / 60:.1f} min CPU; torch {m['torch']}, commit {str(m.get('git_commit', ''))[:10]}). "
-        f"Profile `{report['profile']}`: {json.dumps(report['settings'])}; models {json.dumps(MODEL)}.",
+        f"Profile `{report['profile']}`: {json.dumps(report['settings'])}; models {json.dumps(MODEL)}."
+        + (f" Reused from an earlier run in the same --out (its wall and CPU times are not in the figures above): "
+           f"{', '.join(report['reused'])}." if report.get("reused") else ""),
         "",
-        "| molecule | uncertainty | T | Spearman | RMSE÷std before | RMSE÷std after | miscal. area before | after | force RMSE (meV/Å) |",
+        "Spearman: per structure, mean |force error| vs mean predicted std (unchanged by calibration); RMSE÷std and "
+        "miscalibration area per force component; calibration fitted on held-out rMD17 geometries (xTB labels) by "
+        "`molequi.training.uncertainty.fit_committee_calibration`, as `molequi calibrate` does.",
+        "",
+        "| molecule | uncertainty (calibration) | T | Spearman | RMSE÷std before | RMSE÷std after | miscal. area before | after | force RMSE (meV/Å) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for molecule, result in report["calibration"].items():
+    for (molecule, _), result in _calibration_results(report):
+        fit = result["calibration"]
+        form = f"σ' = {fit['a']:.2f} σ" if fit["form"] == "scale" else f"σ' = {fit['a']:.2f} σ^{fit['b']:.2f}"
         for t, row in result["temperatures"].items():
             b, a = row["before"], row["after"]
-            lines.append(f"| {molecule} | {result['kind']} (scale {result['scale']:.2f}) | {t} | {a['spearman']:.2f} | "
+            lines.append(f"| {molecule} | {result['kind']} ({form}) | {t} | {a['spearman']:.2f} | "
                          f"{b['rmse_over_std']:.2f} | {a['rmse_over_std']:.2f} | {b['miscalibration_area']:.3f} | "
                          f"{a['miscalibration_area']:.3f} | {a['forces_rmse_meV_per_A']:.0f} |")
-    if report.get("ensemble_heads_note"):
-        lines += ["", report["ensemble_heads_note"]]
     for molecule, result in report["learning"].items():
         lines += ["", f"Active learning on {molecule} (force MAE on the 1000 K xTB MD frames, meV/Å):", "",
                   "| labels | loop (uncertain + diverse) | random from the same MD |", "|---|---|---|"]
@@ -305,13 +312,14 @@ def plot(report: dict, path: Path) -> None:
 
     figure, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     ax = axes[0]
-    width = 0.2
-    for k, (molecule, result) in enumerate(report["calibration"].items()):
-        xs = np.arange(len(TEMPERATURES)) + (k - 0.5) * 2 * width
+    width = 0.1
+    results = list(_calibration_results(report))
+    for k, ((molecule, kind), result) in enumerate(results):
+        xs = np.arange(len(TEMPERATURES)) + (k - (len(results) - 1) / 2) * 2 * width
         before = [row["before"]["rmse_over_std"] for row in result["temperatures"].values()]
         after = [row["after"]["rmse_over_std"] for row in result["temperatures"].values()]
-        ax.bar(xs - width / 2, before, width, label=f"{molecule} before", alpha=0.5)
-        ax.bar(xs + width / 2, after, width, label=f"{molecule} after")
+        ax.bar(xs - width / 2, before, width, label=f"{molecule} {kind} before", alpha=0.5)
+        ax.bar(xs + width / 2, after, width, label=f"{molecule} {kind} after")
     ax.axhspan(0.8, 1.25, color="green", alpha=0.1)
     ax.set_xticks(range(len(TEMPERATURES)), [f"{t:g} K" for t in TEMPERATURES])
     ax.set_ylabel("force RMSE ÷ predicted std")
@@ -364,19 +372,12 @@ def main(argv=None) -> int:
     for molecule in dict.fromkeys(args.molecules + args.learn_molecules):
         files[molecule] = molecule_data(molecule, profile, args, log)
     for molecule in args.molecules:
-        models = train_committee(molecule, files[molecule], profile, args, log)
-        report["calibration"][molecule] = calibration_table(molecule, models, files[molecule])
-    try:
-        from molequi.models import config as model_config  # shallow ensembles, where this molequi has them
-
-        has_heads = "ensemble_heads" in {f for f in getattr(model_config.ModelConfig, "__dataclass_fields__", {})}
-    except ImportError:
-        has_heads = False
-    report["ensemble_heads_note"] = (
-        None if has_heads else "Shallow ensembles (`--ensemble-heads`): not measured (not in this molequi build)."
-    )
+        for kind in ("committee", "ensemble"):
+            models = train_members(molecule, kind, files[molecule], profile, args, log)
+            report["calibration"][f"{molecule}/{kind}"] = calibration_table(models, files[molecule], kind)
     for molecule in args.learn_molecules:
         report["learning"][molecule] = learning_comparison(molecule, files[molecule], profile, args, log)
+    report["reused"] = list(REUSED)
     report["wall_s"] = time.monotonic() - started
     report["cpu_s"] = cpu_seconds() - cpu_started
     report["load_after"] = os.getloadavg()[0]

@@ -17,7 +17,7 @@ if ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
     "${pip[@]}" "torch==${MOLEQUI_TORCH_VERSION:-2.13.0}"
 fi
 echo "[setup] installing molequi and its extras"
-"${pip[@]}" -e "$root[xtb,search,qm9,purchasable,test]"
+"${pip[@]}" -e "$root[xtb,search,qm9,purchasable,torchsim,test]"
 # molsets (the MOSES SMILES pools) pins ancient versions of its dependencies: install it alone.
 "${pip[@]}" --no-deps "molsets==0.3.1"
 echo "[setup] ready: $venv"

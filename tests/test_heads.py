@@ -4,7 +4,6 @@ written before the registry still load with the same predictions."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import ase.io

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import shutil
 import sys
@@ -109,6 +110,8 @@ def test_cli_bad_options_are_one_line_errors(tmp_path, capsys):
     assert "JSON object" in capsys.readouterr().err
     assert main(["learn", "--start", "CH3CH2OH", "--out", str(tmp_path / "c"), "--committee", "1"]) == 2
     assert "at least two" in capsys.readouterr().err
+    assert main(["learn", "--start", "CH3CH2OH", "--out", str(tmp_path / "c"), "--ensemble-heads", "1"]) == 2
+    assert "--ensemble-heads must be 0" in capsys.readouterr().err
     assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()
 
 
@@ -253,9 +256,46 @@ def test_rerun_with_other_inputs_is_refused(finished, test_file, tmp_path):
                  log=lambda m: None)
     assert (out / "rounds.csv").read_text() == (out_ref / "rounds.csv").read_text()
     assert json.loads((out / "learn.json").read_text())["settings"]["rounds"] == 2
+    # more rounds continue the finished run: its last round now labels, one more round trains
+    longer = LearnSettings(**{**SETTINGS, "rounds": 3})
+    result = run_learning(longer, ["CH3CH2OH"], out, config=_config(), test_data=[test_file], log=lambda m: None)
+    assert [row["n_labels"] for row in result.rows] == [4, 7, 10, 13]
+    assert [row["n_new"] for row in result.rows] == [3, 3, 3, 0]
+    assert _rows(out)[:2] == _rows(out_ref)[:2]
+    with pytest.raises(ConfigError, match="cannot shrink"):
+        run_learning(LearnSettings(**SETTINGS), ["CH3CH2OH"], out, config=_config(), test_data=[test_file],
+                     log=lambda m: None)
 
 
 def test_unrelated_directory_is_refused(tmp_path):
     (tmp_path / "something.txt").write_text("x")
     with pytest.raises(ConfigError, match="not a molequi learn run"):
         run_learning(LearnSettings(**SETTINGS), ["CH3CH2OH"], tmp_path, config=_config(), log=lambda m: None)
+
+
+@pytest.mark.slow
+def test_loop_with_one_shallow_ensemble(tmp_path, test_file):
+    from molequi.models import load_model
+
+    settings = LearnSettings(**{**SETTINGS, "rounds": 1, "committee": 1, "ensemble_heads": 3})
+    result = run_learning(settings, ["CH3CH2OH"], tmp_path / "run", config=_config(), test_data=[test_file],
+                          log=lambda m: None)
+    assert [row["n_labels"] for row in result.rows] == [4, 7]
+    assert all(row["max_std"] > 0 for row in result.rows)
+    assert len(result.models) == 1 and load_model(result.models[0]).model.config.ensemble_heads == 3
+
+
+def test_rerun_accepts_settings_added_since_at_their_defaults(tmp_path):
+    out = tmp_path / "run"
+    settings = LearnSettings(**SETTINGS)
+    identity = {"format": learn.FORMAT, "settings": {k: v for k, v in dataclasses.asdict(settings).items() if k != "selection"},
+                "training": {k: v for k, v in _config().to_dict().items() if k not in learn.IGNORED_TRAINING_KEYS},
+                "start_sha256": "x", "test_sha256": None}
+    identity["training"]["model"] = {k: v for k, v in identity["training"]["model"].items() if k != "ensemble_heads"}
+    out.mkdir()
+    (out / "learn.json").write_text(json.dumps(identity))
+    # the saved run predates 'selection' and 'model.ensemble_heads': only the start structures differ
+    with pytest.raises(ConfigError) as error:
+        run_learning(settings, ["CH3CH2OH"], out, config=_config(), log=lambda m: None)
+    assert "start structures" in str(error.value) and "selection" not in str(error.value)
+    assert "ensemble_heads" not in str(error.value)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 pytest.importorskip("rdkit")
 
@@ -50,6 +51,21 @@ class FakeScorer:
 def _rows(path: Path) -> list[dict[str, str]]:
     with open(path, newline="") as handle:
         return list(csv.DictReader(handle))
+
+
+def test_single_model_has_no_uncertainty_anywhere(tmp_path):
+    """One model: empty std columns in scored.csv and top.sdf, out_of_domain 'unknown', no
+    in-domain count, and report.html says that no uncertainty is available."""
+    result = screen(DRUGS, scorers=[FakeScorer(members=1)], objective="gap:max", top=3, out=tmp_path / "run",
+                    kappa=1.0, **FAST)
+    passed = [r for r in _rows(result.scored_csv) if r["status"] == "pass"]
+    assert passed and all(r["gap_std"] == "" and r["energy_std"] == "" for r in passed)
+    assert all(r["out_of_domain"] == "unknown" for r in passed)
+    assert "in_domain" not in result.stage_counts
+    sdf = result.top_sdf.read_text()
+    assert "<gap_mean>" in sdf and "<gap_std>" not in sdf and "unknown" in sdf
+    report = result.report_html.read_text()
+    assert "No uncertainty is available" in report and "±" not in report.split("Top hits")[1].split("Distributions")[0]
 
 
 def test_screen_end_to_end_with_committee(tmp_path):
@@ -221,11 +237,15 @@ def test_cli_with_injected_scorer_factory(tmp_path, capsys):
                    "--multi", "pareto", "--kappa", "1", "--alerts", "pains", "--top", "2",
                    "--out", str(tmp_path / "cli"), "--no-progress", "--no-plots", "--diverse"])
     assert run_screen(args, scorer_factory=factory) == 0
-    assert seen == {"paths": ["m1.pt"], "device": "cpu"}
+    assert seen == {"paths": ["m1.pt"], "device": "cuda" if torch.cuda.is_available() else "cpu"}  # --device auto
     rows = _rows(tmp_path / "cli" / "scored.csv")
     assert "pareto_rank" in rows[0] and sum(r["selected"] == "true" for r in rows) == 2
     assert "screened 12 molecules" in capsys.readouterr().out
-    assert run_screen(_parse([str(DRUGS), "--objective", "gap:bogus", "--out", str(tmp_path / "e")])) == 2
+    from molequi.cli.main import main
+
+    assert main(["screen", str(DRUGS), "--objective", "gap:bogus", "--out", str(tmp_path / "e")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: bad objective") and err.count("\n") == 1
 
 
 def test_cli_all_values_fills_slow_columns_of_rule_rejected_molecules(tmp_path):

@@ -257,10 +257,12 @@ def test_score_mean_std_and_calibration():
     mols = [embed_molecule(Chem.MolFromSmiles(s)).mol for s in ("CCO", "CCN", "CCCC", "OCCO")]
     atoms = [mol_to_atoms(m) for m in mols]
     single = score_atoms([Committee(1)], atoms, batch_size=3)
-    assert np.all(single["gap"][1] == 0.0)
+    assert np.all(np.isnan(single["gap"][1]))  # one model: no estimate, not a zero one
     mean, std = score_atoms([Committee(3)], atoms, batch_size=3)["gap"]
     assert mean == pytest.approx([7.4, 7.4, 7.2, 7.2])
     assert std[2] == 0.0 and std[3] > std[0] > 0  # std grows with heteroatoms
+    # unbiased: members 8-0.2h ∓ 0.1·hetero and the mean -> std = 0.1·hetero (ddof 1), not 0.0816·hetero
+    assert std[0] == pytest.approx(0.1) and std[3] == pytest.approx(0.2)
     threshold = calibrate_std_threshold(Committee(3), atoms, quantile=0.5)
     assert threshold["gap"] == pytest.approx(float(np.quantile(std, 0.5)))
 
@@ -296,3 +298,19 @@ def test_histograms_label_axes_and_say_what_they_cover():
     assert shown["gap (mean), eV"] == "n = 2 of 4 (scored)"
     assert "gap (committee std), eV" not in shown  # all zero: a note, not a histogram
     assert all(axis.get_ylabel().startswith("molecules") for axis in figure.axes if axis.get_visible())
+
+
+def test_csv_unbalanced_quote_spoils_only_its_own_line(tmp_path):
+    """A stray quote used to merge every following record into one invalid field."""
+    path = tmp_path / "quote.csv"
+    path.write_text('id,smiles\na,CCO\nb,"CCN\nc,CCC\nd,c1ccccc1\n')
+    records = list(CandidateSource(str(path)))
+    assert [r.smiles for r in records] == ["CCO", "", "CCC", "c1ccccc1"]
+    assert [r.id for r in records] == ["a", "line3", "c", "d"]
+    assert records[1].error == "unreadable_line:3:unbalanced quote" and not records[0].error
+    from molequi.search.stage import process_chunk
+    from molequi.search.config import StageConfig
+
+    rows = process_chunk(records, StageConfig(embed_3d=False, sa_max=None, alerts=()))
+    assert [r["status"] for r in rows] == ["pass", "fail", "pass", "pass"]
+    assert rows[1]["failed_stage"] == "read" and rows[1]["reason"].startswith("unreadable_line:3")

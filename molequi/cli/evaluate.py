@@ -7,15 +7,23 @@ import json
 
 HELP = (
     "Evaluate a model on labelled structures and print its errors as JSON: energy (meV) and force (meV/Å) "
-    "MAE/RMSE, and <property>_mae / <property>_rmse in the label's unit for each property head it was trained on."
+    "MAE/RMSE, and <property>_mae / <property>_rmse in the label's unit for each property head it was trained on. "
+    "A committee (comma-separated models) or a model with ensemble heads also gets uncertainty metrics: "
+    "forces_std_spearman, forces_rmse_over_std, miscalibration_area (and per output)."
 )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", metavar="MODEL", help="model file written by 'molequi train' (model.molequi)")
+    parser.add_argument("model", metavar="MODEL[,MODEL...]",
+                        help="model file written by 'molequi train' (model.molequi); several, comma-separated, "
+                             "form a committee (its mean is evaluated, its spread is the uncertainty)")
     parser.add_argument("data", metavar="DATA", help="labelled structures: extxyz, ASE .db, rMD17 .npz, or qm9[:SPLIT][?n=N&seed=S]")
     parser.add_argument("--plot", metavar="PNG", default=None,
-                        help="also write a parity plot (predicted vs reference, one panel per trained output)")
+                        help="also write a parity plot (predicted vs reference, one panel per trained output); "
+                             "a committee or ensemble adds a reliability diagram (binned RMSE vs binned std) per output")
+    parser.add_argument("--calibration", metavar="JSON", default=None,
+                        help="calibrate the committee/ensemble stds with this file from 'molequi calibrate' "
+                             "(the metrics then describe the calibrated stds)")
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
     parser.add_argument("--batch-size", type=int, default=32, help="structures per batch (memory only)")
     parser.add_argument("--energy-key", metavar="KEY", default="energy",
@@ -29,17 +37,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from molequi.data import LabelKeys, read_structures
     from molequi.errors import ConfigError
-    from molequi.models import load_model
-    from molequi.training.evaluate import evaluate_model, resolve_device
+    from molequi.models.uncertainty import as_calibration
+    from molequi.devices import resolve_device
+    from molequi.training.evaluate import evaluate_model
     from molequi.training.trainer import write_json
+    from molequi.training.uncertainty import evaluate_committee, load_committee, member_count
+
+    from molequi.cli.main import check_output_file
 
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be ≥ 1, got {args.batch_size}")
+    for option, path in (("--out", args.out), ("--plot", args.plot)):
+        check_output_file(path, option)
     device = resolve_device(args.device)
-    model = load_model(args.model, device=device)
+    models = load_committee(args.model, device=device)
+    calibration = as_calibration(args.calibration)
     structures = read_structures(args.data, keys=LabelKeys(args.energy_key, args.forces_key, args.stress_key))
-    metrics = evaluate_model(model, structures, batch_size=args.batch_size, device=device, plot=args.plot,
-                             source=str(args.data))
+    if member_count(models) < 2:
+        if calibration is not None:
+            raise ConfigError("--calibration needs a committee (comma-separated models) or a model with ensemble heads; "
+                              "one plain model has no std to calibrate")
+        metrics = evaluate_model(models[0], structures, batch_size=args.batch_size, device=device, plot=args.plot,
+                                 source=str(args.data))
+    else:
+        metrics = evaluate_committee(models, structures, args.batch_size, calibration, args.plot, str(args.data))
     metrics = {"model": str(args.model), "data": str(args.data), **metrics}
     if args.out:
         write_json(metrics, args.out)

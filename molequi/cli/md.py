@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine", choices=["batched", "ase"], default="batched",
                         help="batched: all systems at once on the device; ase: ASE integrators with the "
                              "MolequiCalculator, one system after another")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
     parser.add_argument("--dtype", choices=["float32", "float64"], default=None,
                         help="model precision (default: the precision the model was saved in); the integrator is float64")
     parser.add_argument("--out", default="md", help="output folder (CSV logs, extxyz trajectories, restart, energy.png)")
@@ -96,7 +96,10 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     paths = [p for p in args.model.split(",") if p]
-    potential = Potential(load_models(paths, device=args.device, dtype=args.dtype), calibration=args.calibration)
+    from molequi.devices import resolve_device
+
+    device = resolve_device(args.device)
+    potential = Potential(load_models(paths, device=device, dtype=args.dtype), calibration=args.calibration)
     systems = read_systems(args.structures, args.replicas)
     runner = run_batched if args.engine == "batched" else run_ase
     summary = runner(args, potential, systems)

@@ -3,8 +3,8 @@
 Why it is written here rather than taken from a library: ASE's integrators step one system at
 a time in Python with host-side arrays (fine for one molecule through
 :class:`~molequi.calculators.MolequiCalculator`, but thousands of replicas would mean thousands
-of model calls per step), and torch-sim, the batched alternative, needs Python ≥ 3.12 while
-molequi supports 3.11. The engine is small: a state dataclass, two integrators that read like
+of model calls per step), and torch-sim, the batched alternative, is an optional extra (its
+newest releases need Python ≥ 3.12; :mod:`molequi.calculators.torchsim` adapts molequi models to it). The engine is small: a state dataclass, two integrators that read like
 the algorithm, a device-side neighbor list with a skin, safety stops and exact restarts.
 
 Units: Å, fs, amu, eV, K (velocities Å/fs, friction 1/fs); see :mod:`molequi.md.state`.

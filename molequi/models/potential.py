@@ -180,7 +180,9 @@ class MolequiPotential(nn.Module):
         Returns:
             ``residual_energies`` [n_atoms] learned per-atom energies, eV (model dtype),
             ``reference_energies`` [n_atoms] ``E0[Z_i] + shift``, eV (float64), and one
-            [num_graphs, k] tensor per property head (a dipole in the dtype of ``pos``).
+            [num_graphs, k] tensor per property head (a dipole in the dtype of ``pos``). With
+            ``ensemble_heads`` K ≥ 2 these are means over the heads, and each head's values come
+            as ``residual_energies_members`` [n_atoms, K] and ``<property>_members`` [K, G, k].
         """
         dtype = self.dtype
         species = self.species_index[numbers]
@@ -191,10 +193,13 @@ class MolequiPotential(nn.Module):
         radial = self.radial(lengths)
 
         features = self.embedding(one_hot)
-        raw_energy = one_hot.new_zeros(len(numbers), self.config.ensemble_heads)
+        # summed from the first readout, not from zeros of len(numbers): a Python-int size would
+        # be frozen into a traced export (molequi.models.export) for one molecule size
+        raw_energy = None
         for layer, readout in zip(self.layers, self.readouts):
             features = layer(features, one_hot, harmonics, radial, edge_index)
-            raw_energy = raw_energy + readout(features)
+            term = readout(features)
+            raw_energy = term if raw_energy is None else raw_energy + term
         residual = self.config.energy_scale * raw_energy  # [n_atoms, K]
         outputs = {
             "residual_energies": residual.mean(-1),

@@ -35,7 +35,9 @@ def predict(
     the means over members and carry ``energy_std`` (eV), ``forces_std`` ([n_atoms] eV/Å, per
     atom sqrt of the mean over x, y, z of the variance) and ``<property>_std`` (unbiased, ddof
     1; calibrated by ``calibration``, a :class:`~molequi.models.uncertainty.Calibration` or the
-    JSON file of ``molequi calibrate``). With one member there is no ``*_std`` key at all.
+    JSON file of ``molequi calibrate``), and every member's values as ``energy_members`` [M],
+    ``forces_members`` [M, n_atoms, 3] and ``<property>_members``. With one member there is no
+    ``*_std`` key at all.
 
     Example::
 
@@ -85,6 +87,7 @@ def _with_spread(result, member_results, properties, calibration, mean: bool = F
     keys = ["energy"] + (["forces"] if "forces" in result else []) + list(properties)
     for key in keys:
         members = np.concatenate([members_of(r, key) for r in member_results])
+        result[f"{key}{MEMBERS}"] = members
         if mean:
             result[key] = float(members.mean(0)) if key == "energy" else members.mean(0).astype(np.asarray(result[key]).dtype)
         if len(members) < 2:

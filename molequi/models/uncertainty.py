@@ -32,6 +32,7 @@ from molequi.errors import ConfigError
 MEMBERS = "_members"
 CALIBRATION_FORMAT = "molequi-calibration"
 CALIBRATION_VERSION = 1
+_trapezoid = getattr(np, "trapezoid", None) or np.trapz  # numpy < 2 names it trapz
 MIN_STD = 1e-12  # stds below this (identical members) carry no information and are left out of fits
 
 
@@ -216,7 +217,7 @@ def miscalibration_area(errors: np.ndarray, std: np.ndarray, bins: int = 100) ->
     expected = np.linspace(0.0, 1.0, bins + 1)
     bounds = stats.norm.ppf(0.5 + expected / 2.0)  # half-width of the central interval, in stds
     observed = np.array([np.mean(z <= bound) for bound in bounds])
-    return float(np.trapezoid(np.abs(observed - expected), expected))
+    return float(_trapezoid(np.abs(observed - expected), expected))
 
 
 def uncertainty_metrics(abs_errors: np.ndarray, std: np.ndarray, errors: np.ndarray | None = None) -> dict[str, float]:

@@ -62,6 +62,13 @@ def member_gradients(members: torch.Tensor, positions: torch.Tensor, create_grap
     vmapped pass ("batched"), which trades memory (K copies of every intermediate gradient)
     for fewer kernel launches."""
     heads = members.shape[1]
+    if method == "auto":
+        if not create_graph:
+            try:
+                return member_gradients(members, positions, False, "batched")
+            except RuntimeError:  # an op without a batching rule: fall back to the loop
+                pass
+        method = "loop"
     if method == "batched":
         eye = torch.eye(heads, dtype=members.dtype, device=members.device)
         grad_outputs = eye.unsqueeze(1).expand(heads, members.shape[0], heads)

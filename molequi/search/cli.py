@@ -11,7 +11,9 @@ scorers; when it is not given, ``molequi.search.models.load_scorers`` is used
 if that module exists.  Without ``--model`` the run does filters/3D only and
 ranks by a filter value (default ``qed:max``).
 
-Exit codes: 0 success, 1 every molecule failed, 2 bad arguments or input.
+Exit codes: 0 success, 1 every molecule failed (the outputs are written and say why), 2 a
+user's mistake (a :class:`~molequi.errors.MolequiError` raised here and printed as one line by
+:func:`molequi.cli.main.main`, the one place that maps exceptions to exit codes).
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ def add_screen_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
                         "pool: moses:train, moses:test, moses:test_scaffolds, qm9")
     parser.add_argument("--model", action="append", default=[], metavar="M",
                         help="trained model file; repeat for several models / committees")
-    parser.add_argument("--device", default="cpu", help="device for the models (cpu, cuda)")
+    parser.add_argument("--device", default="auto", help="device for the models: auto (CUDA if available), cpu, cuda or cuda:N")
     parser.add_argument("--objective", action="append", default=None, metavar="OBJ",
                         help="name:max, name:min or name:target=LO..HI; repeat for several "
                              "(default qed:max without a model)")
@@ -56,18 +58,22 @@ def add_screen_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
                         help="mean + kappa·std towards the objective (default: pessimistic)")
     parser.add_argument("--std-threshold", type=float, default=None,
                         help="flag molecules whose committee std exceeds this (property units)")
+    parser.add_argument("--calibration", metavar="JSON", default=None,
+                        help="std calibration from 'molequi calibrate': stds (and so --kappa ranking) are "
+                             "calibrated, and without --std-threshold a molecule is out of domain when a "
+                             "calibrated std exceeds the 95th percentile seen on the calibration data")
     parser.add_argument("--drop-out-of-domain", action="store_true",
                         help="reject (not only flag) out-of-domain molecules")
     parser.add_argument("--sa-max", type=float, default=4.5,
                         help="max SA score (unitless, 1..10; <=0 disables)")
     parser.add_argument("--alerts", type=parse_alerts, default=("pains", "brenk"),
-                        help=f"comma-separated alert sets from {','.join(ALERT_SETS)}, or 'none'")
+                        help=f"comma-separated alert sets from {','.join(ALERT_SETS)}, or 'none' (default: pains,brenk)")
     parser.add_argument("--lipinski-max-violations", type=int, default=1,
                         help="Lipinski violations allowed (<0 disables)")
     parser.add_argument("--no-veber", action="store_true", help="disable the Veber rule")
     parser.add_argument("--max-ring-size", type=int, default=8, help="largest ring allowed (<=0 disables)")
     parser.add_argument("--heavy-atoms", type=_range, default=(1, 100), metavar="LO..HI",
-                        help="allowed heavy-atom count range")
+                        help="allowed heavy-atom count range (default: 1..100)")
     parser.add_argument("--purchasable", action="store_true",
                         help="keep only molecules probably in ZINC in-stock (molbloom, bundled filter)")
     parser.add_argument("--all-values", action="store_true",
@@ -115,11 +121,8 @@ def _settings(args: argparse.Namespace) -> dict:
 
 
 def _default_factory() -> ScorerFactory:
-    try:
-        from .models import load_scorers  # written by the core team
-    except ImportError as exc:
-        raise RuntimeError("--model needs a scorer factory (molequi.search.models.load_scorers "
-                           "is not available)") from exc
+    from .models import load_scorers
+
     return load_scorers
 
 
@@ -127,22 +130,26 @@ def run_screen(args: argparse.Namespace, scorer_factory: ScorerFactory | None = 
     """Run ``molequi screen``; returns the process exit code."""
     from .pipeline import screen
 
-    try:
-        scorers = (scorer_factory or _default_factory())(args.model, args.device) if args.model else []
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", RuntimeWarning)
-            result = screen(args.candidates, scorers=scorers, **_settings(args))
-    except (ValueError, FileNotFoundError, RuntimeError, TypeError) as exc:
-        print(f"molequi screen: error: {exc}", file=sys.stderr)
-        return 2
+    from molequi.devices import resolve_device
+
+    args.device = str(resolve_device(args.device))  # "auto" -> cuda or cpu; no GPU -> one line
+    scorers = []
+    if args.model:
+        factory = scorer_factory or _default_factory()
+        calibration = getattr(args, "calibration", None)
+        scorers = (factory(args.model, args.device, calibration=calibration) if calibration
+                   else factory(args.model, args.device))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)
+        result = screen(args.candidates, scorers=scorers, **_settings(args))
     counts = ", ".join(f"{k} {v}" for k, v in result.stage_counts.items())
     print(f"screened {result.n_read} molecules: {counts}")
     print(f"outputs: {result.scored_csv}, {result.top_sdf}, {result.report_html}")
     _print_top(result.top, limit=10)
+    del caught  # the all-failed warning is said in one line below
     if result.n_passed == 0:
-        for w in caught:
-            print(f"warning: {w.message}", file=sys.stderr)
-        print("molequi screen: every molecule failed (see the reason column)", file=sys.stderr)
+        print(f"molequi screen: every molecule failed; see the 'reason' column of {result.scored_csv}",
+              file=sys.stderr)
         return 1
     return 0
 
@@ -161,9 +168,10 @@ def _print_top(rows: list[dict[str, str]], limit: int) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Stand-alone entry point: ``python -m molequi.search.cli CANDIDATES ...``."""
-    parser = add_screen_arguments(argparse.ArgumentParser(prog="molequi screen", description=__doc__.splitlines()[0]))
-    return run_screen(parser.parse_args(argv))
+    """Stand-alone entry point: ``python -m molequi.search.cli CANDIDATES ...`` (= ``molequi screen``)."""
+    from molequi.cli.main import main as molequi_main
+
+    return molequi_main(["screen", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

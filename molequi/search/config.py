@@ -21,6 +21,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal, Sequence
 
+from molequi.errors import ConfigError
+
 #: Alert sets of RDKit's FilterCatalog that users may pick (lower-case names).
 ALERT_SETS: tuple[str, ...] = (
     "pains", "pains_a", "pains_b", "pains_c", "brenk", "nih", "zinc",
@@ -52,20 +54,20 @@ class Objective:
         """Parse ``name:max``, ``name:min`` or ``name:target=LO..HI``."""
         match = _OBJECTIVE_RE.match(text.strip())
         if match is None:
-            raise ValueError(
+            raise ConfigError(
                 f"bad objective {text!r}: expected 'name:max', 'name:min' or "
                 "'name:target=LO..HI' (e.g. 'gap:max', 'sa_score:min', 'gap:target=3..5')"
             )
         if not (weight > 0 and math.isfinite(weight)):
-            raise ValueError(f"objective weight must be a finite number > 0, got {weight!r}")
+            raise ConfigError(f"objective weight must be a finite number > 0, got {weight!r}")
         if match["dir"]:
             return cls(match["name"], match["dir"], weight=float(weight))
         try:
             lo, hi = float(match["lo"]), float(match["hi"])
         except ValueError as exc:
-            raise ValueError(f"bad window in objective {text!r}: {exc}") from None
+            raise ConfigError(f"bad window in objective {text!r}: {exc}") from None
         if not lo <= hi:
-            raise ValueError(f"objective {text!r}: window needs LO <= HI")
+            raise ConfigError(f"objective {text!r}: window needs LO <= HI")
         return cls(match["name"], "target", lo, hi, float(weight))
 
     def __str__(self) -> str:
@@ -103,22 +105,22 @@ class StageConfig:
 
     def __post_init__(self) -> None:
         if self.sa_max is not None and not 1.0 <= self.sa_max <= 10.0:
-            raise ValueError(f"sa_max must be within the SA score range 1..10, got {self.sa_max}")
+            raise ConfigError(f"sa_max must be within the SA score range 1..10, got {self.sa_max}")
         unknown = [a for a in self.alerts if a not in ALERT_SETS]
         if unknown:
-            raise ValueError(f"unknown alert set(s) {unknown}; choose from {list(ALERT_SETS)}")
+            raise ConfigError(f"unknown alert set(s) {unknown}; choose from {list(ALERT_SETS)}")
         if self.lipinski_max_violations is not None and not 0 <= self.lipinski_max_violations <= 4:
-            raise ValueError("lipinski_max_violations must be within 0..4 (or None to disable)")
+            raise ConfigError("lipinski_max_violations must be within 0..4 (or None to disable)")
         if self.max_ring_size is not None and self.max_ring_size < 3:
-            raise ValueError("max_ring_size must be >= 3 (or None to disable)")
+            raise ConfigError("max_ring_size must be >= 3 (or None to disable)")
         if self.heavy_atoms is not None:
             lo, hi = self.heavy_atoms
             if not 0 <= lo <= hi:
-                raise ValueError(f"heavy_atoms range must satisfy 0 <= lo <= hi, got {self.heavy_atoms}")
+                raise ConfigError(f"heavy_atoms range must satisfy 0 <= lo <= hi, got {self.heavy_atoms}")
         if self.embed_timeout <= 0:
-            raise ValueError("embed_timeout (s) must be > 0")
+            raise ConfigError("embed_timeout (s) must be > 0")
         if self.embed_retries < 0 or self.mmff_max_iters < 1:
-            raise ValueError("embed_retries must be >= 0 and mmff_max_iters >= 1")
+            raise ConfigError("embed_retries must be >= 0 and mmff_max_iters >= 1")
 
     def to_json(self) -> dict:
         """JSON-friendly dict (sets sorted) used for hashing and the report."""
@@ -170,29 +172,29 @@ class ScreenConfig:
         objective = (self.objective,) if isinstance(self.objective, str) else tuple(self.objective)
         object.__setattr__(self, "objective", objective)
         if not objective:
-            raise ValueError("at least one objective is needed, e.g. 'qed:max'")
+            raise ConfigError("at least one objective is needed, e.g. 'qed:max'")
         self.objectives()  # raises ValueError on bad syntax or weights
         if self.multi not in ("desirability", "pareto"):
-            raise ValueError(f"multi must be 'desirability' or 'pareto', got {self.multi!r}")
+            raise ConfigError(f"multi must be 'desirability' or 'pareto', got {self.multi!r}")
         if not (self.kappa >= 0 and math.isfinite(self.kappa)):
-            raise ValueError(f"kappa must be a finite number >= 0, got {self.kappa!r}")
+            raise ConfigError(f"kappa must be a finite number >= 0, got {self.kappa!r}")
         if self.uncertainty not in ("optimistic", "pessimistic"):
-            raise ValueError("uncertainty must be 'optimistic' or 'pessimistic'")
+            raise ConfigError("uncertainty must be 'optimistic' or 'pessimistic'")
         thresholds = (self.std_threshold.values() if isinstance(self.std_threshold, dict)
                       else [] if self.std_threshold is None else [self.std_threshold])
         if any(not (t >= 0) for t in thresholds):
-            raise ValueError("std_threshold must be >= 0")
+            raise ConfigError("std_threshold must be >= 0")
         for name, value in (("top", self.top), ("batch_size", self.batch_size),
                             ("chunk_size", self.chunk_size), ("workers", self.workers),
                             ("diversity_pool", self.diversity_pool)):
             if int(value) != value or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+                raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
 
     def objectives(self) -> list[Objective]:
         """The parsed objectives, with their weights."""
         weights = self.weights or (1.0,) * len(self.objective)
         if len(weights) != len(self.objective):
-            raise ValueError(
+            raise ConfigError(
                 f"{len(weights)} weights given for {len(self.objective)} objectives")
         return [Objective.parse(o, w) for o, w in zip(self.objective, weights)]
 

@@ -13,6 +13,8 @@ import numpy as np
 from rdkit import Chem
 from rdkit.Chem import rdDistGeom, rdForceFieldHelpers
 
+from molequi.errors import DataFormatError
+
 
 @dataclass
 class Embedded:
@@ -86,5 +88,5 @@ def molblock_to_mol(molblock: str) -> Chem.Mol:
     """Read back a molblock written by a chunk (explicit H kept)."""
     mol = Chem.MolFromMolBlock(molblock, removeHs=False)
     if mol is None:
-        raise ValueError("corrupt molblock in chunk file")
+        raise DataFormatError("corrupt molblock in a chunk file of the output folder; rerun with --overwrite")
     return mol

@@ -19,6 +19,8 @@ from types import ModuleType
 from rdkit import Chem, RDConfig
 from rdkit.Chem import Crippen, Descriptors, Lipinski, MolSurf, QED, rdMolDescriptors
 
+from molequi.errors import MissingDependencyError
+
 from .alerts import structural_alerts
 from .config import StageConfig
 
@@ -53,7 +55,7 @@ def _bloom():
     """molbloom's bundled ``zinc-instock-mini`` filter, loaded from the wheel, never downloaded."""
     spec = importlib.util.find_spec("molbloom")
     if spec is None or not spec.submodule_search_locations:
-        raise ImportError("purchasability check needs molbloom (pip install molbloom)")
+        raise MissingDependencyError("purchasability check needs molbloom (pip install molbloom)")
     from molbloom.bloom import BloomFilter
 
     path = os.path.join(next(iter(spec.submodule_search_locations)), "data", "zinc-instock-mini.bloom")

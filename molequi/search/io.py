@@ -30,14 +30,17 @@ from typing import Iterator, NamedTuple, Sequence
 SMILES_COLUMNS: tuple[str, ...] = ("smiles", "SMILES", "canonical_smiles", "Smiles")
 ID_COLUMNS: tuple[str, ...] = ("id", "ID", "name", "Name", "zinc_id", "mol_id")
 BUILTIN_POOLS: tuple[str, ...] = ("moses:train", "moses:test", "moses:test_scaffolds", "qm9")
+from molequi.errors import DataFormatError, InputFileError, MissingDependencyError
 
 
 class Candidate(NamedTuple):
-    """One input record: 0-based position in the input, id and SMILES as read."""
+    """One input record: 0-based position in the input, id and SMILES as read, and why the
+    record could not be read (``""`` when it could; the row then fails at the read stage)."""
 
     index: int
     id: str
     smiles: str
+    error: str = ""
 
 
 def _package_dir(package: str) -> Path:
@@ -48,7 +51,7 @@ def _package_dir(package: str) -> Path:
     """
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise ValueError(
+        raise MissingDependencyError(
             f"built-in pool needs the {package!r} package; install it "
             f"({'pip install --no-deps molsets' if package == 'moses' else 'pip install qm9pack'})")
     return Path(next(iter(spec.submodule_search_locations)))
@@ -59,12 +62,12 @@ def builtin_pool_files(name: str) -> list[Path]:
     if name.startswith("moses:"):
         split = name.split(":", 1)[1]
         if split not in ("train", "test", "test_scaffolds"):
-            raise ValueError(f"unknown MOSES split {split!r}; use one of {BUILTIN_POOLS}")
+            raise DataFormatError(f"unknown MOSES split {split!r}; use one of {BUILTIN_POOLS}")
         return [_package_dir("moses") / "dataset" / "data" / f"{split}.csv.gz"]
     if name == "qm9":
         data = _package_dir("qm9pack") / "data"
         return sorted(data.glob("qm9_part*.csv"))
-    raise ValueError(f"unknown built-in pool {name!r}; use one of {BUILTIN_POOLS}")
+    raise DataFormatError(f"unknown built-in pool {name!r}; use one of {BUILTIN_POOLS}")
 
 
 def _open_text(path: Path) -> io.TextIOBase:
@@ -88,38 +91,60 @@ def _pick_column(header: Sequence[str], wanted: str | None, candidates: Sequence
     """Index of the wanted (or auto-detected) column, with a clear error if missing."""
     if wanted is not None:
         if wanted not in header:
-            raise ValueError(f"{path}: no {what} column {wanted!r}; columns are {list(header)}")
+            raise DataFormatError(f"{path}: no {what} column {wanted!r}; columns are {list(header)}")
         return header.index(wanted)
     for name in candidates:
         if name in header:
             return header.index(name)
     if required:
-        raise ValueError(
+        raise DataFormatError(
             f"{path}: no {what} column found (looked for {list(candidates)}); columns are "
             f"{list(header)} -- pass smiles_column=... / --smiles-column")
     return None
 
 
+def _parse_line(line: str, delimiter: str) -> list[str]:
+    """Fields of one CSV/TSV line; ``csv.Error`` when it cannot stand alone (an unbalanced
+    quote, a NUL byte)."""
+    return next(csv.reader([line], delimiter=delimiter, strict=True), [])
+
+
 def _read_table(path: Path, delimiter: str, smiles_column: str | None,
-                id_column: str | None) -> Iterator[tuple[str | None, str]]:
-    """(name, smiles) from a CSV/TSV file, streaming."""
+                id_column: str | None) -> Iterator[tuple[str | None, str, str]]:
+    """(name, smiles, error) from a CSV/TSV file, streaming, one record per line.
+
+    Each line is parsed on its own (SMILES never span lines), so an unbalanced quote spoils
+    only its own line -- reported with its line number as the record's error -- instead of
+    swallowing every following record into one field as a whole-file CSV parse would.
+    """
     with _open_text(path) as handle:
-        reader = csv.reader(handle, delimiter=delimiter)
-        header = next(reader, None)
+        header = None
+        for header_line, text in enumerate(handle, start=1):
+            if text.strip():
+                try:
+                    header = [h.strip() for h in _parse_line(text, delimiter)]
+                except csv.Error as error:
+                    raise DataFormatError(f"{path}: unreadable header line {header_line} ({error})") from None
+                break
         if header is None:
-            raise ValueError(f"{path}: empty file")
-        header = [h.strip() for h in header]
+            raise DataFormatError(f"{path}: empty file")
         s_col = _pick_column(header, smiles_column, SMILES_COLUMNS, "SMILES", path, True)
         i_col = _pick_column(header, id_column, ID_COLUMNS, "id", path, False)
-        for row in reader:
-            if not row:
+        for number, text in enumerate(handle, start=header_line + 1):
+            if not text.strip():
+                continue
+            try:
+                row = _parse_line(text, delimiter)
+            except csv.Error as error:
+                why = "unbalanced quote" if "end of data" in str(error) else str(error).replace(";", ",")
+                yield f"line{number}", "", f"unreadable_line:{number}:{why}"
                 continue
             smiles = row[s_col].strip() if s_col < len(row) else ""
             name = row[i_col].strip() if i_col is not None and i_col < len(row) else None
-            yield name or None, smiles
+            yield name or None, smiles, ""
 
 
-def _read_smi(path: Path) -> Iterator[tuple[str | None, str]]:
+def _read_smi(path: Path) -> Iterator[tuple[str | None, str, str]]:
     """(name, smiles) from a ``SMILES [name]`` file; ``#`` comments and a header line skipped."""
     with _open_text(path) as handle:
         for n, line in enumerate(handle):
@@ -129,10 +154,10 @@ def _read_smi(path: Path) -> Iterator[tuple[str | None, str]]:
             parts = line.split(None, 1)
             if n == 0 and parts[0].lower() in ("smiles", "canonical_smiles"):
                 continue  # header line
-            yield (parts[1].strip() if len(parts) > 1 else None), parts[0]
+            yield (parts[1].strip() if len(parts) > 1 else None), parts[0], ""
 
 
-def _read_sdf(path: Path) -> Iterator[tuple[str | None, str]]:
+def _read_sdf(path: Path) -> Iterator[tuple[str | None, str, str]]:
     """(title, isomeric SMILES) from an SD file; unreadable records give SMILES ``""``."""
     from rdkit import Chem, rdBase
 
@@ -140,10 +165,10 @@ def _read_sdf(path: Path) -> Iterator[tuple[str | None, str]]:
     with opener(path, "rb") as handle, rdBase.BlockLogs():
         for mol in Chem.ForwardSDMolSupplier(handle, sanitize=True, removeHs=True):
             if mol is None:
-                yield None, ""  # recorded downstream as invalid
+                yield None, "", ""  # recorded downstream as invalid
                 continue
             title = mol.GetProp("_Name").strip() if mol.HasProp("_Name") else ""
-            yield title or None, Chem.MolToSmiles(mol)
+            yield title or None, Chem.MolToSmiles(mol), ""
 
 
 @dataclass
@@ -167,13 +192,13 @@ class CandidateSource:
         else:
             path = Path(self.source).expanduser()
             if not path.is_file():
-                raise FileNotFoundError(f"candidate file not found: {path}")
+                raise InputFileError(f"candidate file not found: {path}")
             self.files = [path.resolve()]
         missing = [f for f in self.files if not f.is_file()]
         if missing or not self.files:
-            raise ValueError(f"{self.source}: data files missing {missing or '(none found)'}")
+            raise DataFormatError(f"{self.source}: data files missing {missing or '(none found)'}")
         if next(iter(self), None) is None:
-            raise ValueError(f"{self.source}: no candidate molecules found (empty input)")
+            raise DataFormatError(f"{self.source}: no candidate molecules found (empty input)")
 
     def describe(self) -> dict:
         """Identity of the input for the run manifest (paths and sizes in bytes)."""
@@ -182,7 +207,7 @@ class CandidateSource:
                 "bytes": [os.path.getsize(f) for f in self.files],
                 "smiles_column": self.smiles_column, "id_column": self.id_column}
 
-    def _records(self, path: Path) -> Iterator[tuple[str | None, str]]:
+    def _records(self, path: Path) -> Iterator[tuple[str | None, str, str]]:
         fmt = detect_format(path)
         if fmt in ("csv", "tsv"):
             return _read_table(path, "," if fmt == "csv" else "\t", self.smiles_column, self.id_column)
@@ -206,8 +231,8 @@ class CandidateSource:
     def __iter__(self) -> Iterator[Candidate]:
         records = itertools.chain.from_iterable(self._records(f) for f in self.files)
         prefix = "qm9:" if self.source == "qm9" else ""
-        for index, (name, smiles) in enumerate(records):
-            yield Candidate(index, f"{prefix}{name}" if name else f"mol{index}", smiles)
+        for index, (name, smiles, error) in enumerate(records):
+            yield Candidate(index, f"{prefix}{name}" if name else f"mol{index}", smiles, error)
 
 
 def chunked(candidates: Iterator[Candidate], size: int) -> Iterator[list[Candidate]]:

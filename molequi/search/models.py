@@ -10,7 +10,9 @@ import numpy as np
 
 from molequi.models import load_model, predict
 from molequi.models.heads import head
+from molequi.models.uncertainty import Calibration, as_calibration, members_of
 from molequi.nn.forces import ForceOutput
+from molequi.errors import ConfigError
 
 
 class ModelScorer:
@@ -20,12 +22,13 @@ class ModelScorer:
     ``dipole_norm`` e·Å from a ``dipole`` head). Members must share species and properties.
     """
 
-    def __init__(self, models: Sequence[ForceOutput], name: str = "molequi", batch_size: int = 64) -> None:
+    def __init__(self, models: Sequence[ForceOutput], name: str = "molequi", batch_size: int = 64,
+                 calibration: Calibration | str | Path | None = None) -> None:
         if not models:
-            raise ValueError("a ModelScorer needs at least one model")
+            raise ConfigError("a ModelScorer needs at least one model")
         configs = [m.model.config for m in models]
         if any(c.species != configs[0].species or c.properties != configs[0].properties for c in configs):
-            raise ValueError("committee members must share species and property heads")
+            raise ConfigError("committee members must share species and property heads")
         self.models = list(models)
         self.name = name
         self.batch_size = batch_size
@@ -34,24 +37,49 @@ class ModelScorer:
         self.with_energy = "energy" in configs[0].trained_outputs  # a gap-only model's energy is untrained
         self.properties = (["energy"] if self.with_energy else []) + [_scored_name(n, k) for n, k in self.heads.items()]
         self.units = {"energy": "eV"} | {_scored_name(n, k): head(k).unit for n, k in self.heads.items() if head(k).unit}
+        self.heads_of = {"energy": "energy"} | {_scored_name(n, k): n for n, k in self.heads.items()}
+        self.calibration = _ScoredCalibration(as_calibration(calibration), self.heads_of) if calibration is not None else None
+        self.in_domain_std = self.calibration.thresholds() if self.calibration is not None else {}
 
     def predict(self, atoms: list[ase.Atoms]) -> dict[str, np.ndarray]:
-        """``{property: [n_members, n_molecules]}``; forces are not needed for scoring."""
-        per_member = [predict(model, atoms, self.batch_size, compute_forces=False) for model in self.models]
+        """``{property: [n_members, n_molecules]}``; forces are not needed for scoring. A
+        shallow-ensemble model (``ensemble_heads`` K) contributes its K heads as members."""
+        per_model = [predict(model, atoms, self.batch_size, compute_forces=False) for model in self.models]
         out = {}
         if self.with_energy:
-            out["energy"] = np.array([[r["energy"] for r in results] for results in per_member])
+            out["energy"] = np.concatenate([np.stack([members_of(r, "energy") for r in results], axis=1)
+                                            for results in per_model])
         for name, kind in self.heads.items():
-            values = np.array([[np.asarray(r[name]) for r in results] for results in per_member])
-            scored, scalars = head(kind).scored(name, values)
+            values = np.concatenate([np.stack([members_of(r, name) for r in results], axis=1) for results in per_model])
+            scored, scalars = head(kind).scored(name, values)  # values [members, molecules, components]
             out[scored] = scalars
         return out
 
 
-def load_scorers(paths: Sequence[str | Path], device: str = "cpu") -> list[ModelScorer]:
-    """All ``--model`` paths as one committee scorer (its std is the committee's spread)."""
+def load_scorers(paths: Sequence[str | Path], device: str = "cpu",
+                 calibration: Calibration | str | Path | None = None) -> list[ModelScorer]:
+    """All ``--model`` paths as one committee scorer (its std is the spread over the models and
+    their ensemble heads, calibrated by ``calibration``)."""
     models = [load_model(path, device=device) for path in paths]
-    return [ModelScorer(models, name="+".join(Path(p).name for p in paths))]
+    return [ModelScorer(models, name="+".join(Path(p).name for p in paths), calibration=calibration)]
+
+
+class _ScoredCalibration:
+    """A :class:`Calibration` keyed by the model's output names, applied to the screening
+    property of each head (a dipole head ``mu`` is screened as ``mu_norm``)."""
+
+    def __init__(self, calibration: Calibration, heads_of: dict[str, str]) -> None:
+        self.inner, self.heads_of = calibration, heads_of
+        self.fits = {scored: calibration.fits[name] for scored, name in heads_of.items() if name in calibration.fits}
+
+    def apply(self, prop: str, std):
+        return self.inner.apply(self.heads_of.get(prop, prop), std)
+
+    def thresholds(self) -> dict[str, float]:
+        """Out-of-domain std thresholds recorded by ``molequi calibrate`` (``in_domain_std``)."""
+        outputs = self.inner.info.get("outputs", {})
+        return {scored: float(outputs[name]["in_domain_std"]) for scored, name in self.heads_of.items()
+                if "in_domain_std" in outputs.get(name, {})}
 
 
 def _scored_name(name: str, kind: str) -> str:

@@ -20,6 +20,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from molequi.errors import ConfigError
+
 from .config import ScreenConfig, StageConfig, stable_hash
 from .conformers import mol_to_atoms, molblock_to_mol
 from .filters import FILTER_COLUMNS
@@ -50,7 +52,7 @@ def build_config(**settings) -> ScreenConfig:
     """``ScreenConfig`` from flat keyword settings (stage and run settings mixed)."""
     unknown = set(settings) - _STAGE_FIELDS - _SCREEN_FIELDS
     if unknown:
-        raise TypeError(f"unknown screen setting(s): {sorted(unknown)}")
+        raise ConfigError(f"unknown screen setting(s): {sorted(unknown)}")
     stage = StageConfig(**{k: v for k, v in settings.items() if k in _STAGE_FIELDS})
     return ScreenConfig(stage=stage, **{k: v for k, v in settings.items() if k in _SCREEN_FIELDS})
 
@@ -68,7 +70,7 @@ def _check_objectives(cfg: ScreenConfig, properties: list[str]) -> None:
     known = set(properties) | set(NUMERIC_COLUMNS)
     for obj in cfg.objectives():
         if obj.name not in known:
-            raise ValueError(f"objective {obj} refers to unknown column {obj.name!r}; "
+            raise ConfigError(f"objective {obj} refers to unknown column {obj.name!r}; "
                              f"use a predicted property {properties} or one of {sorted(NUMERIC_COLUMNS)}")
 
 
@@ -84,8 +86,9 @@ def _score_chunk(rows: list[dict[str, object]], scorers: Sequence[Scorer], prope
         bad = []
         for prop in properties:
             mean, std = scores[prop][0][i], scores[prop][1][i]
-            row[f"{prop}_mean"], row[f"{prop}_std"] = float(mean), float(std)
-            if not (math.isfinite(mean) and math.isfinite(std)):
+            # NaN std of a single model: no estimate, an empty cell (never a 0)
+            row[f"{prop}_mean"], row[f"{prop}_std"] = float(mean), ("" if math.isnan(std) else float(std))
+            if not (math.isfinite(mean) and (math.isnan(std) or math.isfinite(std))):
                 bad.append(prop)
         if bad:
             row.update(status="fail", failed_stage="score", reason="score_failed:nan:" + ",".join(bad))
@@ -103,9 +106,21 @@ def _thresholds(cfg: ScreenConfig, properties: list[str]) -> dict[str, float]:
     if isinstance(t, dict):
         unknown = set(t) - set(properties)
         if unknown:
-            raise ValueError(f"std_threshold given for unknown properties {sorted(unknown)}")
+            raise ConfigError(f"std_threshold given for unknown properties {sorted(unknown)}")
         return {k: float(v) for k, v in t.items()}
     return {p: float(t) for p in properties}
+
+
+def _domain_status(row: dict[str, str], thresholds: dict[str, float], properties: Sequence[str]) -> tuple[str, list[str]]:
+    """``out_of_domain`` of a passing row: ``"true"`` with the violations when a std exceeds its
+    threshold, ``"unknown"`` when a predicted property has no std (one model: no estimate),
+    else ``"false"``."""
+    violations = _domain_violations(row, thresholds)
+    if violations:
+        return "true", violations
+    if any(row.get(f"{prop}_std", "") == "" for prop in properties):
+        return "unknown", []
+    return "false", []
 
 
 def _domain_violations(row: dict[str, str], thresholds: dict[str, float]) -> list[str]:
@@ -125,8 +140,8 @@ def _iter_chunk_rows(out: Path, n_chunks: int) -> Iterator[dict[str, str]]:
 class _Merge:
     """Global de-dup, domain flags and stage counts over the chunk files (pass 1 and 2)."""
 
-    def __init__(self, thresholds: dict[str, float], drop_ood: bool):
-        self.thresholds, self.drop_ood = thresholds, drop_ood
+    def __init__(self, thresholds: dict[str, float], drop_ood: bool, properties: Sequence[str] = ()):
+        self.thresholds, self.drop_ood, self.properties = thresholds, drop_ood, list(properties)
         self.first: dict[str, tuple[str, str]] = {}  # key -> (index, id) of first occurrence
 
     def finalize(self, row: dict[str, str]) -> dict[str, str]:
@@ -136,25 +151,28 @@ class _Merge:
             first_index, first_id = self.first.setdefault(key, (row["index"], row["id"]))
             if first_index != row["index"]:
                 row.update(status="fail", failed_stage="duplicate", reason=f"duplicate_of:{first_id}")
-        violations = _domain_violations(row, self.thresholds) if row["status"] == "pass" else []
-        row["out_of_domain"] = "true" if violations else ("false" if row["status"] == "pass" else "")
+        if row["status"] == "pass":
+            row["out_of_domain"], violations = _domain_status(row, self.thresholds, self.properties)
+        else:
+            row["out_of_domain"], violations = "", []
         if violations and self.drop_ood:
             row.update(status="fail", failed_stage="domain", reason="out_of_domain:" + ",".join(violations))
         return row
 
 
 def _stage_counts(rows_failed_at: dict[str, int], n_read: int, n_selected: int, scored: bool,
-                  embed: bool, n_ood: int) -> dict[str, int]:
-    """Molecules left after each stage (cumulative)."""
+                  embed: bool, n_ood: int, n_unknown: int = 0) -> dict[str, int]:
+    """Molecules left after each stage (cumulative). ``in_domain`` only when every scored
+    molecule has a std (a single model has no estimate: no in-domain count at all)."""
     left = n_read
     counts = {"read": n_read}
-    for stage, failed in (("standardized", ("standardize", "error")), ("unique", ("duplicate",)),
+    for stage, failed in (("standardized", ("read", "standardize", "error")), ("unique", ("duplicate",)),
                           ("filters", ("filters",)), ("3d", ("3d",)), ("scored", ("score",))):
         left -= sum(rows_failed_at.get(s, 0) for s in failed)
         if (stage == "3d" and not embed) or (stage == "scored" and not scored):
             continue
         counts[stage] = left
-    if scored:
+    if scored and not n_unknown:
         counts["in_domain"] = left - n_ood  # flagged rows, whether dropped or kept
     counts["selected"] = n_selected
     return counts
@@ -193,7 +211,7 @@ def _merge(out: Path, n_chunks: int, cfg: ScreenConfig, properties: list[str],
     thresholds = _thresholds(cfg, properties)
     objective_columns = {c for o in cfg.objectives()
                          for c in ((f"{o.name}_mean", f"{o.name}_std") if o.name in properties else (o.name,))}
-    merge = _Merge(thresholds, cfg.drop_out_of_domain)
+    merge = _Merge(thresholds, cfg.drop_out_of_domain, properties)
     candidates: list[dict[str, str]] = []  # one small record per passing molecule
     for row in _iter_chunk_rows(out, n_chunks):
         row = merge.finalize(row)
@@ -215,17 +233,17 @@ def _merge(out: Path, n_chunks: int, cfg: ScreenConfig, properties: list[str],
     pred_columns = [f"{p}_{s}" for p in properties for s in ("mean", "std")]
     rank_columns = [c for c in RANK_COLUMNS if c != "pareto_rank" or cfg.multi == "pareto"]
     columns = list(BASE_COLUMNS + FILTER_COLUMNS + EMBED_COLUMNS) + pred_columns + rank_columns
-    merge = _Merge(thresholds, cfg.drop_out_of_domain)
+    merge = _Merge(thresholds, cfg.drop_out_of_domain, properties)
     top_rows: list[dict[str, str]] = []
     failed_at: dict[str, int] = {}
     rejections: dict[str, dict[str, int]] = {}
     samples: dict[str, list[float]] = {}
     seen: dict[str, int] = {}
     rng = random.Random(0)
-    n_read = n_ood = 0
+    n_read = n_ood = n_unknown = 0
 
     def final_rows() -> Iterator[dict[str, str]]:
-        nonlocal n_read, n_ood
+        nonlocal n_read, n_ood, n_unknown
         for row in _iter_chunk_rows(out, n_chunks):
             row = merge.finalize(row)
             n_read += 1
@@ -235,6 +253,7 @@ def _merge(out: Path, n_chunks: int, cfg: ScreenConfig, properties: list[str],
                 for category in reason_categories(row["reason"]):
                     reasons[category] = reasons.get(category, 0) + 1
             n_ood += row["out_of_domain"] == "true"
+            n_unknown += row["out_of_domain"] == "unknown"
             i = by_index.get(row["index"]) if row["status"] == "pass" else None
             if i is not None:
                 row["objective"] = format(float(ranking.score[i]), ".8g")
@@ -251,16 +270,22 @@ def _merge(out: Path, n_chunks: int, cfg: ScreenConfig, properties: list[str],
     write_csv_atomic(out / "scored.csv", columns, final_rows())
     top_rows.sort(key=lambda r: int(r["rank"]))
     failed_at.pop("", None)
-    counts = _stage_counts(failed_at, n_read, len(top_rows), bool(properties), cfg.stage.embed_3d, n_ood)
+    counts = _stage_counts(failed_at, n_read, len(top_rows), bool(properties), cfg.stage.embed_3d, n_ood, n_unknown)
     n_passed = n_read - sum(failed_at.values())
     return ScreenResult(out, n_read, n_passed, counts, top_rows, columns, cfg.to_json(), samples,
                         coverage=seen, rejections=rejections, units=dict(units or {}))
 
 
 def _calibrated(cfg: ScreenConfig, scorers: Sequence[Scorer], validation_atoms, quantile: float) -> ScreenConfig:
-    """Replace ``std_threshold`` by its calibration on validation molecules (if given)."""
-    if validation_atoms is None or cfg.std_threshold is not None:
+    """Replace ``std_threshold`` by its calibration on validation molecules (if given), else by
+    the thresholds a scorer's std calibration carries (``in_domain_std``: the 95th percentile
+    of the calibrated std on the labelled structures ``molequi calibrate`` was fitted on)."""
+    if cfg.std_threshold is not None:
         return cfg
+    if validation_atoms is None:
+        thresholds = {prop: float(limit) for scorer in scorers
+                      for prop, limit in (getattr(scorer, "in_domain_std", None) or {}).items()}
+        return dataclasses.replace(cfg, std_threshold=thresholds) if thresholds else cfg
     thresholds: dict[str, float] = {}
     for scorer in scorers:
         thresholds.update(calibrate_std_threshold(scorer, list(validation_atoms), quantile, cfg.batch_size))
@@ -292,15 +317,15 @@ def screen(candidates: str | Path | CandidateSource, scorers: Sequence[Scorer] =
     if config is None:
         if objective is None:
             if scorers:
-                raise ValueError(f"give an objective for the predicted properties {properties}, "
+                raise ConfigError(f"give an objective for the predicted properties {properties}, "
                                  f"e.g. '{properties[0]}:max'")
             objective = "qed:max"
         config = build_config(objective=objective, sa_max=sa_max, alerts=tuple(alerts), top=top,
                               workers=workers, scheduler=scheduler, **settings)
     elif settings:
-        raise TypeError("pass either config=... or individual settings, not both")
+        raise ConfigError("pass either config=... or individual settings, not both")
     if scorers and not config.stage.embed_3d:
-        raise ValueError("scorers need 3D structures: embed_3d must be on (drop --no-3d)")
+        raise ConfigError("scorers need 3D structures: embed_3d must be on (drop --no-3d)")
     _check_objectives(config, properties)
     config = _calibrated(_with_model_elements(config, scorers), scorers, validation_atoms, std_quantile)
     _thresholds(config, properties)  # validate property names early

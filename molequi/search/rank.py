@@ -13,6 +13,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from molequi.errors import ConfigError
+
 from .config import Objective
 
 
@@ -39,7 +41,7 @@ def column_values(rows: Sequence[Mapping[str, object]], name: str) -> tuple[np.n
         std = np.array([_as_float(r.get(f"{name}_std")) for r in rows])
         return mean, np.nan_to_num(std, nan=0.0)
     if rows and name not in rows[0]:
-        raise KeyError(f"objective column {name!r} not found; available: "
+        raise ConfigError(f"objective column {name!r} not found; available: "
                        f"{sorted(k for k in rows[0] if k != 'molblock')}")
     return np.array([_as_float(r.get(name)) for r in rows]), np.zeros(len(rows))
 

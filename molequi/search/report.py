@@ -221,7 +221,8 @@ def _number_cell(text: str, digits: str = ".4g") -> str:
 def _hits_table(result: ScreenResult, properties: list[str]) -> str:
     units = result.units
     header = ["rank", "structure", "id", "SMILES", "objective"]
-    header += [column_label(f"{p}_mean", units).replace(" (mean)", " (mean ± std)") for p in properties]
+    header += [column_label(f"{p}_mean", units).replace(" (mean)", " (mean ± std)" if any(
+        row.get(f"{p}_std", "") != "" for row in result.top) else " (mean)") for p in properties]
     extra = [c for c in _HIT_COLUMNS if any(row.get(c) for row in result.top)]
     header += [column_label(c) for c in extra]
     if properties:
@@ -294,6 +295,25 @@ def _constant_note(result: ScreenResult) -> str:
     return f" The same for every molecule (not drawn): {html.escape(items)}."
 
 
+def uncertainty_note(result: ScreenResult, properties: Sequence[str]) -> str:
+    """One sentence on the predictions' uncertainty: none available (one model), or what the
+    stds are (a committee's or an ensemble's spread, calibrated or not) and the domain rule."""
+    if not properties:
+        return ""
+    has_std = any(row.get(f"{p}_std", "") != "" for row in result.top for p in properties) or \
+        any(result.samples.get(f"{p}_std") for p in properties)
+    if not has_std:
+        return ("<p><b>No uncertainty is available</b>: a single model without ensemble heads gives no std, so the "
+                "std columns are empty and <code>out_of_domain</code> is <code>unknown</code>. Screen with a "
+                "committee (several <code>--model</code>) or a model trained with <code>--ensemble-heads K</code> "
+                "for an error bar and an out-of-domain flag.</p>")
+    threshold = result.settings.get("std_threshold")
+    rule = ("no std threshold is set, so no molecule is flagged out of domain" if threshold in (None, {}) else
+            f"a molecule is out of domain when a std exceeds its threshold ({html.escape(str(threshold))})")
+    return ("<p>Uncertainty: ± is the unbiased std over the committee members / ensemble heads (calibrated when "
+            f"<code>--calibration</code> was given); {rule}.</p>")
+
+
 def write_report(path: Path, result: ScreenResult) -> None:
     """Write the self-contained HTML report of a run."""
     properties = sorted({c[:-5] for c in result.columns if c.endswith("_mean")})
@@ -314,10 +334,10 @@ img{{margin:2px;max-width:100%}}</style></head><body>
 <h1>molequi screening report</h1>
 <p>{result.n_read:,} molecules read, {result.n_passed:,} passed every stage ({percent(result.n_passed, result.n_read)}),
 {n_selected:,} selected ({percent(n_selected, result.n_read)}).
-Full table: <code>scored.csv</code>; 3D hits: <code>top.sdf</code>.{f" Units of the predictions: {html.escape(units)}." if units else ""}</p>
+Full table: <code>scored.csv</code>; hits with {"3D" if result.settings.get("stage", {}).get("embed_3d", True) else "2D"} coordinates: <code>top.sdf</code>.{f" Units of the predictions: {html.escape(units)}." if units else ""}</p>
 <h2>Molecules left after each stage</h2>{_stage_table(result.stage_counts)}
 <h2>Why molecules were rejected</h2>{_rejection_table(result.rejections, result.n_read)}
-<h2>Top hits</h2>{_hits_table(result, properties) if result.top else '<p>No molecule passed.</p>'}
+<h2>Top hits</h2>{uncertainty_note(result, properties)}{_hits_table(result, properties) if result.top else '<p>No molecule passed.</p>'}
 <h2>Distributions</h2><p>Each panel says how many molecules carry the value.{_constant_note(result)}</p><div>{plots}</div>
 <h2>Settings</h2>{_settings_table(result.settings)}
 {_SORT_SCRIPT}

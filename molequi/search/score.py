@@ -11,6 +11,7 @@ from typing import Iterable, Protocol, Sequence, runtime_checkable
 
 import ase
 import numpy as np
+from molequi.errors import ConfigError
 
 
 @runtime_checkable
@@ -33,9 +34,13 @@ class Scorer(Protocol):
 def scorer_identity(scorer: Scorer) -> dict:
     """What the run manifest records about a scorer (name, properties, species)."""
     species = getattr(scorer, "species", None)
-    return {"name": str(getattr(scorer, "name", type(scorer).__name__)),
-            "properties": list(scorer.properties),
-            "species": sorted(species) if species is not None else None}
+    identity = {"name": str(getattr(scorer, "name", type(scorer).__name__)),
+                "properties": list(scorer.properties),
+                "species": sorted(species) if species is not None else None}
+    calibration = getattr(scorer, "calibration", None)
+    if calibration is not None:  # calibrated stds are other stds: a resume must not mix them
+        identity["calibration"] = {name: [fit.form, fit.a, fit.b] for name, fit in sorted(calibration.fits.items())}
+    return identity
 
 
 def prediction_units(scorers: Sequence[Scorer]) -> dict[str, str]:
@@ -64,10 +69,10 @@ def check_scorers(scorers: Sequence[Scorer]) -> list[str]:
     names: list[str] = []
     for scorer in scorers:
         if not isinstance(scorer, Scorer):
-            raise TypeError(f"{scorer!r} is not a Scorer (needs species, properties, predict)")
+            raise ConfigError(f"{scorer!r} is not a Scorer (needs species, properties, predict)")
         for prop in scorer.properties:
             if prop in names:
-                raise ValueError(f"property {prop!r} is predicted by two scorers; rename one")
+                raise ConfigError(f"property {prop!r} is predicted by two scorers; rename one")
             names.append(prop)
     return names
 
@@ -86,12 +91,12 @@ def _members(scorer: Scorer, atoms: list[ase.Atoms]) -> dict[str, np.ndarray]:
     checked = {}
     for prop in scorer.properties:
         if prop not in out:
-            raise ValueError(f"scorer {scorer_identity(scorer)['name']} did not return {prop!r}")
+            raise ConfigError(f"scorer {scorer_identity(scorer)['name']} did not return {prop!r}")
         values = np.asarray(out[prop], dtype=np.float64)
         if values.ndim == 1:
             values = values[None, :]  # a single model may return [n_molecules]
         if values.ndim != 2 or values.shape[1] != len(atoms):
-            raise ValueError(f"scorer output {prop!r} has shape {values.shape}, "
+            raise ConfigError(f"scorer output {prop!r} has shape {values.shape}, "
                              f"expected [n_members, {len(atoms)}]")
         checked[prop] = values
     return checked
@@ -113,12 +118,25 @@ def score_atoms(scorers: Sequence[Scorer], atoms: list[ase.Atoms],
                 batch_size: int = 64) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """``{property: (mean, std)}`` across committee members, each ``[n_molecules]``.
 
-    ``std`` is the population std (ddof=0), hence exactly 0 for a single model.
+    ``std`` is the unbiased std over members (ddof 1), calibrated when the scorer has a
+    ``calibration`` (``apply(property, std)``, e.g. a
+    :class:`~molequi.models.uncertainty.Calibration` read from ``molequi calibrate``'s JSON).
+    A single member gives no estimate: its std is NaN (written as an empty cell), never 0.
     """
     if not atoms:
         return {prop: (np.zeros(0), np.zeros(0)) for s in scorers for prop in s.properties}
     members = predict_members(scorers, atoms, batch_size)
-    return {prop: (v.mean(axis=0), v.std(axis=0)) for prop, v in members.items()}
+    calibrations = {prop: getattr(s, "calibration", None) for s in scorers for prop in s.properties}
+    scores = {}
+    for prop, values in members.items():
+        if len(values) < 2:
+            std = np.full(values.shape[1], np.nan)
+        else:
+            std = values.std(axis=0, ddof=1)
+            if calibrations.get(prop) is not None:
+                std = np.asarray(calibrations[prop].apply(prop, std), dtype=np.float64)
+        scores[prop] = (values.mean(axis=0), std)
+    return scores
 
 
 def calibrate_std_threshold(scorer: Scorer, atoms_list: list[ase.Atoms],
@@ -129,8 +147,8 @@ def calibrate_std_threshold(scorer: Scorer, atoms_list: list[ase.Atoms],
     The threshold is in the unit of each property (e.g. eV).
     """
     if not 0.0 < quantile <= 1.0:
-        raise ValueError(f"quantile must be in (0, 1], got {quantile}")
+        raise ConfigError(f"quantile must be in (0, 1], got {quantile}")
     if not atoms_list:
-        raise ValueError("calibration needs at least one validation molecule")
+        raise ConfigError("calibration needs at least one validation molecule")
     scores = score_atoms([scorer], list(atoms_list), batch_size)
     return {prop: float(np.quantile(std, quantile)) for prop, (_, std) in scores.items()}

@@ -43,6 +43,8 @@ def process_candidate(candidate: Candidate, cfg: StageConfig,
     duplicates skip the costly 3D step (the global de-dup is redone at merge).
     """
     row = _empty_row(candidate)
+    if candidate.error:
+        return _fail(row, "read", candidate.error)
     try:
         std = standardize(candidate.smiles, cfg.tautomers)
         if std.mol is None:

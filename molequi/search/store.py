@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Sequence
 
+from molequi.errors import OutputPathError, ResumeMismatchError
 from molequi.utils import atomic_open, atomic_write_text, remove_stale_temporaries
 
 MANIFEST = "manifest.json"
@@ -78,12 +79,23 @@ def _clear(out: Path) -> None:
         (out / name).unlink(missing_ok=True)
 
 
+def check_out_dir(out: Path) -> None:
+    """Refuse an output folder that is a file, or lies under one (:class:`OutputPathError`)."""
+    for path in (out, *out.parents):
+        if path.exists():
+            if not path.is_dir():
+                what = "is a file" if path == out else f"lies under {path}, which is a file"
+                raise OutputPathError(f"output folder {out} {what}; give a folder")
+            return
+
+
 def prepare_out_dir(out: Path, chunk_hash: str, manifest: dict, overwrite: bool) -> bool:
     """Create or reuse ``out``; returns True when finished chunks are being resumed.
 
     Raises ``ValueError`` if ``out`` holds a run made with other chunk settings
     or another input, unless ``overwrite`` is set (then that run is deleted).
     """
+    check_out_dir(out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / MANIFEST
     resuming = False
@@ -98,7 +110,7 @@ def prepare_out_dir(out: Path, chunk_hash: str, manifest: dict, overwrite: bool)
                 "or overwrite=True / --overwrite to replace it")
         resuming = bool(finished_chunks(out))
     elif (out / CHUNK_DIR).exists():
-        raise ValueError(f"{out}/{CHUNK_DIR} exists without a manifest; use --overwrite")
+        raise ResumeMismatchError(f"{out}/{CHUNK_DIR} exists without a manifest; use --overwrite")
     (out / CHUNK_DIR).mkdir(exist_ok=True)
     for stale in (out / CHUNK_DIR).glob("*.tmp"):
         stale.unlink()  # half-written chunk of an interrupted run (older releases' temporary name)

@@ -14,6 +14,7 @@ from molequi.training.evaluate import evaluate_model, resolve_device
 from molequi.training.metrics import METRIC_KEYS, MetricSums
 from molequi.training.plots import learning_curve, parity_plot
 from molequi.training.trainer import ExponentialMovingAverage, TrainResult, resume_settings, train
+from molequi.training.uncertainty import evaluate_committee
 
 __all__ = [
     "DEFAULT_YAML",
@@ -23,6 +24,7 @@ __all__ = [
     "PreparedData",
     "TrainResult",
     "TrainingConfig",
+    "evaluate_committee",
     "evaluate_model",
     "learning_curve",
     "load_checkpoint",

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import hashlib
 import importlib
 import io
@@ -75,8 +76,9 @@ class LearnSettings:
         per_round: frames labelled per round.
         temperatures: MD temperatures, K (each start structure runs at each of them).
         md_steps: MD steps per round (Langevin, ``timestep`` fs).
-        committee: independently initialised members (≥ 2: the spread needs two).
-        ensemble_heads: shallow-ensemble heads per model (0: a committee of full models).
+        committee: independently initialised models (the spread needs two members in all).
+        ensemble_heads: K ≥ 2: each model is a shallow ensemble of K readout heads on one body
+            (``--committee 1 --ensemble-heads 4``: one model, four members); 0: plain models.
         labeler: ``"xtb"`` (GFN2-xTB, tblite) or an ASE calculator class as ``"module:Class"``.
         labeler_kwargs: keyword arguments of that class (JSON-serialisable).
         perturbed: for each unlabelled start structure, how many copies with Gaussian noise of
@@ -121,8 +123,9 @@ class LearnSettings:
             (self.md_steps >= 1, f"--md-steps must be ≥ 1, got {self.md_steps}"),
             (self.committee >= 1, f"--committee must be ≥ 1, got {self.committee}"),
             (self.ensemble_heads >= 0, f"--ensemble-heads must be ≥ 0, got {self.ensemble_heads}"),
-            (self.committee >= 2 or self.ensemble_heads >= 2,
-             "the uncertainty needs at least two models: --committee 2 or more (or --ensemble-heads 2 or more)"),
+            (self.ensemble_heads != 1, "--ensemble-heads must be 0 (none) or ≥ 2 (heads of a shallow ensemble)"),
+            (self.committee * max(1, self.ensemble_heads) >= 2,
+             "the uncertainty needs at least two members: --committee 2 or more, or --ensemble-heads 2 or more"),
             (self.perturbed >= 0, f"--perturbed must be ≥ 0, got {self.perturbed}"),
             (self.perturb_sigma >= 0, f"--perturb-sigma must be ≥ 0 Å, got {self.perturb_sigma}"),
             (self.replicas >= 1, f"--replicas must be ≥ 1, got {self.replicas}"),
@@ -137,11 +140,6 @@ class LearnSettings:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
-        if self.ensemble_heads:
-            raise ConfigError(
-                "--ensemble-heads needs shallow-ensemble models, which this molequi does not provide yet; "
-                "use a committee (--committee M)"
-            )
         parse_labeler(self.labeler)
 
 
@@ -510,11 +508,14 @@ def _check_identity(out_dir: Path, identity: dict[str, Any], say: Callable[[str]
             raise ConfigError(f"{path} is not a molequi learn run; choose another --out")
         changed = []
         for key in ("settings", "training"):
-            for name in sorted(set(saved[key]) | set(identity[key])):
+            ours, theirs, defaults = _flat(identity[key]), _flat(saved[key]), _flat(_defaults(key))
+            for name in sorted(set(ours) | set(theirs)):
                 if key == "settings" and name in RESUMABLE_SETTINGS:
                     continue
-                if saved[key].get(name) != identity[key].get(name):
-                    changed.append(f"{name} ({saved[key].get(name)!r} → {identity[key].get(name)!r})")
+                # a setting newer than the run (absent from its file) matches at its default value
+                before = theirs.get(name, defaults.get(name))
+                if before != ours.get(name, defaults.get(name)):
+                    changed.append(f"{name} ({before!r} → {ours.get(name)!r})")
         if saved["start_sha256"] != identity["start_sha256"]:
             changed.append("the start structures (their content differs)")
         if saved["test_sha256"] != identity["test_sha256"]:
@@ -535,6 +536,25 @@ def _check_identity(out_dir: Path, identity: dict[str, Any], say: Callable[[str]
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ConfigError(f"{out_dir} exists and is not a molequi learn run; choose another --out")
     _write_json(identity, path)
+
+
+def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested settings as ``{"model.channels": 16, ...}``."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and key == "model":
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _defaults(key: str) -> dict[str, Any]:
+    from molequi.training import TrainingConfig
+
+    if key == "training":
+        return TrainingConfig().to_dict()
+    return {f.name: f.default for f in dataclasses.fields(LearnSettings) if f.default is not dataclasses.MISSING}
 
 
 def _label_start(starts: list[Atoms], settings: LearnSettings, get_labeler, say) -> list[Atoms]:
@@ -574,6 +594,12 @@ def _run_round(r, settings, config, out_dir, md_starts, test_structures, device,
     members = [round_dir / f"member_{m}" / "model.molequi" for m in range(settings.committee)]
     if done.exists():
         record = json.loads(done.read_text())
+        if r < settings.rounds and not (round_dir / "labelled.extxyz").exists():
+            # the last round of a shorter run: --rounds grew, so this round now labels too
+            candidates = read(round_dir / "candidates.extxyz", ":")
+            record["row"]["n_new"] = _label_round(round_dir, candidates, settings, get_labeler, say)
+            say(f"round {r}/{settings.rounds}: labelled {record['row']['n_new']} frames ({settings.labeler})")
+            _write_json(record, done)
         return record["row"], members
     round_dir.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
@@ -656,6 +682,8 @@ def _member_config(config, settings: LearnSettings, r: int, m: int, n_labels: in
     values = config.to_dict()
     values["seed"] = config.seed + m + 100 * r
     values["progress"] = False
+    if settings.ensemble_heads >= 2:
+        values["model"] = {**values["model"], "ensemble_heads": settings.ensemble_heads}
     validation = values["validation"]
     if isinstance(validation, int) and 2 * validation > n_labels:  # keep most labels for training
         values["validation"] = max(1, n_labels // 10)

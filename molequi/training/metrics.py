@@ -65,7 +65,8 @@ def energy_errors(outputs: Mapping[str, torch.Tensor], batch) -> torch.Tensor:
 
 
 def loss_terms(
-    outputs: Mapping[str, torch.Tensor], batch, properties: Mapping[str, str] | Sequence[str] = ()
+    outputs: Mapping[str, torch.Tensor], batch, properties: Mapping[str, str] | Sequence[str] = (),
+    ensemble_loss: str = "heads",
 ) -> dict[str, torch.Tensor]:
     """Mean squared errors: ``energy`` per atom (eV²/atom², float64, from the residual
     energies: see :func:`energy_errors`), ``forces`` per component ((eV/Å)², the model dtype),
@@ -74,7 +75,11 @@ def loss_terms(
 
     A shallow ensemble (outputs with ``*_members``) is trained on the mean over its heads of
     each head's squared error, so that every head is a model of its own (the loss of the mean
-    alone would leave the heads free to disagree)."""
+    alone would leave the heads free to disagree). ``ensemble_loss="nll"`` trains it instead on
+    the Gaussian negative log-likelihood of the labels under N(mean, variance) over its heads
+    (see :func:`ensemble_nll_terms`)."""
+    if ensemble_loss == "nll" and "energy_members" in outputs:
+        return ensemble_nll_terms(outputs, batch, properties)
     terms = {}
     if has_label(batch, "energy"):
         n_atoms = atoms_per_graph(batch).to(outputs["energy"].device, torch.float64)
@@ -91,6 +96,38 @@ def loss_terms(
         predicted = outputs.get(f"{name}_members", outputs[name])
         label = batch[name].to(predicted.dtype)
         terms[name] = ((property_prediction(predicted, label, kind) - label) ** 2).mean()
+    return terms
+
+
+NLL_MIN_VARIANCE = 1e-6
+"""Floor of the heads' variance in the Gaussian NLL, in the output's unit squared (a head
+variance of 0 would make the NLL of an exact prediction −∞)."""
+
+
+def ensemble_nll_terms(
+    outputs: Mapping[str, torch.Tensor], batch, properties: Mapping[str, str] | Sequence[str] = ()
+) -> dict[str, torch.Tensor]:
+    """Gaussian NLL terms of a shallow ensemble: ``0.5·(log σ² + (y − μ)²/σ²)`` with μ and σ² the
+    mean and unbiased variance over its heads; energies per atom (eV/atom), forces per component
+    (eV/Å), properties in their unit. Lower is better; a term may be negative."""
+
+    def nll(members: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        variance = members.var(0, correction=1).clamp_min(NLL_MIN_VARIANCE)
+        return 0.5 * (torch.log(variance) + (label - members.mean(0)) ** 2 / variance).mean()
+
+    terms = {}
+    if has_label(batch, "energy"):
+        n_atoms = atoms_per_graph(batch).to(outputs["energy"].device, torch.float64)
+        label = batch.energy.to(device=n_atoms.device, dtype=torch.float64) - outputs["energy_reference"].to(torch.float64)
+        residuals = outputs["energy_members"] - outputs["energy_reference"].to(torch.float64)
+        terms["energy"] = nll(residuals / n_atoms, label / n_atoms)
+    if "forces_members" in outputs and has_label(batch, "forces"):
+        members = outputs["forces_members"]
+        terms["forces"] = nll(members, batch.forces.to(members.dtype))
+    for name, kind in property_kinds(properties).items():
+        members = outputs.get(f"{name}_members", outputs[name].unsqueeze(0))
+        label = batch[name].to(members.dtype)
+        terms[name] = nll(property_prediction(members, label, kind), label)
     return terms
 
 

@@ -147,8 +147,40 @@ class ParityPanel:
     centre: bool = False  # subtract the mean reference (total energies are large numbers)
 
 
+@dataclass
+class ReliabilityPanel:
+    """A reliability diagram: per bin of predicted std (equal counts), the RMS predicted std
+    (x) and the RMSE of the true errors (y), in ``unit``; calibrated stds lie on y = x."""
+
+    label: str
+    unit: str
+    std: np.ndarray
+    rmse: np.ndarray
+    count: np.ndarray
+
+
+def _reliability_panel(figure, axis, panel: ReliabilityPanel) -> None:
+    x, y = np.asarray(panel.std, np.float64), np.asarray(panel.rmse, np.float64)
+    if len(x):
+        high = 1.08 * float(max(x.max(), y.max())) or 1.0
+        axis.plot([0, high], [0, high], "k--", lw=0.8, label="ideal (y = x)")
+        axis.plot(x, y, "o-", ms=4, label=f"{len(x)} bins of ≈{int(np.median(panel.count))} values")
+        axis.set_xlim(0, high)
+        axis.set_ylim(0, high)
+        ratio = float(np.sqrt(np.sum(panel.count * y**2) / np.sum(panel.count * x**2)))
+        axis.text(0.04, 0.96, f"RMSE / RMS(std) {ratio:.3g}", transform=axis.transAxes, va="top", fontsize=9,
+                  bbox=dict(facecolor="white", alpha=0.8, edgecolor="none"))
+        axis.legend(loc="lower right", fontsize=8)
+    unit = f", {panel.unit}" if panel.unit else ""
+    axis.set_xlabel(f"predicted std of {panel.label}{unit}")
+    axis.set_ylabel(f"RMSE of {panel.label}{unit}")
+    axis.set_aspect("equal", adjustable="box")
+    axis.grid(True, alpha=0.3)
+
+
 def parity_figure(panels: Sequence[ParityPanel], title: str = ""):
-    """Side-by-side square parity panels: predicted vs reference, the y = x line, MAE and RMSE.
+    """Side-by-side square parity panels: predicted vs reference, the y = x line, MAE and RMSE
+    (and :class:`ReliabilityPanel` reliability diagrams among them).
 
     Panels with more than :data:`HEXBIN_ABOVE` points are drawn as a log-scaled density.
     A ``centre`` panel shows each value minus the mean reference (the mean is printed).
@@ -157,7 +189,7 @@ def parity_figure(panels: Sequence[ParityPanel], title: str = ""):
     figure = _new_figure(4.2 * len(panels), 4.5 if title else 4.2)
     axes = figure.subplots(1, len(panels), squeeze=False)[0]
     for axis, panel in zip(axes, panels):
-        _parity_panel(figure, axis, panel)
+        (_reliability_panel if isinstance(panel, ReliabilityPanel) else _parity_panel)(figure, axis, panel)
     if title:
         figure.suptitle(title, fontsize=11)
     return figure

@@ -213,7 +213,7 @@ def take_step(run: TrainingRun, batch) -> tuple[torch.Tensor, dict[str, torch.Te
     """One optimizer step on ``batch`` (already on the device): loss, backward, clipping,
     update, EMA. Returns the detached loss (a device tensor: no host sync) and the outputs."""
     outputs = run.trained(batch, compute_forces=run.with_forces)
-    loss = weighted_loss(loss_terms(outputs, batch, run.properties), run.weights)
+    loss = weighted_loss(loss_terms(outputs, batch, run.properties, run.config.ensemble_loss), run.weights)
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if run.config.grad_clip > 0:
