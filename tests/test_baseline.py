@@ -149,3 +149,10 @@ def test_train_with_baseline_learns_the_difference(tmp_path, capsys):
     residual_mean = np.mean([s.get_potential_energy() - XTBBaseline()(s.numbers, s.positions)[0] for s in structures])
     reference = float(net(graph)["energy_reference"][0])
     assert abs(reference - residual_mean) < abs(reference - structures[0].get_potential_energy())
+
+
+def test_export_refuses_a_baseline_model(tmp_path, capsys):
+    _, path = xtb_model(tmp_path)
+    code = main(["export", str(path), "--out", str(tmp_path / "model.pt"), "--device", "cpu"])
+    assert code == 2 and "baseline" in capsys.readouterr().err
+    assert not (tmp_path / "model.pt").exists()
