@@ -119,4 +119,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: str 
         raise ModelFileError(f"{path}: weights do not match the stored architecture ({str(error).splitlines()[0]})") from error
     if dtype is not None:
         model = model.to(DTYPES[dtype] if isinstance(dtype, str) else dtype)
+    from molequi.models.baseline import make_baseline
+
+    model.baseline = make_baseline(config.baseline)  # Δ-learning: added back at run time
     return model.to(device).eval()
