@@ -626,7 +626,8 @@ def _run_round(r, settings, config, out_dir, md_starts, test_structures, device,
             resume = (member_dir / "checkpoints" / "last.pt").exists()
             previous = out_dir / f"round_{r - 1:03d}" / f"member_{m}" / "model.molequi"
             train(member_config, str(train_file), member_dir, resume=resume, log=lambda message: None,
-                  init_weights=previous if r > 0 and not resume else None)
+                  init_weights=previous if r > 0 and not resume else None,
+                  overwrite=not resume)  # a member killed before its first epoch starts again
     say(f"round {r}/{settings.rounds}: trained {settings.committee} members on {n_labels} labels "
         f"({timings['train']:.1f} s)")
     row: dict[str, Any] = {"round": r, "n_labels": n_labels}
