@@ -31,10 +31,11 @@ SPACING = 25.0  # Å between copies: far beyond any cutoff
 
 # MACE configuration -> molequi configuration of matched size (channels, l_max; 2 layers, correlation 3)
 MACE_CONFIGS = {"mace-64x0e": {"channels": 64, "L": 0}, "mace-128x1o": {"channels": 128, "L": 1}}
+MATCHED_SHAPE = {"correlation": 3, "radial_hidden": [64, 64]}
 MOLEQUI_CONFIGS = {
-    "molequi-64x0e": {"channels": 64, "l_max": 0},
-    "molequi-128x1o": {"channels": 128, "l_max": 1},
-    "molequi-quickstart": {},  # ModelConfig defaults: 32 channels, l_max 2
+    "molequi-64x0e": {"channels": 64, "l_max": 0, **MATCHED_SHAPE},
+    "molequi-128x1o": {"channels": 128, "l_max": 1, **MATCHED_SHAPE},
+    "molequi-quickstart": {},  # ModelConfig defaults = `molequi train` without --config
 }
 MATCHED = {"mace-64x0e": "molequi-64x0e", "mace-128x1o": "molequi-128x1o"}
 

@@ -36,12 +36,14 @@ OVERRIDES = {
     "--num-layers": ("model.num_layers", int, "message-passing layers"),
     "--correlation": ("model.correlation", int, "body order of the node-feature product (1-4)"),
     "--cutoff": ("model.cutoff", float, "neighbor cutoff radius, Å"),
+    "--baseline": ("model.baseline", str, "Δ-learning: learn the labels minus this physical model, added back wherever "
+                   "the model runs: 'xtb' = GFN2-xTB through tblite (molecules; labels cached in DIR/baseline_cache)"),
     "--ensemble-heads": ("model.ensemble_heads", int, "K ≥ 2: a shallow ensemble — K readout heads on one shared body, "
                          "trained on the mean over heads of the loss; one model file then gives mean ± std (the "
                          "spread of the heads) to predict, evaluate, md, screen and the calculator"),
 }
 
-METAVARS = {"--ensemble-heads": "K", "--energy-key": "KEY", "--forces-key": "KEY", "--stress-key": "KEY", "--e0s": "fit|average|FILE.json", "--l-max": "L", "--lr": "LR", "--validation": "N_OR_FRACTION", "--max-epochs": "N", "--max-minutes": "MINUTES"}
+METAVARS = {"--baseline": "xtb", "--ensemble-heads": "K", "--energy-key": "KEY", "--forces-key": "KEY", "--stress-key": "KEY", "--e0s": "fit|average|FILE.json", "--l-max": "L", "--lr": "LR", "--validation": "N_OR_FRACTION", "--max-epochs": "N", "--max-minutes": "MINUTES"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -15,6 +15,12 @@ from molequi.utils import closest_name
 class ModelConfig:
     """Architecture of a molequi potential. Every field has a documented default.
 
+    These defaults are the architecture ``molequi train`` uses without ``--config`` (and
+    ``molequi/training/default.yaml`` lists them): small enough to learn fast on a 2-core CPU.
+    Measured on rMD17 ethanol (950 train / 50 validation, 2 threads, float32, batch 16, lr 1e-2):
+    47 epochs in 3 minutes, test force MAE 41 meV/Å, energy MAE 16 meV. l_max 2 costs ~2.8× per
+    step on a CPU; channels 32 cost only ~1.2× over 16 and learn better.
+
     Attributes:
         species: atomic numbers the model knows, sorted (set from the training data).
         cutoff: neighbor cutoff radius, Å. 5 Å suits molecules; larger costs O(r³) edges.
@@ -35,6 +41,10 @@ class ModelConfig:
         ensemble_heads: readouts per output on the one shared body (a shallow ensemble). With
             K ≥ 2 every output is the mean of K heads and comes with their spread (an
             uncertainty from one model); 1 is a plain model.
+        baseline: a physical model the network corrects (Δ-learning), or None: ``"xtb"``
+            (GFN2-xTB through tblite). The network is trained on ``label − baseline`` and a
+            loaded model adds the baseline back (energies eV, forces eV/Å), so tblite is needed
+            wherever such a model runs. Molecules in open space only.
         avg_num_neighbors: mean neighbor count (from the training data); normalises messages.
         e0s: atomic number (as str, for JSON) -> reference energy, eV.
         energy_shift: per-atom energy shift, eV.
@@ -51,16 +61,17 @@ class ModelConfig:
     species: list[int] = field(default_factory=list)
     cutoff: float = 5.0
     channels: int = 32
-    l_max: int = 2
+    l_max: int = 1
     num_layers: int = 2
     num_radial: int = 8
     cutoff_p: int = 6
-    radial_hidden: list[int] = field(default_factory=lambda: [64, 64])
-    correlation: int = 3
+    radial_hidden: list[int] = field(default_factory=lambda: [32, 32])
+    correlation: int = 2
     readout_hidden: int = 16
     trainable_radial: bool = False
     ensemble_heads: int = 1
     properties: dict[str, str] = field(default_factory=dict)
+    baseline: str | None = None
     avg_num_neighbors: float = 1.0
     e0s: dict[str, float] = field(default_factory=dict)
     energy_shift: float = 0.0
@@ -108,6 +119,9 @@ class ModelConfig:
             if not ok:
                 raise ConfigError(message)
         self.ensemble_heads = int(self.ensemble_heads)
+        from molequi.models.baseline import check_baseline
+
+        check_baseline(self.baseline)
         for name, kind in self.properties.items():
             if kind not in HEADS:
                 raise ConfigError(f"property '{name}' has kind '{kind}'; choose one of {sorted(HEADS)}")

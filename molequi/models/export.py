@@ -133,6 +133,11 @@ def export_model(model: ForceOutput, path: str | Path, format: str = "torchscrip
     """Write ``model`` to ``path`` in ``format`` (only ``torchscript``), atomically."""
     if format not in FORMATS:
         raise ConfigError(f"unknown export format '{format}'; choose one of {', '.join(FORMATS)}")
+    if getattr(model, "baseline", None) is not None:  # tblite runs outside torch: the file would lack it
+        raise ConfigError(
+            f"cannot export this model: it adds a {model.baseline.name} baseline at run time (Δ-learning), "
+            "which a TorchScript file cannot carry; use it through molequi (predict, the calculator, md)"
+        )
     from molequi.utils import atomic_write
 
     scripted = to_torchscript(model)

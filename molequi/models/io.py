@@ -154,11 +154,6 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: str 
     Raises:
         ModelFileError: the file is missing, corrupt, truncated, foreign or too new.
     """
-    from molequi.devices import resolve_device
-
-    device = resolve_device(device)
-    if isinstance(dtype, str) and dtype not in DTYPES:
-        raise ConfigError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     path = Path(path)
     header = read_header(path)
     try:
@@ -185,4 +180,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: str 
         raise ModelFileError(f"{path}: weights do not match the stored architecture ({str(error).splitlines()[0]})") from None
     if dtype is not None:
         model = model.to(DTYPES[dtype] if isinstance(dtype, str) else dtype)
+    from molequi.models.baseline import make_baseline
+
+    model.baseline = make_baseline(config.baseline)  # Δ-learning: added back at run time
     return model.to(device).eval()

@@ -98,6 +98,10 @@ class ForceOutput(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
+        # A physical baseline added at run time (Δ-learning, see molequi.models.baseline); set
+        # by load_model for a model trained with one. Training leaves it None: its labels
+        # already have the baseline taken off.
+        self.baseline = None
 
     @property
     def species(self) -> list[int]:
@@ -191,4 +195,28 @@ class ForceOutput(nn.Module):
                 if compute_stress:
                     volume = torch.linalg.det(graph.cell.to(position_dtype)).abs()  # [num_graphs], Å³
                     outputs["stress"] = (gradients[-1] / volume.view(-1, 1, 1)).to(dtype)
+        if self.baseline is not None:
+            self._add_baseline(outputs, graph, batch, num_graphs, compute_stress)
         return outputs
+
+    def _add_baseline(self, outputs: dict, graph, batch: torch.Tensor, num_graphs: int, compute_stress: bool) -> None:
+        """Add the baseline's energies (float64, into the reference) and forces to ``outputs``."""
+        from molequi.errors import ConfigError
+        from molequi.models.baseline import baseline_outputs
+
+        cell = getattr(graph, "cell", None)
+        if compute_stress or (cell is not None and bool(torch.any(cell != 0))):
+            raise ConfigError(
+                f"this model adds a {self.baseline.name} baseline, which molequi evaluates for molecules in open "
+                "space only (no periodic cell, no stress)"
+            )
+        energy, energies, forces = baseline_outputs(self.baseline, graph.numbers, graph.pos, batch, num_graphs)
+        outputs["energy"] = outputs["energy"] + energy
+        outputs["energy_reference"] = outputs["energy_reference"] + energy
+        outputs["energies"] = outputs["energies"] + energies
+        if "energy_members" in outputs:
+            outputs["energy_members"] = outputs["energy_members"] + energy
+        if "forces" in outputs:
+            outputs["forces"] = outputs["forces"] + forces.to(outputs["forces"].dtype)
+        if "forces_members" in outputs:
+            outputs["forces_members"] = outputs["forces_members"] + forces.to(outputs["forces_members"].dtype)

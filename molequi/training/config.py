@@ -49,23 +49,9 @@ RESUMABLE_KEYS = ("max_epochs", "max_minutes", "device", "num_workers", "progres
 
 
 def default_model() -> ModelConfig:
-    """The default architecture: small enough to learn fast on a 2-core CPU in a few minutes.
-
-    Measured on rMD17 ethanol (950 train / 50 validation, 2 threads, float32, batch 16,
-    lr 1e-2): 47 epochs in 3 minutes, test force MAE 41 meV/Å, energy MAE 16 meV. l_max 2 costs
-    ~2.8× per step on a CPU; channels 32 cost only ~1.2× over 16 and learn better.
-    """
-    return ModelConfig(
-        cutoff=5.0,
-        channels=32,
-        l_max=1,
-        num_layers=2,
-        num_radial=8,
-        cutoff_p=6,
-        radial_hidden=[32, 32],
-        correlation=2,
-        readout_hidden=16,
-    )
+    """The default architecture: :class:`ModelConfig`'s own defaults (the one place they are
+    set; ``default.yaml`` is a commented copy that a test keeps equal)."""
+    return ModelConfig()
 
 
 @dataclass
@@ -109,9 +95,11 @@ class TrainingConfig:
             (0, 1). The split is a pure function of the data size, this value and ``seed``.
         seed: seeds the split, the weight initialisation and the shuffling.
         device: ``"auto"`` (CUDA if available, else CPU), ``"cpu"`` or ``"cuda"``/``"cuda:N"``.
-        dtype: ``"float32"`` or ``"float64"`` for weights and arithmetic. float32 is ~1.5× faster
-            on a CPU and accurate to well below 1 meV/Å; use float64 for sub-meV benchmarks
-            (scripts/rmd17.yaml) and bit-exact comparisons.
+        dtype: ``"float32"`` or ``"float64"`` for the network's weights and arithmetic. Energies
+            are float64 either way (float64 reference energies and sums, residual loss), so
+            float32 costs no energy resolution; it is faster per step and its forces differ
+            from float64 ones of the same weights by far less than any trained error
+            (``scripts/bench_precision.py``). float64 for bit-exact comparisons.
         eval_interval: validate every this many epochs (the last epoch is always validated).
         num_workers: DataLoader worker processes (0 = load in the training process).
         progress: show a tqdm progress bar per epoch (rank 0 only).

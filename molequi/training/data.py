@@ -34,6 +34,8 @@ def load_graphs(
     require_energy: bool = True,
     require_forces: bool = True,
     keys: LabelKeys | None = None,
+    baseline: str | None = None,
+    cache_dir: str | Path | None = None,
 ) -> list[Data]:
     """Read every structure of ``paths`` and convert it to a graph with a ``cutoff`` (Å).
 
@@ -41,6 +43,9 @@ def load_graphs(
     the energy and forces found are attached (and must be finite); ``require_energy`` /
     ``require_forces`` make them mandatory, and every name in ``properties`` must be in each
     structure's ``atoms.info``. ``keys`` names the label keys (MACE's ``REF_energy`` ...).
+    With a ``baseline`` (Δ-learning, e.g. ``"xtb"``), its energies and forces are taken off the
+    labels; they are computed once and cached in ``cache_dir`` (see
+    :func:`molequi.models.baseline.baseline_labels`).
 
     Raises:
         DataFormatError / InvalidStructureError: naming the file and the structure index.
@@ -67,7 +72,27 @@ def load_graphs(
             graph.index = torch.tensor([len(graphs)])
             graphs.append(graph)
     check_uniform_labels(graphs, paths)
+    if labels and baseline is not None:
+        subtract_baseline(graphs, baseline, cache_dir)
     return graphs
+
+
+def subtract_baseline(graphs: Sequence[Data], baseline: str, cache_dir: str | Path | None = None) -> None:
+    """Replace each graph's energy (eV) and forces (eV/Å) labels by ``label − baseline``, in place."""
+    from molequi.models.baseline import baseline_labels
+
+    energies, forces = baseline_labels(
+        baseline,
+        [graph.numbers.numpy() for graph in graphs],
+        [graph.pos.numpy() for graph in graphs],
+        cache_dir,
+        progress=lambda done, total: print(f"{baseline} baseline: {done}/{total} structures", flush=True),
+    )
+    for graph, energy, force in zip(graphs, energies, forces):
+        if "energy" in graph:
+            graph.energy = graph.energy - torch.tensor(energy, dtype=graph.energy.dtype)
+        if "forces" in graph:
+            graph.forces = graph.forces - torch.from_numpy(force).to(graph.forces.dtype)
 
 
 def check_uniform_labels(graphs: Sequence[Data], paths: Sequence[str | Path]) -> None:
@@ -122,6 +147,7 @@ def prepare_data(
     outputs: Sequence[str] = ("energy", "forces"),
     keys: LabelKeys | None = None,
     e0s: str = "fit",
+    cache_dir: str | Path | None = None,
 ) -> PreparedData:
     """Read the training file(s), split with ``seed``, and fill the model's data statistics.
 
@@ -129,7 +155,8 @@ def prepare_data(
     required only when trained. The E0s, energy shift/scale, property shifts/scales and mean
     neighbor count are computed on the training part only; ``species`` covers every structure.
     ``keys`` names the label keys; ``e0s`` is ``fit``, ``average`` or a JSON file of reference
-    energies (see :func:`molequi.data.statistics.resolve_e0s`).
+    energies (see :func:`molequi.data.statistics.resolve_e0s`). With ``architecture.baseline``
+    the labels are taken relative to it (cached in ``cache_dir``), and so are the statistics.
     """
     graphs = load_graphs(
         paths,
@@ -138,6 +165,8 @@ def prepare_data(
         require_energy="energy" in outputs,
         require_forces="forces" in outputs,
         keys=keys,
+        baseline=architecture.baseline,
+        cache_dir=cache_dir,
     )
     train_indices, validation_indices = train_validation_split(len(graphs), validation, seed)
     train = [graphs[k] for k in train_indices]

@@ -128,7 +128,8 @@ def load_run_inputs(
         config.energy_weight, config.forces_weight, config.property_weights, config.model.properties
     )
     prepared = prepare_data(
-        paths, config.model, config.validation, config.seed, outputs_trained, keys=config.label_keys, e0s=config.e0s
+        paths, config.model, config.validation, config.seed, outputs_trained, keys=config.label_keys, e0s=config.e0s,
+        cache_dir=out_dir / "baseline_cache",
     )
     model_config = prepared.model_config if state is None else ModelConfig(**state["model_config"])
     test_graphs = None
@@ -140,6 +141,8 @@ def load_run_inputs(
             require_energy="energy" in outputs_trained,
             require_forces="forces" in outputs_trained,
             keys=config.label_keys,
+            baseline=model_config.baseline,
+            cache_dir=out_dir / "baseline_cache",
         )
         _check_test_species(test_graphs, model_config)
     return RunInputs(paths, test_paths, prepared, model_config, outputs_trained, test_graphs, state, data_sha256)

@@ -1,0 +1,307 @@
+#!/usr/bin/env python
+"""molequi (its defaults) against MACE on the same rMD17 molecule, the same budget, the same CPU.
+
+One after the other, with the same torch thread count:
+
+* molequi: ``molequi train`` without ``--config`` and ``--max-minutes BUDGET``;
+* MACE 0.3.16 (``.venv-mace`` from ``scripts/mace_env.sh``; it pins e3nn 0.4.4): ``mace_run_train``
+  with 64×0e (``mace-64x0e``) or 128×0e+128×1o (``mace-128x1o``), 2 layers, correlation 3,
+  batch 5, lr 0.01, amsgrad, EMA 0.99, E/F weights 10/1000, float32, E0s "average". MACE has no
+  wall-clock limit, so a one-epoch probe run measures its epoch time and the real run gets
+  ``floor(BUDGET / epoch time)`` epochs (at least 1).
+
+Both train on the same 950 structures and validate on the same 50 (molequi's split of
+``rmd17_<mol>_train_01.npz``, seed 0) and are tested on the 1000 structures of
+``rmd17_<mol>_test_01.npz`` with the same code: each side writes its test predictions to an
+``.npz`` (molequi through :func:`molequi.predict`, MACE through its ASE calculator), and
+:func:`metrics` computes the errors of both. Wall and CPU seconds (children's rusage) of every
+training are recorded, with the load average before and after.
+
+    python scripts/bench_vs_mace.py --molecule ethanol --minutes 10 --readme
+    python scripts/bench_vs_mace.py --molecule aspirin --minutes 3 --mace-models mace-64x0e   # quick
+
+Writes ``OUT/<molecule>_<minutes>min.json`` and ``.md``; ``--readme`` puts every result file of
+OUT into the README block ``vs-mace`` (one table row per molecule, budget and MACE model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "rmd17"
+MACE_PYTHON = ROOT / ".venv-mace" / "bin" / "python"
+KCAL_MOL = 0.0433641043  # eV per kcal/mol (ase.units.kcal / ase.units.mol)
+MACE_MODELS = {"mace-64x0e": "64x0e", "mace-128x1o": "128x0e+128x1o"}
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed(command: list[str], env: dict | None = None, log: Path | None = None) -> dict:
+    """Run ``command``; its wall and CPU seconds and the load average around it."""
+    print("$", shlex.join(command), flush=True)
+    load = os.getloadavg()[0]
+    cpu, started = children_cpu(), time.monotonic()
+    with open(log, "w") if log else open(os.devnull, "w") as sink:
+        code = subprocess.run(command, cwd=ROOT, env=env, stdout=sink if log else None, stderr=subprocess.STDOUT if log else None).returncode
+    if code:
+        raise SystemExit(f"error: {command[0]} exited with {code}" + (f" (see {log})" if log else ""))
+    return {"wall_s": round(time.monotonic() - started, 1), "cpu_s": round(children_cpu() - cpu, 1),
+            "load_before": round(load, 2), "load_after": round(os.getloadavg()[0], 2)}
+
+
+def metrics(predicted: Path, test_file: Path) -> dict:
+    """Test errors of a predictions file (``energy`` [S] eV, ``forces`` [S, n, 3] eV/Å) against
+    the rMD17 labels (kcal/mol): energy MAE of the total energy, meV; forces MAE per component, meV/Å."""
+    with np.load(test_file) as labels, np.load(predicted) as values:
+        energy = labels["energies"] * KCAL_MOL
+        forces = labels["forces"] * KCAL_MOL
+        e_err = values["energy"].astype(np.float64) - energy
+        f_err = values["forces"].astype(np.float64) - forces
+    return {"energy_mae_meV": 1e3 * float(np.abs(e_err).mean()), "forces_mae_meV_per_A": 1e3 * float(np.abs(f_err).mean()),
+            "energy_rmse_meV": 1e3 * float(np.sqrt((e_err**2).mean())), "forces_rmse_meV_per_A": 1e3 * float(np.sqrt((f_err**2).mean())),
+            "n_test": int(len(energy))}
+
+
+def split_files(train_file: Path, out: Path) -> tuple[Path, Path]:
+    """molequi's own train/validation split (50 held out, seed 0) as extxyz files for MACE."""
+    import ase.io
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    from molequi.data import read_structures
+    from molequi.data.split import train_validation_split
+
+    structures = read_structures(train_file)
+    train_indices, validation_indices = train_validation_split(len(structures), 50, 0)
+    paths = []
+    for name, indices in (("train", train_indices), ("valid", validation_indices)):
+        chosen = []
+        for k in indices:
+            atoms = structures[int(k)].copy()
+            atoms.info["REF_energy"] = structures[int(k)].get_potential_energy()
+            atoms.arrays["REF_forces"] = structures[int(k)].get_forces()
+            atoms.calc = None
+            chosen.append(atoms)
+        path = out / f"{name}.extxyz"
+        ase.io.write(path, chosen)
+        paths.append(path)
+    return paths[0], paths[1]
+
+
+def run_molequi(args, train_file: Path, test_file: Path, out: Path) -> dict:
+    import torch
+
+    from molequi.data import read_structures
+    from molequi.models import load_model
+    from molequi.models.predict import predict
+
+    run_dir = out / "molequi"
+    command = [sys.executable, "-m", "molequi.cli.main", "train", "--data", str(train_file), "--out", str(run_dir),
+               "--validation", "50", "--max-minutes", str(args.minutes), "--device", "cpu", "--no-progress"]
+    result = timed(command, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)}, log=out / "molequi.log")
+    torch.set_num_threads(args.threads)
+    model = load_model(run_dir / "model.molequi")
+    predictions = predict(model, read_structures(test_file), batch_size=50)
+    path = out / "molequi_test.npz"
+    np.savez(path, energy=np.array([p["energy"] for p in predictions]), forces=np.stack([p["forces"] for p in predictions]))
+    from molequi.models import read_header
+
+    extra = read_header(run_dir / "model.molequi")["extra"]
+    result.update(metrics(path, test_file), epochs=extra.get("epochs"), model="molequi (defaults)")
+    from molequi.calculators import MolequiCalculator
+
+    first = read_structures(test_file)[0]
+    result["md_steps_per_s"] = md_steps_per_s(first, MolequiCalculator(model))
+    return result
+
+
+def mace_command(name: str, train: Path, valid: Path, out: Path, epochs: int, threads: int) -> list[str]:
+    return [str(ROOT / ".venv-mace" / "bin" / "mace_run_train"), f"--name={name}", f"--train_file={train}",
+            f"--valid_file={valid}", "--energy_key=REF_energy", "--forces_key=REF_forces", "--model=MACE",
+            f"--hidden_irreps={MACE_MODELS[name]}", "--num_interactions=2", "--correlation=3", "--r_max=5.0",
+            "--batch_size=5", "--valid_batch_size=10", "--lr=0.01", "--amsgrad", "--ema", "--ema_decay=0.99",
+            "--energy_weight=10", "--forces_weight=1000", "--E0s=average", "--default_dtype=float32",
+            f"--max_num_epochs={epochs}", "--device=cpu", "--seed=0", f"--model_dir={out}",
+            f"--checkpoints_dir={out / 'checkpoints'}", f"--log_dir={out / 'logs'}", f"--results_dir={out / 'results'}",
+            "--eval_interval=1", "--save_cpu"]
+
+
+def run_mace(args, name: str, train: Path, valid: Path, test_file: Path, out: Path) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
+    epochs = args.mace_epochs
+    probe = None
+    if not epochs:  # size the run from a one-epoch probe (its start-up cost included, so a slight under-estimate)
+        probe_dir = out / f"{name}-probe"
+        probe = timed(mace_command(name, train, valid, probe_dir, 1, args.threads), env=env, log=out / f"{name}-probe.log")
+        epochs = max(1, math.floor(60.0 * args.minutes / probe["wall_s"]))
+    run_dir = out / name
+    result = timed(mace_command(name, train, valid, run_dir, epochs, args.threads), env=env, log=out / f"{name}.log")
+    path = out / f"{name}_test.npz"
+    worker = [str(MACE_PYTHON), __file__, "--mace-predict", str(run_dir / f"{name}.model"), str(test_file), str(path),
+              "--threads", str(args.threads)]
+    timed(worker, env=env)
+    result.update(metrics(path, test_file), epochs=epochs, model=name, probe=probe)
+    with np.load(path) as values:
+        result["md_steps_per_s"] = float(values["md_steps_per_s"])
+    return result
+
+
+def mace_predict(model_file: str, test_file: str, out: str, threads: int) -> None:
+    """(In .venv-mace.) Predictions of a trained MACE model through its ASE calculator."""
+    import torch
+    from ase import Atoms
+    from mace.calculators import MACECalculator
+
+    torch.set_num_threads(threads)
+    calculator = MACECalculator(model_paths=model_file, device="cpu", default_dtype="float32")
+    energies, forces = [], []
+    with np.load(test_file) as data:
+        for coords in data["coords"]:
+            atoms = Atoms(numbers=data["nuclear_charges"], positions=coords)
+            atoms.calc = calculator
+            energies.append(atoms.get_potential_energy())
+            forces.append(atoms.get_forces())
+        speed = md_steps_per_s(Atoms(numbers=data["nuclear_charges"], positions=data["coords"][0]), calculator)
+    np.savez(out, energy=np.array(energies), forces=np.stack(forces), md_steps_per_s=speed)
+
+
+def md_steps_per_s(atoms, calculator, steps: int = 100) -> float:
+    """Velocity-Verlet steps per second (0.5 fs) of one molecule through an ASE calculator
+    (after 5 warm-up steps); the same function for both codes."""
+    import ase.units
+    from ase.md.verlet import VelocityVerlet
+
+    atoms.calc = calculator
+    dynamics = VelocityVerlet(atoms, timestep=0.5 * ase.units.fs)
+    dynamics.run(5)
+    started = time.perf_counter()
+    dynamics.run(steps)
+    return steps / (time.perf_counter() - started)
+
+
+def markdown(reports: list[dict]) -> str:
+    from molequi.utils import machine_info  # noqa: F401  (kept for symmetry with the JSON)
+
+    lines = [
+        "rMD17 split 01, 950 training + 50 validation structures (the same split for both), tested on the 1000 "
+        "test structures with one metric function; one torch thread each, one run after the other. molequi: "
+        "`molequi train` defaults (no `--config`) with `--max-minutes`; MACE 0.3.16: 2 layers, correlation 3, "
+        "batch 5, lr 0.01, amsgrad, EMA, E/F weights 10/1000, float32, E0s average, epochs sized from a probe "
+        "run to the same budget. E: MAE of the total energy, meV; F: MAE per component, meV/Å. "
+        "Ratios molequi/MACE (target: F ≤ 0.6, E ≤ 1).",
+        "",
+        "| molecule | budget | MACE model | molequi F | MACE F | F ratio | molequi E | MACE E | E ratio | "
+        "epochs (molequi/MACE) | CPU s (molequi/MACE) | load |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for report in reports:
+        mine = report["molequi"]
+        for mace in report["mace"]:
+            lines.append(
+                f"| {report['molecule']} | {report['minutes']:g} min | {mace['model']} | {mine['forces_mae_meV_per_A']:.1f} | "
+                f"{mace['forces_mae_meV_per_A']:.1f} | {mine['forces_mae_meV_per_A'] / mace['forces_mae_meV_per_A']:.2f} | "
+                f"{mine['energy_mae_meV']:.1f} | {mace['energy_mae_meV']:.1f} | "
+                f"{mine['energy_mae_meV'] / mace['energy_mae_meV']:.2f} | {mine['epochs']}/{mace['epochs']} | "
+                f"{mine['cpu_s']:.0f}/{mace['cpu_s']:.0f} | {mine['load_before']:.1f}–{mace['load_after']:.1f} |"
+            )
+    lines += ["", "Accuracy against MD speed (velocity Verlet, one molecule through each code's ASE calculator, "
+              "one thread; the same function times both):", "",
+              "| molecule | budget | model | F MAE (meV/Å) | E MAE (meV) | MD steps/s |", "|---|---:|---|---:|---:|---:|"]
+    for report in reports:
+        for side in [report["molequi"], *report["mace"]]:
+            speed = side.get("md_steps_per_s")
+            lines.append(f"| {report['molecule']} | {report['minutes']:g} min | {side['model']} | "
+                         f"{side['forces_mae_meV_per_A']:.1f} | {side['energy_mae_meV']:.1f} | "
+                         f"{'–' if speed is None else f'{speed:.1f}'} |")
+    machines = {r["machine"]["cpu"] for r in reports}
+    lines += ["", f"Machine: {', '.join(sorted(machines))} (shared: the load column is the 1-minute load average "
+              "before molequi and after MACE; CPU seconds are the work each side did). Commands: "
+              + "; ".join(f"`{r['command']}`" for r in reports)]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--molecule", default="ethanol")
+    parser.add_argument("--minutes", type=float, default=10.0, help="training budget of each side, minutes")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--mace-models", nargs="*", default=list(MACE_MODELS), choices=list(MACE_MODELS))
+    parser.add_argument("--mace-epochs", type=int, default=None, help="MACE epochs (default: sized from a probe run)")
+    parser.add_argument("--skip-molequi", action="store_true", help="reuse the molequi result of an earlier run")
+    parser.add_argument("--data-dir", type=Path, default=DATA)
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench_vs_mace")
+    parser.add_argument("--readme", action="store_true", help="write the table of every result in OUT into README.md")
+    parser.add_argument("--mace-predict", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.mace_predict:
+        mace_predict(*args.mace_predict, threads=args.threads)
+        return 0
+    from molequi.utils import machine_info
+
+    command = shlex.join(["python", "scripts/bench_vs_mace.py", *(sys.argv[1:] if argv is None else argv)])
+    train_file = args.data_dir / f"rmd17_{args.molecule}_train_01.npz"
+    test_file = args.data_dir / f"rmd17_{args.molecule}_test_01.npz"
+    tag = f"{args.molecule}_{args.minutes:g}min"
+    out = args.out / tag
+    out.mkdir(parents=True, exist_ok=True)
+    result_path = args.out / f"{tag}.json"
+    previous = json.loads(result_path.read_text()) if result_path.is_file() else {}
+    report = {"molecule": args.molecule, "minutes": args.minutes, "threads": args.threads, "command": command,
+              "machine": machine_info("cpu"), "uptime_before": os.getloadavg()}
+    if args.skip_molequi and "molequi" in previous:
+        report["molequi"] = previous["molequi"]
+        if "md_steps_per_s" not in report["molequi"]:  # a result from before MD was timed
+            from molequi.calculators import MolequiCalculator
+            from molequi.data import read_structures
+
+            model = MolequiCalculator(str(out / "molequi" / "model.molequi"))
+            report["molequi"]["md_steps_per_s"] = md_steps_per_s(read_structures(test_file)[0], model)
+    else:
+        import shutil
+
+        shutil.rmtree(out / "molequi", ignore_errors=True)
+        report["molequi"] = run_molequi(args, train_file, test_file, out)
+    print(json.dumps(report["molequi"]), flush=True)
+    report["mace"] = [] if args.mace_models else previous.get("mace", [])  # none asked: keep the earlier ones
+    if args.mace_models and not MACE_PYTHON.exists():
+        raise SystemExit(f"error: {MACE_PYTHON} missing: run `bash scripts/mace_env.sh` first")
+    train, valid = split_files(train_file, out) if args.mace_models else (None, None)
+    for name in args.mace_models:
+        import shutil
+
+        for stale in (out / name, out / f"{name}-probe"):
+            shutil.rmtree(stale, ignore_errors=True)
+        report["mace"].append(run_mace(args, name, train, valid, test_file, out))
+        print(json.dumps(report["mace"][-1]), flush=True)
+        result_path.write_text(json.dumps(report, indent=2) + "\n")
+    report["uptime_after"] = os.getloadavg()
+    result_path.write_text(json.dumps(report, indent=2) + "\n")
+    reports = [json.loads(p.read_text()) for p in sorted(args.out.glob("*min.json"))]
+    reports = [r for r in reports if r.get("mace")]
+    text = markdown(reports)
+    (args.out / "vs_mace.md").write_text(text)
+    print(text)
+    if args.readme:
+        sys.path.insert(0, str(ROOT / "scripts"))
+        from readme_section import update_readme_section
+
+        update_readme_section("vs-mace", text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
