@@ -197,8 +197,9 @@ def read_systems(specs: Sequence[str], replicas: int = 1) -> list[Atoms]:
         frames = read_structures(path)
         try:
             selected = frames[string2index(index or "-1")]
-        except (ValueError, IndexError) as error:
-            raise ConfigError(f"{spec}: cannot select frame(s) '{index}' of {len(frames)} ({error})") from None
+        except (ValueError, IndexError, TypeError):
+            raise ConfigError(f"{spec}: cannot select frame(s) '{index}' of {len(frames)}: use @N, @-1, @start:stop "
+                              "or @:") from None
         selected = selected if isinstance(selected, list) else [selected]
         for k, atoms in enumerate(selected):
             atoms = atoms.copy()
