@@ -197,7 +197,7 @@ def read_systems(specs: Sequence[str], replicas: int = 1) -> list[Atoms]:
         frames = read_structures(path)
         try:
             selected = frames[string2index(index or "-1")]
-        except (ValueError, IndexError) as error:
+        except (ValueError, IndexError, TypeError) as error:
             raise ConfigError(f"{spec}: cannot select frame(s) '{index}' of {len(frames)} ({error})") from None
         selected = selected if isinstance(selected, list) else [selected]
         for k, atoms in enumerate(selected):
