@@ -202,7 +202,9 @@ def markdown(reports: list[dict]) -> str:
         "`molequi train` defaults (no `--config`) with `--max-minutes`; MACE 0.3.16: 2 layers, correlation 3, "
         "batch 5, lr 0.01, amsgrad, EMA, E/F weights 10/1000, float32, E0s average, epochs sized from a probe "
         "run to the same budget. E: MAE of the total energy, meV; F: MAE per component, meV/Å. "
-        "Ratios molequi/MACE (target: F ≤ 0.6, E ≤ 1).",
+        "Ratios molequi/MACE (target: F ≤ 0.6, E ≤ 1). MACE trains whole epochs: when its probe epoch (start-up "
+        "included) takes most of the budget it gets one, and may then use fewer CPU seconds than molequi: compare "
+        "the CPU column.",
         "",
         "| molecule | budget | MACE model | molequi F | MACE F | F ratio | molequi E | MACE E | E ratio | "
         "epochs (molequi/MACE) | CPU s (molequi/MACE) | load |",
