@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import hashlib
 import os
 import re
 import secrets
+import shutil
 import stat
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -139,6 +142,125 @@ def remove_stale_temporaries(folder: str | Path, recursive: bool = False) -> lis
             candidate.unlink(missing_ok=True)
             removed.append(candidate)
     return removed
+
+
+LOCK_NAME = ".molequi.lock"
+"""The lock file a run holds in its output directory."""
+
+
+@contextmanager
+def locked_directory(path: str | Path, command: str) -> Iterator[Path]:
+    """Hold an exclusive ``fcntl.flock`` on ``path/.molequi.lock`` for the block.
+
+    A second run on the same directory gets a one-line :class:`~molequi.errors.ConfigError`
+    at once (it never waits, and never writes there). The lock is the kernel's: it is released
+    when the process exits, however it exits, so a killed run leaves no stale lock.
+    """
+    import fcntl
+
+    from molequi.errors import ConfigError
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{path} is a file, not a directory; choose another output directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        handle = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as error:
+        raise ConfigError(f"cannot use {path} as the output directory: {error.strerror or error}") from None
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(handle, 200, 0).decode("utf-8", "replace").strip() or "another process"
+            raise ConfigError(f"{path} is in use by another run ({holder}); wait for it to finish "
+                              "or choose another output directory") from None
+        os.ftruncate(handle, 0)
+        os.pwrite(handle, f"molequi {command}, pid {os.getpid()}".encode(), 0)
+        yield path
+    finally:
+        os.close(handle)  # releases the lock
+
+
+def claim_run_directory(
+    path: str | Path, command: str, outputs: Sequence[str], resume: bool = False, overwrite: bool = False,
+    resume_marker: str | None = None,
+) -> contextlib.AbstractContextManager[Path]:
+    """Lock ``path`` (see :func:`locked_directory`) and check it suits a new run or a resume.
+
+    - ``resume``: ``resume_marker`` (a file of ``outputs``) must be there.
+    - a new run: the directory must be empty (bar the lock file) — an earlier run's files are
+      never silently replaced — unless ``overwrite``, which deletes the files and folders
+      matching the glob patterns ``outputs`` (and only those: never a user's other files).
+
+    Temporary files left by a killed run's interrupted writes are removed in either case.
+    Returns a context manager; the checks run when it is entered, under the lock.
+    """
+    from molequi.errors import ConfigError
+
+    path = Path(path)
+
+    @contextmanager
+    def claim() -> Iterator[Path]:
+        with locked_directory(path, command):
+            removed = remove_stale_temporaries(path, recursive=True)
+            if resume:
+                if resume_marker and not (path / resume_marker).exists():
+                    raise ConfigError(f"nothing to resume in {path}: {path / resume_marker} does not exist "
+                                      "(start the run without --resume)")
+            else:
+                present = sorted(p.name for p in path.iterdir() if p.name != LOCK_NAME and p not in removed)
+                if present and not overwrite:
+                    shown = ", ".join(present[:4]) + (", ..." if len(present) > 4 else "")
+                    raise ConfigError(f"{path} already holds files ({shown}); pass --resume to continue that run, "
+                                      "--overwrite to replace its outputs, or choose another output directory")
+                for pattern in outputs if overwrite else ():
+                    for old in path.glob(pattern):
+                        if old.is_dir() and not old.is_symlink():
+                            shutil.rmtree(old)
+                        else:
+                            old.unlink(missing_ok=True)
+            yield path
+
+    return claim()
+
+
+def file_digest(path: str | Path) -> str:
+    """sha256 (hex) of a file's bytes: identifies an input or a model by content, not by name."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def text_digest(text: str) -> str:
+    """sha256 (hex) of a string (a resolved dataset spec, a JSON of settings)."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+DIGEST_KEY = "content_sha256"
+"""Metadata key of the checksum in molequi's safetensors files (models, MD restarts)."""
+
+
+def tensors_digest(tensors: Mapping[str, Any], metadata: Mapping[str, str] | None = None) -> str:
+    """sha256 (hex) over named tensors (name, dtype, shape, bytes) and string metadata.
+
+    Stored in a file's header when it is written and recomputed when it is read, it detects
+    flipped or truncated bytes in weights and header values alike (the ``DIGEST_KEY`` entry
+    itself is left out of the metadata hashed).
+    """
+    import torch
+
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{str(tensor.dtype)}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    for key in sorted(metadata or {}):
+        if key != DIGEST_KEY:
+            digest.update(f"{key}={metadata[key]}\n".encode())
+    return digest.hexdigest()
 
 
 def cpu_model() -> str:

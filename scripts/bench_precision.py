@@ -231,7 +231,7 @@ def markdown(rows: list[dict], machine: dict, args: argparse.Namespace) -> str:
         "Training: `scripts/rmd17.yaml`, 950 train + 50 validation, tested on the 1000 test structures (E: MAE of the "
         "total energy, meV; F: MAE per component, meV/Å). Epochs/s over the training budget; wall and CPU s of the "
         f"whole `molequi train` process (with the test); train steps: {args.steps} timed steps (batch of the config, "
-        "energy + forces loss, backward, Adam) of the trained model in its dtype. MD: batched engine, NVE 0.5 fs, {args.md_replicas} × {args.md_molecule}, "
+        f"energy + forces loss, backward, Adam) of the trained model in its dtype. MD: batched engine, NVE 0.5 fs, {args.md_replicas} × {args.md_molecule}, "
         f"{args.md_steps} steps; max |ΔE| is the largest total-energy change.",
         "",
         "| molecule | dtype | epochs | epochs/s | wall s | CPU s | train steps/s | train steps/CPU s | E MAE | F MAE "

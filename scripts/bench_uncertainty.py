@@ -43,7 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "datasets"))  # the xTB recipe's helpers (datasets/xtb_md.py)
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "rmd17"
 TEMPERATURES = (300.0, 600.0, 1000.0)
-REUSED: list[str] = []  # models and loops of an earlier run in --out that this run reused
+REUSED: list[tuple[str, float]] = []  # (model or loop, its wall seconds) reused from an earlier run in --out
 
 PROFILES = {
     # quick: a smoke run (~10 min); full: what fits in ~40 min of 2 shared cores. Committee members
@@ -167,7 +167,9 @@ def train_members(molecule: str, kind: str, files, profile, args, log) -> list[P
         out = args.out / kind / molecule / f"member_{m}"
         model = out / "model.molequi"
         if model.exists():
-            REUSED.append(str(model.relative_to(args.out)))
+            from molequi.models import read_header
+
+            REUSED.append(("model", 60.0 * float(read_header(model)["extra"]["minutes"])))
         else:
             if out.exists():
                 shutil.rmtree(out)  # a member this script left unfinished
@@ -197,8 +199,12 @@ def calibration_table(models, files, kind: str) -> dict:
     for t in TEMPERATURES:
         errors = committee_errors(loaded, read(files[f"md_{t:g}K"], ":"))["forces"]
         rows[f"{t:g}K"] = {"before": forces_metrics(errors), "after": forces_metrics(errors, calibration)}
+    from molequi.models import read_header
+
     heads = loaded[0].model.config.ensemble_heads
-    name = f"committee of {len(models)}" if kind == "committee" else f"shallow ensemble of {heads} heads"
+    epochs = sorted({int(read_header(path)["extra"]["epochs"]) for path in models})  # a time cap may cut them short
+    trained = f"{'–'.join(str(e) for e in (epochs[0], epochs[-1]) if e is not None)} epochs" if len(epochs) > 1 else f"{epochs[0]} epochs"
+    name = (f"committee of {len(models)}" if kind == "committee" else f"shallow ensemble of {heads} heads") + f", {trained}"
     return {"kind": name, "calibration": {"form": fit.form, "a": fit.a, "b": fit.b}, "temperatures": rows}
 
 
@@ -214,8 +220,10 @@ def learning_comparison(molecule: str, files, profile, args, log) -> dict:
                                 "batch_size": 4, "seed": 0})
     curves = {}
     for selection in ("uncertain", "random"):
-        if (args.out / "learn" / molecule / selection / f"round_{profile['rounds']:03d}" / "round.json").exists():
-            REUSED.append(f"learn/{molecule}/{selection}")
+        loop = args.out / "learn" / molecule / selection
+        if (loop / f"round_{profile['rounds']:03d}" / "round.json").exists():
+            REUSED.append(("loop", sum(sum(json.loads(path.read_text())["wall_s"].values())
+                                       for path in loop.glob("round_*/round.json"))))
         settings = LearnSettings(
             rounds=profile["rounds"], per_round=profile["per_round"], temperatures=list(TEMPERATURES),
             md_steps=profile["md_steps"], committee=profile["learn_members"], replicas=2, sample_every=10,
@@ -276,8 +284,10 @@ def markdown(report: dict) -> str:
         f"load {report['load_before']:.1f} before / {report['load_after']:.1f} after; {report['wall_s'] / 60:.1f} min wall, "
         f"{report['cpu_s'] / 60:.1f} min CPU; torch {m['torch']}, commit {str(m.get('git_commit', ''))[:10]}). "
         f"Profile `{report['profile']}`: {json.dumps(report['settings'])}; models {json.dumps(MODEL)}."
-        + (f" Reused from an earlier run in the same --out (its wall and CPU times are not in the figures above): "
-           f"{', '.join(report['reused'])}." if report.get("reused") else ""),
+        + (f" Reused from an earlier run in the same --out (not in the times above): "
+           f"{sum(kind == 'model' for kind, _ in report['reused'])} trained models and "
+           f"{sum(kind == 'loop' for kind, _ in report['reused'])} learning loops, which had taken "
+           f"{sum(seconds for _, seconds in report['reused']) / 60:.0f} min wall." if report.get("reused") else ""),
         "",
         "Spearman: per structure, mean |force error| vs mean predicted std (unchanged by calibration); RMSE÷std and "
         "miscalibration area per force component; calibration fitted on held-out rMD17 geometries (xTB labels) by "
@@ -323,6 +333,7 @@ def plot(report: dict, path: Path) -> None:
     ax.axhspan(0.8, 1.25, color="green", alpha=0.1)
     ax.set_xticks(range(len(TEMPERATURES)), [f"{t:g} K" for t in TEMPERATURES])
     ax.set_ylabel("force RMSE ÷ predicted std")
+    ax.set_yscale("log")  # raw shallow-ensemble spreads can be an order of magnitude too small
     ax.legend(fontsize=7)
     ax = axes[1]
     for molecule, result in report["learning"].items():

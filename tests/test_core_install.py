@@ -1,5 +1,5 @@
-"""The core install (``pip install -e .``, no extras) trains, evaluates, runs MD and explains
-itself; ``molequi screen`` without the search extra says what to install.
+"""The core install (``pip install -e .``, no extras) trains, evaluates, runs MD, exports and
+explains itself; ``molequi screen`` without the search extra says what to install.
 
 The extras are installed in the test environment, so the subprocesses here hide them: a
 replacement of the standard path finder answers "not installed" for the extras' top-level
@@ -103,6 +103,7 @@ steps = [
     ["evaluate", "run/model.molequi", "{data}", "--device", "cpu", "--out", "metrics.json"],
     ["md", "run/model.molequi", "{data}", "--steps", "5", "--dt", "0.5", "--out", "md", "--device", "cpu",
      "--no-progress"],
+    ["export", "run/model.molequi", "--out", "model.pt", "--device", "cpu"],
 ]
 for argv in steps:
     code = main(argv)
@@ -114,3 +115,4 @@ assert not leaked, leaked
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     assert json.loads((tmp_path / "metrics.json").read_text())["n_structures"] == 6
     assert any((tmp_path / "md").iterdir())
+    assert (tmp_path / "model.pt").stat().st_size > 0

@@ -157,7 +157,7 @@ def test_neighbor_list_periodic_positions_outside_cell():
 
 
 def test_neighbor_list_refuses_mixed_pbc():
-    with pytest.raises(NotImplementedError, match="mixed periodic"):
+    with pytest.raises(InvalidStructureError, match="mixed periodic"):
         neighbor_list(np.zeros((2, 3)) + [[0, 0, 0], [1, 0, 0]], 2.0, np.eye(3) * 5, np.array([True, True, False]))
 
 

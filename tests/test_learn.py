@@ -299,3 +299,25 @@ def test_rerun_accepts_settings_added_since_at_their_defaults(tmp_path):
         run_learning(settings, ["CH3CH2OH"], out, config=_config(), log=lambda m: None)
     assert "start structures" in str(error.value) and "selection" not in str(error.value)
     assert "ensemble_heads" not in str(error.value)
+
+
+@pytest.mark.parametrize("selection", ["uncertain", "random"])
+def test_trust_ceiling_keeps_wild_frames_out(tmp_path, selection):
+    from ase.calculators.emt import EMT
+
+    candidates = []
+    for k, std in enumerate([0.1, 5.0, 0.3, 0.2, 9.0, 0.05]):
+        atoms = molecule("CH3CH2OH")
+        atoms.positions += np.random.default_rng(k).normal(0.0, 0.05, atoms.positions.shape)
+        atoms.info["std_max"] = std
+        candidates.append(atoms)
+    settings = LearnSettings(**{**SETTINGS, "per_round": 3, "max_std": 1.0, "selection": selection})
+    round_dir = tmp_path / "round_000"
+    round_dir.mkdir()
+    assert learn._label_round(round_dir, candidates, settings, EMT, lambda m: None) == 3
+    from ase.io import read
+
+    picked = {int(a.info["candidate"]) for a in read(round_dir / "labelled.extxyz", ":")}
+    assert not picked & {1, 4} and len(picked) == 3
+    if selection == "uncertain":
+        assert picked == {0, 2, 3}

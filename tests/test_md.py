@@ -291,7 +291,8 @@ def test_cli_runs_nve_with_replicas_and_resumes(random_model, tmp_path, capsys):
     write(tmp_path / "ethanol.xyz", ethanol(0))
     out = tmp_path / "md"
     args = ["md", str(model_path), str(tmp_path / "ethanol.xyz"), "--steps", "20", "--dt", "0.5", "--replicas", "2",
-            "--out", str(out), "--traj-every", "10", "--log-every", "5", "--restart-every", "10", "--no-progress"]
+            "--out", str(out), "--traj-every", "10", "--log-every", "5", "--restart-every", "10", "--no-progress",
+            "--min-distance", "0.2"]  # the random model lets two atoms of replica 1 meet at 0.5 Å
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "meV/atom" in printed and "system 1" in printed
@@ -327,3 +328,18 @@ def test_cuda_engine_matches_cpu(random_model):
     cpu.run(20)
     gpu.run(20)
     np.testing.assert_allclose(gpu.state.positions.cpu().numpy(), cpu.state.positions.numpy(), atol=1e-8)
+
+
+def test_one_runner_both_engines_write_the_same_log(random_model, tmp_path):
+    from molequi.md import MDSettings, run_md
+
+    potential = potential_of(random_model)
+    for engine in ("batched", "ase"):
+        settings = MDSettings(steps=6, dt=0.5, engine=engine, log_every=2, traj_every=3, restart_every=0, progress=False)
+        result = run_md(potential, [ethanol(0), ethanol(1)], settings, tmp_path / engine)
+        assert not result.stopped and len(result.summary_lines()) == 3
+    for k in (0, 1):
+        batched, ase = (read_log(tmp_path / engine / f"system_{k:04d}.csv") for engine in ("batched", "ase"))
+        assert batched["step"].tolist() == ase["step"].tolist() == [0, 2, 4, 6]
+        np.testing.assert_allclose(ase["total_eV"], batched["total_eV"], atol=1e-9)
+        np.testing.assert_allclose(ase["temperature_K"], batched["temperature_K"], rtol=1e-9)

@@ -44,8 +44,11 @@ def header_of(path: Path) -> tuple[int, dict]:
     return size, json.loads(data[8 : 8 + size])
 
 
-def rewrite_metadata(source: Path, target: Path, **changes) -> Path:
-    """Copy a model file with ``__metadata__`` entries changed (None deletes an entry)."""
+def rewrite_metadata(source: Path, target: Path, keep_checksum: bool = False, **changes) -> Path:
+    """Copy a model file with ``__metadata__`` entries changed (None deletes an entry), its
+    checksum recomputed (as a tool that edits headers would), unless ``keep_checksum``."""
+    from molequi.utils import DIGEST_KEY, tensors_digest
+
     tensors = safetensors.torch.load_file(str(source))
     _, header = header_of(source)
     metadata = dict(header["__metadata__"])
@@ -54,6 +57,8 @@ def rewrite_metadata(source: Path, target: Path, **changes) -> Path:
             metadata.pop(key, None)
         else:
             metadata[key] = value
+    if not keep_checksum and DIGEST_KEY in metadata:
+        metadata[DIGEST_KEY] = tensors_digest(tensors, metadata)
     safetensors.torch.save_file(tensors, str(target), metadata=metadata)
     return target
 

@@ -195,3 +195,27 @@ def test_md_energies_are_float64(tmp_path):
     output.close(plot=False)
     log = read_log(output.log_path(0))
     assert log["potential_eV"][-1] == float(engine.state.energy[0])  # written to the last bit
+
+
+def test_calculator_and_evaluate_use_float64_energies():
+    """The ASE calculator's energy of a float32 model is the float64 total, independent of the
+    atom order; ``evaluate`` measures µeV errors against float64 labels of the same weights."""
+    from molequi.calculators import MolequiCalculator
+    from molequi.training.evaluate import evaluate_model
+
+    atoms = molecule20(0)
+    atoms.calc = MolequiCalculator(model32())
+    expected = energy(model32(), atoms)
+    assert abs(atoms.get_potential_energy() - expected) <= 1e-9 * abs(expected)
+    permuted = transformed(atoms, 0)["permutation"]
+    permuted.calc = MolequiCalculator(model32())
+    assert abs(permuted.get_potential_energy() - expected) <= 1e-5
+    labelled = []
+    for seed in range(4):
+        structure = molecule20(seed)
+        out = predict(model64(), structure)
+        structure.info["energy"] = out["energy"]
+        structure.arrays["forces"] = out["forces"]
+        labelled.append(structure)
+    metrics = evaluate_model(model32(), labelled, batch_size=2)
+    assert metrics["energy_mae_meV"] < 0.01  # float32 totals alone would be off by ~0.5 meV

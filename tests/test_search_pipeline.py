@@ -187,13 +187,39 @@ def test_resume_after_deleting_last_chunks(tmp_path):
 def test_other_settings_in_same_folder_is_an_error(tmp_path):
     out = tmp_path / "run"
     screen(DRUGS, out=out, embed_3d=False, **FAST)
-    with pytest.raises(ValueError, match="different settings"):
+    with pytest.raises(ValueError, match=r"different settings or inputs \(sa_max 4.5 -> 2.0\)"):
         screen(DRUGS, out=out, embed_3d=False, sa_max=2.0, **FAST)
     rerun = screen(DRUGS, out=out, embed_3d=False, sa_max=2.0, overwrite=True, **FAST)
     assert any("sa_score:" in r["reason"] for r in rerun.rows())
     # ranking settings only act at the merge: re-ranking reuses the chunks
     reranked = screen(DRUGS, out=out, embed_3d=False, sa_max=2.0, objective="sa_score:min", **FAST)
     assert reranked.top[0]["sa_score"] == min(r["sa_score"] for r in reranked.top)
+
+
+def test_resume_refuses_input_edited_in_place_or_model_replaced(tmp_path):
+    """Inputs and models are identified by content: an input edited to the same size, or a
+    scorer whose models changed under the same name, is refused and named; --overwrite starts afresh."""
+    from molequi.errors import ResumeMismatchError
+
+    source = tmp_path / "in.smi"
+    source.write_text("CCO a\nCCN b\n")
+    out = tmp_path / "run"
+    screen(source, out=out, embed_3d=False, alerts=(), **FAST)
+    source.write_text("CCC a\nCCN b\n")  # same size, other molecule
+    with pytest.raises(ResumeMismatchError, match=r"content of input file 1 \(sha256"):
+        screen(source, out=out, embed_3d=False, alerts=(), **FAST)
+    fresh = screen(source, out=out, embed_3d=False, alerts=(), overwrite=True, **FAST)
+    assert [r["smiles"] for r in fresh.rows()] == ["CCC", "CCN"]
+    renamed = tmp_path / "renamed.smi"  # the same bytes under another name: the same input
+    renamed.write_bytes(source.read_bytes())
+    screen(renamed, out=out, embed_3d=False, alerts=(), **FAST)
+
+    scorer = FakeScorer(members=2)
+    scorer.fingerprint = "a" * 64
+    screen(DRUGS, scorers=[scorer], objective="gap:max", out=tmp_path / "m", **FAST)
+    scorer.fingerprint = "b" * 64  # the same name, other weights
+    with pytest.raises(ResumeMismatchError, match="content of the model"):
+        screen(DRUGS, scorers=[scorer], objective="gap:max", out=tmp_path / "m", **FAST)
 
 
 def test_screen_argument_errors(tmp_path):

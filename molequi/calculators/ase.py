@@ -22,6 +22,7 @@ import torch
 from ase import Atoms
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
+from molequi.data.graph import check_close_contacts, validate_atoms
 from molequi.md.neighbors import SkinNeighborList
 from molequi.md.potential import GraphTensors, ModelSpec, Potential, load_models
 
@@ -95,6 +96,7 @@ class MolequiCalculator(Calculator):
         """The model inputs for ``atoms``, reusing whatever did not change since the last call."""
         numbers = atoms.get_atomic_numbers()
         if self._numbers is None or not np.array_equal(numbers, self._numbers):
+            validate_atoms(atoms, "structure", check_contacts=False)  # empty, atomic numbers, coordinates
             numbers_tensor = torch.as_tensor(numbers, dtype=torch.long, device=self.device)
             self.potential.check_species(numbers_tensor)  # before any computation, once
             self._numbers = numbers.copy()
@@ -110,11 +112,15 @@ class MolequiCalculator(Calculator):
             )
         graph = self._graph
         positions = atoms.get_positions()
+        if not np.all(np.isfinite(positions)):
+            validate_atoms(atoms, "structure", check_contacts=False)  # raises, naming the atoms
         pbc = np.asarray(atoms.pbc, dtype=bool)
         cell = atoms.cell.array if pbc.any() else np.zeros((3, 3))
         if self.neighbors.update(positions, cell, pbc):
             graph.edge_index = torch.from_numpy(self.neighbors.edge_index).to(self.device)
             graph.shifts = torch.from_numpy(self.neighbors.shifts).to(self.device)
             graph.cell = torch.as_tensor(cell, dtype=torch.float64, device=self.device).reshape(1, 3, 3)
+        # the same structure checks as predict(): overlapping atoms are an error, not a NaN
+        check_close_contacts(positions, self.neighbors.edge_index, self.neighbors.shifts)
         graph.pos = torch.from_numpy(positions).to(self.device)
         return graph

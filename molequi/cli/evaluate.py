@@ -52,7 +52,14 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     models = load_committee(args.model, device=device)
     calibration = as_calibration(args.calibration)
-    structures = read_structures(args.data, keys=LabelKeys(args.energy_key, args.forces_key, args.stress_key))
+    keys = LabelKeys(args.energy_key, args.forces_key, args.stress_key)
+    structures = read_structures(args.data, keys=keys)
+    if args.energy_key != "energy" or args.forces_key != "forces":
+        from molequi.data import require_labels
+
+        # a key the user named must be there: never silently drop its metrics
+        require_labels(structures, args.data, energy=args.energy_key != "energy", forces=args.forces_key != "forces",
+                       keys=keys)
     if member_count(models) < 2:
         if calibration is not None:
             raise ConfigError("--calibration needs a committee (comma-separated models) or a model with ensemble heads; "

@@ -64,6 +64,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --out from checkpoints/last.pt with its saved settings "
                         "(only --max-epochs, --max-minutes, --device, --num-workers may change)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start afresh in a DIR that holds an earlier run, deleting that run's outputs "
+                        "(without it, a non-empty DIR is refused)")
     parser.add_argument("--target", action="append", default=[], metavar="NAME[:KIND]",
                         help="train this label instead of energies+forces (repeatable): 'energy' or 'U0' = the energy "
                         "label without forces; any other NAME = a property head on atoms.info[NAME] of a KIND from "
@@ -110,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError("--data is required (the training file(s))")
         config = load_config(args.config, overrides, targets=args.target)
         data = args.data
-    result = train(config, data, args.out, test_data=args.test_data, resume=args.resume)
+    result = train(config, data, args.out, test_data=args.test_data, resume=args.resume, overwrite=args.overwrite)
     if result.test_metrics is not None:
         print(json.dumps(result.test_metrics, indent=2))
     return 0

@@ -31,7 +31,7 @@ from ase import Atoms
 from torch_geometric.data import Batch, Data
 
 from molequi.data.labels import structure_labels  # re-exported: graphs carry these labels
-from molequi.data.neighbors import dense_candidate_pairs, neighbor_list
+from molequi.data.neighbors import check_cell, dense_candidate_pairs, neighbor_list
 from molequi.errors import DataFormatError, InvalidStructureError
 
 MIN_DISTANCE = 0.1
@@ -58,8 +58,14 @@ def validate_atoms(atoms: Atoms, name: str = "structure", check_contacts: bool =
     numbers = atoms.get_atomic_numbers()
     if np.any(numbers < 1) or np.any(numbers > 118):
         raise InvalidStructureError(f"{name}: atomic numbers must be in 1..118, got {sorted(set(numbers.tolist()))}")
-    if np.any(atoms.pbc) and not np.all(np.isfinite(atoms.cell.array)):
-        raise InvalidStructureError(f"{name}: non-finite cell")
+    if np.any(atoms.pbc):
+        if not np.all(atoms.pbc):
+            raise InvalidStructureError(f"{name}: mixed periodic boundary conditions (pbc={atoms.pbc.tolist()}) are "
+                                        "not supported: use a fully periodic or a fully open structure")
+        try:
+            check_cell(atoms.cell.array, len(atoms), CONTACT_SEARCH_RADIUS)
+        except InvalidStructureError as error:
+            raise InvalidStructureError(f"{name}: {error}") from None
     if check_contacts and len(atoms) > 1:
         edge_index, shifts = neighbor_list(positions, CONTACT_SEARCH_RADIUS, atoms.cell.array, atoms.pbc)
         check_close_contacts(positions, edge_index, shifts, name)
@@ -125,7 +131,16 @@ def atoms_to_graph(
                 raise DataFormatError(f"{name}: forces have shape {forces.shape}, expected ({len(atoms)}, 3)")
             graph.forces = torch.tensor(forces, dtype=torch.float64)
     for key, value in (properties or {}).items():
-        graph[key] = torch.as_tensor(np.asarray(value, dtype=np.float64)).reshape(1, -1)
+        try:
+            graph[key] = torch.as_tensor(np.asarray(value, dtype=np.float64)).reshape(1, -1)
+        except (TypeError, ValueError):
+            raise DataFormatError(f"{name}: the '{key}' label {value!r} is not a number") from None
+    if with_labels or properties:
+        from molequi.validation import check_labels
+
+        check_labels(name, len(atoms), energy=float(graph.energy) if "energy" in graph else None,
+                     forces=graph.forces.numpy() if "forces" in graph else None,
+                     properties={key: graph[key].numpy() for key in (properties or {})})
     return graph
 
 

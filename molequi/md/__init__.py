@@ -7,6 +7,10 @@ of model calls per step), and torch-sim, the batched alternative, is an optional
 newest releases need Python ≥ 3.12; :mod:`molequi.calculators.torchsim` adapts molequi models to it). The engine is small: a state dataclass, two integrators that read like
 the algorithm, a device-side neighbor list with a skin, safety stops and exact restarts.
 
+One runner (:func:`~molequi.md.runner.run_md`) drives both engines — this batched one and
+:class:`~molequi.md.ase_engine.ASEEngine` (ASE's integrators, one system at a time) — with
+the same safety stops, log rows and output files; ``molequi md`` only parses its options.
+
 Units: Å, fs, amu, eV, K (velocities Å/fs, friction 1/fs); see :mod:`molequi.md.state`.
 
 Example::
@@ -26,11 +30,13 @@ rebuild exceeds it). The performance notes measure ~12× for one aspirin on an H
 out because it cannot be made correct without a GPU to test on.
 """
 
-from molequi.md.engine import BatchedMD, StopEvent
+from molequi.md.ase_engine import ASEEngine
+from molequi.md.engine import BatchedMD, StopEvent, safety_stops
 from molequi.md.integrators import baoab_step, gaussian_noise, velocity_verlet_step
 from molequi.md.neighbors import BatchedNeighborList, SkinNeighborList
 from molequi.md.output import MDOutput, plot_energy, read_log
 from molequi.md.potential import GraphTensors, Potential, load_models
+from molequi.md.runner import MDResult, MDSettings, read_systems, run_md, run_md_files
 from molequi.md.state import (
     MDState,
     instantaneous_temperature,
@@ -41,6 +47,13 @@ from molequi.md.state import (
 )
 
 __all__ = [
+    "ASEEngine",
+    "MDResult",
+    "MDSettings",
+    "read_systems",
+    "run_md",
+    "run_md_files",
+    "safety_stops",
     "BatchedMD",
     "BatchedNeighborList",
     "GraphTensors",

@@ -7,17 +7,55 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from molequi.errors import MolequiError
+from molequi.errors import ModelFileError
 from molequi.md.integrators import baoab_step, velocity_verlet_step
 from molequi.md.neighbors import BatchedNeighborList
 from molequi.md.potential import GraphTensors, Potential
-from molequi.md.state import MDState, instantaneous_temperature, kinetic_energy, to_device
-from molequi.utils import atomic_write
+from molequi.md.state import MDState, check_state, instantaneous_temperature, kinetic_energy, to_device
+from molequi.utils import DIGEST_KEY, atomic_write, tensors_digest
+from molequi.validation import check_count, check_number
 
 INTEGRATORS = {"nve": velocity_verlet_step, "nvt": baoab_step}
 RESTART_FORMAT = "molequi-md-restart"
+
+
+def write_restart_file(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
+    """Write a restart file (safetensors) atomically, with the checksum of its tensors and
+    header under :data:`~molequi.utils.DIGEST_KEY`."""
+    metadata = {**metadata, DIGEST_KEY: tensors_digest(tensors, metadata)}
+    return atomic_write(path, lambda temporary: save_file(tensors, str(temporary), metadata=metadata))
+
+
+def read_restart_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors (CPU) and header of a restart file, after checking format and checksum.
+
+    A file written before checksums existed is read with a warning.
+    """
+    import warnings
+
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: no restart file to resume from")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise ModelFileError(f"{path}: not a readable MD restart file ({str(error).splitlines()[0][:200]})") from None
+    if metadata.get("format") != RESTART_FORMAT:
+        raise ModelFileError(f"{path}: not a molequi MD restart file")
+    stored = metadata.get(DIGEST_KEY)
+    if stored is None:
+        warnings.warn(f"{path}: restart file without a checksum (written by an older molequi); its integrity "
+                      "cannot be verified", stacklevel=2)
+    elif stored != tensors_digest(tensors, metadata):
+        raise ModelFileError(f"{path}: checksum mismatch: the restart file was corrupted or altered after it was "
+                             "written; refusing to resume from it")
+    return tensors, metadata
 
 
 @dataclass
@@ -30,6 +68,48 @@ class StopEvent:
 
     def __str__(self) -> str:
         return f"system {self.system} stopped at step {self.step}: {self.reason}"
+
+
+def default_stop_temperature(temperature: torch.Tensor) -> torch.Tensor:
+    """[S] the default safety limit, K: ``max(10 × target temperature, 100 K)``."""
+    return torch.clamp(10.0 * temperature, min=100.0)
+
+
+def safety_stops(
+    state: MDState, edge_index: torch.Tensor, shifts: torch.Tensor, stop_temperature: torch.Tensor, min_distance: float
+) -> tuple[torch.Tensor, list[StopEvent]]:
+    """Which systems of ``state`` must stop, and why (both engines apply this one rule).
+
+    A system stops when a force or a position is non-finite, when two atoms are closer than
+    ``min_distance`` Å (over the pairs ``edge_index``/``shifts`` of its neighbor list), or when
+    its kinetic temperature exceeds ``stop_temperature`` [S] K (a NaN temperature counts as too
+    hot). Returns the [S] bool mask of stopped systems and one :class:`StopEvent` each.
+    """
+    temperature = instantaneous_temperature(state)
+    atom_bad = ~(torch.isfinite(state.forces).all(-1) & torch.isfinite(state.positions).all(-1))
+    nonfinite = torch.zeros(state.num_systems, dtype=torch.long, device=state.device).index_add_(
+        0, state.batch, atom_bad.long()
+    )
+    closest = torch.full_like(temperature, float("inf"))
+    if edge_index.shape[1]:
+        i, j = edge_index
+        lengths = (state.positions[j] - state.positions[i] + shifts).norm(dim=-1)
+        closest = closest.scatter_reduce(0, state.batch[i], lengths, reduce="amin", include_self=True)
+    too_hot = ~(temperature <= stop_temperature)  # NaN counts as too hot
+    collapsed = closest < min_distance
+    bad = (nonfinite > 0) | too_hot | collapsed
+    if not bool(bad.any()):
+        return bad, []
+    events = []
+    for k in torch.nonzero(bad).flatten().tolist():
+        if nonfinite[k] > 0:
+            reason = f"non-finite forces or positions on {int(nonfinite[k])} atom(s)"
+        elif collapsed[k]:
+            reason = f"two atoms are {float(closest[k]):.3f} Å apart (< {min_distance} Å)"
+        else:
+            reason = f"temperature {float(temperature[k]):.0f} K exceeds {float(stop_temperature[k]):.0f} K"
+        events.append(StopEvent(int(state.system_ids[k]), state.step, reason))
+    return bad, events
 
 
 class BatchedMD:
@@ -71,12 +151,13 @@ class BatchedMD:
         self.state = state if state.device == potential.device else to_device(state, potential.device)
         potential.check_species(self.state.numbers)
         if max_temperature is None:
-            self.stop_temperature = torch.clamp(10.0 * self.state.temperature, min=100.0)
+            self.stop_temperature = default_stop_temperature(self.state.temperature)
         else:
             self.stop_temperature = torch.full_like(self.state.temperature, float(max_temperature))
         self.min_distance = float(min_distance)
         self.stopped: list[StopEvent] = []
         self.outputs: dict[str, torch.Tensor] = {}
+        self.in_step = False  # True while a step is being taken (see :meth:`step`)
         self._new_neighbor_list()
         self.energy_reference = torch.zeros_like(self.state.energy)  # [S] total energy at step 0, eV
         self.max_deviation = torch.zeros_like(self.state.energy)  # [S] max |E_tot − E_ref|, eV
@@ -106,9 +187,11 @@ class BatchedMD:
         """One time step of every running system, then the safety checks (nothing if none runs)."""
         if self.state.num_systems == 0:
             return
+        self.in_step = True  # an interruption now leaves a half-updated state: no restart from it
         self.integrator(self.state, self.dt, self.compute)
         self.max_deviation = torch.maximum(self.max_deviation, (self.total_energy() - self.energy_reference).abs())
         self.check_safety()
+        self.in_step = False
 
     def run(self, steps: int, observers=(), callback=None) -> None:
         """Take ``steps`` steps (fewer if every system stops), calling ``observer(self)`` after
@@ -134,33 +217,11 @@ class BatchedMD:
     # ------------------------------------------------------------------ safety
     def check_safety(self) -> list[StopEvent]:
         """Stop systems that are too hot, collapsed or non-finite; returns the new stops."""
-        state = self.state
-        temperature = instantaneous_temperature(state)
-        atom_bad = ~(torch.isfinite(state.forces).all(-1) & torch.isfinite(state.positions).all(-1))
-        nonfinite = torch.zeros(state.num_systems, dtype=torch.long, device=state.device).index_add_(
-            0, state.batch, atom_bad.long()
-        )
-        i, j = self.neighbors.edge_index
-        lengths = (state.positions[j] - state.positions[i] + self.neighbors.shifts).norm(dim=-1)
-        closest = torch.full_like(temperature, float("inf")).scatter_reduce(
-            0, state.batch[i], lengths, reduce="amin", include_self=True
-        )
-        too_hot = ~(temperature <= self.stop_temperature)  # NaN counts as too hot
-        collapsed = closest < self.min_distance
-        bad = (nonfinite > 0) | too_hot | collapsed
-        if not bool(bad.any()):
-            return []
-        events = []
-        for k in torch.nonzero(bad).flatten().tolist():
-            if nonfinite[k] > 0:
-                reason = f"non-finite forces or positions on {int(nonfinite[k])} atom(s)"
-            elif collapsed[k]:
-                reason = f"two atoms are {float(closest[k]):.3f} Å apart (< {self.min_distance} Å)"
-            else:
-                reason = f"temperature {float(temperature[k]):.0f} K exceeds {float(self.stop_temperature[k]):.0f} K"
-            events.append(StopEvent(int(state.system_ids[k]), state.step, reason))
-        self._remove(~bad)
-        self.stopped.extend(events)
+        bad, events = safety_stops(self.state, self.neighbors.edge_index, self.neighbors.shifts,
+                                   self.stop_temperature, self.min_distance)
+        if events:
+            self._remove(~bad)
+            self.stopped.extend(events)
         return events
 
     def _remove(self, keep: torch.Tensor) -> None:
@@ -210,32 +271,46 @@ class BatchedMD:
             "stopped": json.dumps([vars(e) for e in self.stopped]),
             "extra": json.dumps(extra or {}),
         }
-        return atomic_write(path, lambda temporary: save_file(tensors, str(temporary), metadata=metadata))
+        return write_restart_file(path, tensors, metadata)
 
     @classmethod
     def from_restart(cls, path: str | Path, potential: Potential) -> tuple[BatchedMD, dict]:
-        """The engine saved by :meth:`save_restart`, and the ``extra`` metadata saved with it."""
-        from safetensors import safe_open
+        """The engine saved by :meth:`save_restart`, and the ``extra`` metadata saved with it.
 
+        Raises:
+            ModelFileError: missing, foreign, corrupt (checksum, header values, tensor shapes).
+        """
         path = Path(path)
-        if not path.is_file():
-            raise MolequiError(f"{path}: no restart file to resume from")
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-        if metadata.get("format") != RESTART_FORMAT:
-            raise MolequiError(f"{path}: not a molequi MD restart file")
-        tensors = {k: v.to(potential.device) for k, v in load_file(str(path)).items()}
-        state = MDState(
-            **{k.removeprefix("state."): v for k, v in tensors.items() if k.startswith("state.")},
-            step=int(metadata["step"]),
-        )
+        tensors, metadata = read_restart_file(path)
+        try:
+            step = check_count("step", int(metadata["step"]), error=ModelFileError)
+            dt = check_number("dt", float(metadata["dt"]), "fs", low=0.0, low_inclusive=False, error=ModelFileError)
+            ensemble = metadata["ensemble"]
+            skin = check_number("skin", float(metadata["skin"]), "Å", low=0.0, error=ModelFileError)
+            min_distance = check_number("min_distance", float(metadata["min_distance"]), "Å", low=0.0, error=ModelFileError)
+            stopped = [StopEvent(**e) for e in json.loads(metadata["stopped"])]
+            extra = json.loads(metadata.get("extra", "{}"))
+            if ensemble not in INTEGRATORS or not isinstance(extra, dict):
+                raise ValueError(f"ensemble {ensemble!r}")
+            state = MDState(**{k.removeprefix("state."): v for k, v in tensors.items() if k.startswith("state.")}, step=step)
+            check_state(state)
+            missing = [key for key in ("stop_temperature", "energy_reference", "max_deviation", "neighbors.reference",
+                                       "neighbors.edge_index", "neighbors.shifts") if key not in tensors]
+            if missing:
+                raise KeyError(f"missing tensors {missing}")
+        except ModelFileError as error:
+            raise ModelFileError(f"{path}: corrupt restart file ({error})") from None
+        except (KeyError, TypeError, ValueError) as error:
+            raise ModelFileError(f"{path}: corrupt restart file ({type(error).__name__}: {error})") from None
+        tensors = {k: v.to(potential.device) for k, v in tensors.items()}
+        state = to_device(state, potential.device)
         engine = cls(
             potential,
             state,
-            dt=float(metadata["dt"]),
-            ensemble=metadata["ensemble"],
-            skin=float(metadata["skin"]),
-            min_distance=float(metadata["min_distance"]),
+            dt=dt,
+            ensemble=ensemble,
+            skin=skin,
+            min_distance=min_distance,
             initial_forces=False,
         )
         engine.stop_temperature = tensors["stop_temperature"]
@@ -245,6 +320,6 @@ class BatchedMD:
         engine.neighbors.reference = tensors["neighbors.reference"]
         engine.neighbors.edge_index = tensors["neighbors.edge_index"]
         engine.neighbors.shifts = tensors["neighbors.shifts"]
-        engine.stopped = [StopEvent(**e) for e in json.loads(metadata["stopped"])]
-        return engine, json.loads(metadata.get("extra", "{}"))
+        engine.stopped = stopped
+        return engine, extra
 

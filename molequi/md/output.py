@@ -33,7 +33,7 @@ import torch
 from ase import Atoms, units
 from ase.calculators.singlepoint import SinglePointCalculator
 
-from molequi.errors import ConfigError
+from molequi.errors import ConfigError, ModelFileError
 from molequi.md.engine import BatchedMD
 from molequi.md.state import instantaneous_temperature, kinetic_energy
 
@@ -73,6 +73,7 @@ class MDOutput:
             raise ConfigError(f"trajectory format must be one of {', '.join(TRAJ_FORMATS)}, got '{traj_format}'")
         self.traj_format, self.traj_single = traj_format, traj_single
         self.run_info: RunInfo | None = None
+        self.restart_metadata: dict = {}  # stored in every restart file's extra (the runner's identity)
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.num_systems = num_systems
@@ -84,11 +85,17 @@ class MDOutput:
         self._buffered = 0
         if resume:
             extra = self.restart_extra()
-            for name, size in extra.get("file_sizes", {}).items():
-                with open(self.folder / name, "r+b") as handle:
-                    handle.truncate(int(size))
-            for name, count in extra.get("traj_frames", {}).items():
-                _keep_frames(self.folder / name, int(count))
+            sizes = self._resume_targets(extra.get("file_sizes", {}), "file_sizes")
+            frames = self._resume_targets(extra.get("traj_frames", {}), "traj_frames")
+            for path, size in sizes.items():
+                if size > path.stat().st_size:
+                    raise ModelFileError(f"{path} is shorter ({path.stat().st_size} bytes) than at the restart point "
+                                         f"({size} bytes): it was changed since; cannot resume this run")
+            for path, size in sizes.items():
+                with open(path, "r+b") as handle:
+                    handle.truncate(size)
+            for path, count in frames.items():
+                _keep_frames(path, count)
         else:
             for k in range(num_systems):
                 self.log_path(k).write_text(",".join(self.columns) + "\n")
@@ -112,11 +119,46 @@ class MDOutput:
         """Every trajectory file of the run."""
         return list(dict.fromkeys(self.traj_path(k) for k in range(self.num_systems)))
 
-    def restart_extra(self) -> dict:
-        from safetensors import safe_open
+    def own_files(self) -> list[Path]:
+        """Every log and trajectory file this run writes (the only files a resume may cut)."""
+        return [self.log_path(k) for k in range(self.num_systems)] + self.traj_paths()
 
-        with safe_open(str(self.restart_path), framework="pt") as handle:
-            return json.loads((handle.metadata() or {}).get("extra", "{}"))
+    def _resume_targets(self, entries: object, key: str) -> dict[Path, int]:
+        """The files and counts a restart file lists under ``key``, checked before anything is cut.
+
+        Only this run's own files inside the output folder qualify: a name with a folder part,
+        ``..``, an absolute path, a link out of the folder or a file of another run is refused
+        (the restart file is data, and a resume must never truncate anything else).
+        """
+        if not isinstance(entries, dict):
+            raise ModelFileError(f"{self.restart_path}: corrupt restart file ({key} is not a mapping)")
+        folder = self.folder.resolve()
+        own = {path.name: path for path in self.own_files()}
+        targets = {}
+        for name, count in entries.items():
+            path = own.get(name) if isinstance(name, str) and Path(name).name == name else None
+            if path is None or not path.resolve().is_relative_to(folder) or path.is_symlink():
+                raise ModelFileError(f"{self.restart_path}: names {name!r}, which is not one of this run's files "
+                                     f"in {self.folder}; refusing to resume (nothing was changed)")
+            if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+                raise ModelFileError(f"{self.restart_path}: corrupt restart file ({key}[{name!r}] = {count!r})")
+            if not path.is_file():
+                raise ModelFileError(f"{path} is missing: cannot resume the run in {self.folder}")
+            targets[path] = count
+        return targets
+
+    def restart_extra(self) -> dict:
+        """The ``extra`` header of the restart file (file sizes, the run's identity), checksum verified."""
+        from molequi.md.engine import read_restart_file
+
+        _, metadata = read_restart_file(self.restart_path)
+        try:
+            extra = json.loads(metadata.get("extra", "{}"))
+        except json.JSONDecodeError as error:
+            raise ModelFileError(f"{self.restart_path}: corrupt restart file ({error})") from None
+        if not isinstance(extra, dict):
+            raise ModelFileError(f"{self.restart_path}: corrupt restart file (extra is not a mapping)")
+        return extra
 
     def describe_run(self, ensemble: str, n_atoms: dict[int, int], temperature: float | None = None) -> None:
         """What ``energy.png`` says about the run: the ensemble (``nve``/``nvt``), atoms per
@@ -225,7 +267,7 @@ class MDOutput:
     def checkpoint(self, engine: BatchedMD, extra: dict | None = None) -> None:
         """Flush the files, then write the restart file recording their sizes."""
         self.flush()
-        engine.save_restart(self.restart_path, extra={**(extra or {}), "file_sizes": self.file_sizes(),
+        engine.save_restart(self.restart_path, extra={**self.restart_metadata, **(extra or {}), "file_sizes": self.file_sizes(),
                                                       "traj_frames": self.traj_frames()})
 
     def close(self, plot: bool = True) -> None:

@@ -90,6 +90,34 @@ class MDState:
         return MDState(**values, step=self.step)
 
 
+def check_state(state: MDState) -> None:
+    """Raise ``ValueError`` naming the first field of ``state`` with an impossible dtype, shape
+    or value (a restart file is data: it is checked before anything runs on it)."""
+    n = state.positions.shape[0] if state.positions.dim() == 2 else -1
+    s = state.cell.shape[0] if state.cell.dim() == 3 else -1
+    expected = {
+        "positions": ((n, 3), torch.float64), "velocities": ((n, 3), torch.float64), "forces": ((n, 3), torch.float64),
+        "energy": ((s,), torch.float64), "masses": ((n,), torch.float64), "numbers": ((n,), torch.long),
+        "batch": ((n,), torch.long), "cell": ((s, 3, 3), torch.float64), "pbc": ((s, 3), torch.bool),
+        "temperature": ((s,), torch.float64), "friction": ((s,), torch.float64), "seeds": ((s,), torch.long),
+        "system_ids": ((s,), torch.long),
+    }
+    for name, (shape, dtype) in expected.items():
+        value = getattr(state, name)
+        if tuple(value.shape) != shape or value.dtype != dtype:
+            raise ValueError(f"{name} has shape {tuple(value.shape)} and dtype {value.dtype}, expected {shape} {dtype}")
+        if value.is_floating_point() and name != "energy" and not bool(torch.isfinite(value).all()):
+            raise ValueError(f"{name} holds non-finite values")
+    if n and not (bool((state.masses > 0).all()) and bool(((state.numbers >= 1) & (state.numbers <= 118)).all())):
+        raise ValueError("masses must be > 0 and atomic numbers in 1..118")
+    if n and (int(state.batch.min()) < 0 or int(state.batch.max()) >= s or bool((state.batch.diff() < 0).any())):
+        raise ValueError("batch must map the atoms, in order, to the systems")
+    if s and (bool((state.temperature < 0).any()) or bool((state.friction < 0).any()) or int(state.system_ids.min()) < 0):
+        raise ValueError("temperatures, frictions and system ids must be ≥ 0")
+    if state.step < 0:
+        raise ValueError(f"step must be ≥ 0, got {state.step}")
+
+
 def per_system(value: float | Sequence[float] | torch.Tensor, num_systems: int, name: str) -> torch.Tensor:
     """A float64 [S] tensor from a scalar or one value per system."""
     tensor = torch.as_tensor(value, dtype=torch.float64).flatten()

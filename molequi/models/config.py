@@ -83,7 +83,14 @@ class ModelConfig:
         self.validate()
 
     def validate(self) -> None:
-        """Raise :class:`ConfigError` for values the architecture cannot use."""
+        """Raise :class:`ConfigError` for values the architecture cannot use.
+
+        Types and finiteness first (a model file's header is data: ``"32"``, ``NaN`` or ``inf``
+        must not reach the network), then ranges, including upper bounds that keep a model
+        buildable (see :data:`LIMITS`): a header asking for 5,000 layers or 2·10⁵ channels is
+        refused before anything is allocated.
+        """
+        _check_types(self)
         checks = [
             (self.cutoff > 0, f"cutoff must be > 0 Å, got {self.cutoff}"),
             (self.channels >= 1, f"channels must be ≥ 1, got {self.channels}"),
@@ -94,8 +101,20 @@ class ModelConfig:
             (1 <= self.correlation <= 4, f"correlation must be in 1..4, got {self.correlation}"),
             (all(int(z) >= 1 for z in self.species), f"species must be atomic numbers, got {self.species}"),
             (self.energy_scale > 0, f"energy_scale must be > 0, got {self.energy_scale}"),
+            (self.avg_num_neighbors > 0, f"avg_num_neighbors must be > 0, got {self.avg_num_neighbors}"),
+            (len(set(self.species)) == len(self.species) and all(int(z) <= 118 for z in self.species),
+             f"species must be distinct atomic numbers in 1..118, got {self.species}"),
+            (all(h >= 1 for h in self.radial_hidden), f"radial_hidden sizes must be ≥ 1, got {self.radial_hidden}"),
+            (self.readout_hidden >= 1, f"readout_hidden must be ≥ 1, got {self.readout_hidden}"),
             (int(self.ensemble_heads) >= 1, f"ensemble_heads must be ≥ 1, got {self.ensemble_heads}"),
         ]
+        for name, limit in LIMITS.items():
+            value = getattr(self, name)
+            largest = max(value, default=0) if isinstance(value, list) else value
+            if largest > limit:
+                checks.append((False, f"{name} must be ≤ {limit:g}, got {value}"))
+        if len(self.radial_hidden) > 8:
+            checks.append((False, f"radial_hidden may have at most 8 layers, got {len(self.radial_hidden)}"))
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
@@ -130,3 +149,50 @@ class ModelConfig:
                 raise ConfigError(f"unknown model setting '{key}'{closest_name(key, known)}")
         return cls(**values)
 
+
+LIMITS = {"cutoff": 30.0, "channels": 1024, "num_layers": 16, "num_radial": 128, "cutoff_p": 64,
+          "radial_hidden": 4096, "readout_hidden": 4096, "ensemble_heads": 64}
+"""Upper bounds of the architecture: far beyond any useful molecular potential, low enough that a
+model always fits in memory (cutoff Å)."""
+
+_INTEGERS = ("channels", "l_max", "num_layers", "num_radial", "cutoff_p", "correlation", "readout_hidden",
+             "ensemble_heads")
+_REALS = ("cutoff", "avg_num_neighbors", "energy_shift", "energy_scale")
+
+
+def _check_types(config: ModelConfig) -> None:
+    """Raise :class:`ConfigError` for a value of the wrong type or a non-finite number."""
+    import math
+    import numbers
+
+    def whole(value: object) -> bool:
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+    def real(value: object) -> bool:
+        return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(float(value))
+
+    for name in _INTEGERS:
+        if not whole(getattr(config, name)):
+            raise ConfigError(f"{name} must be a whole number, got {getattr(config, name)!r}")
+    for name in _REALS:
+        if not real(getattr(config, name)):
+            raise ConfigError(f"{name} must be a finite number, got {getattr(config, name)!r}")
+    if not isinstance(config.trainable_radial, bool):
+        raise ConfigError(f"trainable_radial must be true or false, got {config.trainable_radial!r}")
+    lists = {"species": config.species, "radial_hidden": config.radial_hidden}
+    for name, values in lists.items():
+        if not isinstance(values, (list, tuple)) or not all(whole(v) for v in values):
+            raise ConfigError(f"{name} must be a list of whole numbers, got {values!r}")
+    config.species, config.radial_hidden = list(config.species), list(config.radial_hidden)
+    mappings = {"properties": config.properties, "e0s": config.e0s, "property_stats": config.property_stats}
+    for name, mapping in mappings.items():
+        if not isinstance(mapping, dict):
+            raise ConfigError(f"{name} must be a mapping, got {mapping!r}")
+    for element, energy in config.e0s.items():
+        if not real(energy):
+            raise ConfigError(f"e0s['{element}'] must be a finite energy (eV), got {energy!r}")
+    for name, stats in config.property_stats.items():
+        if not isinstance(stats, (list, tuple)) or not all(real(v) for v in stats):
+            raise ConfigError(f"property_stats['{name}'] must be finite numbers, got {stats!r}")
+    if not isinstance(config.trained_outputs, (list, tuple)):
+        raise ConfigError(f"trained_outputs must be a list of names, got {config.trained_outputs!r}")

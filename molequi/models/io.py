@@ -9,12 +9,18 @@ Layout of ``model.molequi`` (a valid ``.safetensors`` file):
   eV, scale/shift), ``units`` (JSON) and ``extra`` (JSON: training provenance, free-form).
 
 Loading parses JSON and raw little-endian tensors only: nothing is unpickled, so a model file
-cannot execute code.
+cannot execute code. The header also holds ``content_sha256``, a checksum of the tensors and
+the other header entries (:func:`molequi.utils.tensors_digest`): a flipped byte is refused on
+load rather than predicting garbage. Files from before the checksum load with a warning. The
+header's values are checked (:meth:`ModelConfig.validate`) and its architecture compared with
+the size of the stored tensors before the model is built.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +32,7 @@ from molequi.errors import ConfigError, ModelFileError
 from molequi.models.config import ModelConfig
 from molequi.models.potential import MolequiPotential
 from molequi.nn.forces import ForceOutput
-from molequi.utils import atomic_write
+from molequi.utils import DIGEST_KEY, atomic_write, tensors_digest
 
 FORMAT_NAME = "molequi-model"
 FORMAT_VERSION = 1
@@ -45,6 +51,14 @@ def model_config(model: ForceOutput) -> ModelConfig:
     return inner.model.config
 
 
+def model_digest(model: ForceOutput) -> str:
+    """sha256 of a model's content: weights and buffers (in its dtype) and its configuration."""
+    from molequi.utils import tensors_digest
+
+    inner = getattr(model, "module", model)
+    return tensors_digest(inner.state_dict(), {"config": json.dumps(model_config(inner).to_dict(), sort_keys=True)})
+
+
 def save_model(model: ForceOutput, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
     """Write ``model`` to ``path`` atomically (temporary file, then rename)."""
     from molequi import __version__
@@ -61,7 +75,20 @@ def save_model(model: ForceOutput, path: str | Path, extra: dict[str, Any] | Non
         "units": json.dumps(UNITS),
         "extra": json.dumps(extra or {}),
     }
+    metadata[DIGEST_KEY] = tensors_digest(tensors, metadata)
     return atomic_write(path, lambda temporary: save_file(tensors, str(temporary), metadata=metadata))
+
+
+def minimum_parameters(config: ModelConfig) -> int:
+    """A lower bound on the parameter count of the model ``config`` describes, from the sizes
+    alone: every layer holds a channels × channels linear map and the radial MLP.
+
+    Compared with the tensors a file holds before anything is built, it refuses a header whose
+    architecture was altered (5,000 layers, 2·10⁵ channels) instead of allocating for it.
+    """
+    sizes = [config.num_radial, *config.radial_hidden]
+    radial = sum(a * b for a, b in zip(sizes, sizes[1:]))
+    return config.num_layers * (config.channels * config.channels + radial)
 
 
 def read_header(path: str | Path) -> dict[str, Any]:
@@ -88,8 +115,32 @@ def read_header(path: str | Path) -> dict[str, Any]:
         header = {key: json.loads(metadata[key]) for key in ("config", "units", "extra")}
     except (KeyError, json.JSONDecodeError) as error:
         raise ModelFileError(f"{path}: corrupt molequi header ({error})") from error
-    header.update(format_version=version, molequi_version=metadata.get("molequi_version"), dtype=metadata.get("dtype"))
+    if not isinstance(header["config"], dict):
+        raise ModelFileError(f"{path}: corrupt molequi header (config is not a mapping)")
+    if metadata.get("dtype") not in DTYPES:
+        raise ModelFileError(f"{path}: corrupt molequi header (dtype {metadata.get('dtype')!r} is not one of "
+                             f"{', '.join(DTYPES)})")
+    header.update(format_version=version, molequi_version=metadata.get("molequi_version"), dtype=metadata.get("dtype"),
+                  content_sha256=metadata.get(DIGEST_KEY), metadata=metadata)
     return header
+
+
+def check_weights(path: Path, tensors: dict[str, torch.Tensor], header: dict[str, Any]) -> None:
+    """Verify the checksum of a model file's tensors and header, and that its weights are finite.
+
+    Files written before checksums existed (no ``content_sha256`` in the header) load with a
+    warning: their integrity cannot be verified, but refusing them would strand trained models.
+    """
+    stored = header.get("content_sha256")
+    if stored is None:
+        warnings.warn(f"{path}: model file without a checksum (written by an older molequi); "
+                      "its integrity cannot be verified", stacklevel=3)
+    elif stored != tensors_digest(tensors, header["metadata"]):
+        raise ModelFileError(f"{path}: checksum mismatch: the weights or the header were corrupted or altered "
+                             "after the file was written; refusing to load it")
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ModelFileError(f"{path}: weight '{name}' holds NaN or inf values")
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None) -> ForceOutput:
@@ -103,25 +154,30 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: str 
     Raises:
         ModelFileError: the file is missing, corrupt, truncated, foreign or too new.
     """
-    from molequi.devices import resolve_device
-
-    device = resolve_device(device)
-    if isinstance(dtype, str) and dtype not in DTYPES:
-        raise ConfigError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     path = Path(path)
     header = read_header(path)
     try:
         config = ModelConfig.from_dict(header["config"])
-    except (ConfigError, TypeError) as error:
-        raise ModelFileError(f"{path}: corrupt model configuration ({error})") from error
-    stored_dtype = DTYPES.get(header["dtype"], torch.float64)
-    model = build_model(config, stored_dtype)
+    except (ConfigError, TypeError, ValueError) as error:
+        raise ModelFileError(f"{path}: corrupt model configuration ({error})") from None
+    stored_dtype = DTYPES[header["dtype"]]
     try:
         with safe_open(str(path), framework="pt") as handle:
+            stored = sum(math.prod(handle.get_slice(name).get_shape()) for name in handle.keys())
+            if minimum_parameters(config) > stored:
+                raise ModelFileError(
+                    f"{path}: the header's architecture ({config.num_layers} layers of {config.channels} channels) "
+                    f"needs at least {minimum_parameters(config):,} parameters but the file holds {stored:,}: "
+                    "corrupt or altered header")
             tensors = {name: handle.get_tensor(name) for name in handle.keys()}
-        model.load_state_dict(tensors, strict=True)
     except (SafetensorError, RuntimeError, OSError) as error:
-        raise ModelFileError(f"{path}: weights do not match the stored architecture ({str(error).splitlines()[0]})") from error
+        raise ModelFileError(f"{path}: unreadable weights ({str(error).splitlines()[0]})") from None
+    check_weights(path, tensors, header)
+    model = build_model(config, stored_dtype)
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except (RuntimeError, ValueError) as error:
+        raise ModelFileError(f"{path}: weights do not match the stored architecture ({str(error).splitlines()[0]})") from None
     if dtype is not None:
         model = model.to(DTYPES[dtype] if isinstance(dtype, str) else dtype)
     from molequi.models.baseline import make_baseline

@@ -47,6 +47,10 @@ def predict(
 
     Returns one dict for one ``Atoms``, a list of dicts for a sequence. Every array is a copy.
     """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        from molequi.errors import ConfigError
+
+        raise ConfigError(f"batch_size must be an integer ≥ 1, got {batch_size!r}")
     if not isinstance(model, ForceOutput):
         return _predict_committee(list(model), atoms, batch_size, compute_forces, calibration)
     single = isinstance(atoms, Atoms)

@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
 import importlib.util
 import io
 import itertools
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, NamedTuple, Sequence
@@ -201,10 +203,19 @@ class CandidateSource:
             raise DataFormatError(f"{self.source}: no candidate molecules found (empty input)")
 
     def describe(self) -> dict:
-        """Identity of the input for the run manifest (paths and sizes in bytes)."""
+        """Where the input is, for the run manifest (paths and sizes in bytes; not its identity)."""
         return {"source": self.source,
                 "files": [str(f) for f in self.files],
                 "bytes": [os.path.getsize(f) for f in self.files],
+                "smiles_column": self.smiles_column, "id_column": self.id_column}
+
+    def identity(self) -> dict:
+        """Identity of the input by content: the SHA-256 of every file and the columns read.
+
+        A resume compares it, so an input edited in place (even to the same size) is noticed;
+        the same bytes under another path or name are the same input.
+        """
+        return {"sha256": [file_sha256(f) for f in self.files],
                 "smiles_column": self.smiles_column, "id_column": self.id_column}
 
     def _records(self, path: Path) -> Iterator[tuple[str | None, str, str]]:
@@ -223,16 +234,36 @@ class CandidateSource:
             if detect_format(path) == "sdf":
                 opener = gzip.open if path.suffix == ".gz" else open
                 with opener(path, "rb") as handle:
-                    n += sum(1 for line in handle if line.startswith(b"$$$$"))
+                    n += sum(1 for line in _readable(iter(handle), self.source) if line.startswith(b"$$$$"))
             else:
-                n += sum(1 for _ in self._records(path))
+                n += sum(1 for _ in _readable(self._records(path), self.source))
         return n
 
     def __iter__(self) -> Iterator[Candidate]:
-        records = itertools.chain.from_iterable(self._records(f) for f in self.files)
+        records = _readable(itertools.chain.from_iterable(self._records(f) for f in self.files), self.source)
         prefix = "qm9:" if self.source == "qm9" else ""
         for index, (name, smiles, error) in enumerate(records):
             yield Candidate(index, f"{prefix}{name}" if name else f"mol{index}", smiles, error)
+
+
+def _readable(records: Iterator, source: str) -> Iterator:
+    """``records``, with a file that cannot be decompressed or read (not gzip after all, cut off,
+    unreadable) reported as a :class:`DataFormatError` naming the input."""
+    try:
+        yield from records
+    except (OSError, EOFError, zlib.error) as error:
+        if isinstance(error, OSError) and not isinstance(error, gzip.BadGzipFile) and error.errno is not None:
+            raise  # a user's path problem (permission ...): reported as such by the CLI
+        raise DataFormatError(f"{source}: unreadable input ({type(error).__name__}: {error})") from None
+
+
+def file_sha256(path: str | Path, block: int = 1 << 20) -> str:
+    """SHA-256 (hex) of a file's bytes, read in blocks of ``block`` bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def chunked(candidates: Iterator[Candidate], size: int) -> Iterator[list[Candidate]]:

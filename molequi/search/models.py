@@ -40,6 +40,7 @@ class ModelScorer:
         self.heads_of = {"energy": "energy"} | {_scored_name(n, k): n for n, k in self.heads.items()}
         self.calibration = _ScoredCalibration(as_calibration(calibration), self.heads_of) if calibration is not None else None
         self.in_domain_std = self.calibration.thresholds() if self.calibration is not None else {}
+        self.fingerprint = models_fingerprint(self.models)
 
     def predict(self, atoms: list[ase.Atoms]) -> dict[str, np.ndarray]:
         """``{property: [n_members, n_molecules]}``; forces are not needed for scoring. A
@@ -54,6 +55,26 @@ class ModelScorer:
             scored, scalars = head(kind).scored(name, values)  # values [members, molecules, components]
             out[scored] = scalars
         return out
+
+
+def models_fingerprint(models: Sequence[ForceOutput]) -> str:
+    """SHA-256 (hex) of the models' content: configuration, precision and every weight, in
+    order. A screening resume compares it, so a model file replaced at the same path (or the
+    same file renamed) is recognised by what it holds, not by its name."""
+    import hashlib
+    import json
+
+    import torch
+
+    digest = hashlib.sha256()
+    for model in models:
+        config = model.model.config
+        digest.update(json.dumps(config.to_dict(), sort_keys=True, default=str).encode())
+        for name, tensor in sorted(model.state_dict().items()):
+            tensor = tensor.detach().to("cpu").contiguous()
+            digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
 
 
 def load_scorers(paths: Sequence[str | Path], device: str = "cpu",

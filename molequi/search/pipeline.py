@@ -33,7 +33,7 @@ from .result import ScreenResult
 from .score import (Scorer, calibrate_std_threshold, check_scorers, common_species, prediction_units, score_atoms,
                     scorer_identity)
 from .stage import BASE_COLUMNS, EMBED_COLUMNS
-from .store import chunk_path, finished_chunks, prepare_out_dir, read_csv_rows, write_csv_atomic
+from .store import chunk_path, finished_chunks, locked_out_dir, prepare_out_dir, read_csv_rows, write_csv_atomic
 
 #: Numeric filter/3D columns usable as objectives and shown as histograms.
 NUMERIC_COLUMNS: tuple[str, ...] = tuple(
@@ -333,16 +333,19 @@ def screen(candidates: str | Path | CandidateSource, scorers: Sequence[Scorer] =
     source = candidates if isinstance(candidates, CandidateSource) else \
         CandidateSource(str(candidates), config.smiles_column, config.id_column)
     out = Path(out)
-    chunk_settings = {"stage": config.stage.to_json(), "chunk_size": config.chunk_size,
-                      "input": source.describe(), "scorers": [scorer_identity(s) for s in scorers]}
-    chunk_hash = stable_hash(chunk_settings)
-    manifest = {"chunk_hash": chunk_hash, "chunk_settings": chunk_settings, "settings": config.to_json()}
-    prepare_out_dir(out, chunk_hash, manifest, config.overwrite)
-    n_chunks = _run_chunks(source, config, scorers, properties, out)
-    result = _merge(out, n_chunks, config, properties, prediction_units(scorers))
+    with locked_out_dir(out):
+        # inputs and models identified by content (SHA-256), not by path, size or name
+        chunk_settings = {"stage": config.stage.to_json(), "chunk_size": config.chunk_size,
+                          "input": source.identity(), "scorers": [scorer_identity(s) for s in scorers]}
+        chunk_hash = stable_hash(chunk_settings)
+        manifest = {"chunk_hash": chunk_hash, "chunk_settings": chunk_settings, "input_files": source.describe(),
+                    "settings": config.to_json()}
+        prepare_out_dir(out, chunk_hash, manifest, config.overwrite)
+        n_chunks = _run_chunks(source, config, scorers, properties, out)
+        result = _merge(out, n_chunks, config, properties, prediction_units(scorers))
 
-    write_top_sdf(out / "top.sdf", result.top, properties)
-    write_report(out / "report.html", result)
+        write_top_sdf(out / "top.sdf", result.top, properties)
+        write_report(out / "report.html", result)
     if result.n_passed == 0:
         warnings.warn(f"screening: all {result.n_read} molecules failed; see the 'reason' column of "
                       f"{out / 'scored.csv'}", RuntimeWarning, stacklevel=2)

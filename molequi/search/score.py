@@ -32,11 +32,15 @@ class Scorer(Protocol):
 
 
 def scorer_identity(scorer: Scorer) -> dict:
-    """What the run manifest records about a scorer (name, properties, species)."""
+    """What the run manifest records about a scorer (name, properties, species, and its
+    ``fingerprint`` -- a content hash of its models -- when it has one)."""
     species = getattr(scorer, "species", None)
     identity = {"name": str(getattr(scorer, "name", type(scorer).__name__)),
                 "properties": list(scorer.properties),
                 "species": sorted(species) if species is not None else None}
+    fingerprint = getattr(scorer, "fingerprint", None)
+    if fingerprint is not None:  # the models' content: a model replaced at the same path is another model
+        identity["fingerprint"] = str(fingerprint)
     calibration = getattr(scorer, "calibration", None)
     if calibration is not None:  # calibrated stds are other stds: a resume must not mix them
         identity["calibration"] = {name: [fit.form, fit.a, fit.b] for name, fit in sorted(calibration.fits.items())}

@@ -18,6 +18,7 @@ import json
 import math
 import shutil
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Sequence
 
@@ -89,11 +90,43 @@ def check_out_dir(out: Path) -> None:
             return
 
 
+def settings_changes(old: object, new: object, path: str = "") -> list[str]:
+    """What differs between two recorded chunk settings, in words (``"sa_max 4.5 -> 3"``,
+    ``"content of input file 1 (sha256 3f2a9c... -> 81bd07...)"``)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        changes = []
+        for key in sorted(set(old) | set(new), key=str):
+            changes += settings_changes(old.get(key), new.get(key), f"{path}.{key}" if path else str(key))
+        return changes
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        return [c for k, (a, b) in enumerate(zip(old, new)) for c in settings_changes(a, b, f"{path}[{k}]")]
+    if old == new:
+        return []
+    return [_change_text(path, old, new)]
+
+
+def _change_text(path: str, old: object, new: object) -> str:
+    def short(value: object) -> str:
+        text = json.dumps(value, default=str)
+        return text[:12] + "..." if isinstance(value, str) and len(value) == 64 else text[:60]
+
+    if path.startswith("input.sha256"):
+        index = path[len("input.sha256"):].strip("[]")
+        what = f"content of input file {int(index) + 1}" if index else "input files"
+        return f"{what} (sha256 {short(old)} -> {short(new)})"
+    if path.startswith("scorers") and path.endswith("fingerprint"):
+        return f"content of the model(s) of scorer {path[len('scorers['):].split(']')[0]} " \
+               f"(sha256 {short(old)} -> {short(new)})"
+    name = path.removeprefix("stage.")
+    return f"{name} {short(old)} -> {short(new)}"
+
+
 def prepare_out_dir(out: Path, chunk_hash: str, manifest: dict, overwrite: bool) -> bool:
     """Create or reuse ``out``; returns True when finished chunks are being resumed.
 
-    Raises ``ValueError`` if ``out`` holds a run made with other chunk settings
-    or another input, unless ``overwrite`` is set (then that run is deleted).
+    Raises :class:`ResumeMismatchError`, naming what changed, if ``out`` holds a run made with
+    other chunk settings or another input or other models (identified by content), unless
+    ``overwrite`` is set (then that run is deleted).
     """
     check_out_dir(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -102,12 +135,18 @@ def prepare_out_dir(out: Path, chunk_hash: str, manifest: dict, overwrite: bool)
     if overwrite:
         _clear(out)
     elif path.is_file():
-        old = json.loads(path.read_text())
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(old, dict):
+                raise ValueError("not a JSON object")
+        except (ValueError, UnicodeDecodeError) as error:
+            raise ResumeMismatchError(f"{path} is unreadable ({error}); rerun with --overwrite to start afresh") from None
         if old.get("chunk_hash") != chunk_hash:
-            raise ValueError(
-                f"{out} holds a screening run made with different settings or input "
-                f"(hash {old.get('chunk_hash')} != {chunk_hash}); use another output folder "
-                "or overwrite=True / --overwrite to replace it")
+            changes = settings_changes(old.get("chunk_settings", {}), manifest["chunk_settings"])
+            raise ResumeMismatchError(
+                f"{out} holds a screening run made with different settings or inputs "
+                f"({'; '.join(changes[:6]) or 'an older manifest'}{'; ...' if len(changes) > 6 else ''}); "
+                "use another output folder, or --overwrite (overwrite=True) to replace it")
         resuming = bool(finished_chunks(out))
     elif (out / CHUNK_DIR).exists():
         raise ResumeMismatchError(f"{out}/{CHUNK_DIR} exists without a manifest; use --overwrite")
@@ -118,3 +157,33 @@ def prepare_out_dir(out: Path, chunk_hash: str, manifest: dict, overwrite: bool)
     remove_stale_temporaries(out)
     atomic_write_text(path, json.dumps(manifest, indent=2, sort_keys=True, default=str))
     return resuming
+
+
+LOCK_FILE = ".screen.lock"
+
+
+@contextmanager
+def locked_out_dir(out: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``out`` for a whole run (POSIX ``flock``; released when the
+    process ends, even when killed): a second run into the same folder is refused at once
+    instead of deleting or mixing the first one's chunk files."""
+    check_out_dir(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        handle = open(out / LOCK_FILE, "a+")
+    except OSError as error:
+        raise OutputPathError(f"cannot write in output folder {out}: {error.strerror or error}") from None
+    try:
+        try:
+            import fcntl
+        except ImportError:  # no flock (Windows): runs are not guarded against each other
+            fcntl = None
+        if fcntl is not None:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ResumeMismatchError(f"another screening run is writing to {out}; wait for it to "
+                                          "finish or use another output folder") from None
+        yield
+    finally:
+        handle.close()

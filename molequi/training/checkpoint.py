@@ -3,12 +3,18 @@
 A checkpoint is a ``torch.save`` of a dict holding only tensors and plain Python values (the
 RNG states of Python and NumPy are converted to lists), read back with
 ``torch.load(..., weights_only=True)``: a crafted pickle cannot execute code, it is refused.
-Checkpoints are written atomically (temporary file, then rename).
+Checkpoints are written atomically (temporary file, then rename) and checksummed (sha256 of the
+state's bytes, verified on load). They record the content hashes of the training data
+(:func:`data_identity`), so a resume on other data is refused.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import random
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +25,49 @@ from molequi.errors import ModelFileError
 from molequi.utils import atomic_write
 
 CHECKPOINT_FORMAT = "molequi-checkpoint"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
+"""2: the state is stored as the bytes of its own ``torch.save`` (``payload``) with their sha256
+(``content_sha256``), so a corrupted checkpoint is refused instead of resuming from garbage."""
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
-    """Write ``state`` (tensors and plain values only) atomically to ``path``."""
-    state = {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, **state}
-    return atomic_write(path, lambda temporary: torch.save(state, temporary))
+    """Write ``state`` (tensors and plain values only) atomically to ``path``, checksummed."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    payload = buffer.getvalue()
+    wrapped = {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": CHECKPOINT_VERSION,
+        "content_sha256": hashlib.sha256(payload).hexdigest(),
+        "payload": torch.frombuffer(bytearray(payload), dtype=torch.uint8),
+    }
+    return atomic_write(path, lambda temporary: torch.save(wrapped, temporary))
+
+
+def data_identity(paths: Sequence[str | Path]) -> list[str]:
+    """Content hashes of a run's data: sha256 of each file's bytes, or of the spec itself for a
+    named dataset (``qm9:train?n=1000``), so a resume is tied to the data, not to their names."""
+    from molequi.utils import file_digest, text_digest
+
+    import json
+
+    from molequi.data.qm9 import is_qm9_spec, parse_qm9_spec, qm9pack_version
+
+    identity = []
+    for spec in paths:
+        path = Path(str(spec))
+        if path.is_file():
+            identity.append(file_digest(path))
+        elif is_qm9_spec(str(spec)):  # resolved: qm9?n=5 and qm9:train?seed=0&n=5 are the same data
+            try:
+                version = qm9pack_version()
+            except Exception:  # noqa: BLE001 - identity only: a missing qm9pack fails later, with its own message
+                version = "?"
+            resolved = {**parse_qm9_spec(str(spec)), "qm9pack": version}
+            identity.append(text_digest("qm9:" + json.dumps(resolved, sort_keys=True)))
+        else:
+            identity.append(text_digest(f"spec:{str(spec).strip()}"))
+    return identity
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -48,9 +90,27 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         ) from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ModelFileError(f"{path}: not a molequi checkpoint")
-    if int(state.get("format_version", 0)) > CHECKPOINT_VERSION:
-        raise ModelFileError(f"{path}: checkpoint format {state['format_version']} is newer than this molequi reads")
-    return state
+    version = state.get("format_version", 0)
+    if not isinstance(version, int) or version > CHECKPOINT_VERSION:
+        raise ModelFileError(f"{path}: checkpoint format {version!r} is newer than this molequi reads")
+    if version < 2:
+        warnings.warn(f"{path}: checkpoint without a checksum (written by an older molequi); its integrity "
+                      "cannot be verified", stacklevel=2)
+        return state
+    payload = state.get("payload")
+    if not isinstance(payload, torch.Tensor) or payload.dtype != torch.uint8:
+        raise ModelFileError(f"{path}: corrupt checkpoint (no payload)")
+    data = payload.numpy().tobytes()
+    if hashlib.sha256(data).hexdigest() != state.get("content_sha256"):
+        raise ModelFileError(f"{path}: checksum mismatch: the checkpoint was corrupted or altered after it was "
+                             "written; refusing to resume from it")
+    try:
+        inner = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - as above: refuse, never run it
+        raise ModelFileError(f"{path}: corrupt checkpoint payload ({type(error).__name__})") from None
+    if not isinstance(inner, dict):
+        raise ModelFileError(f"{path}: corrupt checkpoint payload")
+    return {"format": CHECKPOINT_FORMAT, "format_version": version, **inner}
 
 
 def rng_state(shuffle: torch.Generator | None = None) -> dict[str, Any]:

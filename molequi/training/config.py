@@ -95,9 +95,11 @@ class TrainingConfig:
             (0, 1). The split is a pure function of the data size, this value and ``seed``.
         seed: seeds the split, the weight initialisation and the shuffling.
         device: ``"auto"`` (CUDA if available, else CPU), ``"cpu"`` or ``"cuda"``/``"cuda:N"``.
-        dtype: ``"float32"`` or ``"float64"`` for weights and arithmetic. float32 is ~1.5× faster
-            on a CPU and accurate to well below 1 meV/Å; use float64 for sub-meV benchmarks
-            (scripts/rmd17.yaml) and bit-exact comparisons.
+        dtype: ``"float32"`` or ``"float64"`` for the network's weights and arithmetic. Energies
+            are float64 either way (float64 reference energies and sums, residual loss), so
+            float32 costs no energy resolution; it is faster per step and its forces differ
+            from float64 ones of the same weights by far less than any trained error
+            (``scripts/bench_precision.py``). float64 for bit-exact comparisons.
         eval_interval: validate every this many epochs (the last epoch is always validated).
         num_workers: DataLoader worker processes (0 = load in the training process).
         progress: show a tqdm progress bar per epoch (rank 0 only).

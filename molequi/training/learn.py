@@ -90,6 +90,9 @@ class LearnSettings:
             uncertain frames (1: simply the most uncertain).
         selection: ``"uncertain"`` (the above) or ``"random"`` (frames drawn uniformly from the
             same MD: the baseline that active learning must beat).
+        max_std: frames whose largest per-atom force spread exceeds this (eV/Å) are not labelled:
+            a committee that disagrees that much has usually left physical geometries (a trust
+            ceiling, as in DP-GEN); None: no ceiling.
         timestep: MD time step, fs.
         friction: Langevin friction, 1/fs.
         seed: base seed of the perturbations, the members and the MD.
@@ -109,6 +112,7 @@ class LearnSettings:
     sample_every: int = 10
     pool_factor: int = 4
     selection: str = "uncertain"
+    max_std: float | None = None
     timestep: float = 0.5
     friction: float = 0.01
     seed: int = 0
@@ -132,6 +136,7 @@ class LearnSettings:
             (1 <= self.sample_every <= self.md_steps,
              f"--sample-every must be between 1 and --md-steps ({self.md_steps}), got {self.sample_every}"),
             (self.pool_factor >= 1, f"--pool-factor must be ≥ 1, got {self.pool_factor}"),
+            (self.max_std is None or self.max_std > 0, f"--max-std must be > 0 eV/Å, got {self.max_std}"),
             (self.selection in SELECTIONS, f"--selection must be one of {', '.join(SELECTIONS)}, got '{self.selection}'"),
             (self.timestep > 0, f"--timestep must be > 0 fs, got {self.timestep}"),
             (self.friction >= 0, f"--friction must be ≥ 0 1/fs, got {self.friction}"),
@@ -621,7 +626,8 @@ def _run_round(r, settings, config, out_dir, md_starts, test_structures, device,
             resume = (member_dir / "checkpoints" / "last.pt").exists()
             previous = out_dir / f"round_{r - 1:03d}" / f"member_{m}" / "model.molequi"
             train(member_config, str(train_file), member_dir, resume=resume, log=lambda message: None,
-                  init_weights=previous if r > 0 and not resume else None)
+                  init_weights=previous if r > 0 and not resume else None,
+                  overwrite=not resume)  # a member killed before its first epoch starts again
     say(f"round {r}/{settings.rounds}: trained {settings.committee} members on {n_labels} labels "
         f"({timings['train']:.1f} s)")
     row: dict[str, Any] = {"round": r, "n_labels": n_labels}
@@ -699,12 +705,16 @@ def _label_round(round_dir: Path, candidates: list[Atoms], settings: LearnSettin
         return len(read(final, ":"))
     partial = round_dir / "labelled.partial.extxyz"
     done = read(partial, ":") if partial.exists() else []
+    stds = np.array([a.info["std_max"] for a in candidates], dtype=np.float64)
+    if settings.max_std is not None:
+        stds[stds > settings.max_std] = np.nan  # beyond the trust ceiling: never labelled
     if settings.selection == "random":
         round_number = int(round_dir.name.removeprefix("round_"))
         order = np.random.default_rng([settings.seed, round_number]).permutation(len(candidates)).tolist()
+        order = [k for k in order if np.isfinite(stds[k])]
     else:
         order = select_frames(
-            np.array([a.info["std_max"] for a in candidates]),
+            stds,
             [distance_descriptor(a) for a in candidates],
             settings.per_round,
             settings.pool_factor,
@@ -730,6 +740,8 @@ def _label_round(round_dir: Path, candidates: list[Atoms], settings: LearnSettin
         _write_extxyz(done, partial)
     if not done and order:
         raise MolequiError(f"the labeler failed on every candidate of {round_dir}; see the messages above")
+    if not order:
+        say(f"  no MD frame under the trust ceiling --max-std {settings.max_std} eV/Å: nothing labelled this round")
     _write_extxyz(done, final)
     partial.unlink(missing_ok=True)
     return len(done)

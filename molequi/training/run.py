@@ -20,7 +20,7 @@ from torch_geometric.loader import DataLoader
 from molequi.errors import ConfigError, UnknownElementError
 from molequi.models.config import ModelConfig
 from molequi.models.io import build_model
-from molequi.training.checkpoint import load_checkpoint, rng_state, set_rng_state
+from molequi.training.checkpoint import data_identity, load_checkpoint, rng_state, set_rng_state
 from molequi.training.config import RESUMABLE_KEYS, TrainingConfig
 from molequi.training.data import PreparedData, load_graphs, prepare_data, trained_outputs
 from molequi.training.distributed import Distributed
@@ -29,6 +29,9 @@ from molequi.training.ema import ExponentialMovingAverage
 
 def checkpoint_path(out_dir: str | Path, which: str = "last") -> Path:
     return Path(out_dir) / "checkpoints" / f"{which}.pt"
+
+
+_MISSING = object()
 
 
 def resume_settings(out_dir: str | Path, overrides: dict[str, Any] | None = None) -> tuple[TrainingConfig, list[str]]:
@@ -45,7 +48,9 @@ def resume_settings(out_dir: str | Path, overrides: dict[str, Any] | None = None
     values = state["config"]
     for key, value in (overrides or {}).items():
         if key not in RESUMABLE_KEYS:
-            if key in values and values[key] == value:
+            head, _, tail = key.partition(".")  # "model.channels" lives in values["model"]
+            saved = values.get(head, {}).get(tail, _MISSING) if tail else values.get(key, _MISSING)
+            if saved == value:
                 continue
             raise ConfigError(
                 f"cannot change '{key}' when resuming (the run continues with its saved settings); "
@@ -88,10 +93,12 @@ class RunInputs:
     outputs_trained: list[str]
     test_graphs: list | None
     state: dict[str, Any] | None
+    data_sha256: list[str] = field(default_factory=list)  # content hashes of ``paths`` (checkpoint.data_identity)
 
 
 def load_run_inputs(
-    config: TrainingConfig, paths: list[str], out_dir: Path, test_paths: list[str] | None, resume: bool
+    config: TrainingConfig, paths: list[str], out_dir: Path, test_paths: list[str] | None, resume: bool,
+    overwrite: bool = False,
 ) -> RunInputs:
     """Read and check the data, the architecture and (on resume) the checkpoint.
 
@@ -100,10 +107,12 @@ def load_run_inputs(
         MolequiError subclasses for bad data or test data.
     """
     state = None
-    if not resume and checkpoint_path(out_dir).exists():
+    if resume and overwrite:
+        raise ConfigError("--resume continues a run and --overwrite replaces it: pass one of them")
+    if not resume and not overwrite and checkpoint_path(out_dir).exists():
         raise ConfigError(
             f"{out_dir} already holds a training run ({checkpoint_path(out_dir)}); pass --resume to continue it, "
-            "or choose another --out (or delete the directory) to start afresh"
+            "--overwrite to replace it, or choose another --out"
         )
     if resume:
         state = load_checkpoint(checkpoint_path(out_dir))
@@ -112,6 +121,9 @@ def load_run_inputs(
         changed = [key for key in saved if key not in RESUMABLE_KEYS and saved[key] != current[key]]
         if changed:
             raise ConfigError(f"cannot resume with changed settings {changed}; only {', '.join(RESUMABLE_KEYS)} may change")
+    data_sha256 = data_identity(paths)
+    if state is not None:
+        check_resume_data(state, paths, data_sha256, out_dir)
     outputs_trained = trained_outputs(
         config.energy_weight, config.forces_weight, config.property_weights, config.model.properties
     )
@@ -133,7 +145,28 @@ def load_run_inputs(
             cache_dir=out_dir / "baseline_cache",
         )
         _check_test_species(test_graphs, model_config)
-    return RunInputs(paths, test_paths, prepared, model_config, outputs_trained, test_graphs, state)
+    return RunInputs(paths, test_paths, prepared, model_config, outputs_trained, test_graphs, state, data_sha256)
+
+
+def check_resume_data(state: dict[str, Any], paths: list[str], data_sha256: list[str], out_dir: Path) -> None:
+    """Raise :class:`ConfigError` when the training data differ (by content) from those the run
+    in ``out_dir`` started with; warn when the checkpoint predates data hashes."""
+    import warnings
+
+    saved = state.get("data_sha256")
+    if saved is None:
+        warnings.warn(f"{out_dir}: the checkpoint records no data hashes (written by an older molequi); the resume "
+                      "cannot check that the training data are unchanged", stacklevel=3)
+        return
+    if list(saved) == list(data_sha256):
+        return
+    old_paths = [str(p) for p in state.get("data", [])]
+    if old_paths != [str(p) for p in paths]:
+        what = f"--data {' '.join(map(str, paths))} instead of {' '.join(old_paths)}"
+    else:
+        what = "the contents of " + ", ".join(str(p) for p, a, b in zip(paths, saved, data_sha256) if a != b)
+    raise ConfigError(f"cannot resume the run in {out_dir}: its training data changed ({what}); resume with the "
+                      "original data or start a new run in another --out")
 
 
 def _check_test_species(test_graphs: list, model_config: ModelConfig) -> None:
@@ -317,7 +350,8 @@ def restore(run: TrainingRun, state: dict[str, Any]) -> Progress:
     )
 
 
-def snapshot(run: TrainingRun, progress: Progress, paths: list[str], elapsed_s: float) -> dict[str, Any]:
+def snapshot(run: TrainingRun, progress: Progress, paths: list[str], elapsed_s: float,
+             data_sha256: list[str] | None = None) -> dict[str, Any]:
     """The full state of a run after an epoch: what ``checkpoints/*.pt`` hold."""
     return {
         "epoch": progress.epoch,
@@ -336,5 +370,6 @@ def snapshot(run: TrainingRun, progress: Progress, paths: list[str], elapsed_s: 
         "config": run.config.to_dict(),
         "model_config": run.model_config.to_dict(),
         "data": paths,
+        "data_sha256": data_sha256 if data_sha256 is not None else data_identity(paths),
         "world_size": run.ddp.world_size,
     }

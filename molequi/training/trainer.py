@@ -50,6 +50,7 @@ as it was stopped between epochs: a run cut short by ``max_minutes`` saves a par
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -76,6 +77,7 @@ from molequi.training.evaluate import (
     reported_metrics,
     resolve_device,
 )
+from molequi.errors import MolequiError
 from molequi.training.metrics import MetricSums, loss_terms, weighted_loss
 from molequi.training.plots import learning_curve, parity_plot
 from molequi.training.run import (
@@ -90,7 +92,7 @@ from molequi.training.run import (
     resume_settings,
     snapshot,
 )
-from molequi.utils import atomic_write
+from molequi.utils import atomic_write, claim_run_directory
 
 __all__ = [
     "Distributed",
@@ -169,6 +171,7 @@ def train(
     resume: bool = False,
     log: Callable[[str], None] | None = None,
     init_weights: str | Path | None = None,
+    overwrite: bool = False,
 ) -> TrainResult:
     """Train a potential on ``data`` and write every output into ``out_dir``.
 
@@ -183,6 +186,9 @@ def train(
         log: where one-line progress messages go (default: print to stdout on rank 0).
         init_weights: a model file (same architecture and elements) whose weights start the run
             instead of random ones: a warm start, e.g. retraining on a grown data set.
+        overwrite: start afresh in an ``out_dir`` holding an earlier run, deleting its outputs
+            (:data:`TRAIN_OUTPUTS`); without it a non-empty ``out_dir`` is refused. ``out_dir``
+            is locked for the run.
 
     Raises:
         MolequiError subclasses for bad data, settings or checkpoints, before anything is written.
@@ -198,7 +204,14 @@ def train(
     say = log if log is not None else (lambda message: print(message, flush=True))
     say = say if ddp.is_main else (lambda message: None)
     try:
-        return _train(config, paths, out_dir, test_paths, resume, device, dtype, ddp, say, init_weights)
+        inputs = load_run_inputs(config, paths, out_dir, test_paths, resume, overwrite=overwrite)
+        # the main process owns out_dir for the run: a second run there fails at once, and a new
+        # run never mixes its files with an earlier one's (see claim_run_directory)
+        claim = (claim_run_directory(out_dir, "train", TRAIN_OUTPUTS, resume=resume, overwrite=overwrite,
+                                     resume_marker="checkpoints/last.pt")
+                 if ddp.is_main else contextlib.nullcontext())
+        with claim:
+            return _train(config, paths, out_dir, test_paths, resume, device, dtype, ddp, say, init_weights, inputs)
     finally:
         ddp.close()
 
@@ -267,10 +280,18 @@ def train_one_epoch(run: TrainingRun, epoch: int, deadline: float | None, eta: s
             progress.close()
     if deadline is not None and not result.out_of_time and run.ddp.active:  # epochs shorter than 10 steps
         result.out_of_time = run.ddp.any(time.monotonic() > deadline, run.device)
+    if not bool(torch.isfinite(result.loss_sum)):  # one host sync an epoch; nothing of this epoch is saved
+        raise TrainingDivergedError(
+            f"training diverged in epoch {epoch}: the loss became {float(result.loss_sum)} (the last checkpoint keeps "
+            "the last finite epoch); lower --lr, or check the labels' units")
     if run.config.scheduler == "cosine":
         run.scheduler.step()
     result.sums.all_reduce()
     return result
+
+
+class TrainingDivergedError(MolequiError):
+    """The training loss became NaN or inf (a learning rate too high for the data, or bad labels)."""
 
 
 def _progress_bar(run: TrainingRun, epoch: int, eta: str = ""):
@@ -388,6 +409,11 @@ def _record_validation(run: TrainingRun, progress: Progress, row: dict[str, Any]
 # --- the run ----------------------------------------------------------------------------------
 
 
+TRAIN_OUTPUTS = ("model.molequi", "log.csv", "learning_curve.png", "config.yaml", "checkpoints",
+                 "test_metrics.json", "test_parity.png")
+"""What a training run writes in its output directory (what ``overwrite`` deletes)."""
+
+
 def _output_files(out_dir: Path) -> dict[str, Path]:
     return {
         "config": out_dir / "config.yaml",
@@ -410,10 +436,12 @@ def _train(
     ddp: Distributed,
     say: Callable[[str], None],
     init_weights: str | Path | None = None,
+    inputs: RunInputs | None = None,
 ) -> TrainResult:
     started = time.monotonic()
     deadline = None if config.max_minutes is None else started + 60.0 * config.max_minutes
-    inputs = load_run_inputs(config, paths, out_dir, test_paths, resume)
+    if inputs is None:
+        inputs = load_run_inputs(config, paths, out_dir, test_paths, resume)
     run = build_run(config, inputs, device, dtype, ddp, init_weights)
     progress = Progress()
     if inputs.state is not None:
@@ -457,7 +485,7 @@ def _train(
             row["time_s"] = elapsed()
             progress.history.append(row)
             if ddp.is_main:
-                state = snapshot(run, progress, paths, elapsed())
+                state = snapshot(run, progress, paths, elapsed(), inputs.data_sha256)
                 if improved:
                     save_checkpoint(state, files["best"])
                 save_checkpoint(state, files["last"])

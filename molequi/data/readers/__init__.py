@@ -63,6 +63,26 @@ def reader_for(source: str | Path) -> Reader:
     raise DataFormatError(f"{source}: no reader for this source (formats: {', '.join(r.name for r in READERS)})")
 
 
+def check_data_file(path: str | Path) -> None:
+    """Raise :class:`DataFormatError` for a data file no reader can use: missing, empty, or an
+    ``.npz`` / ``.db`` whose bytes are not a zip archive / a database (a folder, such as an ASE
+    BundleTrajectory, is left to its reader)."""
+    path = Path(path)
+    if not path.exists():
+        raise DataFormatError(f"{path}: no such file")
+    if not path.is_file():
+        return
+    if path.stat().st_size == 0:
+        raise DataFormatError(f"{path}: the file is empty")
+    with open(path, "rb") as handle:
+        head = handle.read(16)
+    if path.suffix == ".npz" and not zipfile.is_zipfile(path):
+        kind = " (it is a single .npy array: save with numpy.savez)" if head.startswith(b"\x93NUMPY") else ""
+        raise DataFormatError(f"{path}: not an .npz archive{kind}")
+    if path.suffix == ".db" and not head.startswith(b"SQLite format 3\x00") and not head.lstrip().startswith(b"{"):
+        raise DataFormatError(f"{path}: not an ASE database (neither SQLite nor JSON)")
+
+
 def read_structures(path: str | Path, index: str = ":", keys: LabelKeys | None = None) -> list[Atoms]:
     """Read labelled structures from any registered format (see the module docstring).
 
@@ -73,15 +93,20 @@ def read_structures(path: str | Path, index: str = ":", keys: LabelKeys | None =
     Raises:
         DataFormatError: the file is missing, unreadable or holds no structures.
     """
+    import sqlite3
+
+    from ase.io.formats import UnknownFileTypeError
+
     reader = reader_for(path)
-    if reader.needs_file and not Path(path).exists():
-        raise DataFormatError(f"{path}: no such file")
+    if reader.needs_file:
+        check_data_file(path)
     try:
         structures = reader.read(str(path), index)
     except DataFormatError:
         raise
-    except (OSError, ValueError, KeyError, IndexError, StopIteration, zipfile.BadZipFile) as error:
-        raise DataFormatError(f"{path}: cannot read structures ({type(error).__name__}: {error})") from error
+    except (OSError, ValueError, KeyError, IndexError, StopIteration, zipfile.BadZipFile, UnknownFileTypeError,
+            sqlite3.DatabaseError) as error:
+        raise DataFormatError(f"{path}: cannot read structures ({type(error).__name__}: {error})") from None
     if not structures:
         raise DataFormatError(f"{path}: the file holds no structures")
     return apply_label_keys(structures, keys)

@@ -1,0 +1,419 @@
+"""One MD run from start to finish, for both engines: settings, inputs, output folder, resume,
+progress and the per-system summary.
+
+``molequi md`` parses its options into :class:`MDSettings` and calls :func:`run_md_files`; a
+Python user calls the same function (or :func:`run_md` with a loaded potential and structures)
+and gets the same checks, files and summary.
+
+Example::
+
+    from molequi.md.runner import MDSettings, run_md_files
+    result = run_md_files(["model.molequi"], ["ethanol.xyz"], MDSettings(steps=2000, dt=0.5), "runs/md")
+    print("\\n".join(result.summary_lines()))
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from ase import Atoms
+
+from molequi.errors import ConfigError
+from molequi.md.engine import BatchedMD, StopEvent
+from molequi.md.output import MDOutput
+from molequi.md.potential import Potential
+
+ENGINES = ("batched", "ase")
+ENSEMBLES = ("nve", "nvt")
+
+
+@dataclass
+class MDSettings:
+    """What an MD run does. Units: fs, K, 1/fs, Å.
+
+    Attributes:
+        steps: steps to take (with ``resume``: the total step count to reach).
+        dt: time step, fs.
+        ensemble: ``"nve"`` (velocity Verlet) or ``"nvt"`` (Langevin BAOAB at ``temperature``).
+        temperature: K — initial Maxwell–Boltzmann velocities, the NVT target and the default
+            safety limit (``max(10 × temperature, 100 K)``).
+        friction: Langevin friction γ, 1/fs.
+        engine: ``"batched"`` (every system at once on the device) or ``"ase"`` (ASE's
+            integrators with the MolequiCalculator, one system after another).
+        seed: base seed; system k uses ``seed + k``.
+        skin: neighbor-list skin, Å.
+        max_temperature: stop a system above this, K (None: the default above).
+        min_distance: stop a system whose closest two atoms come nearer than this, Å.
+        traj_every, log_every, restart_every: output intervals in steps (0: never).
+        progress: show a progress bar.
+    """
+
+    steps: int
+    dt: float
+    ensemble: str = "nve"
+    temperature: float = 300.0
+    friction: float = 0.01
+    engine: str = "batched"
+    seed: int = 0
+    skin: float = 1.0
+    max_temperature: float | None = None
+    min_distance: float = 0.5
+    traj_every: int = 100
+    log_every: int = 10
+    restart_every: int = 1000
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` for a value no MD run can use (see :mod:`molequi.validation`)."""
+        from molequi.validation import check_choice, check_count, check_number
+
+        check_choice("ensemble", self.ensemble, ENSEMBLES)
+        check_choice("engine", self.engine, ENGINES)
+        check_count("steps", self.steps)
+        check_number("dt", self.dt, "fs", low=0.0, high=MAX_TIMESTEP_FS, low_inclusive=False)
+        check_number("temperature", self.temperature, "K", low=0.0, high=MAX_TEMPERATURE_K)
+        check_number("friction", self.friction, "1/fs", low=0.0, high=MAX_FRICTION)
+        check_count("seed", self.seed, high=2**62)
+        check_number("skin", self.skin, "Å", low=0.0, high=MAX_SKIN)
+        if self.max_temperature is not None:
+            check_number("max_temperature", self.max_temperature, "K", low=0.0, high=math.inf, low_inclusive=False)
+        check_number("min_distance", self.min_distance, "Å", low=0.0, high=MAX_SKIN)
+        for name in ("traj_every", "log_every", "restart_every"):
+            check_count(name, getattr(self, name))
+
+    def physics(self) -> dict[str, object]:
+        """The settings that decide the trajectory (a resume must keep them all)."""
+        return {key: value for key, value in asdict(self).items()
+                if key not in ("steps", "traj_every", "log_every", "restart_every", "progress")}
+
+
+MAX_TIMESTEP_FS = 20.0
+"""Largest accepted time step, fs (molecular MD uses 0.1–5 fs; larger ones integrate nothing useful)."""
+MAX_TEMPERATURE_K = 50_000.0
+"""Highest accepted target temperature, K (far above any molecule's dissociation)."""
+MAX_FRICTION = 100.0
+"""Largest accepted Langevin friction, 1/fs."""
+MAX_SKIN = 10.0
+"""Largest accepted neighbor-list skin and minimum distance, Å."""
+
+
+@dataclass
+class SystemResult:
+    """One system at the end of a run: energy change E_last − E_first and the largest
+    |E − E_first| (eV; total energy), or why it stopped."""
+
+    system: int
+    n_atoms: int
+    drift: float | None = None
+    max_deviation: float | None = None
+    stopped: StopEvent | None = None
+
+
+@dataclass
+class MDResult:
+    """What :func:`run_md` returns: the output folder and one :class:`SystemResult` a system."""
+
+    out: Path
+    ensemble: str
+    systems: list[SystemResult] = field(default_factory=list)
+
+    @property
+    def stopped(self) -> list[StopEvent]:
+        """The safety stops of the run, in system order."""
+        return [record.stopped for record in self.systems if record.stopped is not None]
+
+    def summary_lines(self) -> list[str]:
+        """Per system: energy change per atom (meV/atom) and max deviation, or its stop."""
+        label = "energy drift" if self.ensemble == "nve" else "total-energy change (thermostatted, not a drift)"
+        lines = [f"{label} per system, (E_last - E_first)/n_atoms and max |E - E_first|/n_atoms:"]
+        for record in self.systems:
+            if record.stopped is not None:
+                lines.append(f"  {record.stopped}")
+            elif record.drift is not None:
+                n = record.n_atoms
+                lines.append(f"  system {record.system}: {1000 * record.drift / n:+.4f} meV/atom "
+                             f"(max deviation {1000 * record.max_deviation / n:.4f} meV/atom)")
+        return lines
+
+    def stop_message(self) -> str:
+        """One line naming the systems that a safety stop took out ('' if none)."""
+        stops = self.stopped
+        if not stops:
+            return ""
+        shown = "; ".join(str(event) for event in stops[:5])
+        more = f"; and {len(stops) - 5} more" if len(stops) > 5 else ""
+        return f"{len(stops)} of {len(self.systems)} system(s) stopped early: {shown}{more}"
+
+
+class Progress:
+    """tqdm bar with steps/s and ns/day in its postfix."""
+
+    def __init__(self, total: int, dt: float, disable: bool, initial: int = 0) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, initial=initial, unit="step", disable=disable or None, dynamic_ncols=True)
+        self.dt, self.start, self.count, self.last = dt, time.perf_counter(), 0, 0.0
+
+    def __call__(self, n: int = 1) -> None:
+        self.count += n
+        self.bar.update(n)
+        now = time.perf_counter()
+        if now - self.last > 1.0:
+            rate = self.count / (now - self.start)
+            self.bar.set_postfix_str(f"{rate:.1f} steps/s, {rate * self.dt * 86400 / 1e6:.3f} ns/day")
+            self.last = now
+
+    def write(self, message: str) -> None:
+        self.bar.write(message)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def read_systems(specs: Sequence[str], replicas: int = 1) -> list[Atoms]:
+    """The systems to simulate: the selected frames of every file, each ``replicas`` times.
+
+    A spec is ``path`` (its last frame), ``path@0`` (the first) or ``path@:`` (every frame);
+    every frame is checked with :func:`~molequi.data.graph.validate_atoms`.
+    """
+    from ase.io.formats import string2index
+
+    from molequi.data.graph import validate_atoms
+    from molequi.data.readers import read_structures
+    from molequi.validation import check_count
+
+    check_count("replicas", replicas, low=1, high=1_000_000)
+    systems = []
+    for spec in specs:
+        path, _, index = spec.partition("@")
+        frames = read_structures(path)
+        try:
+            selected = frames[string2index(index or "-1")]
+        except (ValueError, IndexError) as error:
+            raise ConfigError(f"{spec}: cannot select frame(s) '{index}' of {len(frames)} ({error})") from None
+        selected = selected if isinstance(selected, list) else [selected]
+        for k, atoms in enumerate(selected):
+            atoms = atoms.copy()
+            atoms.calc = None
+            validate_atoms(atoms, f"{path} frame {k}")
+            systems.extend(atoms.copy() for _ in range(replicas))
+    if not systems:
+        raise ConfigError("no structures selected")
+    return systems
+
+
+MD_OUTPUTS = ("system_*.csv", "system_*.extxyz", "system_*.traj", "trajectory.extxyz", "trajectory.traj",
+              "restart.safetensors", "energy.png")
+"""Glob patterns of the files an MD run writes in its output folder (what ``overwrite`` deletes)."""
+
+
+def run_md(
+    potential: Potential,
+    systems: Sequence[Atoms],
+    settings: MDSettings,
+    out: str | Path,
+    resume: bool = False,
+    overwrite: bool = False,
+) -> MDResult:
+    """Run MD of ``systems`` with ``potential`` and write logs, trajectories, restarts and
+    ``energy.png`` to ``out`` (see :mod:`molequi.md.output`).
+
+    ``out`` is locked for the run (a second run on it fails at once). A new run needs an empty
+    ``out`` (or ``overwrite``, which deletes only :data:`MD_OUTPUTS`); ``resume`` continues the
+    run there from its restart file, refused when the settings that shape the trajectory, the
+    models or the structures differ (compared by content, see :func:`md_identity`).
+    """
+    from molequi.utils import claim_run_directory
+
+    settings.validate()
+    out = Path(out)
+    if resume and settings.engine != "batched":
+        raise ConfigError("resume needs the batched engine (the ASE engine writes no restart files)")
+    if resume and overwrite:
+        raise ConfigError("--resume continues a run and --overwrite replaces it: pass one of them")
+    systems = list(systems)
+    for atoms in systems:  # unknown elements are the input's fault: say so before touching ``out``
+        potential.check_species(torch.as_tensor(atoms.numbers, dtype=torch.long, device=potential.device))
+    identity = md_identity(potential, systems, settings)
+    with claim_run_directory(out, "md", MD_OUTPUTS, resume=resume, overwrite=overwrite,
+                             resume_marker="restart.safetensors"):
+        if settings.engine == "batched":
+            return _run_batched(potential, systems, settings, out, resume, identity)
+        return _run_ase(potential, systems, settings, out)
+
+
+def structures_digest(systems: Sequence[Atoms]) -> str:
+    """sha256 over the systems' atomic numbers, positions, cells and periodicity (their content,
+    whatever file or frame selection they came from)."""
+    import hashlib
+
+    import numpy as np
+
+    digest = hashlib.sha256()
+    for atoms in systems:
+        for array in (atoms.numbers.astype(np.int64), atoms.positions.astype(np.float64),
+                      atoms.cell.array.astype(np.float64), np.asarray(atoms.pbc, dtype=bool)):
+            digest.update(np.ascontiguousarray(array).tobytes())
+        digest.update(b"|")
+    return digest.hexdigest()
+
+
+def md_identity(potential: Potential, systems: Sequence[Atoms], settings: MDSettings) -> dict[str, object]:
+    """What a resume must find unchanged: the settings that shape the trajectory, each model's
+    content (weights, dtype, architecture) and the structures' content."""
+    from molequi.models.io import model_digest
+
+    return {"settings": settings.physics(), "models": [model_digest(m) for m in potential.models],
+            "structures": structures_digest(systems), "systems": len(systems)}
+
+
+def check_resume_identity(saved: dict | None, current: dict, out: Path) -> None:
+    """Raise :class:`ConfigError` naming what changed between the run in ``out`` and this resume."""
+    import warnings
+
+    if not saved:
+        warnings.warn(f"{out}: the restart file records no settings (written by an older molequi); the resume "
+                      "cannot check that the settings, models and structures are unchanged", stacklevel=3)
+        return
+    changes = []
+    old_settings = saved.get("settings", {})
+    for key, value in current["settings"].items():
+        if key in old_settings and old_settings[key] != value:
+            changes.append(f"--{key.replace('_', '-')} {old_settings[key]} -> {value}")
+    if saved.get("models") != current["models"]:
+        changes.append("the model(s) (other weights, dtype or architecture)")
+    if saved.get("structures") != current["structures"] or saved.get("systems") != current["systems"]:
+        changes.append("the structures (other atoms, positions, frames or --replicas)")
+    if changes:
+        raise ConfigError(f"cannot resume the run in {out}: changed since it started: {'; '.join(changes)} "
+                          "(resume with the original inputs, or start a new run in another --out)")
+
+
+def run_md_files(
+    models: Sequence[str | Path],
+    structures: Sequence[str],
+    settings: MDSettings,
+    out: str | Path,
+    replicas: int = 1,
+    device: str = "cpu",
+    dtype: str | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    calibration: str | Path | None = None,
+) -> MDResult:
+    """:func:`run_md` from model files (several: a committee) and structure specs (see
+    :func:`read_systems`); ``calibration``: the JSON of ``molequi calibrate`` (logged stds are
+    calibrated)."""
+    from molequi.md.potential import load_models
+
+    settings.validate()
+    if not models:
+        raise ConfigError("no model file given")
+    systems = read_systems(structures, replicas)
+    potential = Potential(load_models(list(models), device=device, dtype=dtype), calibration=calibration)
+    return run_md(potential, systems, settings, out, resume=resume, overwrite=overwrite)
+
+
+def _output(potential: Potential, count: int, settings: MDSettings, out: Path, resume: bool = False,
+            restart_every: int | None = None) -> MDOutput:
+    return MDOutput(out, count, committee=potential.is_committee, traj_every=settings.traj_every,
+                    log_every=settings.log_every,
+                    restart_every=settings.restart_every if restart_every is None else restart_every, resume=resume)
+
+
+def _describe(output: MDOutput, settings: MDSettings, systems: Sequence[Atoms]) -> None:
+    output.describe_run(settings.ensemble, {k: len(a) for k, a in enumerate(systems)},
+                        settings.temperature if settings.ensemble == "nvt" else None)
+
+
+def _stop_reporter(engine, progress: Progress):
+    """A callback after each step: advance the bar and print new stops above it."""
+    reported = len(engine.stopped)
+
+    def after_step() -> None:
+        nonlocal reported
+        progress()
+        for event in engine.stopped[reported:]:
+            progress.write(str(event))
+        reported = len(engine.stopped)
+
+    return after_step
+
+
+def _record(engine, records: list[SystemResult]) -> None:
+    """Copy an engine's end state (energy change, stops) into the per-system records."""
+    for event in engine.stopped:
+        records[event.system].stopped = event
+    if engine.state.num_systems:
+        total = engine.total_energy().cpu().numpy()
+        for k, system in enumerate(engine.state.system_ids.tolist()):
+            records[system].drift = float(total[k] - float(engine.energy_reference[k]))
+            records[system].max_deviation = float(engine.max_deviation[k])
+
+
+def _run_batched(potential: Potential, systems: list[Atoms], settings: MDSettings, out: Path, resume: bool,
+                 identity: dict) -> MDResult:
+    from molequi.md.state import state_from_atoms
+
+    if resume:
+        engine, extra = BatchedMD.from_restart(out / "restart.safetensors", potential)
+        check_resume_identity(extra.get("identity"), identity, out)
+        output = _output(potential, len(systems), settings, out, resume=True)
+        _describe(output, settings, systems)
+        output.restart_metadata = {"identity": identity}
+        for event in engine.stopped:
+            print(event)
+    else:
+        state = state_from_atoms(systems, temperature=settings.temperature, friction=settings.friction,
+                                 seed=settings.seed)
+        engine = BatchedMD(potential, state, dt=settings.dt, ensemble=settings.ensemble, skin=settings.skin,
+                           max_temperature=settings.max_temperature, min_distance=settings.min_distance)
+        output = _output(potential, len(systems), settings, out)
+        _describe(output, settings, systems)
+        output.restart_metadata = {"identity": identity}
+        output(engine)  # step 0
+    progress = Progress(settings.steps, settings.dt, not settings.progress, initial=engine.state.step)
+    try:
+        engine.run(max(settings.steps - engine.state.step, 0), [output], callback=_stop_reporter(engine, progress))
+    finally:
+        progress.close()
+        if settings.restart_every and not engine.in_step:  # never a restart from a half-taken step
+            output.checkpoint(engine)
+        output.close()
+    records = [SystemResult(k, len(a)) for k, a in enumerate(systems)]
+    _record(engine, records)
+    return MDResult(out, settings.ensemble, records)
+
+
+def _run_ase(potential: Potential, systems: list[Atoms], settings: MDSettings, out: Path) -> MDResult:
+    """One system after another through ASE's integrators (same seeds as the batched engine)."""
+    from molequi.md.ase_engine import ASEEngine
+
+    output = _output(potential, len(systems), settings, out, restart_every=0)
+    _describe(output, settings, systems)
+    progress = Progress(settings.steps * len(systems), settings.dt, not settings.progress)
+    records = [SystemResult(k, len(a)) for k, a in enumerate(systems)]
+    try:
+        for k, atoms in enumerate(systems):
+            engine = ASEEngine(potential, atoms, k, settings.dt, settings.ensemble, settings.temperature,
+                               settings.friction, settings.seed + k, settings.skin, settings.max_temperature,
+                               settings.min_distance)
+            for event in engine.stopped:
+                progress.write(str(event))
+            if engine.state.num_systems:
+                output(engine)  # step 0
+            engine.run(settings.steps, [output], callback=_stop_reporter(engine, progress))
+            _record(engine, records)
+    finally:
+        progress.close()
+        output.close()
+    return MDResult(out, settings.ensemble, records)
+
