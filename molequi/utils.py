@@ -184,7 +184,7 @@ def locked_directory(path: str | Path, command: str) -> Iterator[Path]:
 
 def claim_run_directory(
     path: str | Path, command: str, outputs: Sequence[str], resume: bool = False, overwrite: bool = False,
-    resume_marker: str | None = None,
+    resume_marker: str | None = None, caches: Sequence[str] = (),
 ) -> contextlib.AbstractContextManager[Path]:
     """Lock ``path`` (see :func:`locked_directory`) and check it suits a new run or a resume.
 
@@ -192,6 +192,8 @@ def claim_run_directory(
     - a new run: the directory must be empty (bar the lock file) — an earlier run's files are
       never silently replaced — unless ``overwrite``, which deletes the files and folders
       matching the glob patterns ``outputs`` (and only those: never a user's other files).
+    - ``caches``: names of entries that are content-keyed caches (reusable by any run, e.g.
+      ``baseline_cache``): they never count as an earlier run's files.
 
     Temporary files left by a killed run's interrupted writes are removed in either case.
     Returns a context manager; the checks run when it is entered, under the lock.
@@ -209,7 +211,8 @@ def claim_run_directory(
                     raise ConfigError(f"nothing to resume in {path}: {path / resume_marker} does not exist "
                                       "(start the run without --resume)")
             else:
-                present = sorted(p.name for p in path.iterdir() if p.name != LOCK_NAME and p not in removed)
+                present = sorted(p.name for p in path.iterdir()
+                                 if p.name != LOCK_NAME and p.name not in caches and p not in removed)
                 if present and not overwrite:
                     shown = ", ".join(present[:4]) + (", ..." if len(present) > 4 else "")
                     raise ConfigError(f"{path} already holds files ({shown}); pass --resume to continue that run, "

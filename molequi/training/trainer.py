@@ -208,7 +208,7 @@ def train(
         # the main process owns out_dir for the run: a second run there fails at once, and a new
         # run never mixes its files with an earlier one's (see claim_run_directory)
         claim = (claim_run_directory(out_dir, "train", TRAIN_OUTPUTS, resume=resume, overwrite=overwrite,
-                                     resume_marker="checkpoints/last.pt")
+                                     resume_marker="checkpoints/last.pt", caches=("baseline_cache",))
                  if ddp.is_main else contextlib.nullcontext())
         with claim:
             return _train(config, paths, out_dir, test_paths, resume, device, dtype, ddp, say, init_weights, inputs)
