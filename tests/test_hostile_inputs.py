@@ -261,8 +261,7 @@ def _other_settings(w: Path) -> list[str]:
 
 def _screen_locked(w: Path) -> list[str]:
     (w / "out").mkdir()
-    for name in (".screen.lock", ".molequi.lock"):
-        HELD.append(hold_lock(w / "out", name))
+    HELD.append(hold_lock(w / "out", ".molequi.lock"))
     return screen_run(w, "--no-3d")
 
 

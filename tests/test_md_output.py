@@ -137,3 +137,21 @@ def test_progress_lines_in_a_log_file_and_one_summary_for_many_replicas(capsys):
     assert "energy drift" in lines[1] and "range +0.0000 … +0.0150" in lines[1]
     assert lines[3].startswith("  system 3 stopped")
     assert len(summary_lines(records[:4], "nvt")) == 5  # few systems: a line each
+
+
+def test_cli_single_traj_file_and_one_summary_for_many_replicas(model, tmp_path, capsys):
+    from ase.io import write
+
+    from molequi.cli.main import main
+    from molequi.models import save_model
+
+    path = save_model(model, tmp_path / "model.molequi")
+    write(tmp_path / "ethanol.xyz", ethanol(0))
+    out = tmp_path / "md"
+    assert main(["md", str(path), str(tmp_path / "ethanol.xyz"), "--steps", "4", "--dt", "0.5", "--replicas", "10",
+                 "--out", str(out), "--traj-every", "2", "--traj-format", "traj", "--traj-single",
+                 "--device", "cpu", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "10 systems, 10 ran to the end" in printed and "system 9:" not in printed
+    frames = ase.io.read(out / "trajectory.traj", ":")
+    assert len(frames) == 30 and sorted({a.info["system"] for a in frames}) == list(range(10))

@@ -53,6 +53,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="md", help="output folder (CSV logs, extxyz trajectories, restart, energy.png)")
     parser.add_argument("--seed", type=int, default=0, help="base random seed for velocities and Langevin noise")
     parser.add_argument("--traj-every", type=int, default=100, help="write a trajectory frame every N steps (0: never)")
+    parser.add_argument("--traj-format", choices=["extxyz", "traj"], default="extxyz",
+                        help="trajectory files: extxyz (text) or traj (ASE's binary trajectory); both read back "
+                             "with ase.io.read and carry velocities, energy, forces and info['system']")
+    parser.add_argument("--traj-single", action="store_true",
+                        help="one trajectory file for every system (OUT/trajectory.FORMAT, frames in time order, "
+                             "tagged atoms.info['system']) instead of one per system")
     parser.add_argument("--log-every", type=int, default=10, help="write a CSV log row every N steps (0: never)")
     parser.add_argument("--restart-every", type=int, default=1000,
                         help="write the restart file every N steps (0: never; batched engine only)")
@@ -69,7 +75,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="stop a system when two atoms come closer than this, Å")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch CPU threads (0: torch's default; 1 is often fastest for small molecules)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-progress", action="store_true", help="no progress (a bar on a terminal, a line every 30 s in a log file)")
     parser.add_argument("--calibration", metavar="JSON", default=None,
                         help="calibration of the committee/ensemble spread from 'molequi calibrate': the logged "
                              "energy_std_eV and forces_std_max_eV_per_A are calibrated stds")
@@ -84,6 +90,7 @@ def settings_from_args(args: argparse.Namespace) -> MDSettings:
         engine=args.engine, seed=args.seed, skin=args.skin, max_temperature=args.max_temperature,
         min_distance=args.min_distance, traj_every=args.traj_every, log_every=args.log_every,
         restart_every=args.restart_every, progress=not args.no_progress,
+        traj_format=args.traj_format, traj_single=args.traj_single,
     )
 
 

@@ -55,9 +55,17 @@ def load_models(
     ``models`` is a path, a loaded model, or a list of either (a committee). A loaded model that
     must change device or dtype is copied first: the caller's model is never modified.
     """
+    from molequi.devices import resolve_device
+
+    device = resolve_device(device)
     if isinstance(models, (str, Path, ForceOutput)):
         models = [models]
+    from molequi.devices import resolve_device
+
+    device = resolve_device(device)
     if isinstance(dtype, str):
+        if dtype not in ("float32", "float64"):
+            raise ConfigError(f"dtype must be float32 or float64, got {dtype!r}")
         dtype = {"float32": torch.float32, "float64": torch.float64}[dtype]
     loaded = []
     for spec in models:

@@ -15,7 +15,6 @@ Example::
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,7 +24,8 @@ from ase import Atoms
 
 from molequi.errors import ConfigError
 from molequi.md.engine import BatchedMD, StopEvent
-from molequi.md.output import MDOutput
+from molequi.md.output import TRAJ_FORMATS, MDOutput
+from molequi.md.progress import MDProgress
 from molequi.md.potential import Potential
 
 ENGINES = ("batched", "ase")
@@ -67,6 +67,8 @@ class MDSettings:
     log_every: int = 10
     restart_every: int = 1000
     progress: bool = True
+    traj_format: str = "extxyz"
+    traj_single: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -77,6 +79,7 @@ class MDSettings:
 
         check_choice("ensemble", self.ensemble, ENSEMBLES)
         check_choice("engine", self.engine, ENGINES)
+        check_choice("traj_format", self.traj_format, TRAJ_FORMATS)
         check_count("steps", self.steps)
         check_number("dt", self.dt, "fs", low=0.0, high=MAX_TIMESTEP_FS, low_inclusive=False)
         check_number("temperature", self.temperature, "K", low=0.0, high=MAX_TEMPERATURE_K)
@@ -131,7 +134,15 @@ class MDResult:
         return [record.stopped for record in self.systems if record.stopped is not None]
 
     def summary_lines(self) -> list[str]:
-        """Per system: energy change per atom (meV/atom) and max deviation, or its stop."""
+        """Per system (up to 8 systems), else one summary over them: energy change per atom
+        (meV/atom) and max deviation, and the stops (see :func:`molequi.md.progress.summary_lines`)."""
+        from molequi.md.progress import PER_SYSTEM_LINES, summary_lines
+
+        if len(self.systems) > PER_SYSTEM_LINES:
+            records = [{"system": r.system, "n_atoms": r.n_atoms, "drift": r.drift, "max_deviation": r.max_deviation}
+                       | ({"stopped": str(r.stopped)} if r.stopped is not None else {})
+                       for r in self.systems if r.stopped is not None or r.drift is not None]
+            return summary_lines(records, self.ensemble)
         label = "energy drift" if self.ensemble == "nve" else "total-energy change (thermostatted, not a drift)"
         lines = [f"{label} per system, (E_last - E_first)/n_atoms and max |E - E_first|/n_atoms:"]
         for record in self.systems:
@@ -153,31 +164,6 @@ class MDResult:
         return f"{len(stops)} of {len(self.systems)} system(s) stopped early: {shown}{more}"
 
 
-class Progress:
-    """tqdm bar with steps/s and ns/day in its postfix."""
-
-    def __init__(self, total: int, dt: float, disable: bool, initial: int = 0) -> None:
-        from tqdm import tqdm
-
-        self.bar = tqdm(total=total, initial=initial, unit="step", disable=disable or None, dynamic_ncols=True)
-        self.dt, self.start, self.count, self.last = dt, time.perf_counter(), 0, 0.0
-
-    def __call__(self, n: int = 1) -> None:
-        self.count += n
-        self.bar.update(n)
-        now = time.perf_counter()
-        if now - self.last > 1.0:
-            rate = self.count / (now - self.start)
-            self.bar.set_postfix_str(f"{rate:.1f} steps/s, {rate * self.dt * 86400 / 1e6:.3f} ns/day")
-            self.last = now
-
-    def write(self, message: str) -> None:
-        self.bar.write(message)
-
-    def close(self) -> None:
-        self.bar.close()
-
-
 def read_systems(specs: Sequence[str], replicas: int = 1) -> list[Atoms]:
     """The systems to simulate: the selected frames of every file, each ``replicas`` times.
 
@@ -197,7 +183,7 @@ def read_systems(specs: Sequence[str], replicas: int = 1) -> list[Atoms]:
         frames = read_structures(path)
         try:
             selected = frames[string2index(index or "-1")]
-        except (ValueError, IndexError) as error:
+        except (ValueError, IndexError, TypeError) as error:
             raise ConfigError(f"{spec}: cannot select frame(s) '{index}' of {len(frames)} ({error})") from None
         selected = selected if isinstance(selected, list) else [selected]
         for k, atoms in enumerate(selected):
@@ -326,7 +312,8 @@ def _output(potential: Potential, count: int, settings: MDSettings, out: Path, r
             restart_every: int | None = None) -> MDOutput:
     return MDOutput(out, count, committee=potential.is_committee, traj_every=settings.traj_every,
                     log_every=settings.log_every,
-                    restart_every=settings.restart_every if restart_every is None else restart_every, resume=resume)
+                    restart_every=settings.restart_every if restart_every is None else restart_every, resume=resume,
+                    traj_format=settings.traj_format, traj_single=settings.traj_single)
 
 
 def _describe(output: MDOutput, settings: MDSettings, systems: Sequence[Atoms]) -> None:
@@ -334,7 +321,7 @@ def _describe(output: MDOutput, settings: MDSettings, systems: Sequence[Atoms]) 
                         settings.temperature if settings.ensemble == "nvt" else None)
 
 
-def _stop_reporter(engine, progress: Progress):
+def _stop_reporter(engine, progress: MDProgress):
     """A callback after each step: advance the bar and print new stops above it."""
     reported = len(engine.stopped)
 
@@ -380,7 +367,7 @@ def _run_batched(potential: Potential, systems: list[Atoms], settings: MDSetting
         _describe(output, settings, systems)
         output.restart_metadata = {"identity": identity}
         output(engine)  # step 0
-    progress = Progress(settings.steps, settings.dt, not settings.progress, initial=engine.state.step)
+    progress = MDProgress(settings.steps, settings.dt, not settings.progress, initial=engine.state.step)
     try:
         engine.run(max(settings.steps - engine.state.step, 0), [output], callback=_stop_reporter(engine, progress))
     finally:
@@ -399,7 +386,7 @@ def _run_ase(potential: Potential, systems: list[Atoms], settings: MDSettings, o
 
     output = _output(potential, len(systems), settings, out, restart_every=0)
     _describe(output, settings, systems)
-    progress = Progress(settings.steps * len(systems), settings.dt, not settings.progress)
+    progress = MDProgress(settings.steps * len(systems), settings.dt, not settings.progress)
     records = [SystemResult(k, len(a)) for k, a in enumerate(systems)]
     try:
         for k, atoms in enumerate(systems):

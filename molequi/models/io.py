@@ -154,6 +154,11 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: str 
     Raises:
         ModelFileError: the file is missing, corrupt, truncated, foreign or too new.
     """
+    from molequi.devices import resolve_device
+
+    device = resolve_device(device)
+    if isinstance(dtype, str) and dtype not in DTYPES:
+        raise ConfigError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     path = Path(path)
     header = read_header(path)
     try:

@@ -58,23 +58,14 @@ class ModelScorer:
 
 
 def models_fingerprint(models: Sequence[ForceOutput]) -> str:
-    """SHA-256 (hex) of the models' content: configuration, precision and every weight, in
-    order. A screening resume compares it, so a model file replaced at the same path (or the
-    same file renamed) is recognised by what it holds, not by its name."""
+    """SHA-256 (hex) of the models' content (:func:`molequi.models.io.model_digest` of each: its
+    configuration and every weight, in order). A screening resume compares it, so a model file
+    replaced at the same path (or the same file renamed) is recognised by what it holds."""
     import hashlib
-    import json
 
-    import torch
+    from molequi.models.io import model_digest
 
-    digest = hashlib.sha256()
-    for model in models:
-        config = model.model.config
-        digest.update(json.dumps(config.to_dict(), sort_keys=True, default=str).encode())
-        for name, tensor in sorted(model.state_dict().items()):
-            tensor = tensor.detach().to("cpu").contiguous()
-            digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
-    return digest.hexdigest()
+    return hashlib.sha256(":".join(model_digest(model) for model in models).encode()).hexdigest()
 
 
 def load_scorers(paths: Sequence[str | Path], device: str = "cpu",

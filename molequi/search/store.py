@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Sequence
 
 from molequi.errors import OutputPathError, ResumeMismatchError
-from molequi.utils import atomic_open, atomic_write_text, remove_stale_temporaries
+from molequi.utils import atomic_open, atomic_write_text, locked_directory, remove_stale_temporaries
 
 MANIFEST = "manifest.json"
 CHUNK_DIR = "chunks"
@@ -159,31 +159,11 @@ def prepare_out_dir(out: Path, chunk_hash: str, manifest: dict, overwrite: bool)
     return resuming
 
 
-LOCK_FILE = ".screen.lock"
-
-
 @contextmanager
 def locked_out_dir(out: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``out`` for a whole run (POSIX ``flock``; released when the
-    process ends, even when killed): a second run into the same folder is refused at once
-    instead of deleting or mixing the first one's chunk files."""
+    """Hold the run-directory lock (:func:`molequi.utils.locked_directory`, as ``train`` and ``md``
+    do) on ``out`` for a whole run: a second run into the same folder is refused at once instead
+    of deleting or mixing the first one's chunk files. The lock dies with its process."""
     check_out_dir(out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        handle = open(out / LOCK_FILE, "a+")
-    except OSError as error:
-        raise OutputPathError(f"cannot write in output folder {out}: {error.strerror or error}") from None
-    try:
-        try:
-            import fcntl
-        except ImportError:  # no flock (Windows): runs are not guarded against each other
-            fcntl = None
-        if fcntl is not None:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise ResumeMismatchError(f"another screening run is writing to {out}; wait for it to "
-                                          "finish or use another output folder") from None
+    with locked_directory(out, "screen"):
         yield
-    finally:
-        handle.close()

@@ -13,28 +13,14 @@ from torch_geometric.data import Batch, Data
 
 from molequi.data import atoms_to_graph, require_labels
 from molequi.data.labels import found_label_keys
-from molequi.errors import ConfigError, DataFormatError
+from molequi.devices import resolve_device  # noqa: F401  (re-exported: molequi.training.resolve_device)
+from molequi.errors import DataFormatError
 from molequi.models.config import ModelConfig
 from molequi.models.io import model_config
 from molequi.nn.forces import ForceOutput
 from molequi.training.data import check_uniform_labels
 from molequi.training.metrics import MetricSums, has_label, property_prediction
 from molequi.training.plots import ParityPanel, data_title, parity_plot
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``"auto"``/None -> CUDA if available else CPU; ``"cuda"`` without a GPU -> ConfigError."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(
-            f"device '{device}' requested but no CUDA GPU is available to torch "
-            f"(torch {torch.__version__}, torch.cuda.is_available() is False); use --device cpu"
-        )
-    if device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"device must be 'cpu' or 'cuda[:N]', got '{device}'")
-    return device
 
 
 def evaluate_graphs(

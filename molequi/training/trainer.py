@@ -282,8 +282,8 @@ def train_one_epoch(run: TrainingRun, epoch: int, deadline: float | None, eta: s
         result.out_of_time = run.ddp.any(time.monotonic() > deadline, run.device)
     if not bool(torch.isfinite(result.loss_sum)):  # one host sync an epoch; nothing of this epoch is saved
         raise TrainingDivergedError(
-            f"training diverged in epoch {epoch}: the loss became {float(result.loss_sum)} (the last checkpoint keeps "
-            "the last finite epoch); lower --lr, or check the labels' units")
+            f"training diverged in epoch {epoch}: the loss became {float(result.loss_sum)} (nothing of this epoch was "
+            "saved; checkpoints/last.pt, if any, holds the last finite epoch); lower --lr, or check the labels' units")
     if run.config.scheduler == "cosine":
         run.scheduler.step()
     result.sums.all_reduce()
