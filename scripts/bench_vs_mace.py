@@ -80,7 +80,6 @@ def metrics(predicted: Path, test_file: Path) -> dict:
 def split_files(train_file: Path, out: Path) -> tuple[Path, Path]:
     """molequi's own train/validation split (50 held out, seed 0) as extxyz files for MACE."""
     import ase.io
-    from ase.calculators.singlepoint import SinglePointCalculator
 
     from molequi.data import read_structures
     from molequi.data.split import train_validation_split
@@ -194,8 +193,6 @@ def md_steps_per_s(atoms, calculator, steps: int = 100) -> float:
 
 
 def markdown(reports: list[dict]) -> str:
-    from molequi.utils import machine_info  # noqa: F401  (kept for symmetry with the JSON)
-
     lines = [
         "rMD17 split 01, 950 training + 50 validation structures (the same split for both), tested on the 1000 "
         "test structures with one metric function; one torch thread each, one run after the other. molequi: "
@@ -286,8 +283,6 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"error: {MACE_PYTHON} missing: run `bash scripts/mace_env.sh` first")
     train, valid = split_files(train_file, out) if args.mace_models else (None, None)
     for name in args.mace_models:
-        import shutil
-
         for stale in (out / name, out / f"{name}-probe"):
             shutil.rmtree(stale, ignore_errors=True)
         report["mace"].append(run_mace(args, name, train, valid, test_file, out))

@@ -39,7 +39,7 @@ from molequi.training.data import prepare_data
 from molequi.training.metrics import loss_terms, weighted_loss
 from molequi.utils import machine_info
 
-DATA = Path(os.environ.get("MOLEQUI_RMD17", "/work/shared/data/rmd17"))
+DATA = Path(os.environ.get("MOLEQUI_RMD17", Path(__file__).resolve().parents[2] / "shared" / "data" / "rmd17"))
 
 # module class name -> label of the block it belongs to
 BLOCKS = {

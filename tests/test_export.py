@@ -7,11 +7,9 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from ase.build import molecule
 from scipy.spatial.transform import Rotation
 

@@ -383,7 +383,7 @@ def plot_energy_figure(logs: list[dict[str, np.ndarray]], n_atoms: list[int | No
     if not kept:
         top.text(0.5, 0.5, "no log rows", transform=top.transAxes, ha="center")
         return figure
-    logs_kept, atoms = [log for log, _ in kept], [n for _, n in kept]
+    logs_kept = [log for log, _ in kept]
     times = [log["time_fs"] for log in logs_kept]
     stopped = sum(len(t) < max(len(u) for u in times) for t in times)
     if stopped:

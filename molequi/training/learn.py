@@ -46,7 +46,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 
