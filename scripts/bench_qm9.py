@@ -21,7 +21,7 @@ Usage:
     python scripts/bench_qm9.py --out /tmp/qm9_plan --dry-run        # print the commands only
 
 Writes ``<out>/results.json`` and ``<out>/results.md`` (table, machine, commands). The
-published numbers quoted in the table are **as quoted in the issue, to be checked against the
+published numbers quoted in the table are **values from the literature, not yet checked against the
 papers** (PaiNN, Schütt et al. 2021; DimeNet++, Gasteiger et al. 2020), both with 110k
 training molecules.
 """
@@ -48,7 +48,7 @@ TARGETS = ("U0", "gap")
 REFERENCES_MEV = {
     "U0": {"PaiNN": 5.85, "DimeNet++": 6.32},
 }
-"""Published test MAE (meV, 110k training molecules): as quoted in the issue, to be checked
+"""Published test MAE (meV, 110k training molecules): values from the literature, not yet checked
 against the papers."""
 
 BASE_CONFIG: dict[str, Any] = {
@@ -176,7 +176,7 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {run['target']} | {run['n_train']:,} | {mae} | {'—' if wall is None else f'{wall:.0f}'} "
             f"| {run['max_minutes']:g} | {run['status']} |"
         )
-    lines += ["", "Published references (n_train = 110,000; as quoted in the issue, to be checked against the papers):", ""]
+    lines += ["", "Published references (n_train = 110,000; values from the literature, to be checked against the papers):", ""]
     for target, refs in REFERENCES_MEV.items():
         lines += [f"* {target}: " + ", ".join(f"{name} {value} meV" for name, value in refs.items())]
     lines += ["", "Per-run commands:", ""] + [f"* `{run['command']}`" for run in results["runs"]]
@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": shlex.join([sys.executable, *sys.argv]) if argv is None else shlex.join(["bench_qm9.py", *argv]),
         "machine": machine(args.device),
         "references_mev": REFERENCES_MEV,
-        "references_note": "as quoted in the issue, to be checked against the papers",
+        "references_note": "values from the literature, to be checked against the papers",
         "runs": [],
     }
     for n_train in sorted(args.sizes):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from molequi.cli.options import add_device_option, add_label_key_options
+
 HELP = (
     "Fit a calibration of committee / ensemble-head stds on held-out labelled structures: σ' = a·σ, or a power "
     "law σ' = a·σ^b when it has the lower held-out Gaussian NLL, per output (energy, forces per atom-component, "
@@ -19,12 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="held-out labelled structures (not the training set: its errors are too small), any "
                              "format 'molequi evaluate' reads")
     parser.add_argument("--out", metavar="JSON", default="calibration.json", help="where to write the calibration")
-    parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
+    add_device_option(parser)
     parser.add_argument("--batch-size", type=int, default=32, help="structures per batch (memory only)")
-    parser.add_argument("--energy-key", metavar="KEY", default="energy",
-                        help="key of the energy label, eV (calculator results or atoms.info; MACE-style files: REF_energy)")
-    parser.add_argument("--forces-key", metavar="KEY", default="forces",
-                        help="key of the forces label, eV/Å (calculator results or atoms.arrays; MACE-style: REF_forces)")
+    add_label_key_options(parser, stress=False)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from molequi.cli.options import add_device_option, add_label_key_options
+
 HELP = (
     "Evaluate a model on labelled structures and print its errors as JSON: energy (meV) and force (meV/Å) "
     "MAE/RMSE, and <property>_mae / <property>_rmse in the label's unit for each property head it was trained on. "
@@ -24,13 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calibration", metavar="JSON", default=None,
                         help="calibrate the committee/ensemble stds with this file from 'molequi calibrate' "
                              "(the metrics then describe the calibrated stds)")
-    parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
+    add_device_option(parser)
     parser.add_argument("--batch-size", type=int, default=32, help="structures per batch (memory only)")
-    parser.add_argument("--energy-key", metavar="KEY", default="energy",
-                        help="key of the energy label, eV (calculator results or atoms.info; MACE-style files: REF_energy)")
-    parser.add_argument("--forces-key", metavar="KEY", default="forces",
-                        help="key of the forces label, eV/Å (calculator results or atoms.arrays; MACE-style: REF_forces)")
-    parser.add_argument("--stress-key", metavar="KEY", default="stress", help="key of the stress label, eV/Å³ (read, not evaluated)")
+    add_label_key_options(parser)
     parser.add_argument("--out", metavar="JSON", default=None, help="also write the metrics to this JSON file")
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from molequi.cli.options import LABEL_KEY_HELP
+
 from molequi.errors import ConfigError
 
 HELP = (
@@ -26,9 +28,9 @@ OVERRIDES = {
     "--energy-weight": ("energy_weight", float, "loss weight of the per-atom energy MSE, (eV/atom)²"),
     "--forces-weight": ("forces_weight", float, "loss weight of the force-component MSE, (eV/Å)²"),
     "--num-workers": ("num_workers", int, "DataLoader worker processes (0 = none)"),
-    "--energy-key": ("energy_key", str, "key of the energy label, eV (calculator results or atoms.info; MACE-style files: REF_energy)"),
-    "--forces-key": ("forces_key", str, "key of the forces label, eV/Å (calculator results or atoms.arrays; MACE-style: REF_forces)"),
-    "--stress-key": ("stress_key", str, "key of the stress label, eV/Å³ (read with the structures, not fitted)"),
+    "--energy-key": ("energy_key", str, LABEL_KEY_HELP["energy"]),
+    "--forces-key": ("forces_key", str, LABEL_KEY_HELP["forces"]),
+    "--stress-key": ("stress_key", str, LABEL_KEY_HELP["stress"]),
     "--e0s": ("e0s", str, "per-element reference energies: fit (least squares on the training energies), average "
               "(MACE's name for the same fit) or FILE.json {symbol or Z: eV}"),
     "--channels": ("model.channels", int, "feature channels per irrep"),

@@ -23,7 +23,7 @@ def channelwise_edge_product(
     harmonics, for every path l1 ⊗ l2 -> l3 whose output irrep appears in ``irreps_target``.
     Weights are external — one per path and channel, per edge — so a radial MLP supplies them.
     This costs O(channels) per edge; a fully connected product costs O(channels²) and is the
-    trap measured in the performance notes.
+    trap (measured on a 2-core CPU for aspirin, 64 channels l ≤ 2: ~1 evaluation/s against ~32/s).
 
     Returns:
         the tensor product and its output irreps (one block per path, unsimplified).

@@ -51,6 +51,11 @@ class ScreenResult:
 
     def to_pandas(self):
         """``scored.csv`` as a pandas DataFrame (needs pandas)."""
-        import pandas as pd
+        try:
+            import pandas as pd
+        except ImportError:
+            from molequi.errors import MissingDependencyError
+
+            raise MissingDependencyError("ScreenResult.to_pandas needs pandas: pip install pandas") from None
 
         return pd.read_csv(self.scored_csv)
