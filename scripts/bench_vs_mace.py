@@ -32,6 +32,7 @@ import math
 import os
 import resource
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -240,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--mace-models", nargs="*", default=list(MACE_MODELS), choices=list(MACE_MODELS))
     parser.add_argument("--mace-epochs", type=int, default=None, help="MACE epochs (default: sized from a probe run)")
-    parser.add_argument("--skip-molequi", action="store_true", help="reuse the molequi result of an earlier run")
+    parser.add_argument("--skip-molequi", action="store_true", help="reuse the molequi result of an earlier run (none yet: train MACE only)")
     parser.add_argument("--data-dir", type=Path, default=DATA)
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench_vs_mace")
     parser.add_argument("--readme", action="store_true", help="write the table of every result in OUT into README.md")
@@ -264,7 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     previous = json.loads(result_path.read_text()) if result_path.is_file() else {}
     report = {"molecule": args.molecule, "minutes": args.minutes, "threads": args.threads, "command": command,
               "machine": machine_info("cpu"), "uptime_before": os.getloadavg()}
-    if args.skip_molequi and "molequi" in previous:
+    if args.skip_molequi and "molequi" not in previous:
+        print("no earlier molequi result in", result_path, "- running MACE only", flush=True)
+    elif args.skip_molequi:
         report["molequi"] = previous["molequi"]
         if "md_steps_per_s" not in report["molequi"]:  # a result from before MD was timed
             from molequi.calculators import MolequiCalculator
@@ -273,11 +276,9 @@ def main(argv: list[str] | None = None) -> int:
             model = MolequiCalculator(str(out / "molequi" / "model.molequi"))
             report["molequi"]["md_steps_per_s"] = md_steps_per_s(read_structures(test_file)[0], model)
     else:
-        import shutil
-
         shutil.rmtree(out / "molequi", ignore_errors=True)
         report["molequi"] = run_molequi(args, train_file, test_file, out)
-    print(json.dumps(report["molequi"]), flush=True)
+    print(json.dumps(report.get("molequi")), flush=True)
     report["mace"] = [] if args.mace_models else previous.get("mace", [])  # none asked: keep the earlier ones
     if args.mace_models and not MACE_PYTHON.exists():
         raise SystemExit(f"error: {MACE_PYTHON} missing: run `bash scripts/mace_env.sh` first")
@@ -296,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
 def render(args) -> int:
     """The table of every result file in ``args.out`` (``--readme``: into README.md too)."""
     reports = [json.loads(p.read_text()) for p in sorted(args.out.glob("*min.json"))]
-    reports = [r for r in reports if r.get("mace")]
+    reports = [r for r in reports if r.get("mace") and r.get("molequi")]
     text = markdown(reports)
     (args.out / "vs_mace.md").write_text(text)
     print(text)
