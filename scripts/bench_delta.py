@@ -8,7 +8,8 @@ For each molecule and training-set size N, trains ``molequi train`` (its default
 ``rmd17_<mol>_test_01.npz`` with the same code (``molequi train --test-data``: the Δ model's
 errors against label − xTB are its total errors), and times MD with each model through the
 ASE calculator (velocity Verlet, 0.5 fs, one molecule). Writes ``delta_results.json``,
-``delta_results.md``, ``delta_curve.png`` and the README block ``delta``.
+``delta_results.md``, ``delta_curve.png`` and (``--readme``) the README block ``delta`` with
+the plot in ``scripts/figures/delta_curve.png``.
 
     python scripts/bench_delta.py --molecules aspirin ethanol --sizes 50 250 950 --minutes 10
     python scripts/bench_delta.py --molecules aspirin --sizes 50 --minutes 3     # the small point
@@ -35,6 +36,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "rmd17"
+FIGURE = REPO / "scripts" / "figures" / "delta_curve.png"  # shown in README
 MACE_50 = {"aspirin": 43.9}  # MACE's published aspirin force MAE from 50 training structures, meV/Å
 
 
@@ -123,8 +125,7 @@ def markdown(results: list[dict], machine: dict, args: argparse.Namespace) -> st
         "Direct: trained on the DFT labels. Δ: `--baseline xtb`, trained on DFT − GFN2-xTB, GFN2-xTB added back "
         "at run time. E: MAE of the total energy, meV; F: MAE per component, meV/Å; MD: velocity-Verlet steps/s of "
         "one molecule through the ASE calculator (xTB included for Δ); CPU s: the whole `molequi train` process "
-        "(for Δ including the xTB labels of the training and test structures, and testing for both). Plot: "
-        "`runs/bench_delta/delta_curve.png`.",
+        "(for Δ including the xTB labels of the training and test structures, and testing for both).",
         "",
         "| molecule | N train | direct F | Δ F | direct E | Δ E | direct MD steps/s | Δ MD steps/s | epochs (direct/Δ) | CPU s (direct/Δ) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -145,6 +146,7 @@ def markdown(results: list[dict], machine: dict, args: argparse.Namespace) -> st
     if any(r["molecule"] in MACE_50 and r["n_train"] == 50 for r in results):
         lines += ["", "MACE's published aspirin force MAE from 50 training structures: "
                   f"{MACE_50['aspirin']} meV/Å (trained to convergence on a GPU)."]
+    lines += ["", f"![Δ-xTB and direct learning curves]({FIGURE.relative_to(REPO)})"]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -212,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.readme:
         from readme_section import update_readme_section
 
+        plot(results, FIGURE)
         update_readme_section("delta", text)
     return 1 if any("error" in r for r in results) else 0
 

@@ -33,6 +33,7 @@ def random_model(
     seed: int = 0,
     cutoff: float = 5.0,
     e0s: tuple[tuple[str, float], ...] = (),
+    species_product: bool = False,
 ):
     """A freshly initialised (untrained) potential, cached per argument set: do not modify it."""
     from molequi.models import ModelConfig, build_model
@@ -49,6 +50,7 @@ def random_model(
         avg_num_neighbors=8.0,
         properties=dict(properties),
         e0s=dict(e0s),
+        species_product=species_product,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from ase import Atoms
 from ase.build import molecule
-from conftest import make_ethanol, make_water_box, random_model
+from conftest import SPECIES, make_ethanol, make_water_box, random_model
 from torch import nn
 from torch_geometric.utils import scatter
 
@@ -79,6 +79,22 @@ def test_architectures(l_max, correlation, num_layers):
     testing.assert_invariant_energy_equivariant_forces(model, atoms, n_trials=1, seed=l_max)
     testing.assert_permutation_equivariant(model, atoms, seed=l_max)
     testing.assert_forces_match_finite_differences(model, atoms, atom_indices=[0, 3, 8])
+
+
+def test_species_dependent_product_weights_keep_the_symmetries(ethanol):
+    import copy
+
+    model = copy.deepcopy(random_model(l_max=2, correlation=3, num_layers=2, species_product=True))
+    weights = [p for name, p in model.named_parameters() if name.endswith("species_weights")]
+    assert len(weights) == 2 and weights[0].shape[:2] == (2, len(SPECIES))  # 2 body orders, 3 elements
+    before = testing.evaluate(model, [ethanol])[0]["energy"]
+    with torch.no_grad():
+        for w in weights:
+            w.copy_(1.0 + torch.randn_like(w, generator=torch.Generator().manual_seed(1)))
+    assert abs(testing.evaluate(model, [ethanol])[0]["energy"] - before) > 1e-6  # the weights are used
+    testing.assert_invariant_energy_equivariant_forces(model, ethanol, n_trials=1, seed=3)
+    testing.assert_permutation_equivariant(model, ethanol, seed=3)
+    testing.assert_forces_match_finite_differences(model, ethanol, atom_indices=[0, 3, 8])
 
 
 def test_float32_looser_tolerance(ethanol, water_box):

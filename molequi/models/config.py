@@ -32,6 +32,8 @@ class ModelConfig:
         cutoff_p: exponent of the polynomial cutoff envelope (smoothness at the cutoff).
         radial_hidden: hidden sizes of the radial MLP that maps the basis to path weights.
         correlation: body order of the node-feature product (1 = none; 2–3 = MACE-style).
+        species_product: scale each body order of the product per element, channel and irrep
+            (MACE-style species-dependent contraction weights; a few parameters, no extra cost).
         readout_hidden: hidden size of the last layer's non-linear energy readout.
         trainable_radial: learn the Bessel frequencies.
         properties: extra outputs beside the energy, name -> kind, where kind is a registered
@@ -67,6 +69,7 @@ class ModelConfig:
     cutoff_p: int = 6
     radial_hidden: list[int] = field(default_factory=lambda: [32, 32])
     correlation: int = 2
+    species_product: bool = False
     readout_hidden: int = 16
     trainable_radial: bool = False
     ensemble_heads: int = 1
@@ -177,8 +180,9 @@ def _check_types(config: ModelConfig) -> None:
     for name in _REALS:
         if not real(getattr(config, name)):
             raise ConfigError(f"{name} must be a finite number, got {getattr(config, name)!r}")
-    if not isinstance(config.trainable_radial, bool):
-        raise ConfigError(f"trainable_radial must be true or false, got {config.trainable_radial!r}")
+    for name in ("trainable_radial", "species_product"):
+        if not isinstance(getattr(config, name), bool):
+            raise ConfigError(f"{name} must be true or false, got {getattr(config, name)!r}")
     lists = {"species": config.species, "radial_hidden": config.radial_hidden}
     for name, values in lists.items():
         if not isinstance(values, (list, tuple)) or not all(whole(v) for v in values):

@@ -120,6 +120,7 @@ class MolequiPotential(nn.Module):
                     l_max=config.l_max,
                     correlation=config.correlation,
                     avg_num_neighbors=config.avg_num_neighbors,
+                    species_product=config.species_product,
                 )
             )
             self.readouts.append(ScalarReadout(irreps_out, config.readout_hidden if last else None, config.ensemble_heads))

@@ -16,9 +16,14 @@ class BodyOrderProduct(nn.Module):
 
     ``B = A + Σ_{k=2..ν} W_k · P_k`` with ``P_1 = A`` and ``P_k = P_{k-1} ⊗ A`` (channel-wise),
     so ν = correlation. ν = 1 is the identity (a NequIP-like two-body-per-layer model).
+
+    With ``num_species`` the mixed powers are also scaled per species, channel and irrep
+    (``w_{k, z, c, l}``, initialised to 1): each element weighs its body orders differently, as
+    MACE's species-dependent contraction weights do, for a few parameters and no extra tensor
+    product. A scalar per irrep keeps the product equivariant.
     """
 
-    def __init__(self, irreps: o3.Irreps, correlation: int) -> None:
+    def __init__(self, irreps: o3.Irreps, correlation: int, num_species: int = 0) -> None:
         super().__init__()
         self.products = nn.ModuleList()
         self.mixes = nn.ModuleList()
@@ -26,16 +31,37 @@ class BodyOrderProduct(nn.Module):
             product, irreps_product = channelwise_self_product(irreps, irreps)
             self.products.append(product)
             self.mixes.append(o3.Linear(irreps_product, irreps))
+        irreps = o3.Irreps(irreps)
+        self.species_weights = None
+        if num_species and correlation > 1:
+            self.species_weights = nn.Parameter(torch.ones(correlation - 1, num_species, irreps.num_irreps))
+            # feature index -> its irrep's index, to spread one weight over the 2l+1 components
+            index = torch.cat([torch.arange(mul).repeat_interleave(ir.dim) + start
+                               for (mul, ir), start in zip(irreps, _irrep_starts(irreps))])
+            self.register_buffer("component_irrep", index, persistent=False)
 
-    def forward(self, messages: torch.Tensor) -> torch.Tensor:
-        """[n_atoms, irreps.dim] -> [n_atoms, irreps.dim]."""
+    def forward(self, messages: torch.Tensor, species_one_hot: torch.Tensor | None = None) -> torch.Tensor:
+        """[n_atoms, irreps.dim] (and [n_atoms, num_species]) -> [n_atoms, irreps.dim]."""
         out, power = messages, messages
-        for product, mix in zip(self.products, self.mixes):
+        for k, (product, mix) in enumerate(zip(self.products, self.mixes)):
             # The mixed power (not the raw product) is carried forward: it keeps the irreps of A
             # and keeps activations O(1) at initialisation for any correlation order.
             power = mix(product(power, messages))
-            out = out + power
+            if self.species_weights is not None:
+                scale = species_one_hot.to(power.dtype) @ self.species_weights[k]  # [n_atoms, num_irreps]
+                out = out + power * scale[:, self.component_irrep]
+            else:
+                out = out + power
         return out
+
+
+def _irrep_starts(irreps: o3.Irreps) -> list[int]:
+    """Index of the first irrep of each (mul, ir) block, counting irreps (not components)."""
+    starts, count = [], 0
+    for mul, _ in irreps:
+        starts.append(count)
+        count += mul
+    return starts
 
 
 def gated_nonlinearity(irreps_out: o3.Irreps) -> tuple[nn.Module, o3.Irreps]:
@@ -80,6 +106,7 @@ class InteractionBlock(nn.Module):
         l_max: int,
         correlation: int,
         avg_num_neighbors: float,
+        species_product: bool = False,
     ) -> None:
         super().__init__()
         irreps_hidden = natural_irreps(channels, l_max)
@@ -91,7 +118,7 @@ class InteractionBlock(nn.Module):
             [num_radial, *radial_hidden, self.convolution.weight_numel], torch.nn.functional.silu
         )
         self.linear_messages = o3.Linear(irreps_messages, irreps_hidden)
-        self.product = BodyOrderProduct(irreps_hidden, correlation)
+        self.product = BodyOrderProduct(irreps_hidden, correlation, num_species if species_product else 0)
         self.nonlinearity, irreps_gate_in = gated_nonlinearity(self.irreps_out)
         self.linear_out = o3.Linear(irreps_hidden, irreps_gate_in)
         self.self_interaction = o3.FullyConnectedTensorProduct(
@@ -125,5 +152,5 @@ class InteractionBlock(nn.Module):
         messages = self.convolution(up[neighbor], edge_harmonics, weights)
         aggregated = scatter(messages, centre, dim=0, dim_size=node_features.shape[0], reduce="sum")
         aggregated = self.linear_messages(aggregated / self.avg_num_neighbors)
-        features = self.nonlinearity(self.linear_out(self.product(aggregated)))
+        features = self.nonlinearity(self.linear_out(self.product(aggregated, species_one_hot)))
         return features + residual

@@ -44,6 +44,9 @@ RESERVED_PROPERTY_NAMES = (
 ENERGY_TARGETS = ("energy", "u0")
 """``--target`` names (case-insensitive) that mean the total-energy label itself (QM9: U0)."""
 
+SCHEDULERS = ("plateau", "cosine", "budget")
+"""Learning-rate schedules (see :class:`TrainingConfig`)."""
+
 RESUMABLE_KEYS = ("max_epochs", "max_minutes", "device", "num_workers", "progress", "eval_batch_size")
 """Settings that may change when a run is resumed (the rest would break exact continuation)."""
 
@@ -72,7 +75,12 @@ class TrainingConfig:
         scheduler: ``"plateau"`` (multiply the learning rate by ``plateau_factor`` when the
             validation loss has not improved for ``plateau_patience`` validations) or
             ``"cosine"`` (cosine decay from ``learning_rate`` to ``min_learning_rate`` over
-            ``max_epochs``).
+            ``max_epochs``, stepped once an epoch) or ``"budget"`` (the same decay set before
+            every step from the spent fraction of the budget: epochs of ``max_epochs`` or
+            minutes of ``max_minutes``, whichever is further along: constant, then a cosine
+            over the last ``decay_fraction`` of the budget, reaching ``min_learning_rate`` when
+            the run ends; see :mod:`molequi.training.schedule`).
+        decay_fraction: the final part of the budget over which ``budget`` decays the rate, in (0, 1].
         plateau_factor: learning-rate factor of the plateau scheduler, in (0, 1).
         plateau_patience: validations without improvement before the plateau scheduler acts.
         min_learning_rate: floor of both schedulers.
@@ -132,6 +140,7 @@ class TrainingConfig:
     plateau_factor: float = 0.5
     plateau_patience: int = 10
     min_learning_rate: float = 1e-5
+    decay_fraction: float = 0.2
     grad_clip: float = 10.0
     ema_decay: float = 0.99
     early_stopping_patience: int = 50
@@ -166,7 +175,7 @@ class TrainingConfig:
             raise ConfigError(f"model must be a mapping of architecture settings, got {self.model!r}")
         checks = [
             (self.optimizer in ("adam", "adamw"), f"optimizer must be 'adam' or 'adamw', got '{self.optimizer}'"),
-            (self.scheduler in ("plateau", "cosine"), f"scheduler must be 'plateau' or 'cosine', got '{self.scheduler}'"),
+            (self.scheduler in SCHEDULERS, f"scheduler must be one of {', '.join(SCHEDULERS)}, got '{self.scheduler}'"),
             (self.ensemble_loss in ("heads", "nll"), f"ensemble_loss must be 'heads' or 'nll', got '{self.ensemble_loss}'"),
             (self.dtype in ("float32", "float64"), f"dtype must be 'float32' or 'float64', got '{self.dtype}'"),
             (self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}"),
@@ -177,6 +186,7 @@ class TrainingConfig:
             (self.max_minutes is None or self.max_minutes > 0, f"max_minutes must be > 0 (or null), got {self.max_minutes}"),
             (0 < self.plateau_factor < 1, f"plateau_factor must be in (0, 1), got {self.plateau_factor}"),
             (self.plateau_patience >= 0, f"plateau_patience must be ≥ 0, got {self.plateau_patience}"),
+            (0 < self.decay_fraction <= 1, f"decay_fraction must be in (0, 1], got {self.decay_fraction}"),
             (self.min_learning_rate >= 0, f"min_learning_rate must be ≥ 0, got {self.min_learning_rate}"),
             (self.grad_clip >= 0, f"grad_clip must be ≥ 0 (0 disables), got {self.grad_clip}"),
             (0 <= self.ema_decay < 1, f"ema_decay must be in [0, 1) (0 disables), got {self.ema_decay}"),

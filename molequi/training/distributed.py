@@ -49,6 +49,14 @@ class Distributed:
         dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
         return bool(tensor.item() > 0)
 
+    def max_value(self, value: float, device: torch.device) -> float:
+        """The largest ``value`` over every process (a collective: call it everywhere)."""
+        if not self.active:
+            return value
+        tensor = torch.tensor([float(value)], dtype=torch.float64, device=device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        return float(tensor.item())
+
     def barrier(self) -> None:
         if self.active:
             dist.barrier()

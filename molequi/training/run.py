@@ -25,6 +25,7 @@ from molequi.training.config import RESUMABLE_KEYS, TrainingConfig
 from molequi.training.data import PreparedData, load_graphs, prepare_data, trained_outputs
 from molequi.training.distributed import Distributed
 from molequi.training.ema import ExponentialMovingAverage
+from molequi.training.schedule import BudgetCosine
 
 
 def checkpoint_path(out_dir: str | Path, which: str = "last") -> Path:
@@ -72,6 +73,10 @@ def _make_optimizer(config: TrainingConfig, model: torch.nn.Module) -> torch.opt
 
 
 def _make_scheduler(config: TrainingConfig, optimizer: torch.optim.Optimizer):
+    if config.scheduler == "budget":
+        budget = None if config.max_minutes is None else 60.0 * config.max_minutes
+        return BudgetCosine(optimizer, config.learning_rate, config.min_learning_rate, config.max_epochs, budget,
+                            config.decay_fraction)
     if config.scheduler == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.max_epochs, eta_min=config.min_learning_rate)
     return torch.optim.lr_scheduler.ReduceLROnPlateau(

@@ -92,6 +92,7 @@ from molequi.training.run import (
     resume_settings,
     snapshot,
 )
+from molequi.training.schedule import BudgetCosine
 from molequi.utils import atomic_write, claim_run_directory
 
 __all__ = [
@@ -256,9 +257,18 @@ def train_one_epoch(run: TrainingRun, epoch: int, deadline: float | None, eta: s
     result = EpochResult(MetricSums(run.properties, run.weights), torch.zeros((), dtype=torch.float64, device=run.device), 0, False)
     progress = _progress_bar(run, epoch, eta)
     last_postfix = -math.inf
+    budget = run.scheduler if isinstance(run.scheduler, BudgetCosine) else None
+    seconds = 0.0
+    if budget is not None:  # under DDP every process must use the same rate: agree on the time once an epoch
+        seconds = run.ddp.max_value(budget.seconds_spent(), run.device)
+    steps_per_epoch = max(1, len(run.loader))
     try:
         for batch in run.loader:
             batch = batch.to(run.device)
+            if budget is not None:
+                if not run.ddp.active:
+                    seconds = budget.seconds_spent()
+                budget.update(epoch - 1 + result.n_batches / steps_per_epoch, seconds)
             loss, outputs = take_step(run, batch)
             result.sums.add(outputs, batch)
             result.loss_sum = result.loss_sum + loss
