@@ -128,6 +128,7 @@ def run_molequi(args, train_file: Path, test_file: Path, out: Path) -> dict:
 
     first = read_structures(test_file)[0]
     result["md_steps_per_s"] = md_steps_per_s(first, MolequiCalculator(model))
+    (out / "molequi_result.json").write_text(json.dumps(result, indent=2) + "\n")  # this side's own copy
     return result
 
 
@@ -326,18 +327,39 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(report["mace"][-1]), flush=True)
             continue
         print(json.dumps(report["mace"][-1]), flush=True)
-        result_path.write_text(json.dumps(report, indent=2) + "\n")
+        save_report(result_path, report, keep_mace=not args.mace_models)
     if args.probe_only:
         return 0
     report["uptime_after"] = os.getloadavg()
-    result_path.write_text(json.dumps(report, indent=2) + "\n")
+    save_report(result_path, report, keep_mace=not args.mace_models)
     return render(args)
+
+
+def save_report(path: Path, report: dict, keep_mace: bool) -> None:
+    """Write ``report``, keeping what another invocation wrote to the same file meanwhile: the
+    molequi result when this one trained MACE only, MACE's when this one trained molequi only
+    (the two sides may run as separate invocations)."""
+    current = json.loads(path.read_text()) if path.is_file() else {}
+    if "molequi" not in report and "molequi" in current:
+        report["molequi"] = current["molequi"]
+    own = path.with_suffix("") / "molequi_result.json"
+    if "molequi" not in report and own.is_file():
+        report["molequi"] = json.loads(own.read_text())
+    if keep_mace and current.get("mace"):
+        report["mace"] = current["mace"]
+    path.write_text(json.dumps(report, indent=2) + "\n")
 
 
 def render(args) -> int:
     """The table of every result file in ``args.out`` (``--readme``: into README.md too)."""
-    reports = [json.loads(p.read_text()) for p in sorted(args.out.glob("*min.json"))]
-    reports = [r for r in reports if r.get("mace") and r.get("molequi")]
+    reports = []
+    for path in sorted(args.out.glob("*min.json")):
+        report = json.loads(path.read_text())
+        own = path.with_suffix("") / "molequi_result.json"
+        if "molequi" not in report and own.is_file():  # written by a separate molequi-only invocation
+            report["molequi"] = json.loads(own.read_text())
+        if report.get("mace") and report.get("molequi"):
+            reports.append(report)
     text = markdown(reports)
     (args.out / "vs_mace.md").write_text(text)
     print(text)

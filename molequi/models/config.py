@@ -33,7 +33,9 @@ class ModelConfig:
         radial_hidden: hidden sizes of the radial MLP that maps the basis to path weights.
         correlation: body order of the node-feature product (1 = none; 2–3 = MACE-style).
         species_product: scale each body order of the product per element, channel and irrep
-            (MACE-style species-dependent contraction weights; a few parameters, no extra cost).
+            (MACE-style species-dependent contraction weights; a few parameters, no measurable
+            cost). On rMD17 ethanol at the same 5-minute budget it lowers the test force error
+            by about a tenth (``scripts/bench_recipe.py``).
         readout_hidden: hidden size of the last layer's non-linear energy readout.
         trainable_radial: learn the Bessel frequencies.
         properties: extra outputs beside the energy, name -> kind, where kind is a registered
@@ -69,7 +71,7 @@ class ModelConfig:
     cutoff_p: int = 6
     radial_hidden: list[int] = field(default_factory=lambda: [32, 32])
     correlation: int = 2
-    species_product: bool = False
+    species_product: bool = True
     readout_hidden: int = 16
     trainable_radial: bool = False
     ensemble_heads: int = 1

@@ -40,6 +40,11 @@ UNITS = {"length": "Å", "energy": "eV", "forces": "eV/Å", "stress": "eV/Å³",
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
+SETTINGS_ADDED_LATER = {"species_product": False}
+"""Architecture settings that files written before them do not name, with the value that
+rebuilds those files' models (a new default must not change an old model)."""
+
+
 def build_model(config: ModelConfig, dtype: torch.dtype = torch.float64) -> ForceOutput:
     """A freshly initialised potential with forces: ``ForceOutput(MolequiPotential(config))``."""
     return ForceOutput(MolequiPotential(config)).to(dtype)
@@ -162,7 +167,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: str 
     path = Path(path)
     header = read_header(path)
     try:
-        config = ModelConfig.from_dict(header["config"])
+        config = ModelConfig.from_dict({**SETTINGS_ADDED_LATER, **header["config"]})
     except (ConfigError, TypeError, ValueError) as error:
         raise ModelFileError(f"{path}: corrupt model configuration ({error})") from None
     stored_dtype = DTYPES[header["dtype"]]
