@@ -230,13 +230,15 @@ def md_steps_per_s(atoms, calculator, steps: int = 100) -> float:
 def markdown(reports: list[dict]) -> str:
     lines = [
         "rMD17 split 01, 950 training + 50 validation structures (the same split for both), tested on the 1000 "
-        "test structures with one metric function; one torch thread each, one run after the other. molequi: "
+        "test structures with one metric function; one torch thread each. molequi: "
         "`molequi train` defaults (no `--config`) with `--max-minutes`; MACE 0.3.16: 2 layers, correlation 3, "
         "batch 5, lr 0.01, amsgrad, EMA, E/F weights 10/1000, float32, E0s average, epochs sized from a probe "
         "run to the same budget. E: MAE of the total energy, meV; F: MAE per component, meV/Å. "
         "Ratios molequi/MACE (target: F ≤ 0.6, E ≤ 1). MACE trains whole epochs, as many as the budget holds at "
         "the epoch time of a two-epoch probe (start-up and final evaluation not counted, as molequi's budget does "
-        "not count them either); the CPU column is what each side's whole process used.",
+        "not count them either), so its accuracy does not depend on the machine's load during the run; molequi's "
+        "wall-clock budget does: on a shared machine molequi gets fewer CPU seconds than its budget, and the CPU "
+        "column says how many each side's whole process used.",
         "",
         "| molecule | budget | MACE model | molequi F | MACE F | F ratio | molequi E | MACE E | E ratio | "
         "epochs (molequi/MACE) | CPU s (molequi/MACE) | load |",

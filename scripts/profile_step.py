@@ -91,6 +91,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="timed steps (after 3 warm-up steps)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, default=None, help="also write the breakdown here")
+    parser.add_argument("--readme", action="store_true", help="write the breakdown into README.md (block 'profile')")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     config = TrainingConfig()
@@ -181,6 +182,30 @@ def main() -> None:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n")
+    if args.readme:
+        import sys
+
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from readme_section import update_readme_section
+
+        update_readme_section("profile", markdown(report, args))
+
+
+def markdown(report: dict, args: argparse.Namespace) -> str:
+    """The phases of a step and the blocks of its forward pass as a Markdown table."""
+    step, forward = report["step_ms"], report["phases_ms"]["forward (energy)"]
+    lines = [f"One default training step on rMD17 {report['molecule']} (batch {report['batch_size']}, "
+             f"{report['edges_per_step']:.0f} edges, {report['dtype']}, {report['threads']} thread(s)): "
+             f"**{step:.0f} CPU ms**, on {report['machine']['cpu']} (load {report['load_average'][0]:.1f}; CPU "
+             "time, so the load slows the run but not the shares). Command: "
+             f"`python scripts/profile_step.py --molecule {args.molecule} --steps {args.steps} --threads {args.threads}`",
+             "", "| phase | CPU ms | share of the step |", "|---|---:|---:|"]
+    lines += [f"| {name} | {value:.1f} | {100 * value / step:.0f} % |" for name, value in report["phases_ms"].items()]
+    lines += ["", "| block of the forward pass | CPU ms | share of the forward |", "|---|---:|---:|"]
+    lines += [f"| {name} | {value:.1f} | {100 * value / forward:.0f} % |" for name, value in report["forward_blocks_ms"].items()]
+    lines.append(f"| other (scatter, gathers, sums) | {report['forward_other_ms']:.1f} | "
+                 f"{100 * report['forward_other_ms'] / forward:.0f} % |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
