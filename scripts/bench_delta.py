@@ -121,7 +121,7 @@ def markdown(results: list[dict], machine: dict, args: argparse.Namespace) -> st
         f"{args.threads} thread(s), on {machine['cpu']} (torch {machine['torch']}); load average "
         f"{min(r.get('load_before', 0) for r in results):.1f}–{max(r.get('load_after', 0) for r in results):.1f} "
         "(a shared machine: wall times are inflated, CPU seconds are the work done).",
-        f"Command: `{args.command}`",
+        "Commands: " + ", ".join(f"`{c}`" for c in args.command.split("; ")),
         "Direct: trained on the DFT labels. Δ: `--baseline xtb`, trained on DFT − GFN2-xTB, GFN2-xTB added back "
         "at run time. E: MAE of the total energy, meV; F: MAE per component, meV/Å; MD: velocity-Verlet steps/s of "
         "one molecule through the ASE calculator (xTB included for Δ); CPU s: the whole `molequi train` process "
@@ -203,8 +203,11 @@ def main(argv: list[str] | None = None) -> int:
             for mode in args.modes:
                 result = run_one(molecule, n, mode, args)
                 print(json.dumps(result), flush=True)
-                results = [r for r in results if (r["molecule"], r["n_train"], r["mode"]) != (molecule, n, mode)] + [result]
-                path.write_text(json.dumps({"machine": machine, "command": args.command, "results": results}, indent=2) + "\n")
+                # re-read first: another invocation (e.g. the other molecule, run at the same time) may have written
+                saved = json.loads(path.read_text()) if path.is_file() else {"results": results}
+                results = [r for r in saved["results"] if (r["molecule"], r["n_train"], r["mode"]) != (molecule, n, mode)] + [result]
+                commands = [c for c in saved.get("command", "").split("; ") if c and c != args.command] + [args.command]
+                path.write_text(json.dumps({"machine": machine, "command": "; ".join(commands), "results": results}, indent=2) + "\n")
                 (args.out / "delta_results.md").write_text(markdown(results, machine, args))
                 plot(results, args.out / "delta_curve.png")
     text = markdown(results, machine, args)

@@ -61,6 +61,8 @@ BASE_CONFIG: dict[str, Any] = {
 ``model:`` nested); the per-target parts are added by :func:`target_config`. Override with
 ``--base-config FILE.yaml`` (deep-merged)."""
 
+REPO = Path(__file__).resolve().parents[1]
+
 
 def deep_merge(base: dict, override: dict) -> dict:
     merged = copy.deepcopy(base)
@@ -153,6 +155,21 @@ def run_point(args: argparse.Namespace, target: str, n_train: int, base: dict) -
     return record
 
 
+def portable(command: str) -> str:
+    """``command`` as a reader would type it: this machine's interpreter, virtual environment and
+    checkout paths replaced by ``python``, ``molequi`` and relative paths."""
+    words = []
+    for word in shlex.split(command):
+        if word == sys.executable or Path(word).name in ("python", "python3") and "/" in word:
+            word = "python"
+        elif Path(word).name == "molequi" and "/" in word:
+            word = "molequi"
+        elif word.startswith(str(REPO) + "/"):
+            word = word[len(str(REPO)) + 1:]
+        words.append(word)
+    return shlex.join(words)
+
+
 def markdown(results: dict[str, Any]) -> str:
     lines = [
         f"Date: {results['date']}  ",
@@ -161,7 +178,7 @@ def markdown(results: dict[str, Any]) -> str:
         f"{results['machine']['platform']}; torch {results['machine'].get('torch')}; "
         f"molequi {results['machine'].get('molequi')} ({results['machine'].get('git_commit', '?')[:10]}); "
         f"qm9pack {results['machine'].get('qm9pack')}  ",
-        f"Command: `{results['command']}`  ",
+        f"Command: `{portable(results['command'])}`  ",
         f"Split: seed 0, 110,000 train / 10,000 validation / 10,831 test; test set `{results['runs'][0]['test']}`"
         if results["runs"]
         else "",
@@ -179,7 +196,7 @@ def markdown(results: dict[str, Any]) -> str:
     lines += ["", "Published references (n_train = 110,000; values from the literature, to be checked against the papers):", ""]
     for target, refs in REFERENCES_MEV.items():
         lines += [f"* {target}: " + ", ".join(f"{name} {value} meV" for name, value in refs.items())]
-    lines += ["", "Per-run commands:", ""] + [f"* `{run['command']}`" for run in results["runs"]]
+    lines += ["", "Per-run commands:", ""] + [f"* `{portable(run['command'])}`" for run in results["runs"]]
     return "\n".join(lines) + "\n"
 
 
