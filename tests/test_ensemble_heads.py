@@ -118,7 +118,9 @@ def test_training_an_ensemble_end_to_end(tmp_path, loss):
                                           "readout_hidden": 8, "ensemble_heads": 3},
                                 "batch_size": 4, "validation": 4, "progress": False, "device": "cpu", "dtype": "float64",
                                 "max_epochs": 3, "ensemble_loss": loss})
-    result = train(config, tmp_path / "train.extxyz", tmp_path / "run", log=lambda message: None)
+    ase.io.write(tmp_path / "test.extxyz", structures[:6])
+    result = train(config, tmp_path / "train.extxyz", tmp_path / "run", test_data=tmp_path / "test.extxyz",
+                   log=lambda message: None)
     assert np.isfinite(result.history[-1]["val_forces_mae_meV_per_A"])
     model = load_model(tmp_path / "run" / "model.molequi")
     assert model.model.config.ensemble_heads == 3
@@ -134,3 +136,10 @@ def test_training_an_ensemble_end_to_end(tmp_path, loss):
         metrics = json.loads((tmp_path / "m.json").read_text())
         assert metrics["n_members"] == 3 and "forces_std_spearman" in metrics and "miscalibration_area" in metrics
         assert "forces_mae_meV_per_A" in metrics
+        # train --test-data reports the same spread metrics as evaluate on the same structures
+        assert main(["evaluate", str(tmp_path / "run" / "model.molequi"), str(tmp_path / "test.extxyz"),
+                     "--out", str(tmp_path / "t.json")]) == 0
+        evaluated = json.loads((tmp_path / "t.json").read_text())
+        tested = json.loads((tmp_path / "run" / "test_metrics.json").read_text())
+        for key in ("forces_std_spearman", "forces_rmse_over_std", "miscalibration_area"):
+            assert tested[key] == pytest.approx(evaluated[key], rel=1e-9), key

@@ -56,8 +56,9 @@ def _rows(path: Path) -> list[dict[str, str]]:
 def test_single_model_has_no_uncertainty_anywhere(tmp_path):
     """One model: empty std columns in scored.csv and top.sdf, out_of_domain 'unknown', no
     in-domain count, and report.html says that no uncertainty is available."""
-    result = screen(DRUGS, scorers=[FakeScorer(members=1)], objective="gap:max", top=3, out=tmp_path / "run",
-                    kappa=1.0, **FAST)
+    with pytest.warns(UserWarning, match="kappa 1 has no effect: the model gives no uncertainty"):
+        result = screen(DRUGS, scorers=[FakeScorer(members=1)], objective="gap:max", top=3, out=tmp_path / "run",
+                        kappa=1.0, **FAST)
     passed = [r for r in _rows(result.scored_csv) if r["status"] == "pass"]
     assert passed and all(r["gap_std"] == "" and r["energy_std"] == "" for r in passed)
     assert all(r["out_of_domain"] == "unknown" for r in passed)

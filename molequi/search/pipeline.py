@@ -205,6 +205,16 @@ def reason_categories(reason: str) -> list[str]:
     return categories
 
 
+def _warn_if_kappa_has_no_std(cfg: ScreenConfig, candidates: list[dict[str, str]], properties: list[str]) -> None:
+    """``kappa`` > 0 asks for ranking by mean ± kappa·std; with one plain model there is no std,
+    so the ranking is by the mean alone: say so instead of ranking silently without it."""
+    columns = [f"{o.name}_std" for o in cfg.objectives() if o.name in properties]
+    if cfg.kappa > 0 and columns and candidates and not any(r.get(c) for r in candidates for c in columns):
+        warnings.warn(f"kappa {cfg.kappa:g} has no effect: the model gives no uncertainty (one model without ensemble "
+                      "heads), so molecules are ranked by the mean alone; use a committee (comma-separated models) "
+                      "or a model trained with --ensemble-heads", stacklevel=3)
+
+
 def _merge(out: Path, n_chunks: int, cfg: ScreenConfig, properties: list[str],
            units: dict[str, str] | None = None) -> ScreenResult:
     """Pass 1 ranks the unique passing molecules, pass 2 writes the outputs."""
@@ -219,6 +229,7 @@ def _merge(out: Path, n_chunks: int, cfg: ScreenConfig, properties: list[str],
             record = {c: row.get(c, "") for c in objective_columns}
             record.update(index=row["index"], smiles=row["smiles"])
             candidates.append(record)
+    _warn_if_kappa_has_no_std(cfg, candidates, properties)
     ranking = rank_rows(candidates, cfg.objectives(), cfg.multi, cfg.kappa, cfg.uncertainty)
     order = np.argsort(ranking.rank, kind="stable")
     if cfg.diverse and len(order) > cfg.top:

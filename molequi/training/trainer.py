@@ -595,6 +595,8 @@ def _test(
     if run.properties:
         metrics["property_units"] = property_units(run.properties)
     metrics["data"] = inputs.test_paths
+    if run.model_config.ensemble_heads >= 2:
+        metrics.update(_test_uncertainty(export, run, inputs, say))
     files["test_metrics"] = write_json(metrics, out_dir / "test_metrics.json")
     files["test_parity"] = parity_plot(
         parity_panels(arrays, run.model_config), out_dir / "test_parity.png",
@@ -602,6 +604,20 @@ def _test(
     )
     say("test: " + json.dumps({key: round(v, 4) if isinstance(v, float) else v for key, v in metrics.items()}))
     return metrics
+
+
+def _test_uncertainty(export, run: TrainingRun, inputs: RunInputs, say: Callable[[str], None]) -> dict[str, Any]:
+    """The spread metrics of a shallow ensemble on the test data (the same as ``molequi
+    evaluate`` reports: ``<output>_std_spearman``, ``<output>_rmse_over_std``, ...)."""
+    if run.model_config.baseline:
+        say("test: no uncertainty metrics for a model with a baseline here; run `molequi evaluate` on model.molequi")
+        return {}
+    from molequi.data import read_structures
+    from molequi.training.uncertainty import committee_errors, uncertainty_report
+
+    structures = [atoms for path in inputs.test_paths for atoms in read_structures(path, keys=run.config.label_keys)]
+    errors = committee_errors([export], structures, run.config.eval_batch_size, ", ".join(inputs.test_paths))
+    return uncertainty_report(errors)
 
 
 def _progress_fields(metrics: dict[str, Any]) -> dict[str, str]:
