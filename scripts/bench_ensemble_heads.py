@@ -116,6 +116,7 @@ def main() -> int:
     parser.add_argument("--n-train", type=int, default=150)
     parser.add_argument("--members", type=int, default=3)
     parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--readme", action="store_true", help="write the table into README.md (block 'ensemble-heads')")
     args = parser.parse_args()
     data, out = Path(args.data), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -168,8 +169,21 @@ def main() -> int:
             lines.append(f"| {name} | {row['train_cpu_s']:.0f} | {row['md_steps_per_s']:.1f} | {t} K | {r['forces_mae_meV_per_A']:.0f} | "
                          f"{r['spearman']:.2f} | {r['rmse_over_std']:.2f} → {r['rmse_over_std_calibrated']:.2f} | "
                          f"{r['miscalibration_area']:.3f} → {r['miscalibration_area_calibrated']:.3f} |")
-    (out / "ensemble_heads.md").write_text("\n".join(lines) + "\n")
+    machine = summary["machine"]
+    header = [f"Ethanol, GFN2-xTB labels: {args.n_train} training structures, the same architecture (16 channels, "
+              f"l_max 1, 2 layers) and {args.epochs} epochs for every variant; committee_M: M models with seeds "
+              f"0…M−1; heads_K: one model with K readout heads (`--ensemble-heads {args.heads}`, loss `heads`); "
+              f"nll_K: the same trained on the Gaussian NLL. Calibration fitted on {len(calibration_set)} held-out "
+              "structures; tested on xTB MD frames at 300, 600 and 1000 K. MD: batched engine, 8 replicas. "
+              f"Machine: {machine['cpu']} (torch {machine.get('torch')}), load {load_before[0]:.1f} → "
+              f"{os.getloadavg()[0]:.1f}. Command: `{summary['command'].replace(' --readme', '')}`", ""]
+    (out / "ensemble_heads.md").write_text("\n".join(header + lines) + "\n")
     print("\n".join(lines))
+    if args.readme:
+        sys.path.insert(0, str(REPO / "scripts"))
+        from readme_section import update_readme_section
+
+        update_readme_section("ensemble-heads", "\n".join(header + lines) + "\n")
     print(json.dumps(results["gradient_methods_s_per_16_frames"]), "load", load_before, "->", os.getloadavg())
     return 0
 
