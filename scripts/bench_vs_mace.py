@@ -265,9 +265,20 @@ def markdown(reports: list[dict]) -> str:
                          f"{'–' if speed is None else f'{speed:.1f}'} |")
     machines = {r["machine"]["cpu"] for r in reports}
     lines += ["", f"Machine: {', '.join(sorted(machines))} (shared: the load column is the 1-minute load average "
-              "before molequi and after MACE; CPU seconds are the work each side did). Commands: "
-              + "; ".join(f"`{r['command']}`" for r in reports)]
+              "before molequi and after MACE; CPU seconds are the work each side did). Commands, one per row group "
+              "(both sides, one after the other): " + "; ".join(f"`{rerun_command(r)}`" for r in reports)
+              + ". The sides may also run as separate invocations: `--probe-only` first on a quiet machine, then "
+              "`--skip-molequi --reuse-probe` (MACE) and `--mace-models` with no name (molequi)."]
     return "\n".join(lines) + "\n"
+
+
+def rerun_command(report: dict) -> str:
+    """The one command that reproduces ``report``'s rows (both sides)."""
+    command = ["python", "scripts/bench_vs_mace.py", "--molecule", report["molecule"], "--minutes", f"{report['minutes']:g}"]
+    models = [m["model"] for m in report["mace"]]
+    if sorted(models) != sorted(MACE_MODELS):
+        command += ["--mace-models", *models]
+    return shlex.join(command)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -381,6 +392,7 @@ def pareto_plot(reports: list[dict], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     molecules = sorted({r["molecule"] for r in reports})
     figure, axes = plt.subplots(1, len(molecules), figsize=(4.8 * len(molecules), 3.8), squeeze=False)
@@ -398,7 +410,10 @@ def pareto_plot(reports: list[dict], path: Path) -> None:
                             textcoords="offset points", xytext=(4, 4), fontsize=8)
                 seen.add(side["model"])
         ax.set(title=f"rMD17 {molecule}", xlabel="MD steps/s (one molecule, 1 thread)",
-               ylabel="test force MAE (meV/Å)", xscale="log", yscale="log")
+               ylabel="test force MAE (meV/Å)", xscale="log")
+        ax.set_ylim(bottom=0)
+        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())  # plain numbers, no crowded minor labels
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.legend(fontsize=8)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
