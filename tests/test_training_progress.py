@@ -85,7 +85,10 @@ def test_ctrl_c_writes_the_model_and_a_working_resume_command(data, tmp_path):
     command = [sys.executable, "-m", "molequi.cli.main", "train", "--data", str(data["train"]), "--out", str(out),
                "--config", str(data["config"]), "--max-epochs", "100000", "--device", "cpu"]
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # a job started in the background by a non-interactive shell inherits SIGINT ignored, and Python
+    # then installs no KeyboardInterrupt handler: give the child the default disposition back
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines = []
     try:
         for line in process.stdout:  # wait until two epochs are checkpointed
