@@ -336,11 +336,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.mace_models:
         shutil.rmtree(out / name, ignore_errors=True)
         report["mace"].append(run_mace(args, name, train, valid, test_file, out))
-        if args.probe_only:
-            print(json.dumps(report["mace"][-1]), flush=True)
-            continue
         print(json.dumps(report["mace"][-1]), flush=True)
-        save_report(result_path, report, keep_mace=not args.mace_models)
+        if not args.probe_only:
+            save_report(result_path, report, keep_mace=not args.mace_models)
     if args.probe_only:
         return 0
     report["uptime_after"] = os.getloadavg()
@@ -355,24 +353,25 @@ def save_report(path: Path, report: dict, keep_mace: bool) -> None:
     current = json.loads(path.read_text()) if path.is_file() else {}
     if "molequi" not in report and "molequi" in current:
         report["molequi"] = current["molequi"]
-    own = path.with_suffix("") / "molequi_result.json"
-    if "molequi" not in report and own.is_file():
-        report["molequi"] = json.loads(own.read_text())
+    with_own_molequi(path, report)
     if keep_mace and current.get("mace"):
         report["mace"] = current["mace"]
     path.write_text(json.dumps(report, indent=2) + "\n")
 
 
+def with_own_molequi(path: Path, report: dict) -> dict:
+    """``report`` (of the result file ``path``) with the molequi side's own copy of its result
+    filled in when the file lacks it (a separate MACE-only invocation wrote the file last)."""
+    own = path.with_suffix("") / "molequi_result.json"
+    if "molequi" not in report and own.is_file():
+        report["molequi"] = json.loads(own.read_text())
+    return report
+
+
 def render(args) -> int:
     """The table of every result file in ``args.out`` (``--readme``: into README.md too)."""
-    reports = []
-    for path in sorted(args.out.glob("*min.json")):
-        report = json.loads(path.read_text())
-        own = path.with_suffix("") / "molequi_result.json"
-        if "molequi" not in report and own.is_file():  # written by a separate molequi-only invocation
-            report["molequi"] = json.loads(own.read_text())
-        if report.get("mace") and report.get("molequi"):
-            reports.append(report)
+    reports = [with_own_molequi(path, json.loads(path.read_text())) for path in sorted(args.out.glob("*min.json"))]
+    reports = [r for r in reports if r.get("mace") and r.get("molequi")]
     text = markdown(reports)
     (args.out / "vs_mace.md").write_text(text)
     print(text)

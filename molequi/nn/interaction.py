@@ -35,10 +35,9 @@ class BodyOrderProduct(nn.Module):
         self.species_weights = None
         if num_species and correlation > 1:
             self.species_weights = nn.Parameter(torch.ones(correlation - 1, num_species, irreps.num_irreps))
-            # feature index -> its irrep's index, to spread one weight over the 2l+1 components
-            index = torch.cat([torch.arange(mul).repeat_interleave(ir.dim) + start
-                               for (mul, ir), start in zip(irreps, _irrep_starts(irreps))])
-            self.register_buffer("component_irrep", index, persistent=False)
+            # feature index -> its irrep's index (e3nn lays each irrep's 2l+1 components side by side)
+            dims = torch.tensor([ir.dim for mul, ir in irreps for _ in range(mul)])
+            self.register_buffer("component_irrep", torch.arange(len(dims)).repeat_interleave(dims), persistent=False)
 
     def forward(self, messages: torch.Tensor, species_one_hot: torch.Tensor | None = None) -> torch.Tensor:
         """[n_atoms, irreps.dim] (and [n_atoms, num_species]) -> [n_atoms, irreps.dim]."""
@@ -49,19 +48,11 @@ class BodyOrderProduct(nn.Module):
             power = mix(product(power, messages))
             if self.species_weights is not None:
                 scale = species_one_hot.to(power.dtype) @ self.species_weights[k]  # [n_atoms, num_irreps]
-                out = out + power * scale[:, self.component_irrep]
+                power_out = power * scale[:, self.component_irrep]
             else:
-                out = out + power
+                power_out = power
+            out = out + power_out
         return out
-
-
-def _irrep_starts(irreps: o3.Irreps) -> list[int]:
-    """Index of the first irrep of each (mul, ir) block, counting irreps (not components)."""
-    starts, count = [], 0
-    for mul, _ in irreps:
-        starts.append(count)
-        count += mul
-    return starts
 
 
 def gated_nonlinearity(irreps_out: o3.Irreps) -> tuple[nn.Module, o3.Irreps]:

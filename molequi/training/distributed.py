@@ -43,11 +43,7 @@ class Distributed:
 
     def any(self, flag: bool, device: torch.device) -> bool:
         """True on every process if ``flag`` is true on any (a collective: call it everywhere)."""
-        if not self.active:
-            return flag
-        tensor = torch.tensor([1.0 if flag else 0.0], device=device)
-        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-        return bool(tensor.item() > 0)
+        return flag if not self.active else self.max_value(1.0 if flag else 0.0, device) > 0
 
     def max_value(self, value: float, device: torch.device) -> float:
         """The largest ``value`` over every process (a collective: call it everywhere)."""

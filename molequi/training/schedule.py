@@ -22,10 +22,10 @@ class BudgetCosine:
     """``learning_rate`` until the last ``decay_fraction`` of the run's budget, then a cosine
     decay to ``min_learning_rate`` (``decay_fraction`` 1: a cosine over the whole budget).
 
-    The schedule is a pure function of the progress it is given, so it has no state of its
-    own to checkpoint beyond its settings: a resumed run continues the epoch part where it
-    stopped, while the time part counts the new invocation's ``max_minutes`` afresh (like
-    the deadline itself, the budget belongs to one invocation).
+    The schedule is a pure function of the progress it is given and of settings that the run's
+    config holds, so it checkpoints nothing: a resumed run continues the epoch part where it
+    stopped, while the time part counts the new invocation's ``max_minutes`` afresh (like the
+    deadline itself, the budget belongs to one invocation).
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, learning_rate: float, min_learning_rate: float,
@@ -66,10 +66,7 @@ class BudgetCosine:
         return rate
 
     def state_dict(self) -> dict:
-        return {"learning_rate": self.learning_rate, "min_learning_rate": self.min_learning_rate,
-                "max_epochs": self.max_epochs, "decay_fraction": self.decay_fraction}
+        return {}  # everything comes from the config (checked unchanged on resume) and the progress
 
     def load_state_dict(self, state: dict) -> None:
-        # max_epochs may change on resume (it is a resumable setting): keep the new one
-        self.learning_rate = float(state["learning_rate"])
-        self.min_learning_rate = float(state["min_learning_rate"])
+        pass
