@@ -211,7 +211,7 @@ def calibration_table(models, files, kind: str) -> dict:
 # --- (b) active learning vs random ------------------------------------------------------------
 
 
-def learning_comparison(molecule: str, files, profile, args, log) -> dict:
+def learning_comparison(molecule: str, files, profile, args, log, max_std: float | None = None) -> dict:
     from molequi.training import load_config
     from molequi.training.learn import LearnSettings, run_learning
 
@@ -219,18 +219,22 @@ def learning_comparison(molecule: str, files, profile, args, log) -> dict:
     config = load_config(None, {**MODEL, "max_epochs": profile["learn_epochs"], "validation": 0.1, "device": "cpu",
                                 "batch_size": 4, "seed": 0})
     curves = {}
+    temperatures = list(args.learn_temperatures or TEMPERATURES)
+    # loops with other settings than the defaults keep their own folders (reused only by a same-settings run)
+    variant = "".join([f"_max_std{max_std:g}" if max_std else "",
+                       "_T" + "-".join(f"{t:g}" for t in temperatures) if args.learn_temperatures else ""])
     for selection in ("uncertain", "random"):
-        loop = args.out / "learn" / molecule / selection
+        loop = args.out / "learn" / molecule / f"{selection}{variant}"
         if (loop / f"round_{profile['rounds']:03d}" / "round.json").exists():
             REUSED.append(("loop", sum(sum(json.loads(path.read_text())["wall_s"].values())
                                        for path in loop.glob("round_*/round.json"))))
         settings = LearnSettings(
-            rounds=profile["rounds"], per_round=profile["per_round"], temperatures=list(TEMPERATURES),
+            rounds=profile["rounds"], per_round=profile["per_round"], temperatures=temperatures,
             md_steps=profile["md_steps"], committee=profile["learn_members"], replicas=2, sample_every=10,
-            selection=selection, seed=0,
+            selection=selection, seed=0, max_std=max_std or None,
         )
         started = time.monotonic()
-        result = run_learning(settings, [start], args.out / "learn" / molecule / selection, config=config,
+        result = run_learning(settings, [start], loop, config=config,
                               test_data=[files["md_1000K"]], log=lambda message: log(f"{molecule} {selection}: {message}"))
         curves[selection] = [{"n_labels": row["n_labels"], "forces_mae_meV_per_A": row["test_forces_mae_meV_per_A"],
                               "max_std": row["max_std"]} for row in result.rows]
@@ -354,8 +358,14 @@ def plot(report: dict, path: Path) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run of every stage)")
-    parser.add_argument("--molecules", nargs="+", default=["ethanol", "aspirin"], help="rMD17 molecules for (a)")
+    parser.add_argument("--molecules", nargs="*", default=["ethanol", "aspirin"],
+                        help="rMD17 molecules for (a); none: skip (a)")
     parser.add_argument("--learn-molecules", nargs="*", default=["ethanol"], help="molecules for (b)")
+    parser.add_argument("--learn-max-std", type=float, nargs="+", default=[0.0], metavar="EV_PER_A",
+                        help="(b): trust ceilings of the loops (molequi learn --max-std, both selections), one pair "
+                        "of loops each; 0 = none")
+    parser.add_argument("--learn-temperatures", type=float, nargs="+", default=None, metavar="K",
+                        help=f"(b): MD temperatures of the loops (default {' '.join(f'{t:g}' for t in TEMPERATURES)})")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA, help="rMD17 .npz directory (geometries only)")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench_uncertainty")
     parser.add_argument("--readme", action="store_true", help="paste the Markdown table into README.md")
@@ -387,7 +397,9 @@ def main(argv=None) -> int:
             models = train_members(molecule, kind, files[molecule], profile, args, log)
             report["calibration"][f"{molecule}/{kind}"] = calibration_table(models, files[molecule], kind)
     for molecule in args.learn_molecules:
-        report["learning"][molecule] = learning_comparison(molecule, files[molecule], profile, args, log)
+        for max_std in args.learn_max_std:
+            key = molecule + (f", --max-std {max_std:g} eV/Å" if max_std else "")
+            report["learning"][key] = learning_comparison(molecule, files[molecule], profile, args, log, max_std)
     report["reused"] = list(REUSED)
     report["wall_s"] = time.monotonic() - started
     report["cpu_s"] = cpu_seconds() - cpu_started

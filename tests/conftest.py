@@ -34,6 +34,7 @@ def random_model(
     cutoff: float = 5.0,
     e0s: tuple[tuple[str, float], ...] = (),
     species_product: bool = False,
+    edge_l_max: int | None = None,
 ):
     """A freshly initialised (untrained) potential, cached per argument set: do not modify it."""
     from molequi.models import ModelConfig, build_model
@@ -51,6 +52,7 @@ def random_model(
         properties=dict(properties),
         e0s=dict(e0s),
         species_product=species_product,
+        edge_l_max=edge_l_max,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -319,7 +319,8 @@ def flipped_weights(source: Path, target: Path) -> Path:
 
 
 @pytest.mark.parametrize("case", ["flipped", "avg_num_neighbors=0", "energy_scale=inf", "channels='32'",
-                                  "num_layers=5000", "channels=200000", "species=[1,1,6]", "dtype"])
+                                  "num_layers=5000", "channels=200000", "species=[1,1,6]", "edge_l_max=7",
+                                  "edge_l_max=1.5", "dtype"])
 def test_a_corrupt_or_absurd_model_file_is_refused_before_use(tmp_path, capsys, case):
     import time
 

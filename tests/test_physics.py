@@ -97,6 +97,25 @@ def test_species_dependent_product_weights_keep_the_symmetries(ethanol):
     testing.assert_forces_match_finite_differences(model, ethanol, atom_indices=[0, 3, 8])
 
 
+@pytest.mark.parametrize(("l_max", "edge_l_max", "correlation"), [(0, 3, 2), (1, 2, 3)])
+def test_edge_harmonics_above_the_hidden_order_keep_the_symmetries(ethanol, l_max, edge_l_max, correlation):
+    model = random_model(l_max=l_max, edge_l_max=edge_l_max, correlation=correlation, num_layers=2)
+    assert model.model.spherical_harmonics.irreps_out.lmax == edge_l_max
+    # the product's last step makes only what the layer passes on: scalars in the last layer
+    last_product = model.model.layers[-1].product.products[-1]
+    assert {ir.l for _, ir in last_product.irreps_out} == {0}
+    testing.assert_invariant_energy_equivariant_forces(model, ethanol, n_trials=1, seed=4)
+    testing.assert_permutation_equivariant(model, ethanol, seed=4)
+    testing.assert_forces_match_finite_differences(model, ethanol, atom_indices=[0, 3, 8])
+
+
+def test_edge_harmonics_above_the_hidden_order_change_the_model(ethanol):
+    """l > l_max harmonics reach the energy (the product contracts them to scalars)."""
+    tied = testing.evaluate(random_model(l_max=0, num_layers=2, correlation=2), [ethanol])[0]["energy"]
+    wider = testing.evaluate(random_model(l_max=0, edge_l_max=2, num_layers=2, correlation=2), [ethanol])[0]["energy"]
+    assert abs(tied - wider) > 1e-6
+
+
 def test_float32_looser_tolerance(ethanol, water_box):
     model = random_model(dtype="float32")
     assert testing.default_rtol(model) == 1e-4

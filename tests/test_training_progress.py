@@ -70,6 +70,19 @@ def test_run_eta_names_the_binding_limit(data):
     assert run_eta(config, 10, 20.0, 0, soon) == ""
 
 
+def test_a_time_budget_without_max_epochs_has_no_epoch_limit():
+    from molequi.errors import ConfigError
+    from molequi.training.config import DEFAULT_MAX_EPOCHS, NO_EPOCH_LIMIT, TrainingConfig
+
+    assert TrainingConfig().epoch_limit == DEFAULT_MAX_EPOCHS
+    assert TrainingConfig(max_minutes=30.0).epoch_limit == NO_EPOCH_LIMIT  # the budget is the limit
+    assert TrainingConfig(max_minutes=30.0, max_epochs=40).epoch_limit == 40  # an explicit count still counts
+    soon = time.monotonic() + 90.0
+    assert run_eta(TrainingConfig(max_minutes=1.5), 10, 1.0, 10, soon).endswith("(max_minutes 1.5)")
+    with pytest.raises(ConfigError, match="cosine.*max_epochs"):
+        TrainingConfig(max_minutes=30.0, scheduler="cosine")
+
+
 def test_epoch_lines_carry_the_run_eta(data, tmp_path):
     config = load_config(str(data["config"]), {"max_epochs": 3, "device": "cpu"})
     messages: list[str] = []

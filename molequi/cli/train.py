@@ -16,7 +16,8 @@ HELP = (
 
 # flag -> (config key, type, help); defaults come from the YAML file or TrainingConfig.
 OVERRIDES = {
-    "--max-epochs": ("max_epochs", int, "stop after N passes over the training set"),
+    "--max-epochs": ("max_epochs", int, "stop after N passes over the training set (default 500; no limit when "
+                     "--max-minutes is given without it)"),
     "--max-minutes": ("max_minutes", float, "wall-clock budget in minutes; when it runs out the epoch is cut short, "
                       "validated and every output written"),
     "--device": ("device", str, "auto (CUDA if available), cpu, cuda or cuda:N"),
@@ -34,7 +35,9 @@ OVERRIDES = {
     "--e0s": ("e0s", str, "per-element reference energies: fit (least squares on the training energies), average "
               "(MACE's name for the same fit) or FILE.json {symbol or Z: eV}"),
     "--channels": ("model.channels", int, "feature channels per irrep"),
-    "--l-max": ("model.l_max", int, "highest rotation order of the features (0-3)"),
+    "--l-max": ("model.l_max", int, "highest rotation order of the features passed between layers (0-3)"),
+    "--edge-l-max": ("model.edge_l_max", int, "highest rotation order of the edge harmonics and messages (l-max..3; none = l-max); "
+                     "the body-order product contracts them to the l-max features"),
     "--num-layers": ("model.num_layers", int, "message-passing layers"),
     "--correlation": ("model.correlation", int, "body order of the node-feature product (1-4)"),
     "--cutoff": ("model.cutoff", float, "neighbor cutoff radius, Å"),
@@ -45,7 +48,7 @@ OVERRIDES = {
                          "spread of the heads) to predict, evaluate, md, screen and the calculator"),
 }
 
-METAVARS = {"--baseline": "xtb", "--ensemble-heads": "K", "--energy-key": "KEY", "--forces-key": "KEY", "--stress-key": "KEY", "--e0s": "fit|average|FILE.json", "--l-max": "L", "--lr": "LR", "--validation": "N_OR_FRACTION", "--max-epochs": "N", "--max-minutes": "MINUTES"}
+METAVARS = {"--baseline": "xtb", "--ensemble-heads": "K", "--energy-key": "KEY", "--forces-key": "KEY", "--stress-key": "KEY", "--e0s": "fit|average|FILE.json", "--l-max": "L", "--edge-l-max": "L", "--lr": "LR", "--validation": "N_OR_FRACTION", "--max-epochs": "N", "--max-minutes": "MINUTES"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

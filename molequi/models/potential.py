@@ -97,7 +97,7 @@ class MolequiPotential(nn.Module):
         self.register_buffer("e0", reference_table(config))
 
         self.radial = RadialEmbedding(config.cutoff, config.num_radial, config.cutoff_p, config.trainable_radial)
-        irreps_edge = o3.Irreps.spherical_harmonics(config.l_max)
+        irreps_edge = o3.Irreps.spherical_harmonics(config.message_l_max)
         self.spherical_harmonics = o3.SphericalHarmonics(irreps_edge, normalize=True, normalization="component")
         irreps_scalars = o3.Irreps(f"{config.channels}x0e")
         self.embedding = o3.Linear(o3.Irreps(f"{num_species}x0e"), irreps_scalars)
@@ -117,10 +117,12 @@ class MolequiPotential(nn.Module):
                     num_radial=config.num_radial,
                     radial_hidden=list(config.radial_hidden),
                     channels=config.channels,
-                    l_max=config.l_max,
+                    l_max=config.message_l_max,
                     correlation=config.correlation,
                     avg_num_neighbors=config.avg_num_neighbors,
                     species_product=config.species_product,
+                    # a tied layout (edge_l_max None) keeps the product of files written before
+                    prune_product=config.edge_l_max is not None,
                 )
             )
             self.readouts.append(ScalarReadout(irreps_out, config.readout_hidden if last else None, config.ensemble_heads))

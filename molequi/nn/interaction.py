@@ -23,13 +23,20 @@ class BodyOrderProduct(nn.Module):
     product. A scalar per irrep keeps the product equivariant.
     """
 
-    def __init__(self, irreps: o3.Irreps, correlation: int, num_species: int = 0) -> None:
+    def __init__(
+        self, irreps: o3.Irreps, correlation: int, num_species: int = 0, irreps_needed: o3.Irreps | None = None
+    ) -> None:
+        """``irreps_needed``: the irreps the caller keeps of the result; the last product then
+        computes only those (the others of that power are never used). None keeps all."""
         super().__init__()
         self.products = nn.ModuleList()
         self.mixes = nn.ModuleList()
-        for _ in range(2, correlation + 1):
-            product, irreps_product = channelwise_self_product(irreps, irreps)
+        for order in range(2, correlation + 1):
+            last = order == correlation
+            targets = irreps_needed if last and irreps_needed is not None else irreps
+            product, irreps_product = channelwise_self_product(irreps, targets)
             self.products.append(product)
+            # an irrep of ``irreps`` the product does not make gets no path: the mix leaves it 0
             self.mixes.append(o3.Linear(irreps_product, irreps))
         irreps = o3.Irreps(irreps)
         self.species_weights = None
@@ -98,7 +105,10 @@ class InteractionBlock(nn.Module):
         correlation: int,
         avg_num_neighbors: float,
         species_product: bool = False,
+        prune_product: bool = False,
     ) -> None:
+        """``l_max`` is the order of the messages (and of ``irreps_edge``); with
+        ``prune_product`` the product's last step computes only the irreps of ``irreps_out``."""
         super().__init__()
         irreps_hidden = natural_irreps(channels, l_max)
         self.irreps_in, self.irreps_out = o3.Irreps(irreps_in), o3.Irreps(irreps_out)
@@ -109,7 +119,8 @@ class InteractionBlock(nn.Module):
             [num_radial, *radial_hidden, self.convolution.weight_numel], torch.nn.functional.silu
         )
         self.linear_messages = o3.Linear(irreps_messages, irreps_hidden)
-        self.product = BodyOrderProduct(irreps_hidden, correlation, num_species if species_product else 0)
+        irreps_needed = o3.Irreps([(channels, ir) for _, ir in self.irreps_out]) if prune_product else None
+        self.product = BodyOrderProduct(irreps_hidden, correlation, num_species if species_product else 0, irreps_needed)
         self.nonlinearity, irreps_gate_in = gated_nonlinearity(self.irreps_out)
         self.linear_out = o3.Linear(irreps_hidden, irreps_gate_in)
         self.self_interaction = o3.FullyConnectedTensorProduct(

@@ -57,6 +57,12 @@ def default_model() -> ModelConfig:
     return ModelConfig()
 
 
+DEFAULT_MAX_EPOCHS = 500
+"""The epoch limit of a run given neither ``max_epochs`` nor ``max_minutes``."""
+NO_EPOCH_LIMIT = 10**9
+"""The epoch limit of a run given ``max_minutes`` and no ``max_epochs``: none in practice."""
+
+
 @dataclass
 class TrainingConfig:
     """How to train a molequi potential. Every field has a documented default.
@@ -69,7 +75,10 @@ class TrainingConfig:
             batch is ``batch_size × WORLD_SIZE``). On a CPU a step has a large fixed cost, so 16
             small molecules per step learn faster per minute than 4.
         eval_batch_size: structures per batch when validating and testing (memory only).
-        max_epochs: stop after this many passes over the training set.
+        max_epochs: stop after this many passes over the training set; ``null`` (the default)
+            means 500 without ``max_minutes`` and no epoch limit with it (the time budget is
+            then the limit, so a small data set is not stopped early by an epoch count nobody
+            asked for). :attr:`epoch_limit` is the limit in force.
         max_minutes: wall-clock budget of one invocation, minutes (``null`` = none). When it
             runs out the current epoch is cut short, validated, and every output written.
         scheduler: ``"plateau"`` (multiply the learning rate by ``plateau_factor`` when the
@@ -134,7 +143,7 @@ class TrainingConfig:
     weight_decay: float = 0.0
     batch_size: int = 16
     eval_batch_size: int = 32
-    max_epochs: int = 500
+    max_epochs: int | None = None
     max_minutes: float | None = None
     scheduler: str = "plateau"
     plateau_factor: float = 0.5
@@ -164,6 +173,14 @@ class TrainingConfig:
     def __post_init__(self) -> None:
         self.validate()
 
+    @property
+    def epoch_limit(self) -> int:
+        """The epoch count that ends the run: ``max_epochs``, or when that is null 500 without
+        a time budget and :data:`NO_EPOCH_LIMIT` with one."""
+        if self.max_epochs is not None:
+            return self.max_epochs
+        return DEFAULT_MAX_EPOCHS if self.max_minutes is None else NO_EPOCH_LIMIT
+
     def validate(self) -> None:
         """Coerce YAML-ish values to their types and raise :class:`ConfigError` for bad ones."""
         for f in dataclasses.fields(self):
@@ -182,7 +199,10 @@ class TrainingConfig:
             (self.weight_decay >= 0, f"weight_decay must be ≥ 0, got {self.weight_decay}"),
             (self.batch_size >= 1, f"batch_size must be ≥ 1, got {self.batch_size}"),
             (self.eval_batch_size >= 1, f"eval_batch_size must be ≥ 1, got {self.eval_batch_size}"),
-            (self.max_epochs >= 1, f"max_epochs must be ≥ 1, got {self.max_epochs}"),
+            (self.max_epochs is None or self.max_epochs >= 1, f"max_epochs must be ≥ 1, got {self.max_epochs}"),
+            (not (self.scheduler == "cosine" and self.max_epochs is None and self.max_minutes is not None),
+             "scheduler 'cosine' decays over max_epochs: set max_epochs, or use scheduler 'budget' to decay over "
+             "max_minutes"),
             (self.max_minutes is None or self.max_minutes > 0, f"max_minutes must be > 0 (or null), got {self.max_minutes}"),
             (0 < self.plateau_factor < 1, f"plateau_factor must be in (0, 1), got {self.plateau_factor}"),
             (self.plateau_patience >= 0, f"plateau_patience must be ≥ 0, got {self.plateau_patience}"),

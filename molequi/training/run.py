@@ -75,10 +75,10 @@ def _make_optimizer(config: TrainingConfig, model: torch.nn.Module) -> torch.opt
 def _make_scheduler(config: TrainingConfig, optimizer: torch.optim.Optimizer):
     if config.scheduler == "budget":
         budget = None if config.max_minutes is None else 60.0 * config.max_minutes
-        return BudgetCosine(optimizer, config.learning_rate, config.min_learning_rate, config.max_epochs, budget,
+        return BudgetCosine(optimizer, config.learning_rate, config.min_learning_rate, config.epoch_limit, budget,
                             config.decay_fraction)
     if config.scheduler == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.max_epochs, eta_min=config.min_learning_rate)
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epoch_limit, eta_min=config.min_learning_rate)
     return torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="min", factor=config.plateau_factor, patience=config.plateau_patience, min_lr=config.min_learning_rate
     )

@@ -67,7 +67,7 @@ import torch
 from molequi.models.io import DTYPES, save_model
 from molequi.progress import format_duration, is_terminal
 from molequi.training.checkpoint import save_checkpoint
-from molequi.training.config import TrainingConfig, save_config
+from molequi.training.config import NO_EPOCH_LIMIT, TrainingConfig, save_config
 from molequi.training.distributed import Distributed
 from molequi.training.ema import ExponentialMovingAverage
 from molequi.training.evaluate import (
@@ -310,7 +310,8 @@ def _progress_bar(run: TrainingRun, epoch: int, eta: str = ""):
         return None
     from tqdm import tqdm
 
-    description = f"epoch {epoch}/{run.config.max_epochs}" + (f" ({eta})" if eta else "")
+    limit = run.config.epoch_limit
+    description = f"epoch {epoch}" + (f"/{limit}" if limit < NO_EPOCH_LIMIT else "") + (f" ({eta})" if eta else "")
     return tqdm(total=len(run.loader), desc=description, leave=False, dynamic_ncols=True)
 
 
@@ -319,11 +320,11 @@ def run_eta(config: TrainingConfig, epoch: int, loop_s: float, epochs_done: int,
     ``max_minutes`` deadline when that comes first ('' before an epoch of this session ended)."""
     if epochs_done <= 0:
         return ""
-    by_epochs = (config.max_epochs - epoch) * loop_s / epochs_done
+    by_epochs = (config.epoch_limit - epoch) * loop_s / epochs_done
     by_time = math.inf if deadline is None else max(0.0, deadline - time.monotonic())
     if by_time < by_epochs:
         return f"run ETA {format_duration(by_time)} (max_minutes {config.max_minutes:g})"
-    return f"run ETA {format_duration(by_epochs)} (max_epochs {config.max_epochs})"
+    return f"run ETA {format_duration(by_epochs)} (max_epochs {config.epoch_limit})"
 
 
 def resume_command(out_dir: Path, test_paths: Sequence[str] | None = None) -> str:
@@ -480,18 +481,18 @@ def _train(
     loop_started, first_epoch = time.monotonic(), progress.epoch
     eta = ""
     try:
-        while not progress.stop_reason and progress.epoch < config.max_epochs:
+        while not progress.stop_reason and progress.epoch < config.epoch_limit:
             progress.epoch += 1
             result = train_one_epoch(run, progress.epoch, deadline, eta=eta)
             row = _train_row(run, progress.epoch, result)
-            last_epoch = progress.epoch >= config.max_epochs or result.out_of_time
+            last_epoch = progress.epoch >= config.epoch_limit or result.out_of_time
             improved = False
             if progress.epoch % config.eval_interval == 0 or last_epoch:
                 improved = _record_validation(run, progress, row, validate(run))
             if result.out_of_time:
                 progress.stop_reason = f"time budget of {config.max_minutes} min used up"
-            elif progress.epoch >= config.max_epochs and not progress.stop_reason:
-                progress.stop_reason = f"max_epochs={config.max_epochs} reached"
+            elif progress.epoch >= config.epoch_limit and not progress.stop_reason:
+                progress.stop_reason = f"max_epochs={config.epoch_limit} reached"
             row["time_s"] = elapsed()
             progress.history.append(row)
             if ddp.is_main:
