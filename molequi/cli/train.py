@@ -16,8 +16,7 @@ HELP = (
 
 # flag -> (config key, type, help); defaults come from the YAML file or TrainingConfig.
 OVERRIDES = {
-    "--max-epochs": ("max_epochs", int, "stop after N passes over the training set (default 500; no limit when "
-                     "--max-minutes is given without it)"),
+    "--max-epochs": ("max_epochs", int, "stop after N passes over the training set"),
     "--max-minutes": ("max_minutes", float, "wall-clock budget in minutes; when it runs out the epoch is cut short, "
                       "validated and every output written"),
     "--device": ("device", str, "auto (CUDA if available), cpu, cuda or cuda:N"),
@@ -47,6 +46,9 @@ OVERRIDES = {
                          "trained on the mean over heads of the loss; one model file then gives mean ± std (the "
                          "spread of the heads) to predict, evaluate, md, screen and the calculator"),
 }
+
+# defaults whose value alone would mislead (None standing for a rule)
+DEFAULTS_SHOWN = {"--max-epochs": "500, or no limit when --max-minutes is given", "--edge-l-max": "l-max"}
 
 METAVARS = {"--baseline": "xtb", "--ensemble-heads": "K", "--energy-key": "KEY", "--forces-key": "KEY", "--stress-key": "KEY", "--e0s": "fit|average|FILE.json", "--l-max": "L", "--edge-l-max": "L", "--lr": "LR", "--validation": "N_OR_FRACTION", "--max-epochs": "N", "--max-minutes": "MINUTES"}
 
@@ -85,7 +87,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         else:
             default = getattr(defaults, key)
         parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, metavar=METAVARS.get(flag, flag.strip("-").split("-")[-1].upper()),
-                            help=f"{text} (default: {'none' if default is None else default}, or the --config value)")
+                            help=f"{text} (default: {DEFAULTS_SHOWN.get(flag, 'none' if default is None else default)}, "
+                            "or the --config value)")
 
 
 def overrides_from(args: argparse.Namespace) -> dict:
