@@ -51,7 +51,7 @@ def train_variant(name: str, train_file: Path, out: Path, args, heads: int, loss
     from molequi.training import load_config, train
 
     overrides = {"model": {"channels": 16, "l_max": 1, "num_layers": 2, "radial_hidden": [16, 16],
-                           "readout_hidden": 16, "ensemble_heads": heads},
+                           "readout_hidden": 16, "ensemble_heads": heads, "edge_l_max": None},
                  "max_epochs": args.epochs, "batch_size": 8, "validation": 20, "progress": False, "device": "cpu",
                  "dtype": "float32", "seed": seed, "ensemble_loss": loss, "early_stopping_patience": 0}
     config = load_config(None, overrides)

@@ -31,7 +31,7 @@ SPACING = 25.0  # Å between copies: far beyond any cutoff
 
 # MACE configuration -> molequi configuration of matched size (channels, l_max; 2 layers, correlation 3)
 MACE_CONFIGS = {"mace-64x0e": {"channels": 64, "L": 0}, "mace-128x1o": {"channels": 128, "L": 1}}
-MATCHED_SHAPE = {"correlation": 3, "radial_hidden": [64, 64]}
+MATCHED_SHAPE = {"correlation": 3, "radial_hidden": [64, 64], "edge_l_max": None}  # harmonics of order l_max, as measured
 MOLEQUI_CONFIGS = {
     "molequi-64x0e": {"channels": 64, "l_max": 0, **MATCHED_SHAPE},
     "molequi-128x1o": {"channels": 128, "l_max": 1, **MATCHED_SHAPE},

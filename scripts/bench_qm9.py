@@ -52,7 +52,7 @@ REFERENCES_MEV = {
 against the papers."""
 
 BASE_CONFIG: dict[str, Any] = {
-    "model": {"cutoff": 5.0, "channels": 64, "l_max": 2, "num_layers": 2, "correlation": 3},
+    "model": {"cutoff": 5.0, "channels": 64, "l_max": 2, "edge_l_max": None, "num_layers": 2, "correlation": 3},
     "batch_size": 32,
     "validation": 0.05,
     "seed": 0,

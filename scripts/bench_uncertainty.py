@@ -54,7 +54,7 @@ PROFILES = {
                  rounds=3, per_round=8, md_steps=400, learn_members=3, learn_epochs=100),
 }
 MODEL = {"model.channels": 16, "model.l_max": 1, "model.num_layers": 2, "model.radial_hidden": [16, 16],
-         "model.readout_hidden": 16}
+         "model.readout_hidden": 16, "model.edge_l_max": None}
 
 
 def cpu_seconds() -> float:

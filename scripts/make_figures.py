@@ -47,7 +47,7 @@ def train_and_evaluate(rmd17: Path, work: Path, out: Path, epochs: int) -> Path:
     config = load_config(None, {
         "max_epochs": epochs, "device": "cpu", "dtype": "float32", "seed": 0, "batch_size": 8, "validation": 50,
         "learning_rate": 0.01, "progress": False, "model.channels": 16, "model.l_max": 1, "model.num_layers": 2,
-        "model.correlation": 2, "model.cutoff": 4.5,
+        "model.correlation": 2, "model.cutoff": 4.5, "model.edge_l_max": None,
     })
     shutil.rmtree(work / "train", ignore_errors=True)  # a fresh run each time
     result = train(config, str(subset), work / "train", log=lambda message: print("  " + message))

@@ -14,6 +14,16 @@ HELP = (
     "or a property model (--target gap, --target U0, --target dipole_norm ...) on QM9-style data."
 )
 
+def int_or_none(text: str) -> int | None:
+    """An argparse type: a whole number, or ``none`` (the setting's null)."""
+    if text.strip().lower() in ("none", "null"):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number or 'none', got {text!r}") from None
+
+
 # flag -> (config key, type, help); defaults come from the YAML file or TrainingConfig.
 OVERRIDES = {
     "--max-epochs": ("max_epochs", int, "stop after N passes over the training set"),
@@ -35,8 +45,9 @@ OVERRIDES = {
               "(MACE's name for the same fit) or FILE.json {symbol or Z: eV}"),
     "--channels": ("model.channels", int, "feature channels per irrep"),
     "--l-max": ("model.l_max", int, "highest rotation order of the features passed between layers (0-3)"),
-    "--edge-l-max": ("model.edge_l_max", int, "highest rotation order of the edge harmonics and messages (l-max..3; none = l-max); "
-                     "the body-order product contracts them to the l-max features"),
+    "--edge-l-max": ("model.edge_l_max", int_or_none, "highest rotation order of the edge harmonics and messages "
+                     "(0-3, raised to l-max when below it; none = l-max, the layout of models from before this "
+                     "setting); the body-order product contracts them to the l-max features"),
     "--num-layers": ("model.num_layers", int, "message-passing layers"),
     "--correlation": ("model.correlation", int, "body order of the node-feature product (1-4)"),
     "--cutoff": ("model.cutoff", float, "neighbor cutoff radius, Å"),
@@ -48,7 +59,7 @@ OVERRIDES = {
 }
 
 # defaults whose value alone would mislead (None standing for a rule)
-DEFAULTS_SHOWN = {"--max-epochs": "500, or no limit when --max-minutes is given", "--edge-l-max": "l-max"}
+DEFAULTS_SHOWN = {"--max-epochs": "500, or no limit when --max-minutes is given"}
 
 METAVARS = {"--baseline": "xtb", "--ensemble-heads": "K", "--energy-key": "KEY", "--forces-key": "KEY", "--stress-key": "KEY", "--e0s": "fit|average|FILE.json", "--l-max": "L", "--edge-l-max": "L", "--lr": "LR", "--validation": "N_OR_FRACTION", "--max-epochs": "N", "--max-minutes": "MINUTES"}
 

@@ -28,10 +28,10 @@ class ModelConfig:
         l_max: highest rotation order of the hidden features passed between layers (0–3).
             l_max = 0 passes scalars only (MACE's ``64x0e`` layout); 1–2 carry directions too.
         edge_l_max: highest rotation order of the edge spherical harmonics and of the messages
-            the body-order product works on (l_max–3), or None to tie it to l_max (the layout of
-            files written before this setting). Above l_max, the product resolves angular
-            detail up to edge_l_max and contracts it to the l ≤ l_max features a layer passes
-            on, computing only those in its last step.
+            the body-order product works on (0–3; below l_max it is raised to l_max), or None to
+            tie it to l_max (the layout of files written before this setting). Above l_max, the
+            product resolves angular detail up to edge_l_max and contracts it to the l ≤ l_max
+            features a layer passes on, computing only those in its last step.
         num_layers: message-passing layers (≥ 1); 2 with correlation 3 matches MACE's design.
         num_radial: Bessel functions in the radial basis.
         cutoff_p: exponent of the polynomial cutoff envelope (smoothness at the cutoff).
@@ -71,7 +71,7 @@ class ModelConfig:
     cutoff: float = 5.0
     channels: int = 32
     l_max: int = 1
-    edge_l_max: int | None = None
+    edge_l_max: int | None = 2
     num_layers: int = 2
     num_radial: int = 8
     cutoff_p: int = 6
@@ -106,8 +106,8 @@ class ModelConfig:
             (self.cutoff > 0, f"cutoff must be > 0 Å, got {self.cutoff}"),
             (self.channels >= 1, f"channels must be ≥ 1, got {self.channels}"),
             (0 <= self.l_max <= 3, f"l_max must be in 0..3, got {self.l_max}"),
-            (self.edge_l_max is None or self.l_max <= self.edge_l_max <= 3,
-             f"edge_l_max must be in l_max..3 ({self.l_max}..3) or null, got {self.edge_l_max}"),
+            (self.edge_l_max is None or 0 <= self.edge_l_max <= 3,
+             f"edge_l_max must be in 0..3 or null, got {self.edge_l_max}"),
             (self.num_layers >= 1, f"num_layers must be ≥ 1, got {self.num_layers}"),
             (self.num_radial >= 1, f"num_radial must be ≥ 1, got {self.num_radial}"),
             (self.cutoff_p >= 2, f"cutoff_p must be ≥ 2, got {self.cutoff_p}"),
@@ -152,8 +152,9 @@ class ModelConfig:
 
     @property
     def message_l_max(self) -> int:
-        """The rotation order of the edge harmonics and messages actually built."""
-        return self.l_max if self.edge_l_max is None else self.edge_l_max
+        """The rotation order of the edge harmonics and messages actually built: ``edge_l_max``,
+        raised to ``l_max`` when below it (messages must carry every order a layer passes on)."""
+        return self.l_max if self.edge_l_max is None else max(self.l_max, self.edge_l_max)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -40,7 +40,7 @@ UNITS = {"length": "Å", "energy": "eV", "forces": "eV/Å", "stress": "eV/Å³",
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
-SETTINGS_ADDED_LATER = {"species_product": False}
+SETTINGS_ADDED_LATER = {"species_product": False, "edge_l_max": None}
 """Architecture settings that files written before them do not name, with the value that
 rebuilds those files' models (a new default must not change an old model)."""
 
