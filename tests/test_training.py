@@ -86,6 +86,27 @@ def test_unknown_key_names_closest_valid_one(tmp_path):
         load_config(path)
 
 
+def test_edge_order_is_at_least_the_hidden_order():
+    """The default edge order (2) under a larger l_max is raised to it; none ties it; 4 is refused."""
+    assert load_config(None, {}).model.message_l_max == 2  # the default: order-2 harmonics, l_max 1 features
+    assert load_config(None, {"model.l_max": 3}).model.message_l_max == 3
+    assert load_config(None, {"model.l_max": 0, "model.edge_l_max": 3}).model.message_l_max == 3
+    tied = load_config(None, {"model.edge_l_max": None}).model
+    assert (tied.edge_l_max, tied.message_l_max) == (None, tied.l_max)
+    with pytest.raises(ConfigError, match="edge_l_max must be in 0..3"):
+        load_config(None, {"model.edge_l_max": 4})
+
+
+def test_edge_l_max_flag_takes_none():
+    import argparse
+
+    from molequi.cli.train import int_or_none
+
+    assert (int_or_none("2"), int_or_none("none"), int_or_none("NULL")) == (2, None, None)
+    with pytest.raises(argparse.ArgumentTypeError, match="whole number or 'none'"):
+        int_or_none("two")
+
+
 def test_config_values_are_validated_and_coerced(tmp_path):
     path = tmp_path / "train.yaml"
     path.write_text("learning_rate: 5e-3\nmax_minutes: 2\nmodel:\n  channels: 24\n")  # YAML reads 5e-3 as a string
