@@ -38,7 +38,9 @@ REPO = Path(__file__).resolve().parents[1]
 DRUGS = REPO / "tests" / "data" / "search" / "drugs.smi"
 KILLS = 3
 TINY = {
-    "model": {"channels": 4, "l_max": 1, "num_layers": 1, "correlation": 1, "radial_hidden": [8], "readout_hidden": 4},
+    # edge harmonics tied to l_max: the smallest layout (a one-epoch model only has to run, not be right)
+    "model": {"channels": 4, "l_max": 1, "edge_l_max": None, "num_layers": 1, "correlation": 1, "radial_hidden": [8],
+              "readout_hidden": 4},
     "batch_size": 2, "validation": 2, "learning_rate": 0.01, "progress": False, "seed": 3,
 }
 
