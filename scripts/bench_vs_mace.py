@@ -396,7 +396,7 @@ def pareto_plot(reports: list[dict], path: Path) -> None:
     figure, axes = plt.subplots(1, len(molecules), figsize=(4.8 * len(molecules), 3.8), squeeze=False)
     markers = {"molequi (defaults)": ("o", "tab:blue"), "mace-64x0e": ("s", "tab:orange"), "mace-128x1o": ("^", "tab:red")}
     for ax, molecule in zip(axes[0], molecules):
-        seen = set()
+        seen, points = set(), []
         for report in (r for r in reports if r["molecule"] == molecule):
             for side in [report["molequi"], *report["mace"]]:
                 if side.get("md_steps_per_s") is None:
@@ -407,11 +407,12 @@ def pareto_plot(reports: list[dict], path: Path) -> None:
                 ax.annotate(f"{report['minutes']:g} min", (side["md_steps_per_s"], side["forces_mae_meV_per_A"]),
                             textcoords="offset points", xytext=(4, 4), fontsize=8)
                 seen.add(side["model"])
+                points.append((side["md_steps_per_s"], side["forces_mae_meV_per_A"]))
         # linear axes from 0 with head room: the speeds span well under a decade (a log axis showed no
         # tick in range) and the highest point must not sit on the frame or under the legend
         ax.set(title=f"rMD17 {molecule}", xlabel="MD steps/s (one molecule, 1 thread)",
                ylabel="test force MAE (meV/Å)")
-        points = [c.get_offsets()[0] for c in ax.collections] or [(1.0, 1.0)]
+        points = points or [(1.0, 1.0)]
         ax.set_xlim(0, 1.15 * max(x for x, _ in points))
         ax.set_ylim(0, 1.2 * max(y for _, y in points))
         ax.grid(alpha=0.3)

@@ -58,18 +58,17 @@ OVERRIDES = {
                          "spread of the heads) to predict, evaluate, md, screen and the calculator"),
 }
 
-# defaults whose value alone would mislead (None standing for a rule)
-DEFAULTS_SHOWN = {"--max-epochs": "500, or no limit when --max-minutes is given"}
-
 METAVARS = {"--baseline": "xtb", "--ensemble-heads": "K", "--energy-key": "KEY", "--forces-key": "KEY", "--stress-key": "KEY", "--e0s": "fit|average|FILE.json", "--l-max": "L", "--edge-l-max": "L", "--lr": "LR", "--validation": "N_OR_FRACTION", "--max-epochs": "N", "--max-minutes": "MINUTES"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from molequi.models.heads import HEADS
 
-    from molequi.training.config import TrainingConfig
+    from molequi.training.config import DEFAULT_MAX_EPOCHS, TrainingConfig
 
     defaults = TrainingConfig()
+    # defaults whose value alone would mislead (None standing for the rule of TrainingConfig.epoch_limit)
+    shown = {"--max-epochs": f"{DEFAULT_MAX_EPOCHS}, or no limit when --max-minutes is given"}
     parser.add_argument("--data", nargs="+", metavar="TRAIN", default=argparse.SUPPRESS,
                         help="training file(s): extxyz, ASE .db or rMD17 .npz with energies (eV) and forces (eV/Å); "
                         "the validation split is taken from them (required unless --resume)")
@@ -98,7 +97,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         else:
             default = getattr(defaults, key)
         parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, metavar=METAVARS.get(flag, flag.strip("-").split("-")[-1].upper()),
-                            help=f"{text} (default: {DEFAULTS_SHOWN.get(flag, 'none' if default is None else default)}, "
+                            help=f"{text} (default: {shown.get(flag, 'none' if default is None else default)}, "
                             "or the --config value)")
 
 

@@ -70,9 +70,8 @@ class TrainingConfig:
     Attributes:
         optimizer: ``"adam"`` or ``"adamw"`` (decoupled weight decay).
         learning_rate: initial learning rate of the optimizer. 3e-2 with batches of 16 and EMA
-            learns fastest per CPU minute on rMD17 ethanol (5-minute runs: 2e-2 to 4e-2 give 0.88×
-            the force error of 1e-2, README "What moves the numbers"); lower it for much smaller
-            batches.
+            learns faster per CPU minute than 1e-2 on rMD17 ethanol (README "What moves the
+            numbers", ``scripts/bench_recipe.py``); lower it for much smaller batches.
         weight_decay: L2 penalty (adam) or decoupled weight decay (adamw); 0 disables.
         batch_size: structures per optimizer step and per process (under torchrun the global
             batch is ``batch_size × WORLD_SIZE``). On a CPU a step has a large fixed cost, so 16
