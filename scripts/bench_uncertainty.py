@@ -50,10 +50,11 @@ PROFILES = {
     # stop at `epochs` or after `member_minutes` (whichever comes first: on a loaded machine, the latter)
     "quick": dict(n_train=100, n_calibration=50, n_test=20, members=4, epochs=25, member_minutes=1.0,
                   rounds=2, per_round=6, md_steps=200, learn_members=2, learn_epochs=40),
-    "full": dict(n_train=250, n_calibration=100, n_test=60, members=4, epochs=60, member_minutes=2.5,
+    "full": dict(n_train=250, n_calibration=100, n_test=60, members=4, epochs=100, member_minutes=4.0,
                  rounds=3, per_round=8, md_steps=400, learn_members=3, learn_epochs=100),
 }
-MODEL = {"model.channels": 16, "model.l_max": 1, "model.num_layers": 2, "model.radial_hidden": [16, 16],
+# Members in the quickstart's layout (32 channels, harmonics tied to l_max 1).
+MODEL = {"model.channels": 32, "model.l_max": 1, "model.num_layers": 2, "model.radial_hidden": [32, 32],
          "model.readout_hidden": 16, "model.edge_l_max": None}
 
 
@@ -211,7 +212,8 @@ def calibration_table(models, files, kind: str) -> dict:
 # --- (b) active learning vs random ------------------------------------------------------------
 
 
-def learning_comparison(molecule: str, files, profile, args, log, max_std: float | None = None) -> dict:
+def learning_comparison(molecule: str, files, profile, args, log, max_std: float | None = None,
+                        pool_factor: int = 4) -> dict:
     from molequi.training import load_config
     from molequi.training.learn import LearnSettings, run_learning
 
@@ -224,7 +226,9 @@ def learning_comparison(molecule: str, files, profile, args, log, max_std: float
     variant = "".join([f"_max_std{max_std:g}" if max_std else "",
                        "_T" + "-".join(f"{t:g}" for t in temperatures) if args.learn_temperatures else ""])
     for selection in ("uncertain", "random"):
-        loop = args.out / "learn" / molecule / f"{selection}{variant}"
+        # the pool factor shapes only the uncertain pick: random loops of any pool factor are one loop
+        pool = f"_pool{pool_factor}" if selection == "uncertain" and pool_factor != 4 else ""
+        loop = args.out / "learn" / molecule / f"{selection}{variant}{pool}"
         if (loop / f"round_{profile['rounds']:03d}" / "round.json").exists():
             REUSED.append(("loop", sum(sum(json.loads(path.read_text())["wall_s"].values())
                                        for path in loop.glob("round_*/round.json"))))
@@ -232,6 +236,7 @@ def learning_comparison(molecule: str, files, profile, args, log, max_std: float
             rounds=profile["rounds"], per_round=profile["per_round"], temperatures=temperatures,
             md_steps=profile["md_steps"], committee=profile["learn_members"], replicas=2, sample_every=10,
             selection=selection, seed=0, max_std=max_std or None,
+            pool_factor=pool_factor if selection == "uncertain" else 4,
         )
         started = time.monotonic()
         result = run_learning(settings, [start], loop, config=config,
@@ -364,6 +369,9 @@ def main(argv=None) -> int:
     parser.add_argument("--learn-max-std", type=float, nargs="+", default=[0.0], metavar="EV_PER_A",
                         help="(b): trust ceilings of the loops (molequi learn --max-std, both selections), one pair "
                         "of loops each; 0 = none")
+    parser.add_argument("--learn-pool-factor", type=int, nargs="+", default=[4], metavar="P",
+                        help="(b): molequi learn --pool-factor of the uncertain loops (the diverse pick among the "
+                        "P × per-round most uncertain frames), one pair of loops each")
     parser.add_argument("--learn-temperatures", type=float, nargs="+", default=None, metavar="K",
                         help=f"(b): MD temperatures of the loops (default {' '.join(f'{t:g}' for t in TEMPERATURES)})")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA, help="rMD17 .npz directory (geometries only)")
@@ -398,8 +406,11 @@ def main(argv=None) -> int:
             report["calibration"][f"{molecule}/{kind}"] = calibration_table(models, files[molecule], kind)
     for molecule in args.learn_molecules:
         for max_std in args.learn_max_std:
-            key = molecule + (f", --max-std {max_std:g} eV/Å" if max_std else "")
-            report["learning"][key] = learning_comparison(molecule, files[molecule], profile, args, log, max_std)
+            for pool_factor in args.learn_pool_factor:
+                key = molecule + (f", --max-std {max_std:g} eV/Å" if max_std else "") + (
+                    f", --pool-factor {pool_factor}" if pool_factor != 4 else "")
+                report["learning"][key] = learning_comparison(molecule, files[molecule], profile, args, log,
+                                                              max_std, pool_factor)
     report["reused"] = list(REUSED)
     report["wall_s"] = time.monotonic() - started
     report["cpu_s"] = cpu_seconds() - cpu_started
