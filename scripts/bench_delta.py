@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import shlex
 import shutil
@@ -108,16 +109,26 @@ def run_one(molecule: str, n: int, mode: str, args: argparse.Namespace) -> dict:
         "energy_mae_meV": metrics["energy_mae_meV"], "forces_mae_meV_per_A": metrics["forces_mae_meV_per_A"],
         "n_test": metrics["n_structures"], "epochs": extra["epochs"], "training_minutes": extra["minutes"],
         "wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "load_before": load_before, "load_after": os.getloadavg()[0],
+        "budget_minutes": args.minutes,
     }
     if args.md_steps:
         result["md_steps_per_s"] = md_speed(out / "model.molequi", test_file, args.md_steps)
     return result
 
 
+def budget_text(results: list[dict], args: argparse.Namespace) -> str:
+    """The training budget of the runs in the table, e.g. ``3.0 min``: each result's own, or for results
+    written before they kept it, the ``--minutes`` of the commands that made them."""
+    budgets = {r["budget_minutes"] for r in results if "budget_minutes" in r}
+    if any("budget_minutes" not in r for r in results):
+        budgets |= {float(m) for m in re.findall(r"--minutes ([0-9.]+)", args.command)}
+    return " / ".join(f"{b:g} min" for b in sorted(budgets)) or f"{args.minutes:g} min"
+
+
 def markdown(results: list[dict], machine: dict, args: argparse.Namespace) -> str:
     lines = [
         f"rMD17 split 01: the first N + V structures of `rmd17_<mol>_train_01.npz` (V = N/10, 5–50, for validation), "
-        f"tested on the 1000 test structures; `molequi train` defaults (no `--config`), {args.minutes} min per run, "
+        f"tested on the 1000 test structures; `molequi train` defaults (no `--config`), {budget_text(results, args)} per run, "
         f"{args.threads} thread(s), on {machine['cpu']} (torch {machine['torch']}); load average "
         f"{min(r.get('load_before', 0) for r in results):.1f}–{max(r.get('load_after', 0) for r in results):.1f} "
         "(a shared machine: wall times are inflated, CPU seconds are the work done).",
@@ -196,7 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     previous = json.loads(path.read_text())["results"] if path.is_file() else []
     results = [r for r in previous]
     if args.render:  # the table of the runs already made (same flags as the run, plus --render)
-        args.command = json.loads(path.read_text()).get("command") or args.command.replace(" --render", "")
+        saved = json.loads(path.read_text())
+        args.command = saved.get("command") or args.command.replace(" --render", "")
+        machine = saved.get("machine", machine)  # the machine the runs were made on, not this one
         args.molecules = []
     for molecule in args.molecules:
         for n in args.sizes:
