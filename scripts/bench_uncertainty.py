@@ -54,6 +54,7 @@ PROFILES = {
                  rounds=3, per_round=8, md_steps=400, learn_members=3, learn_epochs=100),
 }
 # Members in the quickstart's layout (32 channels, harmonics tied to l_max 1).
+LOOP_NAMES = {"uncertain": "uncertain + diverse", "clustered": "most uncertain of each cluster"}
 MODEL = {"model.channels": 32, "model.l_max": 1, "model.num_layers": 2, "model.radial_hidden": [32, 32],
          "model.readout_hidden": 16, "model.edge_l_max": None}
 
@@ -213,7 +214,7 @@ def calibration_table(models, files, kind: str) -> dict:
 
 
 def learning_comparison(molecule: str, files, profile, args, log, max_std: float | None = None,
-                        pool_factor: int = 4) -> dict:
+                        pool_factor: int = 4, loop_selection: str = "uncertain") -> dict:
     from molequi.training import load_config
     from molequi.training.learn import LearnSettings, run_learning
 
@@ -225,8 +226,8 @@ def learning_comparison(molecule: str, files, profile, args, log, max_std: float
     # loops with other settings than the defaults keep their own folders (reused only by a same-settings run)
     variant = "".join([f"_max_std{max_std:g}" if max_std else "",
                        "_T" + "-".join(f"{t:g}" for t in temperatures) if args.learn_temperatures else ""])
-    for selection in ("uncertain", "random"):
-        # the pool factor shapes only the uncertain pick: random loops of any pool factor are one loop
+    for selection in (loop_selection, "random"):
+        # the pool factor shapes only the uncertain pick: other loops of any pool factor are one loop
         pool = f"_pool{pool_factor}" if selection == "uncertain" and pool_factor != 4 else ""
         loop = args.out / "learn" / molecule / f"{selection}{variant}{pool}"
         if (loop / f"round_{profile['rounds']:03d}" / "round.json").exists():
@@ -245,9 +246,10 @@ def learning_comparison(molecule: str, files, profile, args, log, max_std: float
                               "max_std": row["max_std"]} for row in result.rows]
         log(f"{molecule}: {selection} loop done ({time.monotonic() - started:.0f} s)")
     random_final = curves["random"][-1]
-    reached = [p["n_labels"] for p in curves["uncertain"] if p["forces_mae_meV_per_A"] <= random_final["forces_mae_meV_per_A"]]
+    reached = [p["n_labels"] for p in curves[loop_selection] if p["forces_mae_meV_per_A"] <= random_final["forces_mae_meV_per_A"]]
     return {
-        "curves": curves,
+        "selection": loop_selection,
+        "curves": {"loop": curves[loop_selection], "random": curves["random"]},
         "random_final_mae": random_final["forces_mae_meV_per_A"],
         "random_labels": random_final["n_labels"],
         "loop_labels_to_reach_random": min(reached) if reached else None,
@@ -315,8 +317,8 @@ def markdown(report: dict) -> str:
                          f"{a['miscalibration_area']:.3f} | {a['forces_rmse_meV_per_A']:.0f} |")
     for molecule, result in report["learning"].items():
         lines += ["", f"Active learning on {molecule} (force MAE on the 1000 K xTB MD frames, meV/Å):", "",
-                  "| labels | loop (uncertain + diverse) | random from the same MD |", "|---|---|---|"]
-        for loop, rand in zip(result["curves"]["uncertain"], result["curves"]["random"]):
+                  f"| labels | loop ({LOOP_NAMES[result['selection']]}) | random from the same MD |", "|---|---|---|"]
+        for loop, rand in zip(result["curves"]["loop"], result["curves"]["random"]):
             lines.append(f"| {loop['n_labels']} | {loop['forces_mae_meV_per_A']:.0f} | {rand['forces_mae_meV_per_A']:.0f} |")
     lines += ["", "Targets:", ""]
     lines += [f"- {'met' if ok else '**not met**'}: {text}" for text, ok in targets(report)]
@@ -346,10 +348,10 @@ def plot(report: dict, path: Path) -> None:
     ax.legend(fontsize=7)
     ax = axes[1]
     for molecule, result in report["learning"].items():
-        for selection, style in (("uncertain", "o-"), ("random", "s--")):
+        for selection, style in (("loop", "o-"), ("random", "s--")):
             curve = result["curves"][selection]
             ax.plot([p["n_labels"] for p in curve], [p["forces_mae_meV_per_A"] for p in curve], style,
-                    label=f"{molecule} {'loop' if selection == 'uncertain' else 'random'}")
+                    label=f"{molecule} {selection}")
     ax.set_xlabel("labelled structures")
     ax.set_ylabel("force MAE at 1000 K (meV/Å)")
     ax.set_yscale("log")
@@ -372,6 +374,8 @@ def main(argv=None) -> int:
     parser.add_argument("--learn-pool-factor", type=int, nargs="+", default=[4], metavar="P",
                         help="(b): molequi learn --pool-factor of the uncertain loops (the diverse pick among the "
                         "P × per-round most uncertain frames), one pair of loops each")
+    parser.add_argument("--learn-selections", nargs="+", default=["uncertain"], choices=list(LOOP_NAMES),
+                        help="(b): molequi learn --selection of the loops compared with random selection")
     parser.add_argument("--learn-temperatures", type=float, nargs="+", default=None, metavar="K",
                         help=f"(b): MD temperatures of the loops (default {' '.join(f'{t:g}' for t in TEMPERATURES)})")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA, help="rMD17 .npz directory (geometries only)")
@@ -406,11 +410,14 @@ def main(argv=None) -> int:
             report["calibration"][f"{molecule}/{kind}"] = calibration_table(models, files[molecule], kind)
     for molecule in args.learn_molecules:
         for max_std in args.learn_max_std:
-            for pool_factor in args.learn_pool_factor:
-                key = molecule + (f", --max-std {max_std:g} eV/Å" if max_std else "") + (
-                    f", --pool-factor {pool_factor}" if pool_factor != 4 else "")
-                report["learning"][key] = learning_comparison(molecule, files[molecule], profile, args, log,
-                                                              max_std, pool_factor)
+            for selection in args.learn_selections:
+                pools = args.learn_pool_factor if selection == "uncertain" else [4]
+                for pool_factor in pools:
+                    key = molecule + (f", --max-std {max_std:g} eV/Å" if max_std else "") + (
+                        f", --pool-factor {pool_factor}" if pool_factor != 4 else "") + (
+                        f", --selection {selection}" if selection != "uncertain" else "")
+                    report["learning"][key] = learning_comparison(molecule, files[molecule], profile, args, log,
+                                                                  max_std, pool_factor, selection)
     report["reused"] = list(REUSED)
     report["wall_s"] = time.monotonic() - started
     report["cpu_s"] = cpu_seconds() - cpu_started

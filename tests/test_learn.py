@@ -321,3 +321,28 @@ def test_trust_ceiling_keeps_wild_frames_out(tmp_path, selection):
     assert not picked & {1, 4} and len(picked) == 3
     if selection == "uncertain":
         assert picked == {0, 2, 3}
+
+
+def test_clustered_pick_labels_every_region_the_md_visited():
+    rng = np.random.default_rng(3)
+    centres = [np.zeros(4), np.full(4, 10.0), np.full(4, -10.0)]
+    descriptors = [centres[f % 3] + rng.normal(scale=0.1, size=4) for f in range(60)]
+    stds = rng.uniform(0.0, 0.2, 60)
+    stds[[f for f in range(60) if f % 3 == 0]] += 1.0  # the first region is the most uncertain
+    picked = learn.select_clustered(stds, descriptors, k=3, seed=0)
+    assert sorted(f % 3 for f in picked[:3]) == [0, 1, 2]  # one frame from each region
+    for f in picked[:3]:  # the most uncertain of its region
+        assert stds[f] == max(stds[g] for g in range(60) if g % 3 == f % 3)
+    assert len(picked) == 60 and len(set(picked)) == 60  # then every other frame, as fallbacks
+    # the uncertain pick without diversity spends every label on the first region
+    assert {f % 3 for f in select_frames(stds, descriptors, k=3, pool_factor=1)[:3]} == {0}
+
+
+def test_clustered_pick_skips_non_finite_and_shares_clusters_between_sizes():
+    stds = np.array([0.5, np.nan, 0.4, 0.3, np.inf, 0.9, 0.8])
+    descriptors = [np.zeros(3), np.zeros(3), np.ones(3), np.full(3, 2.0), np.zeros(3), np.zeros(6), np.ones(6)]
+    picked = learn.select_clustered(stds, descriptors, k=2, seed=0)
+    assert 1 not in picked and 4 not in picked
+    assert {len(descriptors[f]) for f in picked[:2]} == {3, 6}  # one cluster for each size
+    assert learn._cluster_shares([30, 10], 4) == [3, 1]
+    assert learn._cluster_shares([30, 10, 5], 2) == [1, 1, 0]

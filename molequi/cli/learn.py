@@ -63,8 +63,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pool-factor", type=int, default=4, metavar="F",
                         help="pick diverse frames (farthest-point on sorted interatomic distances) among the F × K "
                         "most uncertain (1: just the K most uncertain)")
-    parser.add_argument("--selection", choices=("uncertain", "random"), default="uncertain",
-                        help="'random': draw the frames uniformly from the same MD instead (a baseline)")
+    parser.add_argument("--selection", choices=("uncertain", "clustered", "random"), default="uncertain",
+                        help="'uncertain': the above; 'clustered': split the MD frames into K clusters of similar "
+                        "geometry and label the most uncertain frame of each; 'random': draw the frames uniformly "
+                        "from the same MD instead (a baseline)")
     parser.add_argument("--max-std", type=float, default=None, metavar="EV_PER_A",
                         help="trust ceiling: frames whose largest per-atom force spread exceeds this (eV/Å) are not "
                         "labelled (the committee has left physical geometries); default: no ceiling")

@@ -61,7 +61,7 @@ ROUND_COLUMNS = [
     "round", "n_labels", "n_new", "md_frames", "md_stopped", "max_std", "mean_std",
     "test_energy_mae_meV", "test_forces_mae_meV_per_A", "test_forces_rmse_meV_per_A",
 ]
-SELECTIONS = ("uncertain", "random")
+SELECTIONS = ("uncertain", "clustered", "random")
 _EXTXYZ_DECIMALS = 8  # extxyz stores positions with 8 decimals: label exactly what is stored
 
 
@@ -87,8 +87,11 @@ class LearnSettings:
         sample_every: MD steps between recorded frames.
         pool_factor: the diverse pick is made among the ``pool_factor`` × ``per_round`` most
             uncertain frames (1: simply the most uncertain).
-        selection: ``"uncertain"`` (the above) or ``"random"`` (frames drawn uniformly from the
-            same MD: the baseline that active learning must beat).
+        selection: ``"uncertain"`` (the above), ``"clustered"`` (the MD frames split into
+            ``per_round`` clusters of similar geometry, the most uncertain frame of each: every
+            region the MD visited gets a label, where the uncertain pick may spend all of them on
+            the few wildest frames; see :func:`select_clustered`) or ``"random"`` (frames drawn
+            uniformly from the same MD: the baseline that active learning must beat).
         max_std: frames whose largest per-atom force spread exceeds this (eV/Å) are not labelled:
             a committee that disagrees that much has usually left physical geometries (a trust
             ceiling, as in DP-GEN); None: no ceiling.
@@ -267,6 +270,67 @@ def select_frames(stds: np.ndarray, descriptors: Sequence[np.ndarray], k: int, p
         nearest = np.delete(nearest, best)
         nearest = np.minimum(nearest, [_descriptor_distance(descriptors[p], descriptors[picked[-1]]) for p in pool])
     return [int(p) for p in picked]
+
+
+def select_clustered(stds: np.ndarray, descriptors: Sequence[np.ndarray], k: int, seed: int = 0) -> list[int]:
+    """Indices of the most uncertain frame of each of ``k`` clusters of similar frames, most
+    uncertain first, then every other frame of finite ``stds`` by falling uncertainty (the
+    fallbacks of a caller whose labeler fails on a frame).
+
+    The clusters are k-means (scipy, k-means++ start) of the descriptors; frames of different
+    size (descriptor length) are clustered apart, with the ``k`` clusters shared between the sizes
+    in proportion to their frame counts (each size at least one while ``k`` lasts).
+
+    Args:
+        stds: [n_frames] uncertainty per frame (eV/Å); NaN or inf: never picked.
+        descriptors: one vector per frame (see :func:`distance_descriptor`).
+        k: frames wanted (clusters).
+        seed: seeds the k-means start.
+    """
+    from scipy.cluster.vq import kmeans2
+
+    stds = np.asarray(stds, dtype=np.float64)
+    if len(stds) != len(descriptors):
+        raise ValueError(f"{len(stds)} stds but {len(descriptors)} descriptors")
+    finite = np.flatnonzero(np.isfinite(stds))
+    groups: dict[int, list[int]] = {}
+    for index in finite:
+        groups.setdefault(len(descriptors[index]), []).append(int(index))
+    shares = _cluster_shares([len(members) for members in groups.values()], k)
+    rng = np.random.default_rng(seed)
+    picked: list[int] = []
+    for members, clusters in zip(groups.values(), shares):
+        clusters = min(clusters, len(members))
+        if clusters == 0:
+            continue
+        data = np.stack([descriptors[m] for m in members]).astype(np.float64)
+        if clusters == len(members):
+            labels = np.arange(len(members))
+        else:
+            _, labels = kmeans2(data, clusters, minit="++", seed=rng)
+        for cluster in np.unique(labels):
+            in_cluster = [m for m, label in zip(members, labels) if label == cluster]
+            picked.append(max(in_cluster, key=lambda m: stds[m]))
+    picked.sort(key=lambda m: -stds[m])
+    rest = [int(m) for m in finite[np.argsort(-stds[finite], kind="stable")] if m not in set(picked)]
+    return picked + rest
+
+
+def _cluster_shares(sizes: list[int], k: int) -> list[int]:
+    """``k`` clusters shared in proportion to ``sizes`` (largest remainders), each size ≥ 1 while they last."""
+    if not sizes:
+        return []
+    shares = [min(1, size) for size in sizes] if k >= len(sizes) else [0] * len(sizes)
+    if k < len(sizes):  # fewer clusters than sizes: the most numerous sizes get one each
+        for index in np.argsort(sizes)[::-1][:k]:
+            shares[int(index)] = 1
+        return shares
+    spare = k - sum(shares)
+    ideal = np.array(sizes, dtype=np.float64) / sum(sizes) * spare
+    extra = np.floor(ideal).astype(int)
+    for index in np.argsort(-(ideal - extra))[: spare - int(extra.sum())]:
+        extra[int(index)] += 1
+    return [int(share + more) for share, more in zip(shares, extra)]
 
 
 def _descriptor_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -711,6 +775,10 @@ def _label_round(round_dir: Path, candidates: list[Atoms], settings: LearnSettin
         round_number = int(round_dir.name.removeprefix("round_"))
         order = np.random.default_rng([settings.seed, round_number]).permutation(len(candidates)).tolist()
         order = [k for k in order if np.isfinite(stds[k])]
+    elif settings.selection == "clustered":
+        round_number = int(round_dir.name.removeprefix("round_"))
+        order = select_clustered(stds, [distance_descriptor(a) for a in candidates], settings.per_round,
+                                 seed=settings.seed + 104729 * round_number)
     else:
         order = select_frames(
             stds,
