@@ -346,3 +346,14 @@ def test_clustered_pick_skips_non_finite_and_shares_clusters_between_sizes():
     assert {len(descriptors[f]) for f in picked[:2]} == {3, 6}  # one cluster for each size
     assert learn._cluster_shares([30, 10], 4) == [3, 1]
     assert learn._cluster_shares([30, 10, 5], 2) == [1, 1, 0]
+
+
+def test_cli_offers_every_selection_of_the_loop():
+    import argparse
+
+    from molequi.cli.learn import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    choices = next(action.choices for action in parser._actions if action.dest == "selection")
+    assert tuple(choices) == learn.SELECTIONS
