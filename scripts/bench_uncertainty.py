@@ -44,6 +44,7 @@ sys.path.insert(0, str(REPO / "datasets"))  # the xTB recipe's helpers (datasets
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "rmd17"
 TEMPERATURES = (300.0, 600.0, 1000.0)
 REUSED: list[tuple[str, float]] = []  # (model or loop, its wall seconds) reused from an earlier run in --out
+LOOPS_USED: set[Path] = set()  # learning loops this invocation has run or reused
 
 PROFILES = {
     # quick: a smoke run (~10 min); full: what fits in ~40 min of 2 shared cores. Committee members
@@ -230,9 +231,10 @@ def learning_comparison(molecule: str, files, profile, args, log, max_std: float
         # the pool factor shapes only the uncertain pick: other loops of any pool factor are one loop
         pool = f"_pool{pool_factor}" if selection == "uncertain" and pool_factor != 4 else ""
         loop = args.out / "learn" / molecule / f"{selection}{variant}{pool}"
-        if (loop / f"round_{profile['rounds']:03d}" / "round.json").exists():
+        if loop not in LOOPS_USED and (loop / f"round_{profile['rounds']:03d}" / "round.json").exists():
             REUSED.append(("loop", sum(sum(json.loads(path.read_text())["wall_s"].values())
                                        for path in loop.glob("round_*/round.json"))))
+        LOOPS_USED.add(loop)  # a loop shared by several comparisons is run, or counted as reused, once
         settings = LearnSettings(
             rounds=profile["rounds"], per_round=profile["per_round"], temperatures=temperatures,
             md_steps=profile["md_steps"], committee=profile["learn_members"], replicas=2, sample_every=10,
