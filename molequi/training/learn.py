@@ -312,7 +312,8 @@ def select_clustered(stds: np.ndarray, descriptors: Sequence[np.ndarray], k: int
             in_cluster = [m for m, label in zip(members, labels) if label == cluster]
             picked.append(max(in_cluster, key=lambda m: stds[m]))
     picked.sort(key=lambda m: -stds[m])
-    rest = [int(m) for m in finite[np.argsort(-stds[finite], kind="stable")] if m not in set(picked)]
+    chosen = set(picked)
+    rest = [int(m) for m in finite[np.argsort(-stds[finite], kind="stable")] if m not in chosen]
     return picked + rest
 
 
