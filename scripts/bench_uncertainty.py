@@ -54,8 +54,8 @@ PROFILES = {
     "full": dict(n_train=250, n_calibration=100, n_test=60, members=4, epochs=100, member_minutes=4.0,
                  rounds=3, per_round=8, md_steps=400, learn_members=3, learn_epochs=100),
 }
-# Members in the quickstart's layout (32 channels, harmonics tied to l_max 1).
 LOOP_NAMES = {"uncertain": "uncertain + diverse", "clustered": "most uncertain of each cluster"}
+# Members in the quickstart's layout (32 channels, harmonics tied to l_max 1).
 MODEL = {"model.channels": 32, "model.l_max": 1, "model.num_layers": 2, "model.radial_hidden": [32, 32],
          "model.readout_hidden": 16, "model.edge_l_max": None}
 

@@ -303,10 +303,10 @@ def select_clustered(stds: np.ndarray, descriptors: Sequence[np.ndarray], k: int
         clusters = min(clusters, len(members))
         if clusters == 0:
             continue
-        data = np.stack([descriptors[m] for m in members]).astype(np.float64)
         if clusters == len(members):
             labels = np.arange(len(members))
         else:
+            data = np.stack([descriptors[m] for m in members]).astype(np.float64)
             _, labels = kmeans2(data, clusters, minit="++", seed=rng)
         for cluster in np.unique(labels):
             in_cluster = [m for m, label in zip(members, labels) if label == cluster]
@@ -772,12 +772,11 @@ def _label_round(round_dir: Path, candidates: list[Atoms], settings: LearnSettin
     stds = np.array([a.info["std_max"] for a in candidates], dtype=np.float64)
     if settings.max_std is not None:
         stds[stds > settings.max_std] = np.nan  # beyond the trust ceiling: never labelled
+    round_number = int(round_dir.name.removeprefix("round_"))
     if settings.selection == "random":
-        round_number = int(round_dir.name.removeprefix("round_"))
         order = np.random.default_rng([settings.seed, round_number]).permutation(len(candidates)).tolist()
         order = [k for k in order if np.isfinite(stds[k])]
     elif settings.selection == "clustered":
-        round_number = int(round_dir.name.removeprefix("round_"))
         order = select_clustered(stds, [distance_descriptor(a) for a in candidates], settings.per_round,
                                  seed=settings.seed + 104729 * round_number)
     else:
