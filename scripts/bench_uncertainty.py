@@ -49,10 +49,10 @@ LOOPS_USED: set[Path] = set()  # learning loops this invocation has run or reuse
 PROFILES = {
     # quick: a smoke run (~10 min); full: what fits in ~40 min of 2 shared cores. Committee members
     # stop at `epochs` or after `member_minutes` (whichever comes first: on a loaded machine, the latter)
-    "quick": dict(n_train=100, n_calibration=50, n_test=20, members=4, epochs=25, member_minutes=1.0,
-                  rounds=2, per_round=6, md_steps=200, learn_members=2, learn_epochs=40),
-    "full": dict(n_train=250, n_calibration=100, n_test=60, members=4, epochs=100, member_minutes=4.0,
-                 rounds=3, per_round=8, md_steps=400, learn_members=3, learn_epochs=100),
+    "quick": dict(n_train=100, n_calibration=50, n_test=20, test_trajectories=2, members=4, epochs=25,
+                  member_minutes=1.0, rounds=2, per_round=6, md_steps=200, learn_members=2, learn_epochs=40),
+    "full": dict(n_train=250, n_calibration=100, n_test=120, test_trajectories=4, members=4, epochs=100,
+                 member_minutes=4.0, rounds=3, per_round=8, md_steps=400, learn_members=3, learn_epochs=100),
 }
 LOOP_NAMES = {"uncertain": "uncertain + diverse", "clustered": "most uncertain of each cluster"}
 # Members in the quickstart's layout (32 channels, harmonics tied to l_max 1).
@@ -90,9 +90,11 @@ def xtb_label(structures, desc: str):
         return [label_structure(atoms, calculator) for atoms in structures]
 
 
-def xtb_md_frames(start, temperature: float, n_frames: int, seed: int, stride: int = 20, equilibration: int = 400):
+def xtb_md_frames(start, temperature: float, n_frames: int, seed: int, stride: int = 20, equilibration: int = 400,
+                  trajectory: int = 0):
     """GFN2-xTB Langevin MD (0.5 fs, friction 0.01 1/fs) from ``start``; frames every ``stride``
-    steps after ``equilibration`` steps, each relabelled with a fresh single point."""
+    steps after ``equilibration`` steps, each relabelled with a fresh single point (``info``:
+    ``temperature_K``, ``md_step``, ``trajectory``)."""
     import xtb_md
     from ase import units
     from ase.md.langevin import Langevin
@@ -108,20 +110,26 @@ def xtb_md_frames(start, temperature: float, n_frames: int, seed: int, stride: i
         dyn.run(equilibration)
         for _ in range(n_frames):
             dyn.run(stride)
-            frames.append(xtb_md.label_frame(atoms, labeller, {"temperature_K": temperature, "md_step": dyn.nsteps}))
+            frames.append(xtb_md.label_frame(atoms, labeller, {"temperature_K": temperature, "md_step": dyn.nsteps,
+                                                                "trajectory": trajectory}))
     return frames
 
 
 def molecule_data(molecule: str, profile: dict, args, log) -> dict[str, Path]:
     """xTB-labelled train / calibration sets (rMD17 geometries) and MD test frames per temperature,
-    cached under ``out/data``."""
-    from ase.io import write
+    cached under ``out/data``.
+
+    The test frames of a temperature come from ``test_trajectories`` trajectories started from
+    rMD17 geometries spread through the file (one trajectory stays in one conformer; a user's
+    test set spans several), ``n_test`` frames in all."""
+    import xtb_md
 
     folder = args.out / "data" / molecule
     folder.mkdir(parents=True, exist_ok=True)
     files = {"train": folder / f"train_{profile['n_train']}.extxyz",
              "calibration": folder / f"calibration_{profile['n_calibration']}.extxyz"}
-    files |= {f"md_{t:g}K": folder / f"md_{t:g}K_{profile['n_test']}.extxyz" for t in TEMPERATURES}
+    n_traj = profile["test_trajectories"]
+    files |= {f"md_{t:g}K": folder / f"md_{t:g}K_{profile['n_test']}x{n_traj}.extxyz" for t in TEMPERATURES}
     geometries = rmd17_geometries(args.data_dir, molecule)
     order = np.random.default_rng(0).permutation(len(geometries))
     chosen = {"train": order[: profile["n_train"]],
@@ -129,14 +137,20 @@ def molecule_data(molecule: str, profile: dict, args, log) -> dict[str, Path]:
     for key in ("train", "calibration"):
         if not files[key].exists():
             started = time.monotonic()
-            write(files[key], xtb_label([geometries[k] for k in chosen[key]], key))
+            xtb_md.write_extxyz_atomic(xtb_label([geometries[k] for k in chosen[key]], key), files[key])
             log(f"{molecule}: labelled {len(chosen[key])} {key} geometries with GFN2-xTB ({time.monotonic() - started:.0f} s)")
+    per_trajectory = profile["n_test"] // n_traj
     for t in TEMPERATURES:
         key = f"md_{t:g}K"
         if not files[key].exists():
             started = time.monotonic()
-            write(files[key], xtb_md_frames(geometries[0], t, profile["n_test"], seed=1))
-            log(f"{molecule}: {profile['n_test']} GFN2-xTB MD frames at {t:g} K ({time.monotonic() - started:.0f} s)")
+            frames = []
+            for k in range(n_traj):
+                start = geometries[k * len(geometries) // n_traj]
+                frames += xtb_md_frames(start, t, per_trajectory, seed=1 + k, trajectory=k)
+            xtb_md.write_extxyz_atomic(frames, files[key])
+            log(f"{molecule}: {len(frames)} GFN2-xTB MD frames at {t:g} K from {n_traj} trajectories "
+                f"({time.monotonic() - started:.0f} s)")
     return files
 
 
@@ -186,6 +200,19 @@ def train_members(molecule: str, kind: str, files, profile, args, log) -> list[P
     return models
 
 
+def within_trajectory_spearman(loaded, frames) -> float:
+    """The per-structure Spearman of each test trajectory's frames alone, averaged over the
+    trajectories (the narrower test: the frames of one conformer)."""
+    from molequi.training.uncertainty import committee_errors
+
+    trajectories = sorted({int(frame.info.get("trajectory", 0)) for frame in frames})
+    values = []
+    for k in trajectories:
+        subset = [frame for frame in frames if int(frame.info.get("trajectory", 0)) == k]
+        values.append(forces_metrics(committee_errors(loaded, subset)["forces"])["spearman"])
+    return float(np.mean(values))
+
+
 def calibration_table(models, files, kind: str) -> dict:
     """Metrics per temperature before and after ``molequi calibrate``'s fit (scale or power law,
     chosen by held-out NLL) on the calibration geometries."""
@@ -200,8 +227,10 @@ def calibration_table(models, files, kind: str) -> dict:
     fit = calibration.fits["forces"]
     rows = {}
     for t in TEMPERATURES:
-        errors = committee_errors(loaded, read(files[f"md_{t:g}K"], ":"))["forces"]
-        rows[f"{t:g}K"] = {"before": forces_metrics(errors), "after": forces_metrics(errors, calibration)}
+        frames = read(files[f"md_{t:g}K"], ":")
+        errors = committee_errors(loaded, frames)["forces"]
+        rows[f"{t:g}K"] = {"before": forces_metrics(errors), "after": forces_metrics(errors, calibration),
+                           "spearman_within_trajectory": within_trajectory_spearman(loaded, frames)}
     from molequi.models import read_header
 
     heads = loaded[0].model.config.ensemble_heads
