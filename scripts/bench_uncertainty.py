@@ -244,47 +244,71 @@ def calibration_table(models, files, kind: str) -> dict:
 
 
 def learning_comparison(molecule: str, files, profile, args, log, max_std: float | None = None,
-                        pool_factor: int = 4, loop_selection: str = "uncertain") -> dict:
+                        pool_factor: int = 4, loop_selection: str = "uncertain", seeds: tuple[int, ...] = (0,)) -> dict:
+    """The loop of ``loop_selection`` and the random one, once per seed (the perturbed start
+    copies, the members' initialisation and the MD all follow it); curves per seed and their mean."""
+    per_seed = {seed: {name: run_loop(molecule, files, profile, args, log, max_std, pool_factor, selection, seed)
+                       for name, selection in (("loop", loop_selection), ("random", "random"))}
+                for seed in seeds}
+    curves = {name: mean_curve([per_seed[seed][name] for seed in seeds]) for name in ("loop", "random")}
+    random_final = curves["random"][-1]
+    reached = [p["n_labels"] for p in curves["loop"] if p["forces_mae_meV_per_A"] <= random_final["forces_mae_meV_per_A"]]
+    return {
+        "selection": loop_selection,
+        "seeds": list(seeds),
+        "curves": curves,
+        "per_seed": {str(seed): curves_of_seed for seed, curves_of_seed in per_seed.items()},
+        "random_final_mae": random_final["forces_mae_meV_per_A"],
+        "random_labels": random_final["n_labels"],
+        "loop_labels_to_reach_random": min(reached) if reached else None,
+    }
+
+
+def mean_curve(curves: list[list[dict]]) -> list[dict]:
+    """Round by round: the mean number of labels and force MAE over seeds, with the MAE's range."""
+    rounds = min(len(curve) for curve in curves)
+    mean = []
+    for r in range(rounds):
+        maes = [curve[r]["forces_mae_meV_per_A"] for curve in curves]
+        mean.append({"n_labels": float(np.mean([curve[r]["n_labels"] for curve in curves])),
+                     "forces_mae_meV_per_A": float(np.mean(maes)), "min": float(min(maes)), "max": float(max(maes))})
+    return mean
+
+
+def run_loop(molecule: str, files, profile, args, log, max_std: float | None, pool_factor: int, selection: str,
+             seed: int) -> list[dict]:
+    """One ``molequi learn`` loop (reused when its folder holds the finished rounds): the 1000 K
+    force MAE and largest spread per round."""
     from molequi.training import load_config
     from molequi.training.learn import LearnSettings, run_learning
 
     start = rmd17_geometries(args.data_dir, molecule)[0]
     config = load_config(None, {**MODEL, "max_epochs": profile["learn_epochs"], "validation": 0.1, "device": "cpu",
-                                "batch_size": 4, "seed": 0})
-    curves = {}
+                                "batch_size": 4, "seed": 1000 * seed})
     temperatures = list(args.learn_temperatures or TEMPERATURES)
-    # loops with other settings than the defaults keep their own folders (reused only by a same-settings run)
+    # loops with other settings than the defaults keep their own folders (reused only by a same-settings run);
+    # the pool factor shapes only the uncertain pick: other loops of any pool factor are one loop
     variant = "".join([f"_max_std{max_std:g}" if max_std else "",
-                       "_T" + "-".join(f"{t:g}" for t in temperatures) if args.learn_temperatures else ""])
-    for selection in (loop_selection, "random"):
-        # the pool factor shapes only the uncertain pick: other loops of any pool factor are one loop
-        pool = f"_pool{pool_factor}" if selection == "uncertain" and pool_factor != 4 else ""
-        loop = args.out / "learn" / molecule / f"{selection}{variant}{pool}"
-        if loop not in LOOPS_USED and (loop / f"round_{profile['rounds']:03d}" / "round.json").exists():
-            REUSED.append(("loop", sum(sum(json.loads(path.read_text())["wall_s"].values())
-                                       for path in loop.glob("round_*/round.json"))))
-        LOOPS_USED.add(loop)  # a loop shared by several comparisons is run, or counted as reused, once
-        settings = LearnSettings(
-            rounds=profile["rounds"], per_round=profile["per_round"], temperatures=temperatures,
-            md_steps=profile["md_steps"], committee=profile["learn_members"], replicas=2, sample_every=10,
-            selection=selection, seed=0, max_std=max_std or None,
-            pool_factor=pool_factor if selection == "uncertain" else 4,
-        )
-        started = time.monotonic()
-        result = run_learning(settings, [start], loop, config=config,
-                              test_data=[files["md_1000K"]], log=lambda message: log(f"{molecule} {selection}: {message}"))
-        curves[selection] = [{"n_labels": row["n_labels"], "forces_mae_meV_per_A": row["test_forces_mae_meV_per_A"],
-                              "max_std": row["max_std"]} for row in result.rows]
-        log(f"{molecule}: {selection} loop done ({time.monotonic() - started:.0f} s)")
-    random_final = curves["random"][-1]
-    reached = [p["n_labels"] for p in curves[loop_selection] if p["forces_mae_meV_per_A"] <= random_final["forces_mae_meV_per_A"]]
-    return {
-        "selection": loop_selection,
-        "curves": {"loop": curves[loop_selection], "random": curves["random"]},
-        "random_final_mae": random_final["forces_mae_meV_per_A"],
-        "random_labels": random_final["n_labels"],
-        "loop_labels_to_reach_random": min(reached) if reached else None,
-    }
+                       "_T" + "-".join(f"{t:g}" for t in temperatures) if args.learn_temperatures else "",
+                       f"_pool{pool_factor}" if selection == "uncertain" and pool_factor != 4 else "",
+                       f"_seed{seed}" if seed else ""])
+    loop = args.out / "learn" / molecule / f"{selection}{variant}"
+    if loop not in LOOPS_USED and (loop / f"round_{profile['rounds']:03d}" / "round.json").exists():
+        REUSED.append(("loop", sum(sum(json.loads(path.read_text())["wall_s"].values())
+                                   for path in loop.glob("round_*/round.json"))))
+    LOOPS_USED.add(loop)  # a loop shared by several comparisons is run, or counted as reused, once
+    settings = LearnSettings(
+        rounds=profile["rounds"], per_round=profile["per_round"], temperatures=temperatures,
+        md_steps=profile["md_steps"], committee=profile["learn_members"], replicas=2, sample_every=10,
+        selection=selection, seed=seed, max_std=max_std or None,
+        pool_factor=pool_factor if selection == "uncertain" else 4,
+    )
+    started = time.monotonic()
+    result = run_learning(settings, [start], loop, config=config, test_data=[files["md_1000K"]],
+                          log=lambda message: log(f"{molecule} {selection} seed {seed}: {message}"))
+    log(f"{molecule}: {selection} loop, seed {seed}, done ({time.monotonic() - started:.0f} s)")
+    return [{"n_labels": row["n_labels"], "forces_mae_meV_per_A": row["test_forces_mae_meV_per_A"],
+             "max_std": row["max_std"]} for row in result.rows]
 
 
 # --- report -----------------------------------------------------------------------------------
@@ -319,6 +343,14 @@ def targets(report: dict) -> list[tuple[str, bool]]:
     return checks
 
 
+def _mae_cell(point: dict) -> str:
+    """Mean force MAE, with the range over seeds when there were several."""
+    text = f"{point['forces_mae_meV_per_A']:.0f}"
+    if "min" in point and point["max"] > point["min"]:
+        text += f" ({point['min']:.0f}–{point['max']:.0f})"
+    return text
+
+
 def markdown(report: dict) -> str:
     m = report["machine"]
     lines = [
@@ -335,22 +367,26 @@ def markdown(report: dict) -> str:
         "miscalibration area per force component; calibration fitted on held-out rMD17 geometries (xTB labels) by "
         "`molequi.training.uncertainty.fit_committee_calibration`, as `molequi calibrate` does.",
         "",
-        "| molecule | uncertainty (calibration) | T | Spearman | RMSE÷std before | RMSE÷std after | miscal. area before | after | force RMSE (meV/Å) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| molecule | uncertainty (calibration) | T | Spearman | Spearman within one trajectory | RMSE÷std before | RMSE÷std after | miscal. area before | after | force RMSE (meV/Å) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (molecule, _), result in _calibration_results(report):
         fit = result["calibration"]
         form = f"σ' = {fit['a']:.2f} σ" if fit["form"] == "scale" else f"σ' = {fit['a']:.2f} σ^{fit['b']:.2f}"
         for t, row in result["temperatures"].items():
             b, a = row["before"], row["after"]
+            within = row.get("spearman_within_trajectory")
             lines.append(f"| {molecule} | {result['kind']} ({form}) | {t} | {a['spearman']:.2f} | "
+                         f"{'–' if within is None else f'{within:.2f}'} | "
                          f"{b['rmse_over_std']:.2f} | {a['rmse_over_std']:.2f} | {b['miscalibration_area']:.3f} | "
                          f"{a['miscalibration_area']:.3f} | {a['forces_rmse_meV_per_A']:.0f} |")
     for molecule, result in report["learning"].items():
-        lines += ["", f"Active learning on {molecule} (force MAE on the 1000 K xTB MD frames, meV/Å):", "",
+        seeds = result.get("seeds", [0])
+        over = f"mean over seeds {', '.join(map(str, seeds))} (range)" if len(seeds) > 1 else f"seed {seeds[0]}"
+        lines += ["", f"Active learning on {molecule} (force MAE on the 1000 K xTB MD frames, meV/Å; {over}):", "",
                   f"| labels | loop ({LOOP_NAMES[result['selection']]}) | random from the same MD |", "|---|---|---|"]
         for loop, rand in zip(result["curves"]["loop"], result["curves"]["random"]):
-            lines.append(f"| {loop['n_labels']} | {loop['forces_mae_meV_per_A']:.0f} | {rand['forces_mae_meV_per_A']:.0f} |")
+            lines.append(f"| {loop['n_labels']:g} | {_mae_cell(loop)} | {_mae_cell(rand)} |")
     lines += ["", "Targets:", ""]
     lines += [f"- {'met' if ok else '**not met**'}: {text}" for text, ok in targets(report)]
     return "\n".join(lines) + "\n"
@@ -381,8 +417,10 @@ def plot(report: dict, path: Path) -> None:
     for molecule, result in report["learning"].items():
         for selection, style in (("loop", "o-"), ("random", "s--")):
             curve = result["curves"][selection]
-            ax.plot([p["n_labels"] for p in curve], [p["forces_mae_meV_per_A"] for p in curve], style,
-                    label=f"{molecule} {selection}")
+            mae = np.array([p["forces_mae_meV_per_A"] for p in curve])
+            spread = np.array([[p.get("min", m) for p, m in zip(curve, mae)], [p.get("max", m) for p, m in zip(curve, mae)]])
+            ax.errorbar([p["n_labels"] for p in curve], mae, yerr=np.abs(spread - mae), fmt=style, capsize=3,
+                        label=f"{molecule} {selection}")
     ax.set_xlabel("labelled structures")
     ax.set_ylabel("force MAE at 1000 K (meV/Å)")
     ax.set_yscale("log")
@@ -409,6 +447,9 @@ def main(argv=None) -> int:
                         help="(b): molequi learn --selection of the loops compared with random selection")
     parser.add_argument("--learn-temperatures", type=float, nargs="+", default=None, metavar="K",
                         help=f"(b): MD temperatures of the loops (default {' '.join(f'{t:g}' for t in TEMPERATURES)})")
+    parser.add_argument("--learn-seeds", type=int, nargs="+", default=[0], metavar="S",
+                        help="(b): seeds of every loop pair (start copies, members, MD); the tables show the mean "
+                        "over seeds and its range")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA, help="rMD17 .npz directory (geometries only)")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench_uncertainty")
     parser.add_argument("--readme", action="store_true", help="paste the Markdown table into README.md")
@@ -448,7 +489,8 @@ def main(argv=None) -> int:
                         f", --pool-factor {pool_factor}" if pool_factor != 4 else "") + (
                         f", --selection {selection}" if selection != "uncertain" else "")
                     report["learning"][key] = learning_comparison(molecule, files[molecule], profile, args, log,
-                                                                  max_std, pool_factor, selection)
+                                                                  max_std, pool_factor, selection,
+                                                                  tuple(args.learn_seeds))
     report["reused"] = list(REUSED)
     report["wall_s"] = time.monotonic() - started
     report["cpu_s"] = cpu_seconds() - cpu_started
