@@ -338,8 +338,8 @@ def targets(report: dict) -> list[tuple[str, bool]]:
         n = result["loop_labels_to_reach_random"]
         ok = n is not None and n <= 0.5 * result["random_labels"]
         checks.append((f"{molecule}: loop reaches random selection's 1000 K force MAE "
-                       f"({result['random_final_mae']:.0f} meV/Å at {result['random_labels']} labels) with ≤ half the labels "
-                       f"({'never' if n is None else f'{n} labels'})", ok))
+                       f"({result['random_final_mae']:.0f} meV/Å at {result['random_labels']:g} labels) with ≤ half the labels "
+                       f"({'never' if n is None else f'{n:g} labels'})", ok))
     return checks
 
 
