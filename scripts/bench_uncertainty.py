@@ -27,6 +27,7 @@ reaches random selection's final 1000 K error with at most half of its labels.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -244,10 +245,12 @@ def calibration_table(models, files, kind: str) -> dict:
 
 
 def learning_comparison(molecule: str, files, profile, args, log, max_std: float | None = None,
-                        pool_factor: int = 4, loop_selection: str = "uncertain", seeds: tuple[int, ...] = (0,)) -> dict:
+                        pool_factor: int = 4, loop_selection: str = "uncertain", seeds: tuple[int, ...] = (0,),
+                        trust_scope: str = "frame") -> dict:
     """The loop of ``loop_selection`` and the random one, once per seed (the perturbed start
     copies, the members' initialisation and the MD all follow it); curves per seed and their mean."""
-    per_seed = {seed: {name: run_loop(molecule, files, profile, args, log, max_std, pool_factor, selection, seed)
+    per_seed = {seed: {name: run_loop(molecule, files, profile, args, log, max_std, pool_factor, selection, seed,
+                                      trust_scope)
                        for name, selection in (("loop", loop_selection), ("random", "random"))}
                 for seed in seeds}
     curves = {name: mean_curve([per_seed[seed][name] for seed in seeds]) for name in ("loop", "random")}
@@ -276,7 +279,7 @@ def mean_curve(curves: list[list[dict]]) -> list[dict]:
 
 
 def run_loop(molecule: str, files, profile, args, log, max_std: float | None, pool_factor: int, selection: str,
-             seed: int) -> list[dict]:
+             seed: int, trust_scope: str = "frame") -> list[dict]:
     """One ``molequi learn`` loop (reused when its folder holds the finished rounds): the 1000 K
     force MAE and largest spread per round."""
     from molequi.training import load_config
@@ -291,6 +294,7 @@ def run_loop(molecule: str, files, profile, args, log, max_std: float | None, po
     variant = "".join([f"_max_std{max_std:g}" if max_std else "",
                        "_T" + "-".join(f"{t:g}" for t in temperatures) if args.learn_temperatures else "",
                        f"_pool{pool_factor}" if selection == "uncertain" and pool_factor != 4 else "",
+                       f"_{trust_scope}" if max_std and trust_scope != "frame" else "",
                        f"_seed{seed}" if seed else ""])
     loop = args.out / "learn" / molecule / f"{selection}{variant}"
     if loop not in LOOPS_USED and (loop / f"round_{profile['rounds']:03d}" / "round.json").exists():
@@ -300,7 +304,7 @@ def run_loop(molecule: str, files, profile, args, log, max_std: float | None, po
     settings = LearnSettings(
         rounds=profile["rounds"], per_round=profile["per_round"], temperatures=temperatures,
         md_steps=profile["md_steps"], committee=profile["learn_members"], replicas=2, sample_every=10,
-        selection=selection, seed=seed, max_std=max_std or None,
+        selection=selection, seed=seed, max_std=max_std or None, trust_scope=trust_scope,
         pool_factor=pool_factor if selection == "uncertain" else 4,
     )
     started = time.monotonic()
@@ -447,6 +451,8 @@ def main(argv=None) -> int:
                         help="(b): molequi learn --selection of the loops compared with random selection")
     parser.add_argument("--learn-temperatures", type=float, nargs="+", default=None, metavar="K",
                         help=f"(b): MD temperatures of the loops (default {' '.join(f'{t:g}' for t in TEMPERATURES)})")
+    parser.add_argument("--learn-trust-scopes", nargs="+", default=["frame"], choices=["frame", "trajectory"],
+                        help="(b): molequi learn --trust-scope of the loops under a ceiling, one pair of loops each")
     parser.add_argument("--learn-seeds", type=int, nargs="+", default=[0], metavar="S",
                         help="(b): seeds of every loop pair (start copies, members, MD); the tables show the mean "
                         "over seeds and its range")
@@ -481,16 +487,19 @@ def main(argv=None) -> int:
             models = train_members(molecule, kind, files[molecule], profile, args, log)
             report["calibration"][f"{molecule}/{kind}"] = calibration_table(models, files[molecule], kind)
     for molecule in args.learn_molecules:
-        for max_std in args.learn_max_std:
+        for max_std, trust_scope in itertools.product(args.learn_max_std, args.learn_trust_scopes):
+            if trust_scope != "frame" and not max_std:
+                continue  # without a ceiling the scope changes nothing
             for selection in args.learn_selections:
                 pools = args.learn_pool_factor if selection == "uncertain" else [4]
                 for pool_factor in pools:
                     key = molecule + (f", --max-std {max_std:g} eV/Å" if max_std else "") + (
+                        f", --trust-scope {trust_scope}" if trust_scope != "frame" else "") + (
                         f", --pool-factor {pool_factor}" if pool_factor != 4 else "") + (
                         f", --selection {selection}" if selection != "uncertain" else "")
                     report["learning"][key] = learning_comparison(molecule, files[molecule], profile, args, log,
                                                                   max_std, pool_factor, selection,
-                                                                  tuple(args.learn_seeds))
+                                                                  tuple(args.learn_seeds), trust_scope)
     report["reused"] = list(REUSED)
     report["wall_s"] = time.monotonic() - started
     report["cpu_s"] = cpu_seconds() - cpu_started

@@ -357,3 +357,38 @@ def test_cli_offers_every_selection_of_the_loop():
     add_arguments(parser)
     choices = next(action.choices for action in parser._actions if action.dest == "selection")
     assert tuple(choices) == learn.SELECTIONS
+    scopes = next(action.choices for action in parser._actions if action.dest == "trust_scope")
+    assert tuple(scopes) == learn.TRUST_SCOPES
+
+
+def test_trajectory_scope_rules_out_a_trajectory_from_its_first_frame_over_the_ceiling():
+    stds = np.array([0.2, 1.5, 0.3, 0.4, 0.2, 0.3, np.nan, 0.1])
+    systems = [0, 0, 0, 0, 1, 1, 1, 2]
+    steps = [10, 20, 30, 40, 10, 20, 30, 10]
+    frame = learn.beyond_ceiling(stds, systems, steps, 1.0, "frame")
+    assert frame.tolist() == [False, True, False, False, False, False, True, False]
+    trajectory = learn.beyond_ceiling(stds, systems, steps, 1.0, "trajectory")
+    # system 0 crossed at step 20: its frames at 30 and 40 go too, though under the ceiling
+    assert trajectory.tolist() == [False, True, True, True, False, False, True, False]
+    # order within a trajectory is the MD step, not the position in the list
+    shuffled = learn.beyond_ceiling(stds[::-1], systems[::-1], steps[::-1], 1.0, "trajectory")
+    assert shuffled.tolist() == trajectory.tolist()[::-1]
+
+
+def test_trajectory_scope_labels_only_frames_before_the_crossing(tmp_path):
+    from ase.calculators.emt import EMT
+    from ase.io import read
+
+    candidates = []
+    for k, std in enumerate([0.1, 5.0, 0.9, 0.8, 0.3, 0.2]):
+        atoms = molecule("CH3CH2OH")
+        atoms.positions += np.random.default_rng(k).normal(0.0, 0.05, atoms.positions.shape)
+        atoms.info.update(std_max=std, system=0 if k < 4 else 1, md_step=10 * (k % 4 + 1))
+        candidates.append(atoms)
+    settings = LearnSettings(**{**SETTINGS, "per_round": 2, "max_std": 1.0, "trust_scope": "trajectory",
+                                "pool_factor": 1})
+    round_dir = tmp_path / "round_000"
+    round_dir.mkdir()
+    assert learn._label_round(round_dir, candidates, settings, EMT, lambda m: None) == 2
+    picked = {int(a.info["candidate"]) for a in read(round_dir / "labelled.extxyz", ":")}
+    assert picked == {4, 5}  # the most uncertain allowed; never 2 or 3, though more uncertain and under the ceiling

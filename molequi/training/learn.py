@@ -62,6 +62,7 @@ ROUND_COLUMNS = [
     "test_energy_mae_meV", "test_forces_mae_meV_per_A", "test_forces_rmse_meV_per_A",
 ]
 SELECTIONS = ("uncertain", "clustered", "random")
+TRUST_SCOPES = ("frame", "trajectory")
 _EXTXYZ_DECIMALS = 8  # extxyz stores positions with 8 decimals: label exactly what is stored
 
 
@@ -95,6 +96,11 @@ class LearnSettings:
         max_std: frames whose largest per-atom force spread exceeds this (eV/Å) are not labelled:
             a committee that disagrees that much has usually left physical geometries (a trust
             ceiling, as in DP-GEN); None: no ceiling.
+        trust_scope: what a frame over ``max_std`` rules out: ``"frame"`` (that frame only) or
+            ``"trajectory"`` (that frame and every later one of its MD system: a trajectory driven
+            by forces the committee disagrees on has left the region its labels describe, and its
+            later frames are no more physical when the spread dips again; see
+            :func:`beyond_ceiling`).
         timestep: MD time step, fs.
         friction: Langevin friction, 1/fs.
         seed: base seed of the perturbations, the members and the MD.
@@ -115,6 +121,7 @@ class LearnSettings:
     pool_factor: int = 4
     selection: str = "uncertain"
     max_std: float | None = None
+    trust_scope: str = "frame"
     timestep: float = 0.5
     friction: float = 0.01
     seed: int = 0
@@ -139,6 +146,8 @@ class LearnSettings:
              f"--sample-every must be between 1 and --md-steps ({self.md_steps}), got {self.sample_every}"),
             (self.pool_factor >= 1, f"--pool-factor must be ≥ 1, got {self.pool_factor}"),
             (self.max_std is None or self.max_std > 0, f"--max-std must be > 0 eV/Å, got {self.max_std}"),
+            (self.trust_scope in TRUST_SCOPES,
+             f"--trust-scope must be one of {', '.join(TRUST_SCOPES)}, got {self.trust_scope!r}"),
             (self.selection in SELECTIONS, f"--selection must be one of {', '.join(SELECTIONS)}, got '{self.selection}'"),
             (self.timestep > 0, f"--timestep must be > 0 fs, got {self.timestep}"),
             (self.friction >= 0, f"--friction must be ≥ 0 1/fs, got {self.friction}"),
@@ -332,6 +341,32 @@ def _cluster_shares(sizes: list[int], k: int) -> list[int]:
     for index in np.argsort(-(ideal - extra))[: spare - int(extra.sum())]:
         extra[int(index)] += 1
     return [int(share + more) for share, more in zip(shares, extra)]
+
+
+def beyond_ceiling(stds: np.ndarray, systems: Sequence[int], steps: Sequence[int], ceiling: float,
+                   scope: str = "frame") -> np.ndarray:
+    """Frames the trust ceiling rules out: a [n_frames] boolean mask.
+
+    Args:
+        stds: [n_frames] largest per-atom force spread per frame, eV/Å.
+        systems: the MD system (trajectory) of each frame.
+        steps: the MD step of each frame (order within its trajectory).
+        ceiling: eV/Å.
+        scope: ``"frame"``: the frames over ``ceiling``; ``"trajectory"``: also every frame of a
+            trajectory after its first one over ``ceiling``.
+    """
+    stds = np.asarray(stds, dtype=np.float64)
+    over = ~(stds <= ceiling)  # NaN spreads count as over
+    if scope == "frame":
+        return over
+    systems, steps = np.asarray(systems), np.asarray(steps)
+    ruled_out = over.copy()
+    for system in np.unique(systems):
+        frames = np.flatnonzero(systems == system)
+        crossed = steps[frames][over[frames]]
+        if len(crossed):
+            ruled_out[frames[steps[frames] >= crossed.min()]] = True
+    return ruled_out
 
 
 def _descriptor_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -770,8 +805,9 @@ def _label_round(round_dir: Path, candidates: list[Atoms], settings: LearnSettin
     partial = round_dir / "labelled.partial.extxyz"
     done = read(partial, ":") if partial.exists() else []
     stds = np.array([a.info["std_max"] for a in candidates], dtype=np.float64)
-    if settings.max_std is not None:
-        stds[stds > settings.max_std] = np.nan  # beyond the trust ceiling: never labelled
+    if settings.max_std is not None:  # beyond the trust ceiling: never labelled
+        stds[beyond_ceiling(stds, [a.info.get("system", k) for k, a in enumerate(candidates)],
+                            [a.info.get("md_step", 0) for a in candidates], settings.max_std, settings.trust_scope)] = np.nan
     round_number = int(round_dir.name.removeprefix("round_"))
     if settings.selection == "random":
         order = np.random.default_rng([settings.seed, round_number]).permutation(len(candidates)).tolist()
