@@ -273,8 +273,10 @@ def mean_curve(curves: list[list[dict]]) -> list[dict]:
     mean = []
     for r in range(rounds):
         maes = [curve[r]["forces_mae_meV_per_A"] for curve in curves]
+        excess = [curve[r].get("labelled_energy_excess_eV") for curve in curves]
         mean.append({"n_labels": float(np.mean([curve[r]["n_labels"] for curve in curves])),
-                     "forces_mae_meV_per_A": float(np.mean(maes)), "min": float(min(maes)), "max": float(max(maes))})
+                     "forces_mae_meV_per_A": float(np.mean(maes)), "min": float(min(maes)), "max": float(max(maes)),
+                     "labelled_energy_excess_eV": float(np.mean(excess)) if None not in excess else None})
     return mean
 
 
@@ -311,8 +313,24 @@ def run_loop(molecule: str, files, profile, args, log, max_std: float | None, po
     result = run_learning(settings, [start], loop, config=config, test_data=[files["md_1000K"]],
                           log=lambda message: log(f"{molecule} {selection} seed {seed}: {message}"))
     log(f"{molecule}: {selection} loop, seed {seed}, done ({time.monotonic() - started:.0f} s)")
+    excess = labelled_energy_excess(loop, files["md_1000K"], len(result.rows))
     return [{"n_labels": row["n_labels"], "forces_mae_meV_per_A": row["test_forces_mae_meV_per_A"],
-             "max_std": row["max_std"]} for row in result.rows]
+             "max_std": row["max_std"], "labelled_energy_excess_eV": excess[r]} for r, row in enumerate(result.rows)]
+
+
+def labelled_energy_excess(loop: Path, test_file: Path, n_rounds: int) -> list[float | None]:
+    """Per round, the median reference energy of the frames it labelled above the median of the
+    1000 K test frames, eV (None for the last round, which labels nothing): how far from the
+    thermal 1000 K region the picks lie (committee MD on a poor model strays eV above it)."""
+    from ase.io import read
+
+    reference = float(np.median([atoms.get_potential_energy() for atoms in read(test_file, ":")]))
+    excess: list[float | None] = []
+    for r in range(n_rounds):
+        path = loop / f"round_{r:03d}" / "labelled.extxyz"
+        frames = read(path, ":") if path.exists() else []
+        excess.append(float(np.median([a.get_potential_energy() for a in frames])) - reference if frames else None)
+    return excess
 
 
 # --- report -----------------------------------------------------------------------------------
@@ -355,6 +373,11 @@ def _mae_cell(point: dict) -> str:
     return text
 
 
+def _excess_cell(point: dict) -> str:
+    excess = point.get("labelled_energy_excess_eV")
+    return "–" if excess is None else f"{excess:.1f}"
+
+
 def markdown(report: dict) -> str:
     m = report["machine"]
     lines = [
@@ -388,9 +411,11 @@ def markdown(report: dict) -> str:
         seeds = result.get("seeds", [0])
         over = f"mean over seeds {', '.join(map(str, seeds))} (range)" if len(seeds) > 1 else f"seed {seeds[0]}"
         lines += ["", f"Active learning on {molecule} (force MAE on the 1000 K xTB MD frames, meV/Å; {over}):", "",
-                  f"| labels | loop ({LOOP_NAMES[result['selection']]}) | random from the same MD |", "|---|---|---|"]
+                  f"| labels | loop ({LOOP_NAMES[result['selection']]}) | random from the same MD | "
+                  "median energy of the frames it labels next above the test frames', loop / random (eV) |", "|---|---|---|---|"]
         for loop, rand in zip(result["curves"]["loop"], result["curves"]["random"]):
-            lines.append(f"| {loop['n_labels']:g} | {_mae_cell(loop)} | {_mae_cell(rand)} |")
+            lines.append(f"| {loop['n_labels']:g} | {_mae_cell(loop)} | {_mae_cell(rand)} | "
+                         f"{_excess_cell(loop)} / {_excess_cell(rand)} |")
     lines += ["", "Targets:", ""]
     lines += [f"- {'met' if ok else '**not met**'}: {text}" for text, ok in targets(report)]
     return "\n".join(lines) + "\n"

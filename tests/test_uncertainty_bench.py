@@ -17,14 +17,16 @@ def load_bench():
 
 
 def curve(*maes: float) -> list[dict]:
-    return [{"n_labels": 5 + 8 * r, "forces_mae_meV_per_A": mae, "max_std": 0.5} for r, mae in enumerate(maes)]
+    return [{"n_labels": 5 + 8 * r, "forces_mae_meV_per_A": mae, "max_std": 0.5,
+             "labelled_energy_excess_eV": 0.5 if r < len(maes) - 1 else None} for r, mae in enumerate(maes)]
 
 
 def test_mean_curve_averages_seeds_round_by_round_and_keeps_the_range():
     bench = load_bench()
     mean = bench.mean_curve([curve(300.0, 200.0, 100.0), curve(200.0, 100.0)])
     assert len(mean) == 2  # a seed with fewer finished rounds limits the curve
-    assert mean[0] == {"n_labels": 5.0, "forces_mae_meV_per_A": 250.0, "min": 200.0, "max": 300.0}
+    assert mean[0] == {"n_labels": 5.0, "forces_mae_meV_per_A": 250.0, "min": 200.0, "max": 300.0,
+                       "labelled_energy_excess_eV": 0.5}
     assert mean[1]["forces_mae_meV_per_A"] == 150.0
 
 
@@ -58,4 +60,4 @@ def test_learning_table_shows_the_mean_and_the_range_over_seeds():
                   load_after=1.0, wall_s=60.0, cpu_s=60.0)
     text = bench.markdown(report)
     assert "mean over seeds 0, 1 (range)" in text
-    assert "| 13 | 100 (90–110) | 200 |" in text  # one value where the seeds agree
+    assert "| 13 | 100 (90–110) | 200 | – / – |" in text  # one value where the seeds agree; no picks after the last round
