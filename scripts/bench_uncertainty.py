@@ -4,7 +4,8 @@
 (a) Calibration. For each molecule, a committee of 4 potentials and one shallow ensemble of 4
     heads (``--ensemble-heads 4``) are trained on GFN2-xTB labels of rMD17 geometries (DFT MD at
     500 K, relabelled with xTB) and tested on frames of GFN2-xTB Langevin MD at 300, 600 and
-    1000 K. Per temperature, before and after calibration, the metrics of ``molequi evaluate``:
+    1000 K (four trajectories from different rMD17 geometries; the Spearman within one trajectory
+    is reported beside). Per temperature, before and after calibration, the metrics of ``molequi evaluate``:
     ``forces_std_spearman`` (per structure: mean |force error| vs mean predicted std),
     ``forces_rmse_over_std`` (RMSE of the force components ÷ RMS predicted std) and
     ``miscalibration_area``. The calibration is ``molequi calibrate``'s (scale or power law, chosen
@@ -12,7 +13,9 @@
     test frames are never used for it).
 (b) Active learning vs random selection: ``molequi learn`` from one unlabelled geometry (labelled
     with 4 perturbed copies), committee MD at 300, 600 and 1000 K, and the same loop with frames
-    drawn at random from its own MD; force MAE on the 1000 K frames against the number of labels.
+    drawn at random from its own MD; force MAE on the 1000 K frames against the number of labels,
+    per seed (``--learn-seeds``) and averaged, and how far above the 1000 K test frames (median
+    reference energy) the frames each loop labels lie.
 
     python scripts/bench_uncertainty.py --quick                 # ~10 min on 2 busy cores
     python scripts/bench_uncertainty.py --out runs/bench_uncertainty --readme
