@@ -43,6 +43,8 @@ from pathlib import Path
 
 import numpy as np
 
+from molequi.training.learn import LearnSettings
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "datasets"))  # the xTB recipe's helpers (datasets/xtb_md.py)
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "rmd17"
@@ -58,6 +60,7 @@ PROFILES = {
     "full": dict(n_train=250, n_calibration=100, n_test=120, test_trajectories=4, members=4, epochs=100,
                  member_minutes=4.0, rounds=3, per_round=8, md_steps=400, learn_members=3, learn_epochs=100),
 }
+DEFAULT_POOL_FACTOR = LearnSettings.pool_factor  # molequi learn's default: loops at it share one folder
 LOOP_NAMES = {"uncertain": "uncertain + diverse", "clustered": "most uncertain of each cluster"}
 # Members in the quickstart's layout (32 channels, harmonics tied to l_max 1).
 MODEL = {"model.channels": 32, "model.l_max": 1, "model.num_layers": 2, "model.radial_hidden": [32, 32],
@@ -248,7 +251,7 @@ def calibration_table(models, files, kind: str) -> dict:
 
 
 def learning_comparison(molecule: str, files, profile, args, log, max_std: float | None = None,
-                        pool_factor: int = 4, loop_selection: str = "uncertain", seeds: tuple[int, ...] = (0,),
+                        pool_factor: int = DEFAULT_POOL_FACTOR, loop_selection: str = "uncertain", seeds: tuple[int, ...] = (0,),
                         trust_scope: str = "frame") -> dict:
     """The loop of ``loop_selection`` and the random one, once per seed (the perturbed start
     copies, the members' initialisation and the MD all follow it); curves per seed and their mean."""
@@ -298,7 +301,7 @@ def run_loop(molecule: str, files, profile, args, log, max_std: float | None, po
     # the pool factor shapes only the uncertain pick: other loops of any pool factor are one loop
     variant = "".join([f"_max_std{max_std:g}" if max_std else "",
                        "_T" + "-".join(f"{t:g}" for t in temperatures) if args.learn_temperatures else "",
-                       f"_pool{pool_factor}" if selection == "uncertain" and pool_factor != 4 else "",
+                       f"_pool{pool_factor}" if selection == "uncertain" and pool_factor != DEFAULT_POOL_FACTOR else "",
                        f"_{trust_scope}" if max_std and trust_scope != "frame" else "",
                        f"_seed{seed}" if seed else ""])
     loop = args.out / "learn" / molecule / f"{selection}{variant}"
@@ -310,7 +313,7 @@ def run_loop(molecule: str, files, profile, args, log, max_std: float | None, po
         rounds=profile["rounds"], per_round=profile["per_round"], temperatures=temperatures,
         md_steps=profile["md_steps"], committee=profile["learn_members"], replicas=2, sample_every=10,
         selection=selection, seed=seed, max_std=max_std or None, trust_scope=trust_scope,
-        pool_factor=pool_factor if selection == "uncertain" else 4,
+        pool_factor=pool_factor if selection == "uncertain" else DEFAULT_POOL_FACTOR,
     )
     started = time.monotonic()
     result = run_learning(settings, [start], loop, config=config, test_data=[files["md_1000K"]],
@@ -472,7 +475,7 @@ def main(argv=None) -> int:
     parser.add_argument("--learn-max-std", type=float, nargs="+", default=[0.0], metavar="EV_PER_A",
                         help="(b): trust ceilings of the loops (molequi learn --max-std, both selections), one pair "
                         "of loops each; 0 = none")
-    parser.add_argument("--learn-pool-factor", type=int, nargs="+", default=[4], metavar="P",
+    parser.add_argument("--learn-pool-factor", type=int, nargs="+", default=[DEFAULT_POOL_FACTOR], metavar="P",
                         help="(b): molequi learn --pool-factor of the uncertain loops (the diverse pick among the "
                         "P × per-round most uncertain frames), one pair of loops each")
     parser.add_argument("--learn-selections", nargs="+", default=["uncertain"], choices=list(LOOP_NAMES),
@@ -519,11 +522,11 @@ def main(argv=None) -> int:
             if trust_scope != "frame" and not max_std:
                 continue  # without a ceiling the scope changes nothing
             for selection in args.learn_selections:
-                pools = args.learn_pool_factor if selection == "uncertain" else [4]
+                pools = args.learn_pool_factor if selection == "uncertain" else [DEFAULT_POOL_FACTOR]
                 for pool_factor in pools:
                     key = molecule + (f", --max-std {max_std:g} eV/Å" if max_std else "") + (
                         f", --trust-scope {trust_scope}" if trust_scope != "frame" else "") + (
-                        f", --pool-factor {pool_factor}" if pool_factor != 4 else "") + (
+                        f", --pool-factor {pool_factor}" if pool_factor != DEFAULT_POOL_FACTOR else "") + (
                         f", --selection {selection}" if selection != "uncertain" else "")
                     report["learning"][key] = learning_comparison(molecule, files[molecule], profile, args, log,
                                                                   max_std, pool_factor, selection,
