@@ -30,7 +30,6 @@ reaches random selection's final 1000 K error with at most half of its labels.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import math
 import os
@@ -237,7 +236,8 @@ def calibration_table(models, files, kind: str) -> dict:
         frames = read(files[f"md_{t:g}K"], ":")
         errors = committee_errors(loaded, frames)["forces"]
         rows[f"{t:g}K"] = {"before": forces_metrics(errors), "after": forces_metrics(errors, calibration),
-                           "spearman_within_trajectory": within_trajectory_spearman(loaded, frames)}
+                           "spearman_within_trajectory": within_trajectory_spearman(loaded, frames),
+                           "spearman_if_exact": ideal_spearman(calibration.apply("forces", errors.std), errors.groups)}
     from molequi.models import read_header
 
     heads = loaded[0].model.config.ensemble_heads
@@ -379,6 +379,10 @@ def _mae_cell(point: dict) -> str:
     return text
 
 
+def _number(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
 def _excess_cell(point: dict) -> str:
     excess = point.get("labelled_energy_excess_eV")
     return "–" if excess is None else f"{excess:.1f}"
@@ -396,21 +400,23 @@ def markdown(report: dict) -> str:
            f"{sum(kind == 'loop' for kind, _ in report['reused'])} learning loops, which had taken "
            f"{sum(seconds for _, seconds in report['reused']) / 60:.0f} min wall." if report.get("reused") else ""),
         "",
-        "Spearman: per structure, mean |force error| vs mean predicted std (unchanged by calibration); RMSE÷std and "
+        "Spearman: per structure, mean |force error| vs mean predicted std (unchanged by calibration); within one "
+        "trajectory: the same over each test trajectory's frames alone, averaged; if the errors followed the std: "
+        "the mean Spearman of 200 sets of errors drawn from N(0, calibrated std²), the most these error bars can "
+        "reach on these frames (they vary too little between structures to rank them better); RMSE÷std and "
         "miscalibration area per force component; calibration fitted on held-out rMD17 geometries (xTB labels) by "
         "`molequi.training.uncertainty.fit_committee_calibration`, as `molequi calibrate` does.",
         "",
-        "| molecule | uncertainty (calibration) | T | Spearman | Spearman within one trajectory | RMSE÷std before | RMSE÷std after | miscal. area before | after | force RMSE (meV/Å) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| molecule | uncertainty (calibration) | T | Spearman | within one trajectory | if the errors followed the std | RMSE÷std before | RMSE÷std after | miscal. area before | after | force RMSE (meV/Å) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (molecule, _), result in _calibration_results(report):
         fit = result["calibration"]
         form = f"σ' = {fit['a']:.2f} σ" if fit["form"] == "scale" else f"σ' = {fit['a']:.2f} σ^{fit['b']:.2f}"
         for t, row in result["temperatures"].items():
             b, a = row["before"], row["after"]
-            within = row.get("spearman_within_trajectory")
             lines.append(f"| {molecule} | {result['kind']} ({form}) | {t} | {a['spearman']:.2f} | "
-                         f"{'–' if within is None else f'{within:.2f}'} | "
+                         f"{_number(row.get('spearman_within_trajectory'))} | {_number(row.get('spearman_if_exact'))} | "
                          f"{b['rmse_over_std']:.2f} | {a['rmse_over_std']:.2f} | {b['miscalibration_area']:.3f} | "
                          f"{a['miscalibration_area']:.3f} | {a['forces_rmse_meV_per_A']:.0f} |")
     for molecule, result in report["learning"].items():
@@ -466,15 +472,46 @@ def plot(report: dict, path: Path) -> None:
     plt.close(figure)
 
 
+def ceiling(text: str) -> tuple[float, str]:
+    """``--learn-max-std`` values: ``EV_PER_A`` or ``EV_PER_A:SCOPE`` (molequi learn's --trust-scope)."""
+    value, _, scope = text.partition(":")
+    scope = scope or "frame"
+    if scope not in ("frame", "trajectory"):
+        raise argparse.ArgumentTypeError(f"trust scope must be 'frame' or 'trajectory', got {scope!r}")
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of eV/Å: {value!r}") from None
+    if number < 0 or not math.isfinite(number) or (scope != "frame" and number == 0):
+        raise argparse.ArgumentTypeError(f"a ceiling must be ≥ 0 eV/Å (> 0 with a scope), got {text!r}")
+    return number, scope
+
+
+def ideal_spearman(std: np.ndarray, groups: np.ndarray, draws: int = 200, seed: int = 0) -> float:
+    """The per-structure Spearman that errors drawn exactly from N(0, std²) would reach, averaged
+    over ``draws``: the ceiling the predicted stds allow (stds that vary little between structures
+    cannot rank them well, however right they are)."""
+    from scipy.stats import spearmanr
+
+    rng = np.random.default_rng(seed)
+    count = np.bincount(groups)
+    keep = count > 0
+    mean_std = np.bincount(groups, std)[keep] / count[keep]
+    values = [spearmanr(np.bincount(groups, np.abs(rng.normal(0.0, std)))[keep] / count[keep], mean_std)[0]
+              for _ in range(draws)]
+    return float(np.mean(values))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run of every stage)")
     parser.add_argument("--molecules", nargs="*", default=["ethanol", "aspirin"],
                         help="rMD17 molecules for (a); none: skip (a)")
     parser.add_argument("--learn-molecules", nargs="*", default=["ethanol"], help="molecules for (b)")
-    parser.add_argument("--learn-max-std", type=float, nargs="+", default=[0.0], metavar="EV_PER_A",
+    parser.add_argument("--learn-max-std", type=ceiling, nargs="+", default=[(0.0, "frame")],
+                        metavar="EV_PER_A[:SCOPE]",
                         help="(b): trust ceilings of the loops (molequi learn --max-std, both selections), one pair "
-                        "of loops each; 0 = none")
+                        "of loops each; 0 = none; ':trajectory' adds --trust-scope trajectory (e.g. 0.6:trajectory)")
     parser.add_argument("--learn-pool-factor", type=int, nargs="+", default=[DEFAULT_POOL_FACTOR], metavar="P",
                         help="(b): molequi learn --pool-factor of the uncertain loops (the diverse pick among the "
                         "P × per-round most uncertain frames), one pair of loops each")
@@ -482,8 +519,6 @@ def main(argv=None) -> int:
                         help="(b): molequi learn --selection of the loops compared with random selection")
     parser.add_argument("--learn-temperatures", type=float, nargs="+", default=None, metavar="K",
                         help=f"(b): MD temperatures of the loops (default {' '.join(f'{t:g}' for t in TEMPERATURES)})")
-    parser.add_argument("--learn-trust-scopes", nargs="+", default=["frame"], choices=["frame", "trajectory"],
-                        help="(b): molequi learn --trust-scope of the loops under a ceiling, one pair of loops each")
     parser.add_argument("--learn-seeds", type=int, nargs="+", default=[0], metavar="S",
                         help="(b): seeds of every loop pair (start copies, members, MD); the tables show the mean "
                         "over seeds and its range")
@@ -518,9 +553,7 @@ def main(argv=None) -> int:
             models = train_members(molecule, kind, files[molecule], profile, args, log)
             report["calibration"][f"{molecule}/{kind}"] = calibration_table(models, files[molecule], kind)
     for molecule in args.learn_molecules:
-        for max_std, trust_scope in itertools.product(args.learn_max_std, args.learn_trust_scopes):
-            if trust_scope != "frame" and not max_std:
-                continue  # without a ceiling the scope changes nothing
+        for max_std, trust_scope in args.learn_max_std:
             for selection in args.learn_selections:
                 pools = args.learn_pool_factor if selection == "uncertain" else [DEFAULT_POOL_FACTOR]
                 for pool_factor in pools:

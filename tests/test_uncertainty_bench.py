@@ -61,3 +61,28 @@ def test_learning_table_shows_the_mean_and_the_range_over_seeds():
     text = bench.markdown(report)
     assert "mean over seeds 0, 1 (range)" in text
     assert "| 13 | 100 (90–110) | 200 | – / – |" in text  # one value where the seeds agree; no picks after the last round
+
+
+def test_ideal_spearman_is_high_for_spread_stds_and_near_zero_for_equal_ones():
+    import numpy as np
+
+    bench = load_bench()
+    groups = np.repeat(np.arange(40), 27)  # 40 structures of 9 atoms × 3 components
+    spread = np.repeat(np.geomspace(0.01, 1.0, 40), 27)
+    assert bench.ideal_spearman(spread, groups, draws=20) > 0.95
+    flat = np.full(40 * 27, 0.1)
+    flat[::27] += 1e-9 * np.arange(40)  # ranks exist but the stds are the same
+    assert abs(bench.ideal_spearman(flat, groups, draws=50)) < 0.1
+
+
+def test_ceiling_values_name_a_trust_scope():
+    import argparse
+
+    import pytest
+
+    bench = load_bench()
+    assert bench.ceiling("1.0") == (1.0, "frame")
+    assert bench.ceiling("0.6:trajectory") == (0.6, "trajectory")
+    for bad in ("0.6:atom", "x", "-1", "0:trajectory"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            bench.ceiling(bad)
