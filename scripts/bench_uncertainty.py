@@ -22,7 +22,7 @@
 
 Writes ``uncertainty.json``, ``uncertainty.md`` and ``uncertainty.png`` into ``--out``; the xTB
 data sets are cached there (``data/``) and reused by a rerun. ``--readme`` pastes the Markdown
-into README.md (block ``uncertainty``). Targets: after calibration ``rmse_over_std`` within
+into README.md (block ``uncertainty``) and the plot into ``scripts/figures/uncertainty.png``. Targets: after calibration ``rmse_over_std`` within
 0.8–1.25 at 300 K and ≤ 1.5 at 1000 K, Spearman ≥ 0.7, miscalibration area ≤ 0.1; the loop
 reaches random selection's final 1000 K error with at most half of its labels.
 """
@@ -47,6 +47,7 @@ from molequi.training.learn import LearnSettings
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "datasets"))  # the xTB recipe's helpers (datasets/xtb_md.py)
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "rmd17"
+FIGURE = REPO / "scripts" / "figures" / "uncertainty.png"  # shown in README (written by --readme)
 TEMPERATURES = (300.0, 600.0, 1000.0)
 REUSED: list[tuple[str, float]] = []  # (model or loop, its wall seconds) reused from an earlier run in --out
 LOOPS_USED: set[Path] = set()  # learning loops this invocation has run or reused
@@ -434,36 +435,52 @@ def markdown(report: dict) -> str:
 
 
 def plot(report: dict, path: Path) -> None:
+    """Three panels: RMSE ÷ std before/after calibration, the measured Spearman against the one
+    exact error bars of the same spread would reach, and the learning loops against random."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    ax = axes[0]
-    width = 0.1
+    figure, axes = plt.subplots(1, 3, figsize=(15, 4.4))
     results = list(_calibration_results(report))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    width = 0.8 / max(1, 2 * len(results))
+    ax = axes[0]
     for k, ((molecule, kind), result) in enumerate(results):
-        xs = np.arange(len(TEMPERATURES)) + (k - (len(results) - 1) / 2) * 2 * width
-        before = [row["before"]["rmse_over_std"] for row in result["temperatures"].values()]
-        after = [row["after"]["rmse_over_std"] for row in result["temperatures"].values()]
-        ax.bar(xs - width / 2, before, width, label=f"{molecule} {kind} before", alpha=0.5)
-        ax.bar(xs + width / 2, after, width, label=f"{molecule} {kind} after")
+        xs = np.arange(len(TEMPERATURES)) + (2 * k + 0.5 - len(results)) * width
+        rows = list(result["temperatures"].values())
+        ax.bar(xs, [row["before"]["rmse_over_std"] for row in rows], width, color=colours[k], alpha=0.35)
+        ax.bar(xs + width, [row["after"]["rmse_over_std"] for row in rows], width, color=colours[k],
+               label=f"{molecule} {kind}")
     ax.axhspan(0.8, 1.25, color="green", alpha=0.1)
     ax.set_xticks(range(len(TEMPERATURES)), [f"{t:g} K" for t in TEMPERATURES])
-    ax.set_ylabel("force RMSE ÷ predicted std")
+    ax.set_ylabel("force RMSE ÷ predicted std (pale: raw, dark: calibrated)")
     ax.set_yscale("log")  # raw shallow-ensemble spreads can be an order of magnitude too small
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left")
     ax = axes[1]
-    for molecule, result in report["learning"].items():
-        for selection, style in (("loop", "o-"), ("random", "s--")):
+    for k, ((molecule, kind), result) in enumerate(results):
+        rows = list(result["temperatures"].values())
+        ax.plot(TEMPERATURES, [row["after"]["spearman"] for row in rows], "o-", color=colours[k],
+                label=f"{molecule} {kind}")
+        if all("spearman_if_exact" in row for row in rows):
+            ax.plot(TEMPERATURES, [row["spearman_if_exact"] for row in rows], "x:", color=colours[k])
+    ax.axhline(0.7, color="grey", lw=0.8)
+    ax.set_xticks(TEMPERATURES)
+    ax.set_xlabel("MD temperature of the test frames (K)")
+    ax.set_ylabel("Spearman per structure (×: errors drawn from the std)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    ax = axes[2]
+    for k, (name, result) in enumerate(report["learning"].items()):
+        for selection, style, shift in (("loop", "o-", -0.25), ("random", "s--", 0.25)):
             curve = result["curves"][selection]
             mae = np.array([p["forces_mae_meV_per_A"] for p in curve])
             spread = np.array([[p.get("min", m) for p, m in zip(curve, mae)], [p.get("max", m) for p, m in zip(curve, mae)]])
-            ax.errorbar([p["n_labels"] for p in curve], mae, yerr=np.abs(spread - mae), fmt=style, capsize=3,
-                        label=f"{molecule} {selection}")
+            ax.errorbar(np.array([p["n_labels"] for p in curve]) + shift + 0.1 * k, mae, yerr=np.abs(spread - mae),
+                        fmt=style, color=colours[k], capsize=3, label=f"{name.partition(', ')[2] or name}: {selection}")
     ax.set_xlabel("labelled structures")
-    ax.set_ylabel("force MAE at 1000 K (meV/Å)")
+    ax.set_ylabel("force MAE at 1000 K (meV/Å; bars: range over seeds)")
     ax.set_yscale("log")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
@@ -580,6 +597,8 @@ def main(argv=None) -> int:
         from readme_section import update_readme_section
 
         update_readme_section("uncertainty", text)
+        FIGURE.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(args.out / "uncertainty.png", FIGURE)
     return 0
 
 
