@@ -289,10 +289,10 @@ def mean_curve(curves: list[list[dict]]) -> list[dict]:
 
 def run_loop(molecule: str, files, profile, args, log, max_std: float | None, pool_factor: int, selection: str,
              seed: int, trust_scope: str = "frame") -> list[dict]:
-    """One ``molequi learn`` loop (reused when its folder holds the finished rounds): the 1000 K
-    force MAE and largest spread per round."""
+    """One ``molequi learn`` loop (reused when its folder holds the finished rounds): per round,
+    the 1000 K force MAE, the largest spread and the energy of the frames it labels."""
     from molequi.training import load_config
-    from molequi.training.learn import LearnSettings, run_learning
+    from molequi.training.learn import run_learning
 
     start = rmd17_geometries(args.data_dir, molecule)[0]
     config = load_config(None, {**MODEL, "max_epochs": profile["learn_epochs"], "validation": 0.1, "device": "cpu",
