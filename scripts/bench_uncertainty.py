@@ -30,6 +30,7 @@ reaches random selection's final 1000 K error with at most half of its labels.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -42,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from molequi.training.learn import LearnSettings
+from molequi.training.learn import TRUST_SCOPES, LearnSettings
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "datasets"))  # the xTB recipe's helpers (datasets/xtb_md.py)
@@ -207,17 +208,17 @@ def train_members(molecule: str, kind: str, files, profile, args, log) -> list[P
     return models
 
 
-def within_trajectory_spearman(loaded, frames) -> float:
+def within_trajectory_spearman(errors, frames) -> float:
     """The per-structure Spearman of each test trajectory's frames alone, averaged over the
-    trajectories (the narrower test: the frames of one conformer)."""
-    from molequi.training.uncertainty import committee_errors
+    trajectories (the narrower test: the frames of one conformer). ``errors``: the forces'
+    :class:`~molequi.training.uncertainty.OutputErrors` on ``frames`` (groups index them)."""
+    trajectory = np.array([int(frame.info.get("trajectory", 0)) for frame in frames])[errors.groups]
+    return float(np.mean([forces_metrics(_subset(errors, trajectory == k))["spearman"] for k in np.unique(trajectory)]))
 
-    trajectories = sorted({int(frame.info.get("trajectory", 0)) for frame in frames})
-    values = []
-    for k in trajectories:
-        subset = [frame for frame in frames if int(frame.info.get("trajectory", 0)) == k]
-        values.append(forces_metrics(committee_errors(loaded, subset)["forces"])["spearman"])
-    return float(np.mean(values))
+
+def _subset(errors, mask: np.ndarray):
+    return dataclasses.replace(errors, errors=errors.errors[mask], std=errors.std[mask], groups=errors.groups[mask],
+                               reference=errors.reference[mask])
 
 
 def calibration_table(models, files, kind: str) -> dict:
@@ -237,8 +238,8 @@ def calibration_table(models, files, kind: str) -> dict:
         frames = read(files[f"md_{t:g}K"], ":")
         errors = committee_errors(loaded, frames)["forces"]
         rows[f"{t:g}K"] = {"before": forces_metrics(errors), "after": forces_metrics(errors, calibration),
-                           "spearman_within_trajectory": within_trajectory_spearman(loaded, frames),
-                           "spearman_if_exact": ideal_spearman(calibration.apply("forces", errors.std), errors.groups)}
+                           "spearman_within_trajectory": within_trajectory_spearman(errors, frames),
+                           "spearman_if_exact": ideal_spearman(errors, calibration)}
     from molequi.models import read_header
 
     heads = loaded[0].model.config.ensemble_heads
@@ -493,8 +494,8 @@ def ceiling(text: str) -> tuple[float, str]:
     """``--learn-max-std`` values: ``EV_PER_A`` or ``EV_PER_A:SCOPE`` (molequi learn's --trust-scope)."""
     value, _, scope = text.partition(":")
     scope = scope or "frame"
-    if scope not in ("frame", "trajectory"):
-        raise argparse.ArgumentTypeError(f"trust scope must be 'frame' or 'trajectory', got {scope!r}")
+    if scope not in TRUST_SCOPES:
+        raise argparse.ArgumentTypeError(f"trust scope must be one of {', '.join(TRUST_SCOPES)}, got {scope!r}")
     try:
         number = float(value)
     except ValueError:
@@ -504,19 +505,16 @@ def ceiling(text: str) -> tuple[float, str]:
     return number, scope
 
 
-def ideal_spearman(std: np.ndarray, groups: np.ndarray, draws: int = 200, seed: int = 0) -> float:
-    """The per-structure Spearman that errors drawn exactly from N(0, std²) would reach, averaged
-    over ``draws``: the ceiling the predicted stds allow (stds that vary little between structures
-    cannot rank them well, however right they are)."""
-    from scipy.stats import spearmanr
-
+def ideal_spearman(errors, calibration=None, draws: int = 200, seed: int = 0) -> float:
+    """The per-structure Spearman (``molequi evaluate``'s) that errors drawn exactly from
+    N(0, std²) of the (calibrated) stds of ``errors`` would reach, averaged over ``draws``: the
+    ceiling the predicted stds allow (stds that vary little between structures cannot rank them
+    well, however right they are)."""
     rng = np.random.default_rng(seed)
-    count = np.bincount(groups)
-    keep = count > 0
-    mean_std = np.bincount(groups, std)[keep] / count[keep]
-    values = [spearmanr(np.bincount(groups, np.abs(rng.normal(0.0, std)))[keep] / count[keep], mean_std)[0]
-              for _ in range(draws)]
-    return float(np.mean(values))
+    std = calibration.apply("forces", errors.std) if calibration else errors.std
+    exact = dataclasses.replace(errors, std=std)
+    return float(np.mean([forces_metrics(dataclasses.replace(exact, errors=rng.normal(0.0, std)))["spearman"]
+                          for _ in range(draws)]))
 
 
 def main(argv=None) -> int:

@@ -7,7 +7,9 @@ one intra-op thread than with two threads that contend with other processes.
 from __future__ import annotations
 
 import functools
+import importlib.util
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -21,6 +23,14 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 RMD17_DIR = REPO_ROOT.parent / "shared" / "data" / "rmd17"
 
 SPECIES = (1, 6, 8)
+
+
+def load_script(path: Path) -> ModuleType:
+    """A script of ``scripts/`` (not a package) imported as a module, under its file name."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @functools.lru_cache(maxsize=None)

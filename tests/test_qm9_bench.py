@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
 import yaml
+from conftest import load_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_qm9.py"
 
@@ -25,10 +25,7 @@ metrics = {"energy_mae_meV": 12.0, "energy_rmse_meV": 20.0} if target == "U0" el
 
 
 def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_qm9", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT)
 
 
 def test_smoke_run_writes_json_and_markdown(tmp_path):

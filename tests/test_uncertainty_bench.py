@@ -3,17 +3,15 @@ round, the target is judged on the means, and each cell shows the range over see
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
+
+from conftest import load_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_uncertainty.py"
 
 
 def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_uncertainty", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT)
 
 
 def curve(*maes: float) -> list[dict]:
@@ -67,12 +65,18 @@ def test_ideal_spearman_is_high_for_spread_stds_and_near_zero_for_equal_ones():
     import numpy as np
 
     bench = load_bench()
+    from molequi.training.uncertainty import OutputErrors
+
     groups = np.repeat(np.arange(40), 27)  # 40 structures of 9 atoms × 3 components
+
+    def errors(std):
+        return OutputErrors(np.zeros_like(std), std, groups, "eV/Å", np.zeros_like(std))
+
     spread = np.repeat(np.geomspace(0.01, 1.0, 40), 27)
-    assert bench.ideal_spearman(spread, groups, draws=20) > 0.95
+    assert bench.ideal_spearman(errors(spread), draws=20) > 0.95
     flat = np.full(40 * 27, 0.1)
     flat[::27] += 1e-9 * np.arange(40)  # ranks exist but the stds are the same
-    assert abs(bench.ideal_spearman(flat, groups, draws=50)) < 0.1
+    assert abs(bench.ideal_spearman(errors(flat), draws=50)) < 0.1
 
 
 def test_ceiling_values_name_a_trust_scope():
