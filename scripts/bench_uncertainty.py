@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from molequi.training.learn import TRUST_SCOPES, LearnSettings
+from molequi.training.learn import MD_STARTS, TRUST_SCOPES, LearnSettings
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "datasets"))  # the xTB recipe's helpers (datasets/xtb_md.py)
@@ -252,20 +252,42 @@ def calibration_table(models, files, kind: str) -> dict:
 # --- (b) active learning vs random ------------------------------------------------------------
 
 
-def learning_comparison(molecule: str, files, profile, args, log, max_std: float | None = None,
-                        pool_factor: int = DEFAULT_POOL_FACTOR, loop_selection: str = "uncertain", seeds: tuple[int, ...] = (0,),
-                        trust_scope: str = "frame") -> dict:
-    """The loop of ``loop_selection`` and the random one, once per seed (the perturbed start
+@dataclasses.dataclass(frozen=True)
+class Loop:
+    """The ``molequi learn`` settings a benchmark loop varies (the rest come from the profile)."""
+
+    selection: str = "uncertain"
+    max_std: float | None = None  # eV/Å; None: no trust ceiling
+    trust_scope: str = "frame"
+    pool_factor: int = DEFAULT_POOL_FACTOR  # shapes only the uncertain pick
+    md_from: str = "start"
+    seed: int = 0
+
+    def folder(self, temperatures: list[float] | None) -> str:
+        """The loop's folder name: settings other than the defaults keep their own folders (reused
+        only by a same-settings run); loops of other selections ignore the pool factor."""
+        return self.selection + "".join([
+            f"_max_std{self.max_std:g}" if self.max_std else "",
+            "_T" + "-".join(f"{t:g}" for t in temperatures) if temperatures else "",
+            f"_pool{self.pool_factor}" if self.selection == "uncertain" and self.pool_factor != DEFAULT_POOL_FACTOR else "",
+            f"_{self.trust_scope}" if self.max_std and self.trust_scope != "frame" else "",
+            f"_from-{self.md_from}" if self.md_from != "start" else "",
+            f"_seed{self.seed}" if self.seed else "",
+        ])
+
+
+def learning_comparison(molecule: str, files, profile, args, log, loop: Loop, seeds: tuple[int, ...] = (0,)) -> dict:
+    """The loop of ``loop.selection`` and the random one, once per seed (the perturbed start
     copies, the members' initialisation and the MD all follow it); curves per seed and their mean."""
-    per_seed = {seed: {name: run_loop(molecule, files, profile, args, log, max_std, pool_factor, selection, seed,
-                                      trust_scope)
-                       for name, selection in (("loop", loop_selection), ("random", "random"))}
+    random = dataclasses.replace(loop, selection="random", pool_factor=DEFAULT_POOL_FACTOR)
+    per_seed = {seed: {name: run_loop(molecule, files, profile, args, log, dataclasses.replace(variant, seed=seed))
+                       for name, variant in (("loop", loop), ("random", random))}
                 for seed in seeds}
     curves = {name: mean_curve([per_seed[seed][name] for seed in seeds]) for name in ("loop", "random")}
     random_final = curves["random"][-1]
     reached = [p["n_labels"] for p in curves["loop"] if p["forces_mae_meV_per_A"] <= random_final["forces_mae_meV_per_A"]]
     return {
-        "selection": loop_selection,
+        "selection": loop.selection,
         "seeds": list(seeds),
         "curves": curves,
         "per_seed": {str(seed): curves_of_seed for seed, curves_of_seed in per_seed.items()},
@@ -288,8 +310,7 @@ def mean_curve(curves: list[list[dict]]) -> list[dict]:
     return mean
 
 
-def run_loop(molecule: str, files, profile, args, log, max_std: float | None, pool_factor: int, selection: str,
-             seed: int, trust_scope: str = "frame") -> list[dict]:
+def run_loop(molecule: str, files, profile, args, log, loop: Loop) -> list[dict]:
     """One ``molequi learn`` loop (reused when its folder holds the finished rounds): per round,
     the 1000 K force MAE, the largest spread and the energy of the frames it labels."""
     from molequi.training import load_config
@@ -297,31 +318,25 @@ def run_loop(molecule: str, files, profile, args, log, max_std: float | None, po
 
     start = rmd17_geometries(args.data_dir, molecule)[0]
     config = load_config(None, {**MODEL, "max_epochs": profile["learn_epochs"], "validation": 0.1, "device": "cpu",
-                                "batch_size": 4, "seed": 1000 * seed})
+                                "batch_size": 4, "seed": 1000 * loop.seed})
     temperatures = list(args.learn_temperatures or TEMPERATURES)
-    # loops with other settings than the defaults keep their own folders (reused only by a same-settings run);
-    # the pool factor shapes only the uncertain pick: other loops of any pool factor are one loop
-    variant = "".join([f"_max_std{max_std:g}" if max_std else "",
-                       "_T" + "-".join(f"{t:g}" for t in temperatures) if args.learn_temperatures else "",
-                       f"_pool{pool_factor}" if selection == "uncertain" and pool_factor != DEFAULT_POOL_FACTOR else "",
-                       f"_{trust_scope}" if max_std and trust_scope != "frame" else "",
-                       f"_seed{seed}" if seed else ""])
-    loop = args.out / "learn" / molecule / f"{selection}{variant}"
-    if loop not in LOOPS_USED and (loop / f"round_{profile['rounds']:03d}" / "round.json").exists():
+    folder = args.out / "learn" / molecule / loop.folder(args.learn_temperatures)
+    if folder not in LOOPS_USED and (folder / f"round_{profile['rounds']:03d}" / "round.json").exists():
         REUSED.append(("loop", sum(sum(json.loads(path.read_text())["wall_s"].values())
-                                   for path in loop.glob("round_*/round.json"))))
-    LOOPS_USED.add(loop)  # a loop shared by several comparisons is run, or counted as reused, once
+                                   for path in folder.glob("round_*/round.json"))))
+    LOOPS_USED.add(folder)  # a loop shared by several comparisons is run, or counted as reused, once
     settings = LearnSettings(
         rounds=profile["rounds"], per_round=profile["per_round"], temperatures=temperatures,
         md_steps=profile["md_steps"], committee=profile["learn_members"], replicas=2, sample_every=10,
-        selection=selection, seed=seed, max_std=max_std or None, trust_scope=trust_scope,
-        pool_factor=pool_factor if selection == "uncertain" else DEFAULT_POOL_FACTOR,
+        selection=loop.selection, seed=loop.seed, max_std=loop.max_std or None, trust_scope=loop.trust_scope,
+        pool_factor=loop.pool_factor if loop.selection == "uncertain" else DEFAULT_POOL_FACTOR, md_from=loop.md_from,
     )
     started = time.monotonic()
-    result = run_learning(settings, [start], loop, config=config, test_data=[files["md_1000K"]],
-                          log=lambda message: log(f"{molecule} {selection} seed {seed}: {message}"))
-    log(f"{molecule}: {selection} loop, seed {seed}, done ({time.monotonic() - started:.0f} s)")
-    excess = labelled_energy_excess(loop, files["md_1000K"], len(result.rows))
+    name = f"{molecule} {loop.selection} seed {loop.seed}"
+    result = run_learning(settings, [start], folder, config=config, test_data=[files["md_1000K"]],
+                          log=lambda message: log(f"{name}: {message}"))
+    log(f"{name}: loop done ({time.monotonic() - started:.0f} s)")
+    excess = labelled_energy_excess(folder, files["md_1000K"], len(result.rows))
     return [{"n_labels": row["n_labels"], "forces_mae_meV_per_A": row["test_forces_mae_meV_per_A"],
              "max_std": row["max_std"], "labelled_energy_excess_eV": excess[r]} for r, row in enumerate(result.rows)]
 
@@ -332,11 +347,13 @@ def labelled_energy_excess(loop: Path, test_file: Path, n_rounds: int) -> list[f
     thermal 1000 K region the picks lie (committee MD on a poor model strays eV above it)."""
     from ase.io import read
 
+    from molequi.training.learn import read_labelled
+
     reference = float(np.median([atoms.get_potential_energy() for atoms in read(test_file, ":")]))
     excess: list[float | None] = []
     for r in range(n_rounds):
         path = loop / f"round_{r:03d}" / "labelled.extxyz"
-        frames = read(path, ":") if path.exists() else []
+        frames = read_labelled(path) if path.exists() else []
         excess.append(float(np.median([a.get_potential_energy() for a in frames])) - reference if frames else None)
     return excess
 
@@ -505,6 +522,18 @@ def ceiling(text: str) -> tuple[float, str]:
     return number, scope
 
 
+def loop_variants(args) -> list[Loop]:
+    """Every loop the (b) flags ask for, each compared with random selection: ceilings × selections
+    × pool factors (uncertain loops only) × MD starts."""
+    variants = []
+    for max_std, trust_scope in args.learn_max_std:
+        for selection in args.learn_selections:
+            pools = args.learn_pool_factor if selection == "uncertain" else [DEFAULT_POOL_FACTOR]
+            variants += [Loop(selection, max_std or None, trust_scope, pool_factor, md_from)
+                         for pool_factor in pools for md_from in args.learn_md_from]
+    return variants
+
+
 def ideal_spearman(errors, calibration=None, draws: int = 200, seed: int = 0) -> float:
     """The per-structure Spearman (``molequi evaluate``'s) that errors drawn exactly from
     N(0, std²) of the (calibrated) stds of ``errors`` would reach, averaged over ``draws``: the
@@ -534,6 +563,8 @@ def main(argv=None) -> int:
                         help="(b): molequi learn --selection of the loops compared with random selection")
     parser.add_argument("--learn-temperatures", type=float, nargs="+", default=None, metavar="K",
                         help=f"(b): MD temperatures of the loops (default {' '.join(f'{t:g}' for t in TEMPERATURES)})")
+    parser.add_argument("--learn-md-from", nargs="+", default=["start"], choices=list(MD_STARTS),
+                        help="(b): molequi learn --md-from of the loops (both selections), one pair of loops each")
     parser.add_argument("--learn-seeds", type=int, nargs="+", default=[0], metavar="S",
                         help="(b): seeds of every loop pair (start copies, members, MD); the tables show the mean "
                         "over seeds and its range")
@@ -568,17 +599,14 @@ def main(argv=None) -> int:
             models = train_members(molecule, kind, files[molecule], profile, args, log)
             report["calibration"][f"{molecule}/{kind}"] = calibration_table(models, files[molecule], kind)
     for molecule in args.learn_molecules:
-        for max_std, trust_scope in args.learn_max_std:
-            for selection in args.learn_selections:
-                pools = args.learn_pool_factor if selection == "uncertain" else [DEFAULT_POOL_FACTOR]
-                for pool_factor in pools:
-                    key = molecule + (f", --max-std {max_std:g} eV/Å" if max_std else "") + (
-                        f", --trust-scope {trust_scope}" if trust_scope != "frame" else "") + (
-                        f", --pool-factor {pool_factor}" if pool_factor != DEFAULT_POOL_FACTOR else "") + (
-                        f", --selection {selection}" if selection != "uncertain" else "")
-                    report["learning"][key] = learning_comparison(molecule, files[molecule], profile, args, log,
-                                                                  max_std, pool_factor, selection,
-                                                                  tuple(args.learn_seeds), trust_scope)
+        for loop in loop_variants(args):
+            key = molecule + (f", --max-std {loop.max_std:g} eV/Å" if loop.max_std else "") + (
+                f", --trust-scope {loop.trust_scope}" if loop.trust_scope != "frame" else "") + (
+                f", --pool-factor {loop.pool_factor}" if loop.pool_factor != DEFAULT_POOL_FACTOR else "") + (
+                f", --md-from {loop.md_from}" if loop.md_from != "start" else "") + (
+                f", --selection {loop.selection}" if loop.selection != "uncertain" else "")
+            report["learning"][key] = learning_comparison(molecule, files[molecule], profile, args, log, loop,
+                                                          tuple(args.learn_seeds))
     report["reused"] = list(REUSED)
     report["wall_s"] = time.monotonic() - started
     report["cpu_s"] = cpu_seconds() - cpu_started

@@ -359,6 +359,8 @@ def test_cli_offers_every_selection_of_the_loop():
     assert tuple(choices) == learn.SELECTIONS
     scopes = next(action.choices for action in parser._actions if action.dest == "trust_scope")
     assert tuple(scopes) == learn.TRUST_SCOPES
+    starts = next(action.choices for action in parser._actions if action.dest == "md_from")
+    assert tuple(starts) == learn.MD_STARTS
 
 
 def test_trajectory_scope_rules_out_a_trajectory_from_its_first_frame_over_the_ceiling():
@@ -392,3 +394,57 @@ def test_trajectory_scope_labels_only_frames_before_the_crossing(tmp_path):
     assert learn._label_round(round_dir, candidates, settings, EMT, lambda m: None) == 2
     picked = {int(a.info["candidate"]) for a in read(round_dir / "labelled.extxyz", ":")}
     assert picked == {4, 5}  # the most uncertain allowed; never 2 or 3, though more uncertain and under the ceiling
+
+
+def test_md_seeds_follow_the_previous_round_labels_only_when_asked(tmp_path):
+    from ase.io import write
+
+    start = [molecule("CH3CH2OH")]
+    picks = [molecule("CH3CH2OH") for _ in range(3)]
+    for k, atoms in enumerate(picks):
+        atoms.positions += 0.01 * (k + 1)
+    (tmp_path / "round_000").mkdir()
+    write(tmp_path / "round_000" / "labelled.extxyz", picks)
+    (tmp_path / "round_001").mkdir()
+    write(tmp_path / "round_001" / "labelled.extxyz", [])
+    labelled = LearnSettings(**{**SETTINGS, "md_from": "labelled", "replicas": 2})
+    seeds, replicas = learn.md_seeds(1, labelled, tmp_path, start)
+    assert replicas == 1 and len(seeds) == 3
+    np.testing.assert_allclose(seeds[2].positions, picks[2].positions)
+    assert learn.md_seeds(0, labelled, tmp_path, start) == (start, 2)  # round 0: the start structures
+    assert learn.md_seeds(2, labelled, tmp_path, start) == (start, 2)  # round 1 labelled nothing
+    assert learn.md_seeds(1, LearnSettings(**{**SETTINGS, "replicas": 2}), tmp_path, start) == (start, 2)
+    with pytest.raises(ConfigError, match="--md-from"):
+        LearnSettings(**{**SETTINGS, "md_from": "last"}).validate()
+
+
+@pytest.mark.slow
+def test_loop_md_from_labelled_runs_one_system_per_pick_and_temperature(tmp_path, test_file):
+    from ase.io import read
+
+    settings = LearnSettings(**{**SETTINGS, "rounds": 1, "md_from": "labelled"})
+    out = tmp_path / "run"
+    run_learning(settings, ["CH3CH2OH"], out, config=_config(), test_data=[test_file], log=lambda m: None)
+    labelled = read(out / "round_000" / "labelled.extxyz", ":")
+    candidates = read(out / "round_001" / "candidates.extxyz", ":")
+    systems = {int(a.info["system"]) for a in candidates}
+    assert len(systems) == len(labelled) * len(settings.temperatures)
+    # each system's first recorded frame lies near the pick it started from (a few MD steps on)
+    for system in systems:
+        first = min((a for a in candidates if int(a.info["system"]) == system), key=lambda a: a.info["md_step"])
+        nearest = min(np.abs(first.positions - pick.positions).max() for pick in labelled)
+        assert nearest < 0.3
+
+
+def test_a_round_that_labels_nothing_is_read_back_as_empty(tmp_path):
+    from ase.calculators.emt import EMT
+
+    atoms = molecule("CH3CH2OH")
+    atoms.info["std_max"] = 5.0
+    settings = LearnSettings(**{**SETTINGS, "max_std": 1.0})
+    round_dir = tmp_path / "round_000"
+    round_dir.mkdir()
+    assert learn._label_round(round_dir, [atoms], settings, EMT, lambda m: None) == 0
+    # rerun (resume) and the next round's training set read the empty file back
+    assert learn._label_round(round_dir, [atoms], settings, EMT, lambda m: None) == 0
+    assert learn.read_labelled(round_dir / "labelled.extxyz") == []

@@ -73,6 +73,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trust-scope", choices=("frame", "trajectory"), default="frame",
                         help="what a frame over --max-std rules out: 'frame' (that frame) or 'trajectory' (that frame "
                         "and the later frames of its MD trajectory, which has left the trusted region)")
+    parser.add_argument("--md-from", choices=("start", "labelled"), default="start",
+                        help="where each round's MD starts: 'start' (the start structures, every round) or 'labelled' "
+                        "(the frames the previous round labelled, one system per frame and temperature: the "
+                        "exploration moves on from where the last picks lay)")
     parser.add_argument("--committee", type=int, default=4, metavar="M", help="committee members (models) per round")
     parser.add_argument("--ensemble-heads", type=int, default=0, metavar="K",
                         help="shallow-ensemble heads per model instead of a committee (0: committee)")
@@ -111,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
         committee=args.committee, ensemble_heads=args.ensemble_heads, labeler=args.labeler,
         labeler_kwargs=labeler_kwargs, perturbed=args.perturbed, perturb_sigma=args.perturb_sigma,
         replicas=args.replicas, sample_every=args.sample_every, pool_factor=args.pool_factor, selection=args.selection, max_std=args.max_std,
-        trust_scope=args.trust_scope,
+        trust_scope=args.trust_scope, md_from=args.md_from,
         timestep=args.timestep, friction=args.friction, seed=args.seed,
     )
     run_learning(settings, args.start, args.out, config=config, test_data=args.test_data)

@@ -63,6 +63,7 @@ ROUND_COLUMNS = [
 ]
 SELECTIONS = ("uncertain", "clustered", "random")
 TRUST_SCOPES = ("frame", "trajectory")
+MD_STARTS = ("start", "labelled")
 _EXTXYZ_DECIMALS = 8  # extxyz stores positions with 8 decimals: label exactly what is stored
 
 
@@ -101,6 +102,11 @@ class LearnSettings:
             by forces the committee disagrees on has left the region its labels describe, and its
             later frames are no more physical when the spread dips again; see
             :func:`beyond_ceiling`).
+        md_from: where each round's MD starts: ``"start"`` (the start structures, every round) or
+            ``"labelled"`` (from round 1 on, the frames the previous round labelled, one system per
+            frame and temperature: the exploration moves on to where the last picks lay, instead of
+            covering the same ``md_steps`` around the start every round; round 0, and a round whose
+            predecessor labelled nothing, start from the start structures).
         timestep: MD time step, fs.
         friction: Langevin friction, 1/fs.
         seed: base seed of the perturbations, the members and the MD.
@@ -122,6 +128,7 @@ class LearnSettings:
     selection: str = "uncertain"
     max_std: float | None = None
     trust_scope: str = "frame"
+    md_from: str = "start"
     timestep: float = 0.5
     friction: float = 0.01
     seed: int = 0
@@ -148,6 +155,7 @@ class LearnSettings:
             (self.max_std is None or self.max_std > 0, f"--max-std must be > 0 eV/Å, got {self.max_std}"),
             (self.trust_scope in TRUST_SCOPES,
              f"--trust-scope must be one of {', '.join(TRUST_SCOPES)}, got {self.trust_scope!r}"),
+            (self.md_from in MD_STARTS, f"--md-from must be one of {', '.join(MD_STARTS)}, got {self.md_from!r}"),
             (self.selection in SELECTIONS, f"--selection must be one of {', '.join(SELECTIONS)}, got '{self.selection}'"),
             (self.timestep > 0, f"--timestep must be > 0 fs, got {self.timestep}"),
             (self.friction >= 0, f"--friction must be ≥ 0 1/fs, got {self.friction}"),
@@ -425,8 +433,10 @@ def explore(
     settings: LearnSettings,
     seed: int,
     device: str = "cpu",
+    replicas: int | None = None,
 ) -> tuple[list[Atoms], list[str]]:
-    """Committee Langevin MD of every start structure at every temperature (``replicas`` each).
+    """Committee Langevin MD of every start structure at every temperature (``replicas`` systems
+    each; default ``settings.replicas``).
 
     Returns the frames recorded every ``sample_every`` steps, with ``info`` holding ``std_max``
     and ``std_mean`` (largest and mean per-atom force spread, eV/Å), ``energy_std`` (eV),
@@ -438,7 +448,7 @@ def explore(
     systems, temperatures = [], []
     for atoms in starts:
         for temperature in settings.temperatures:
-            for _ in range(settings.replicas):
+            for _ in range(settings.replicas if replicas is None else replicas):
                 systems.append(atoms)
                 temperatures.append(float(temperature))
     potential = Potential(load_models([str(m) for m in models], device=device))
@@ -713,7 +723,7 @@ def _run_round(r, settings, config, out_dir, md_starts, test_structures, device,
     if not train_file.exists():
         data = read(out_dir / "start.extxyz", ":")
         for q in range(r):
-            data += read(out_dir / f"round_{q:03d}" / "labelled.extxyz", ":")
+            data += read_labelled(out_dir / f"round_{q:03d}" / "labelled.extxyz")
         _write_extxyz(data, train_file)
     n_labels = len(read(train_file, ":"))
     with clock("train"):
@@ -743,7 +753,9 @@ def _run_round(r, settings, config, out_dir, md_starts, test_structures, device,
             candidates = read(candidates_file, ":")
             stopped = json.loads(stopped_file.read_text())
         else:
-            candidates, stopped = explore(members, md_starts, settings, seed=settings.seed + 7919 * (r + 1), device=device)
+            seeds, replicas = md_seeds(r, settings, out_dir, md_starts)
+            candidates, stopped = explore(members, seeds, settings, seed=settings.seed + 7919 * (r + 1), device=device,
+                                          replicas=replicas)
             _write_extxyz(candidates, candidates_file)
             _write_json(stopped, stopped_file)
     stds = np.array([a.info["std_max"] for a in candidates])
@@ -764,6 +776,17 @@ def _run_round(r, settings, config, out_dir, md_starts, test_structures, device,
     row["n_new"] = n_new
     _write_json({"row": row, "wall_s": timings, "stopped": stopped}, done)
     return row, members
+
+
+def md_seeds(r: int, settings: LearnSettings, out_dir: Path, starts: list[Atoms]) -> tuple[list[Atoms], int]:
+    """The structures round ``r``'s MD starts from, and the systems per structure and temperature
+    (see ``LearnSettings.md_from``)."""
+    previous = out_dir / f"round_{r - 1:03d}" / "labelled.extxyz"
+    if settings.md_from == "labelled" and r > 0 and previous.exists():
+        labelled = [Atoms(numbers=a.numbers, positions=a.positions) for a in read_labelled(previous)]
+        if labelled:
+            return labelled, 1
+    return starts, settings.replicas
 
 
 class _Clock:
@@ -801,7 +824,7 @@ def _label_round(round_dir: Path, candidates: list[Atoms], settings: LearnSettin
 
     final = round_dir / "labelled.extxyz"
     if final.exists():
-        return len(read(final, ":"))
+        return len(read_labelled(final))
     partial = round_dir / "labelled.partial.extxyz"
     done = read(partial, ":") if partial.exists() else []
     stds = np.array([a.info["std_max"] for a in candidates], dtype=np.float64)
@@ -856,6 +879,14 @@ def _read_failed(round_dir: Path) -> list[int]:
 
 
 # --- files --------------------------------------------------------------------------------------
+
+
+def read_labelled(path: Path) -> list[Atoms]:
+    """The frames of a round's ``labelled.extxyz``; a round that labelled nothing (every frame
+    over the trust ceiling) leaves an empty file, which ASE refuses to read."""
+    from ase.io import read
+
+    return read(path, ":", format="extxyz") if path.stat().st_size else []
 
 
 def _write_extxyz(structures: Sequence[Atoms], path: Path) -> Path:
