@@ -10,10 +10,12 @@
     ``forces_rmse_over_std`` (RMSE of the force components ÷ RMS predicted std) and
     ``miscalibration_area``. The calibration is ``molequi calibrate``'s (scale or power law, chosen
     by held-out NLL), fitted on 100 held-out rMD17 geometries (the training distribution; the MD
-    test frames are never used for it).
+    test frames are never used for it). ``--committee-members 4 8`` adds a row per committee size;
+    every committee row also estimates (split-half) the Spearman of unlimited members.
 (b) Active learning vs random selection: ``molequi learn`` from one unlabelled geometry (labelled
     with 4 perturbed copies), committee MD at 300, 600 and 1000 K, and the same loop with frames
-    drawn at random from its own MD; force MAE on the 1000 K frames against the number of labels,
+    drawn at random from its own MD (``--learn-md-from labelled``: each round's MD starts from
+    the previous round's picks); force MAE on the 1000 K frames against the number of labels,
     per seed (``--learn-seeds``) and averaged, and how far above the 1000 K test frames (median
     reference energy) the frames each loop labels lie.
 
@@ -181,11 +183,12 @@ def forces_metrics(errors, calibration=None) -> dict[str, float]:
     }
 
 
-def train_members(molecule: str, kind: str, files, profile, args, log) -> list[Path]:
-    """A committee of ``members`` models, or (kind ``ensemble``) one shallow ensemble of as many heads."""
+def train_members(molecule: str, kind: str, files, profile, args, log, count: int | None = None) -> list[Path]:
+    """A committee of ``count`` models (default ``members``; member m is the same model in
+    committees of every size), or (kind ``ensemble``) one shallow ensemble of ``members`` heads."""
     from molequi.training import load_config, train
 
-    count = profile["members"] if kind == "committee" else 1
+    count = (count or profile["members"]) if kind == "committee" else 1
     heads = {"model.ensemble_heads": profile["members"]} if kind == "ensemble" else {}
     models = []
     for m in range(count):
@@ -216,6 +219,40 @@ def within_trajectory_spearman(errors, frames) -> float:
     return float(np.mean([forces_metrics(_subset(errors, trajectory == k))["spearman"] for k in np.unique(trajectory)]))
 
 
+def members_limit_spearman(models, frames, errors) -> float | None:
+    """The Spearman a committee like ``models`` but of unlimited members would reach: a split-half
+    estimate (None for fewer than 4 models, or a shallow ensemble).
+
+    With few members the per-structure mean std is itself a noisy estimate: the two halves of the
+    committee rank the structures alike only to their Spearman ``r_half``. The Spearman–Brown
+    formula gives the reliability of the whole committee's std, ``r = 2 r_half / (1 + r_half)``,
+    and a correlation diluted by that noise is the noiseless one times √r; so the limit is the
+    measured Spearman ÷ √r (capped at 1). ``errors``: the whole committee's forces errors on
+    ``frames``."""
+    from scipy.stats import spearmanr
+
+    from molequi.training.uncertainty import committee_errors
+
+    if len(models) < 4 or models[0].model.config.ensemble_heads:
+        return None
+    half = len(models) // 2
+
+    def mean_std(members) -> np.ndarray:
+        e = committee_errors(members, frames)["forces"]
+        return np.bincount(e.groups, e.std) / np.bincount(e.groups)
+
+    r_half = float(spearmanr(mean_std(models[:half]), mean_std(models[half:2 * half]))[0])
+    return spearman_brown_limit(forces_metrics(errors)["spearman"], r_half)
+
+
+def spearman_brown_limit(measured: float, r_half: float) -> float | None:
+    """The noiseless correlation behind ``measured``, given the correlation ``r_half`` of the
+    two half-committees' stds (None when the halves do not agree at all)."""
+    if not r_half > 0:
+        return None
+    return float(min(1.0, measured / math.sqrt(2 * r_half / (1 + r_half))))
+
+
 def _subset(errors, mask: np.ndarray):
     return dataclasses.replace(errors, errors=errors.errors[mask], std=errors.std[mask], groups=errors.groups[mask],
                                reference=errors.reference[mask])
@@ -239,7 +276,8 @@ def calibration_table(models, files, kind: str) -> dict:
         errors = committee_errors(loaded, frames)["forces"]
         rows[f"{t:g}K"] = {"before": forces_metrics(errors), "after": forces_metrics(errors, calibration),
                            "spearman_within_trajectory": within_trajectory_spearman(errors, frames),
-                           "spearman_if_exact": ideal_spearman(errors, calibration)}
+                           "spearman_if_exact": ideal_spearman(errors, calibration),
+                           "spearman_members_limit": members_limit_spearman(loaded, frames, errors)}
     from molequi.models import read_header
 
     heads = loaded[0].model.config.ensemble_heads
@@ -422,12 +460,14 @@ def markdown(report: dict) -> str:
         "Spearman: per structure, mean |force error| vs mean predicted std (unchanged by calibration); within one "
         "trajectory: the same over each test trajectory's frames alone, averaged; if the errors followed the std: "
         "the mean Spearman of 200 sets of errors drawn from N(0, calibrated std²), the most these error bars can "
-        "reach on these frames (they vary too little between structures to rank them better); RMSE÷std and "
+        "reach on these frames (they vary too little between structures to rank them better); with unlimited members: "
+        "a split-half (Spearman–Brown) estimate of what a committee of the same kind but of many more members would "
+        "reach, its std no longer diluted by the few members' sampling noise; RMSE÷std and "
         "miscalibration area per force component; calibration fitted on held-out rMD17 geometries (xTB labels) by "
         "`molequi.training.uncertainty.fit_committee_calibration`, as `molequi calibrate` does.",
         "",
-        "| molecule | uncertainty (calibration) | T | Spearman | within one trajectory | if the errors followed the std | RMSE÷std before | RMSE÷std after | miscal. area before | after | force RMSE (meV/Å) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| molecule | uncertainty (calibration) | T | Spearman | within one trajectory | if the errors followed the std | with unlimited members | RMSE÷std before | RMSE÷std after | miscal. area before | after | force RMSE (meV/Å) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (molecule, _), result in _calibration_results(report):
         fit = result["calibration"]
@@ -436,7 +476,7 @@ def markdown(report: dict) -> str:
             b, a = row["before"], row["after"]
             lines.append(f"| {molecule} | {result['kind']} ({form}) | {t} | {a['spearman']:.2f} | "
                          f"{_number(row.get('spearman_within_trajectory'))} | {_number(row.get('spearman_if_exact'))} | "
-                         f"{b['rmse_over_std']:.2f} | {a['rmse_over_std']:.2f} | {b['miscalibration_area']:.3f} | "
+                         f"{_number(row.get('spearman_members_limit'))} | {b['rmse_over_std']:.2f} | {a['rmse_over_std']:.2f} | {b['miscalibration_area']:.3f} | "
                          f"{a['miscalibration_area']:.3f} | {a['forces_rmse_meV_per_A']:.0f} |")
     for molecule, result in report["learning"].items():
         seeds = result.get("seeds", [0])
@@ -483,10 +523,12 @@ def plot(report: dict, path: Path) -> None:
                 label=f"{molecule} {kind}")
         if all("spearman_if_exact" in row for row in rows):
             ax.plot(TEMPERATURES, [row["spearman_if_exact"] for row in rows], "x:", color=colours[k])
+        if all(row.get("spearman_members_limit") is not None for row in rows):
+            ax.plot(TEMPERATURES, [row["spearman_members_limit"] for row in rows], "+--", color=colours[k])
     ax.axhline(0.7, color="grey", lw=0.8)
     ax.set_xticks(TEMPERATURES)
     ax.set_xlabel("MD temperature of the test frames (K)")
-    ax.set_ylabel("Spearman per structure (×: errors drawn from the std)")
+    ax.set_ylabel("Spearman per structure (×: errors drawn from the std; +: unlimited members)")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     ax = axes[2]
@@ -551,6 +593,9 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run of every stage)")
     parser.add_argument("--molecules", nargs="*", default=["ethanol", "aspirin"],
                         help="rMD17 molecules for (a); none: skip (a)")
+    parser.add_argument("--committee-members", type=int, nargs="+", default=None, metavar="N",
+                        help="(a): committee sizes, one table row each (default: the profile's members; the "
+                        "first members are shared, so a larger committee trains only the extra ones)")
     parser.add_argument("--learn-molecules", nargs="*", default=["ethanol"], help="molecules for (b)")
     parser.add_argument("--learn-max-std", type=ceiling, nargs="+", default=[(0.0, "frame")],
                         metavar="EV_PER_A[:SCOPE]",
@@ -572,6 +617,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench_uncertainty")
     parser.add_argument("--readme", action="store_true", help="paste the Markdown table into README.md")
     args = parser.parse_args(argv)
+    if args.committee_members and min(args.committee_members) < 2:
+        parser.error("--committee-members: a committee needs at least 2 members")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
 
@@ -595,9 +642,12 @@ def main(argv=None) -> int:
     for molecule in dict.fromkeys(args.molecules + args.learn_molecules):
         files[molecule] = molecule_data(molecule, profile, args, log)
     for molecule in args.molecules:
-        for kind in ("committee", "ensemble"):
-            models = train_members(molecule, kind, files[molecule], profile, args, log)
-            report["calibration"][f"{molecule}/{kind}"] = calibration_table(models, files[molecule], kind)
+        for count in args.committee_members or [profile["members"]]:
+            models = train_members(molecule, "committee", files[molecule], profile, args, log, count)
+            name = "committee" if count == profile["members"] else f"committee of {count}"
+            report["calibration"][f"{molecule}/{name}"] = calibration_table(models, files[molecule], "committee")
+        models = train_members(molecule, "ensemble", files[molecule], profile, args, log)
+        report["calibration"][f"{molecule}/ensemble"] = calibration_table(models, files[molecule], "ensemble")
     for molecule in args.learn_molecules:
         for loop in loop_variants(args):
             key = molecule + (f", --max-std {loop.max_std:g} eV/Å" if loop.max_std else "") + (

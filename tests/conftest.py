@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -29,6 +30,7 @@ def load_script(path: Path) -> ModuleType:
     """A script of ``scripts/`` (not a package) imported as a module, under its file name."""
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module  # dataclasses look their module up while the script runs
     spec.loader.exec_module(module)
     return module
 

@@ -90,3 +90,22 @@ def test_ceiling_values_name_a_trust_scope():
     for bad in ("0.6:atom", "x", "-1", "0:trajectory"):
         with pytest.raises(argparse.ArgumentTypeError):
             bench.ceiling(bad)
+
+
+def test_members_limit_recovers_the_spearman_of_noiseless_stds():
+    import numpy as np
+    from scipy.stats import spearmanr
+
+    bench = load_bench()
+    rng = np.random.default_rng(0)
+    n = 4000
+    truth = np.exp(rng.normal(0.0, 0.3, n))  # each structure's true error scale
+    error = truth * np.exp(rng.normal(0.0, 0.2, n))  # its measured error: noisy around it
+    half_a = truth * np.exp(rng.normal(0.0, 0.3, n))  # two half-committees' stds: noisier still
+    half_b = truth * np.exp(rng.normal(0.0, 0.3, n))
+    measured = spearmanr(error, half_a + half_b)[0]
+    oracle = spearmanr(error, truth)[0]
+    limit = bench.spearman_brown_limit(measured, spearmanr(half_a, half_b)[0])
+    assert measured < oracle - 0.1  # the members' noise costs a lot here
+    assert abs(limit - oracle) < 0.03
+    assert bench.spearman_brown_limit(0.5, 0.0) is None and bench.spearman_brown_limit(0.9, 0.1) == 1.0
