@@ -45,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
-from molequi.training.learn import MD_STARTS, TRUST_SCOPES, LearnSettings
+from molequi.training.learn import MD_STARTS, RANKINGS, TRUST_SCOPES, LearnSettings
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "datasets"))  # the xTB recipe's helpers (datasets/xtb_md.py)
@@ -299,6 +299,7 @@ class Loop:
     trust_scope: str = "frame"
     pool_factor: int = DEFAULT_POOL_FACTOR  # shapes only the uncertain pick
     md_from: str = "start"
+    rank_by: str = "max"  # shapes only the uncertain and clustered picks
     seed: int = 0
 
     def folder(self, temperatures: list[float] | None) -> str:
@@ -310,6 +311,7 @@ class Loop:
             f"_pool{self.pool_factor}" if self.selection == "uncertain" and self.pool_factor != DEFAULT_POOL_FACTOR else "",
             f"_{self.trust_scope}" if self.max_std and self.trust_scope != "frame" else "",
             f"_from-{self.md_from}" if self.md_from != "start" else "",
+            f"_rank-{self.rank_by}" if self.selection != "random" and self.rank_by != "max" else "",
             f"_seed{self.seed}" if self.seed else "",
         ])
 
@@ -317,7 +319,7 @@ class Loop:
 def learning_comparison(molecule: str, files, profile, args, log, loop: Loop, seeds: tuple[int, ...] = (0,)) -> dict:
     """The loop of ``loop.selection`` and the random one, once per seed (the perturbed start
     copies, the members' initialisation and the MD all follow it); curves per seed and their mean."""
-    random = dataclasses.replace(loop, selection="random", pool_factor=DEFAULT_POOL_FACTOR)
+    random = dataclasses.replace(loop, selection="random", pool_factor=DEFAULT_POOL_FACTOR, rank_by="max")
     per_seed = {seed: {name: run_loop(molecule, files, profile, args, log, dataclasses.replace(variant, seed=seed))
                        for name, variant in (("loop", loop), ("random", random))}
                 for seed in seeds}
@@ -368,6 +370,7 @@ def run_loop(molecule: str, files, profile, args, log, loop: Loop) -> list[dict]
         md_steps=profile["md_steps"], committee=profile["learn_members"], replicas=2, sample_every=10,
         selection=loop.selection, seed=loop.seed, max_std=loop.max_std or None, trust_scope=loop.trust_scope,
         pool_factor=loop.pool_factor if loop.selection == "uncertain" else DEFAULT_POOL_FACTOR, md_from=loop.md_from,
+        rank_by=loop.rank_by if loop.selection != "random" else "max",
     )
     started = time.monotonic()
     name = f"{molecule} {loop.selection} seed {loop.seed}"
@@ -566,13 +569,14 @@ def ceiling(text: str) -> tuple[float, str]:
 
 def loop_variants(args) -> list[Loop]:
     """Every loop the (b) flags ask for, each compared with random selection: ceilings × selections
-    × pool factors (uncertain loops only) × MD starts."""
+    × pool factors (uncertain loops only) × MD starts × rankings."""
     variants = []
     for max_std, trust_scope in args.learn_max_std:
         for selection in args.learn_selections:
             pools = args.learn_pool_factor if selection == "uncertain" else [DEFAULT_POOL_FACTOR]
-            variants += [Loop(selection, max_std or None, trust_scope, pool_factor, md_from)
-                         for pool_factor in pools for md_from in args.learn_md_from]
+            ranks = args.learn_rank_by if selection != "random" else ["max"]
+            variants += [Loop(selection, max_std or None, trust_scope, pool_factor, md_from, rank_by)
+                         for pool_factor in pools for md_from in args.learn_md_from for rank_by in ranks]
     return variants
 
 
@@ -610,6 +614,8 @@ def main(argv=None) -> int:
                         help=f"(b): MD temperatures of the loops (default {' '.join(f'{t:g}' for t in TEMPERATURES)})")
     parser.add_argument("--learn-md-from", nargs="+", default=["start"], choices=list(MD_STARTS),
                         help="(b): molequi learn --md-from of the loops (both selections), one pair of loops each")
+    parser.add_argument("--learn-rank-by", nargs="+", default=["max"], choices=list(RANKINGS),
+                        help="(b): molequi learn --rank-by of the loops (the spread that ranks frames), one pair each")
     parser.add_argument("--learn-seeds", type=int, nargs="+", default=[0], metavar="S",
                         help="(b): seeds of every loop pair (start copies, members, MD); the tables show the mean "
                         "over seeds and its range")
@@ -654,6 +660,7 @@ def main(argv=None) -> int:
                 f", --trust-scope {loop.trust_scope}" if loop.trust_scope != "frame" else "") + (
                 f", --pool-factor {loop.pool_factor}" if loop.pool_factor != DEFAULT_POOL_FACTOR else "") + (
                 f", --md-from {loop.md_from}" if loop.md_from != "start" else "") + (
+                f", --rank-by {loop.rank_by}" if loop.rank_by != "max" else "") + (
                 f", --selection {loop.selection}" if loop.selection != "uncertain" else "")
             report["learning"][key] = learning_comparison(molecule, files[molecule], profile, args, log, loop,
                                                           tuple(args.learn_seeds))

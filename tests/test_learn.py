@@ -361,6 +361,8 @@ def test_cli_offers_every_selection_of_the_loop():
     assert tuple(scopes) == learn.TRUST_SCOPES
     starts = next(action.choices for action in parser._actions if action.dest == "md_from")
     assert tuple(starts) == learn.MD_STARTS
+    rankings = next(action.choices for action in parser._actions if action.dest == "rank_by")
+    assert tuple(rankings) == learn.RANKINGS
 
 
 def test_trajectory_scope_rules_out_a_trajectory_from_its_first_frame_over_the_ceiling():
@@ -448,3 +450,23 @@ def test_a_round_that_labels_nothing_is_read_back_as_empty(tmp_path):
     # rerun (resume) and the next round's training set read the empty file back
     assert learn._label_round(round_dir, [atoms], settings, EMT, lambda m: None) == 0
     assert learn.read_labelled(round_dir / "labelled.extxyz") == []
+
+
+@pytest.mark.parametrize("rank_by", ["max", "mean"])
+def test_rank_by_picks_by_the_largest_or_the_mean_spread_under_the_largest_ceiling(tmp_path, rank_by):
+    from ase.calculators.emt import EMT
+    from ase.io import read
+
+    spreads = [(0.5, 0.05), (0.3, 0.25), (0.2, 0.1), (2.0, 0.9)]  # (largest, mean) per frame
+    candidates = []
+    for k, (largest, mean) in enumerate(spreads):
+        atoms = molecule("CH3CH2OH")
+        atoms.positions += np.random.default_rng(k).normal(0.0, 0.05, atoms.positions.shape)
+        atoms.info.update(std_max=largest, std_mean=mean)
+        candidates.append(atoms)
+    settings = LearnSettings(**{**SETTINGS, "per_round": 1, "max_std": 1.0, "rank_by": rank_by})
+    round_dir = tmp_path / "round_000"
+    round_dir.mkdir()
+    learn._label_round(round_dir, candidates, settings, EMT, lambda m: None)
+    (picked,) = [int(a.info["candidate"]) for a in read(round_dir / "labelled.extxyz", ":")]
+    assert picked == {"max": 0, "mean": 1}[rank_by]  # frame 3 leads both but is over the ceiling

@@ -63,6 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pool-factor", type=int, default=4, metavar="F",
                         help="pick diverse frames (farthest-point on sorted interatomic distances) among the F × K "
                         "most uncertain (1: just the K most uncertain)")
+    parser.add_argument("--rank-by", choices=("max", "mean"), default="max",
+                        help="the force spread that ranks the frames: 'max' (largest per-atom spread) or 'mean' (mean "
+                        "over atoms: frames wrong as a whole rather than in one atom); --max-std reads the largest")
     parser.add_argument("--selection", choices=("uncertain", "clustered", "random"), default="uncertain",
                         help="'uncertain': the above; 'clustered': split the MD frames into K clusters of similar "
                         "geometry and label the most uncertain frame of each; 'random': draw the frames uniformly "
@@ -115,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
         committee=args.committee, ensemble_heads=args.ensemble_heads, labeler=args.labeler,
         labeler_kwargs=labeler_kwargs, perturbed=args.perturbed, perturb_sigma=args.perturb_sigma,
         replicas=args.replicas, sample_every=args.sample_every, pool_factor=args.pool_factor, selection=args.selection, max_std=args.max_std,
-        trust_scope=args.trust_scope, md_from=args.md_from,
+        trust_scope=args.trust_scope, md_from=args.md_from, rank_by=args.rank_by,
         timestep=args.timestep, friction=args.friction, seed=args.seed,
     )
     run_learning(settings, args.start, args.out, config=config, test_data=args.test_data)

@@ -64,6 +64,8 @@ ROUND_COLUMNS = [
 SELECTIONS = ("uncertain", "clustered", "random")
 TRUST_SCOPES = ("frame", "trajectory")
 MD_STARTS = ("start", "labelled")
+RANKINGS = ("max", "mean")
+RANK_KEYS = {"max": "std_max", "mean": "std_mean"}  # the frame info each ranking reads
 _EXTXYZ_DECIMALS = 8  # extxyz stores positions with 8 decimals: label exactly what is stored
 
 
@@ -89,6 +91,10 @@ class LearnSettings:
         sample_every: MD steps between recorded frames.
         pool_factor: the diverse pick is made among the ``pool_factor`` × ``per_round`` most
             uncertain frames (1: simply the most uncertain).
+        rank_by: the spread the uncertain and clustered picks rank frames by: ``"max"`` (the
+            largest per-atom force spread: a frame with one strayed atom ranks high) or ``"mean"``
+            (the mean over atoms: frames the committee gets wrong as a whole, which is what a
+            per-structure force error measures). The trust ceiling always reads the largest.
         selection: ``"uncertain"`` (the above), ``"clustered"`` (the MD frames split into
             ``per_round`` clusters of similar geometry, the most uncertain frame of each: every
             region the MD visited gets a label, where the uncertain pick may spend all of them on
@@ -125,6 +131,7 @@ class LearnSettings:
     replicas: int = 2
     sample_every: int = 10
     pool_factor: int = 4
+    rank_by: str = "max"
     selection: str = "uncertain"
     max_std: float | None = None
     trust_scope: str = "frame"
@@ -155,6 +162,7 @@ class LearnSettings:
             (self.max_std is None or self.max_std > 0, f"--max-std must be > 0 eV/Å, got {self.max_std}"),
             (self.trust_scope in TRUST_SCOPES,
              f"--trust-scope must be one of {', '.join(TRUST_SCOPES)}, got {self.trust_scope!r}"),
+            (self.rank_by in RANKINGS, f"--rank-by must be one of {', '.join(RANKINGS)}, got {self.rank_by!r}"),
             (self.md_from in MD_STARTS, f"--md-from must be one of {', '.join(MD_STARTS)}, got {self.md_from!r}"),
             (self.selection in SELECTIONS, f"--selection must be one of {', '.join(SELECTIONS)}, got '{self.selection}'"),
             (self.timestep > 0, f"--timestep must be > 0 fs, got {self.timestep}"),
@@ -827,9 +835,10 @@ def _label_round(round_dir: Path, candidates: list[Atoms], settings: LearnSettin
         return len(read_labelled(final))
     partial = round_dir / "labelled.partial.extxyz"
     done = read(partial, ":") if partial.exists() else []
-    stds = np.array([a.info["std_max"] for a in candidates], dtype=np.float64)
+    stds = np.array([a.info[RANK_KEYS[settings.rank_by]] for a in candidates], dtype=np.float64)
     if settings.max_std is not None:  # beyond the trust ceiling: never labelled
-        stds[beyond_ceiling(stds, [a.info.get("system", k) for k, a in enumerate(candidates)],
+        largest = np.array([a.info["std_max"] for a in candidates], dtype=np.float64)
+        stds[beyond_ceiling(largest, [a.info.get("system", k) for k, a in enumerate(candidates)],
                             [a.info.get("md_step", 0) for a in candidates], settings.max_std, settings.trust_scope)] = np.nan
     round_number = int(round_dir.name.removeprefix("round_"))
     if settings.selection == "random":
