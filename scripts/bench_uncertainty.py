@@ -233,7 +233,7 @@ def members_limit_spearman(models, frames, errors) -> float | None:
 
     from molequi.training.uncertainty import committee_errors
 
-    if len(models) < 4 or models[0].model.config.ensemble_heads:
+    if len(models) < 4 or models[0].model.config.ensemble_heads > 1:
         return None
     half = len(models) // 2
 

@@ -109,3 +109,29 @@ def test_members_limit_recovers_the_spearman_of_noiseless_stds():
     assert measured < oracle - 0.1  # the members' noise costs a lot here
     assert abs(limit - oracle) < 0.03
     assert bench.spearman_brown_limit(0.5, 0.0) is None and bench.spearman_brown_limit(0.9, 0.1) == 1.0
+
+
+def test_members_limit_is_estimated_for_plain_committees_only(tmp_path):
+    import numpy as np
+    from ase.build import molecule
+    from ase.calculators.emt import EMT
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    from conftest import random_model
+    from molequi.models import load_model, save_model
+    from molequi.training.uncertainty import committee_errors
+
+    bench = load_bench()
+    rng = np.random.default_rng(0)
+    frames = []
+    for k in range(8):  # ever more distorted: every member's spread grows with it, so the halves agree
+        atoms = molecule("CH3CH2OH")
+        atoms.positions += rng.normal(0.0, 0.02 + 0.04 * k, atoms.positions.shape)
+        atoms.calc = EMT()
+        atoms.calc = SinglePointCalculator(atoms, energy=atoms.get_potential_energy(), forces=atoms.get_forces())
+        frames.append(atoms)
+    models = [load_model(save_model(random_model(l_max=1, num_layers=1, seed=s), tmp_path / f"m{s}.molequi"))
+              for s in range(4)]
+    limit = bench.members_limit_spearman(models, frames, committee_errors(models, frames)["forces"])
+    assert limit is not None and -1.0 <= limit <= 1.0
+    assert bench.members_limit_spearman(models[:3], frames, committee_errors(models[:3], frames)["forces"]) is None
