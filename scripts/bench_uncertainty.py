@@ -567,9 +567,34 @@ def ceiling(text: str) -> tuple[float, str]:
     return number, scope
 
 
+def loop_spec(text: str) -> Loop:
+    """One loop of ``--learn-loops``: ``key=value`` pairs of :class:`Loop` fields, comma-separated
+    (e.g. ``max_std=0.6,trust_scope=trajectory,md_from=labelled``); the seed comes from --learn-seeds."""
+    fields = {f.name: f for f in dataclasses.fields(Loop) if f.name != "seed"}
+    values: dict[str, object] = {}
+    for item in filter(None, text.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or key not in fields:
+            raise argparse.ArgumentTypeError(f"{item!r}: expected KEY=VALUE with KEY one of {', '.join(fields)}")
+        try:
+            values[key] = float(value) if key == "max_std" else int(value) if key == "pool_factor" else value
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{item!r}: not a number") from None
+    loop = Loop(**values)
+    choices = {"selection": LOOP_NAMES, "trust_scope": TRUST_SCOPES, "md_from": MD_STARTS, "rank_by": RANKINGS}
+    for key, allowed in choices.items():
+        if getattr(loop, key) not in allowed:
+            raise argparse.ArgumentTypeError(f"{key} must be one of {', '.join(allowed)}, got {getattr(loop, key)!r}")
+    if loop.max_std is not None and not loop.max_std > 0 or loop.pool_factor < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: max_std must be > 0 eV/Å and pool_factor ≥ 1")
+    return loop
+
+
 def loop_variants(args) -> list[Loop]:
-    """Every loop the (b) flags ask for, each compared with random selection: ceilings × selections
-    × pool factors (uncertain loops only) × MD starts × rankings."""
+    """Every loop the (b) flags ask for, each compared with random selection: the ``--learn-loops``
+    given, or else ceilings × selections × pool factors (uncertain loops only) × MD starts × rankings."""
+    if args.learn_loops:
+        return list(args.learn_loops)
     variants = []
     for max_std, trust_scope in args.learn_max_std:
         for selection in args.learn_selections:
@@ -616,6 +641,10 @@ def main(argv=None) -> int:
                         help="(b): molequi learn --md-from of the loops (both selections), one pair of loops each")
     parser.add_argument("--learn-rank-by", nargs="+", default=["max"], choices=list(RANKINGS),
                         help="(b): molequi learn --rank-by of the loops (the spread that ranks frames), one pair each")
+    parser.add_argument("--learn-loops", type=loop_spec, nargs="+", default=None, metavar="KEY=VALUE[,…]",
+                        help="(b): the loops to compare with random selection, one spec each (keys: selection, max_std, "
+                        "trust_scope, pool_factor, md_from, rank_by; e.g. max_std=0.6,trust_scope=trajectory,"
+                        "md_from=labelled); instead of the product of the flags above")
     parser.add_argument("--learn-seeds", type=int, nargs="+", default=[0], metavar="S",
                         help="(b): seeds of every loop pair (start copies, members, MD); the tables show the mean "
                         "over seeds and its range")

@@ -135,3 +135,20 @@ def test_members_limit_is_estimated_for_plain_committees_only(tmp_path):
     limit = bench.members_limit_spearman(models, frames, committee_errors(models, frames)["forces"])
     assert limit is not None and -1.0 <= limit <= 1.0
     assert bench.members_limit_spearman(models[:3], frames, committee_errors(models[:3], frames)["forces"]) is None
+
+
+def test_loop_specs_name_the_settings_of_each_loop():
+    import argparse
+
+    import pytest
+
+    bench = load_bench()
+    loop = bench.loop_spec("max_std=0.6,trust_scope=trajectory,md_from=labelled")
+    assert loop == bench.Loop(max_std=0.6, trust_scope="trajectory", md_from="labelled")
+    assert loop.folder(None) == "uncertain_max_std0.6_trajectory_from-labelled"
+    assert bench.Loop(max_std=1.0).folder(None) == "uncertain_max_std1"  # the folders of earlier runs
+    mean = bench.loop_spec("rank_by=mean,pool_factor=2")
+    assert mean.folder([1000.0]) == "uncertain_T1000_pool2_rank-mean"
+    for bad in ("max_std", "seed=1", "md_from=last", "max_std=-1", "pool_factor=x", "selection=random"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            bench.loop_spec(bad)
