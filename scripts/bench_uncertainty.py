@@ -503,7 +503,7 @@ def plot(report: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, 3, figsize=(15, 4.4))
+    figure, axes = plt.subplots(1, 3, figsize=(16, 6.2))
     results = list(_calibration_results(report))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     width = 0.8 / max(1, 2 * len(results))
@@ -518,7 +518,7 @@ def plot(report: dict, path: Path) -> None:
     ax.set_xticks(range(len(TEMPERATURES)), [f"{t:g} K" for t in TEMPERATURES])
     ax.set_ylabel("force RMSE ÷ predicted std (pale: raw, dark: calibrated)")
     ax.set_yscale("log")  # raw shallow-ensemble spreads can be an order of magnitude too small
-    ax.legend(fontsize=7, loc="upper left")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2)
     ax = axes[1]
     for k, ((molecule, kind), result) in enumerate(results):
         rows = list(result["temperatures"].values())
@@ -531,13 +531,22 @@ def plot(report: dict, path: Path) -> None:
     ax.axhline(0.7, color="grey", lw=0.8)
     ax.set_xticks(TEMPERATURES)
     ax.set_xlabel("MD temperature of the test frames (K)")
-    ax.set_ylabel("Spearman per structure (×: errors drawn from the std; +: unlimited members)")
-    ax.legend(fontsize=7)
+    ax.set_ylabel("Spearman per structure")
+    for marker, style, text in (("o", "-", "measured"), ("x", ":", "if the errors followed the std"),
+                                ("+", "--", "with unlimited members (estimate)")):
+        ax.plot([], [], marker=marker, ls=style, color="grey", label=text)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2)
     ax.grid(alpha=0.3)
     ax = axes[2]
+    drawn = set()  # loops of other settings can share one random loop: draw it once
     for k, (name, result) in enumerate(report["learning"].items()):
         for selection, style, shift in (("loop", "o-", -0.25), ("random", "s--", 0.25)):
             curve = result["curves"][selection]
+            if selection == "random":
+                key = tuple((p["n_labels"], p["forces_mae_meV_per_A"]) for p in curve)
+                if key in drawn:
+                    continue
+                drawn.add(key)
             mae = np.array([p["forces_mae_meV_per_A"] for p in curve])
             spread = np.array([[p.get("min", m) for p, m in zip(curve, mae)], [p.get("max", m) for p, m in zip(curve, mae)]])
             ax.errorbar(np.array([p["n_labels"] for p in curve]) + shift + 0.1 * k, mae, yerr=np.abs(spread - mae),
@@ -545,7 +554,7 @@ def plot(report: dict, path: Path) -> None:
     ax.set_xlabel("labelled structures")
     ax.set_ylabel("force MAE at 1000 K (meV/Å; bars: range over seeds)")
     ax.set_yscale("log")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1))
     ax.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
