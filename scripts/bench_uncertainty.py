@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -292,34 +293,57 @@ def calibration_table(models, files, kind: str) -> dict:
 
 @dataclasses.dataclass(frozen=True)
 class Loop:
-    """The ``molequi learn`` settings a benchmark loop varies (the rest come from the profile)."""
+    """The ``molequi learn`` settings a benchmark loop varies (the rest come from the profile);
+    defaults are molequi learn's. Settings a loop ignores are held at their defaults, so loops that
+    differ only in them are one loop (one folder, one learn.json)."""
 
-    selection: str = "uncertain"
-    max_std: float | None = None  # eV/Å; None: no trust ceiling
-    trust_scope: str = "frame"
-    pool_factor: int = DEFAULT_POOL_FACTOR  # shapes only the uncertain pick
-    md_from: str = "start"
-    rank_by: str = "max"  # shapes only the uncertain and clustered picks
-    seed: int = 0
+    selection: str = LearnSettings.selection
+    max_std: float | None = LearnSettings.max_std  # eV/Å; None: no trust ceiling
+    trust_scope: str = LearnSettings.trust_scope  # only with a ceiling
+    pool_factor: int = DEFAULT_POOL_FACTOR  # only for the uncertain pick
+    md_from: str = LearnSettings.md_from
+    rank_by: str = LearnSettings.rank_by  # not for random selection
+    seed: int = LearnSettings.seed
+
+    def __post_init__(self) -> None:
+        ignored = {"trust_scope": not self.max_std, "pool_factor": self.selection != "uncertain",
+                   "rank_by": self.selection == "random"}
+        for name, is_ignored in ignored.items():
+            if is_ignored:
+                object.__setattr__(self, name, getattr(LearnSettings, name))
+        if not self.max_std:
+            object.__setattr__(self, "max_std", None)
+
+    def _changed(self) -> dict[str, object]:
+        """The settings (seed aside) that differ from molequi learn's defaults."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name not in ("selection", "seed") and getattr(self, f.name) != f.default}
 
     def folder(self, temperatures: list[float] | None) -> str:
-        """The loop's folder name: settings other than the defaults keep their own folders (reused
-        only by a same-settings run); loops of other selections ignore the pool factor."""
+        """The loop's folder name (reused only by a same-settings run)."""
+        changed = self._changed()
         return self.selection + "".join([
-            f"_max_std{self.max_std:g}" if self.max_std else "",
+            f"_max_std{self.max_std:g}" if "max_std" in changed else "",
             "_T" + "-".join(f"{t:g}" for t in temperatures) if temperatures else "",
-            f"_pool{self.pool_factor}" if self.selection == "uncertain" and self.pool_factor != DEFAULT_POOL_FACTOR else "",
-            f"_{self.trust_scope}" if self.max_std and self.trust_scope != "frame" else "",
-            f"_from-{self.md_from}" if self.md_from != "start" else "",
-            f"_rank-{self.rank_by}" if self.selection != "random" and self.rank_by != "max" else "",
+            f"_pool{self.pool_factor}" if "pool_factor" in changed else "",
+            f"_{self.trust_scope}" if "trust_scope" in changed else "",
+            f"_from-{self.md_from}" if "md_from" in changed else "",
+            f"_rank-{self.rank_by}" if "rank_by" in changed else "",
             f"_seed{self.seed}" if self.seed else "",
         ])
+
+    def flags(self) -> str:
+        """The molequi learn flags of the settings that differ from its defaults (for the tables)."""
+        text = "".join(f", --{name.replace('_', '-')} {value:g}" + (" eV/Å" if name == "max_std" else "")
+                       if isinstance(value, float) else f", --{name.replace('_', '-')} {value}"
+                       for name, value in self._changed().items())
+        return text + (f", --selection {self.selection}" if self.selection != LearnSettings.selection else "")
 
 
 def learning_comparison(molecule: str, files, profile, args, log, loop: Loop, seeds: tuple[int, ...] = (0,)) -> dict:
     """The loop of ``loop.selection`` and the random one, once per seed (the perturbed start
     copies, the members' initialisation and the MD all follow it); curves per seed and their mean."""
-    random = dataclasses.replace(loop, selection="random", pool_factor=DEFAULT_POOL_FACTOR, rank_by="max")
+    random = dataclasses.replace(loop, selection="random")
     per_seed = {seed: {name: run_loop(molecule, files, profile, args, log, dataclasses.replace(variant, seed=seed))
                        for name, variant in (("loop", loop), ("random", random))}
                 for seed in seeds}
@@ -368,9 +392,8 @@ def run_loop(molecule: str, files, profile, args, log, loop: Loop) -> list[dict]
     settings = LearnSettings(
         rounds=profile["rounds"], per_round=profile["per_round"], temperatures=temperatures,
         md_steps=profile["md_steps"], committee=profile["learn_members"], replicas=2, sample_every=10,
-        selection=loop.selection, seed=loop.seed, max_std=loop.max_std or None, trust_scope=loop.trust_scope,
-        pool_factor=loop.pool_factor if loop.selection == "uncertain" else DEFAULT_POOL_FACTOR, md_from=loop.md_from,
-        rank_by=loop.rank_by if loop.selection != "random" else "max",
+        selection=loop.selection, seed=loop.seed, max_std=loop.max_std, trust_scope=loop.trust_scope,
+        pool_factor=loop.pool_factor, md_from=loop.md_from, rank_by=loop.rank_by,
     )
     started = time.monotonic()
     name = f"{molecule} {loop.selection} seed {loop.seed}"
@@ -382,15 +405,21 @@ def run_loop(molecule: str, files, profile, args, log, loop: Loop) -> list[dict]
              "max_std": row["max_std"], "labelled_energy_excess_eV": excess[r]} for r, row in enumerate(result.rows)]
 
 
+@functools.lru_cache(maxsize=None)
+def median_energy(path: Path) -> float:
+    """The median reference energy of a labelled file, eV (read once: every loop compares with it)."""
+    from ase.io import read
+
+    return float(np.median([atoms.get_potential_energy() for atoms in read(path, ":")]))
+
+
 def labelled_energy_excess(loop: Path, test_file: Path, n_rounds: int) -> list[float | None]:
     """Per round, the median reference energy of the frames it labelled above the median of the
     1000 K test frames, eV (None for the last round, which labels nothing): how far from the
     thermal 1000 K region the picks lie (committee MD on a poor model strays eV above it)."""
-    from ase.io import read
-
     from molequi.training.learn import read_labelled
 
-    reference = float(np.median([atoms.get_potential_energy() for atoms in read(test_file, ":")]))
+    reference = median_energy(test_file)
     excess: list[float | None] = []
     for r in range(n_rounds):
         path = loop / f"round_{r:03d}" / "labelled.extxyz"
@@ -608,9 +637,8 @@ def loop_variants(args) -> list[Loop]:
     for max_std, trust_scope in args.learn_max_std:
         for selection in args.learn_selections:
             pools = args.learn_pool_factor if selection == "uncertain" else [DEFAULT_POOL_FACTOR]
-            ranks = args.learn_rank_by if selection != "random" else ["max"]
-            variants += [Loop(selection, max_std or None, trust_scope, pool_factor, md_from, rank_by)
-                         for pool_factor in pools for md_from in args.learn_md_from for rank_by in ranks]
+            variants += [Loop(selection, max_std, trust_scope, pool_factor, md_from, rank_by)
+                         for pool_factor in pools for md_from in args.learn_md_from for rank_by in args.learn_rank_by]
     return variants
 
 
@@ -694,13 +722,7 @@ def main(argv=None) -> int:
         report["calibration"][f"{molecule}/ensemble"] = calibration_table(models, files[molecule], "ensemble")
     for molecule in args.learn_molecules:
         for loop in loop_variants(args):
-            key = molecule + (f", --max-std {loop.max_std:g} eV/Å" if loop.max_std else "") + (
-                f", --trust-scope {loop.trust_scope}" if loop.trust_scope != "frame" else "") + (
-                f", --pool-factor {loop.pool_factor}" if loop.pool_factor != DEFAULT_POOL_FACTOR else "") + (
-                f", --md-from {loop.md_from}" if loop.md_from != "start" else "") + (
-                f", --rank-by {loop.rank_by}" if loop.rank_by != "max" else "") + (
-                f", --selection {loop.selection}" if loop.selection != "uncertain" else "")
-            report["learning"][key] = learning_comparison(molecule, files[molecule], profile, args, log, loop,
+            report["learning"][molecule + loop.flags()] = learning_comparison(molecule, files[molecule], profile, args, log, loop,
                                                           tuple(args.learn_seeds))
     report["reused"] = list(REUSED)
     report["wall_s"] = time.monotonic() - started

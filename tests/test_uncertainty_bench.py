@@ -149,6 +149,12 @@ def test_loop_specs_name_the_settings_of_each_loop():
     assert bench.Loop(max_std=1.0).folder(None) == "uncertain_max_std1"  # the folders of earlier runs
     mean = bench.loop_spec("rank_by=mean,pool_factor=2")
     assert mean.folder([1000.0]) == "uncertain_T1000_pool2_rank-mean"
+    # settings a loop ignores are held at their defaults: such loops are one loop, in one folder
+    assert bench.Loop(trust_scope="trajectory") == bench.Loop()
+    assert bench.Loop(selection="random", rank_by="mean", pool_factor=2, max_std=0.0) == bench.Loop(selection="random")
+    assert bench.Loop(selection="clustered", rank_by="mean").folder(None) == "clustered_rank-mean"
+    assert loop.flags() == ", --max-std 0.6 eV/Å, --trust-scope trajectory, --md-from labelled"
+    assert bench.Loop(selection="clustered", pool_factor=2).flags() == ", --selection clustered"
     for bad in ("max_std", "seed=1", "md_from=last", "max_std=-1", "pool_factor=x", "selection=random"):
         with pytest.raises(argparse.ArgumentTypeError):
             bench.loop_spec(bad)

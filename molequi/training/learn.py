@@ -64,8 +64,8 @@ ROUND_COLUMNS = [
 SELECTIONS = ("uncertain", "clustered", "random")
 TRUST_SCOPES = ("frame", "trajectory")
 MD_STARTS = ("start", "labelled")
-RANKINGS = ("max", "mean")
-RANK_KEYS = {"max": "std_max", "mean": "std_mean"}  # the frame info each ranking reads
+RANK_KEYS = {"max": "std_max", "mean": "std_mean"}  # each ranking of frames, and the frame info it reads
+RANKINGS = tuple(RANK_KEYS)
 _EXTXYZ_DECIMALS = 8  # extxyz stores positions with 8 decimals: label exactly what is stored
 
 
