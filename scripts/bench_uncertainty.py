@@ -303,21 +303,23 @@ class Loop:
     pool_factor: int = DEFAULT_POOL_FACTOR  # only for the uncertain pick
     md_from: str = LearnSettings.md_from
     rank_by: str = LearnSettings.rank_by  # not for random selection
+    oracle: bool = False  # rank by the true force error instead of the spread (not for random selection)
     seed: int = LearnSettings.seed
 
     def __post_init__(self) -> None:
         ignored = {"trust_scope": not self.max_std, "pool_factor": self.selection != "uncertain",
-                   "rank_by": self.selection == "random"}
+                   "rank_by": self.selection == "random", "oracle": self.selection == "random"}
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
         for name, is_ignored in ignored.items():
             if is_ignored:
-                object.__setattr__(self, name, getattr(LearnSettings, name))
+                object.__setattr__(self, name, defaults[name])
         if not self.max_std:
             object.__setattr__(self, "max_std", None)
 
     def _changed(self) -> dict[str, object]:
-        """The settings (seed aside) that differ from molequi learn's defaults."""
+        """The molequi learn settings (seed aside) that differ from its defaults."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if f.name not in ("selection", "seed") and getattr(self, f.name) != f.default}
+                if f.name not in ("selection", "seed", "oracle") and getattr(self, f.name) != f.default}
 
     def folder(self, temperatures: list[float] | None) -> str:
         """The loop's folder name (reused only by a same-settings run)."""
@@ -329,6 +331,7 @@ class Loop:
             f"_{self.trust_scope}" if "trust_scope" in changed else "",
             f"_from-{self.md_from}" if "md_from" in changed else "",
             f"_rank-{self.rank_by}" if "rank_by" in changed else "",
+            "_oracle" if self.oracle else "",
             f"_seed{self.seed}" if self.seed else "",
         ])
 
@@ -337,7 +340,8 @@ class Loop:
         text = "".join(f", --{name.replace('_', '-')} {value:g}" + (" eV/Å" if name == "max_std" else "")
                        if isinstance(value, float) else f", --{name.replace('_', '-')} {value}"
                        for name, value in self._changed().items())
-        return text + (f", --selection {self.selection}" if self.selection != LearnSettings.selection else "")
+        text += f", --selection {self.selection}" if self.selection != LearnSettings.selection else ""
+        return text + (", ranked by the true force error (oracle)" if self.oracle else "")
 
 
 def learning_comparison(molecule: str, files, profile, args, log, loop: Loop, seeds: tuple[int, ...] = (0,)) -> dict:
@@ -352,6 +356,7 @@ def learning_comparison(molecule: str, files, profile, args, log, loop: Loop, se
     reached = [p["n_labels"] for p in curves["loop"] if p["forces_mae_meV_per_A"] <= random_final["forces_mae_meV_per_A"]]
     return {
         "selection": loop.selection,
+        "oracle": loop.oracle,
         "seeds": list(seeds),
         "curves": curves,
         "per_seed": {str(seed): curves_of_seed for seed, curves_of_seed in per_seed.items()},
@@ -397,12 +402,64 @@ def run_loop(molecule: str, files, profile, args, log, loop: Loop) -> list[dict]
     )
     started = time.monotonic()
     name = f"{molecule} {loop.selection} seed {loop.seed}"
-    result = run_learning(settings, [start], folder, config=config, test_data=[files["md_1000K"]],
-                          log=lambda message: log(f"{name}: {message}"))
+    loop_runner = run_ranked_by_true_error if loop.oracle else run_learning
+    result = loop_runner(settings, [start], folder, config=config, test_data=[files["md_1000K"]],
+                         log=lambda message: log(f"{name}: {message}"))
     log(f"{name}: loop done ({time.monotonic() - started:.0f} s)")
     excess = labelled_energy_excess(folder, files["md_1000K"], len(result.rows))
     return [{"n_labels": row["n_labels"], "forces_mae_meV_per_A": row["test_forces_mae_meV_per_A"],
              "max_std": row["max_std"], "labelled_energy_excess_eV": excess[r]} for r, row in enumerate(result.rows)]
+
+
+def run_ranked_by_true_error(settings: LearnSettings, start, folder: Path, labeler=None, **kwargs):
+    """``molequi learn`` with each round's MD frames ranked by the committee's true force error
+    instead of its spread: the loop that error bars which were exactly right would drive (an upper
+    bound for every uncertainty; it labels every MD frame to rank them). The trust ceiling still
+    reads the spread. molequi learn continues a run whose ``--rounds`` grew, so the loop runs one
+    round further per call and, between calls, the frames the next call labels get their true
+    error as rank key (:func:`rank_by_true_error`). ``kwargs`` go to ``run_learning``."""
+    from molequi.training.learn import run_learning
+
+    if settings.rank_by != "mean":
+        raise ValueError("the true error replaces the mean spread (std_mean): rank_by must be 'mean'")
+    result = None
+    for rounds in range(settings.rounds + 1):
+        if rounds < settings.rounds and (folder / f"round_{rounds + 1:03d}").exists():
+            continue  # a later call has begun: it continues from there
+        if rounds > 0:
+            rank_by_true_error(folder / f"round_{rounds - 1:03d}", labeler)
+        result = run_learning(dataclasses.replace(settings, rounds=rounds), start, folder, **kwargs)
+    return result
+
+
+def rank_by_true_error(round_dir: Path, labeler=None) -> None:
+    """Replace the rank key (``std_mean``) of ``round_dir``'s MD frames by the round committee's
+    true mean per-atom force error against ``labeler`` (default GFN2-xTB), eV/Å; the spread is kept
+    as ``spread_mean``. Nothing to do once the round has labelled or was ranked; a frame the
+    labeler fails on gets no rank (NaN: never labelled)."""
+    from ase.io import read, write
+
+    from molequi.training.learn import label_structure, make_labeler, predict_committee
+
+    path = round_dir / "candidates.extxyz"
+    if (round_dir / "labelled.extxyz").exists():
+        return
+    frames = read(path, ":")
+    if all("spread_mean" in atoms.info for atoms in frames):
+        return
+    prediction = predict_committee(sorted(round_dir.glob("member_*/model.molequi")), frames)
+    calculator = labeler if labeler is not None else make_labeler("xtb")
+    for atoms, forces in zip(frames, prediction.forces):
+        try:
+            reference = label_structure(atoms, calculator).get_forces()
+            error = float(np.linalg.norm(forces - reference, axis=1).mean())
+        except Exception:  # a geometry the labeler fails on: the loop skips it too
+            error = math.nan
+        atoms.info["spread_mean"] = atoms.info["std_mean"]
+        atoms.info["std_mean"] = error
+    partial = path.with_suffix(".ranking.extxyz")
+    write(partial, frames, format="extxyz")
+    partial.replace(path)  # whole or not at all: a killed ranking is redone
 
 
 @functools.lru_cache(maxsize=None)
@@ -452,6 +509,8 @@ def targets(report: dict) -> list[tuple[str, bool]]:
         area = max(row["after"]["miscalibration_area"] for row in rows.values())
         checks.append((f"{molecule}: miscalibration area ≤ 0.1 after calibration (largest {area:.3f})", area <= 0.1))
     for molecule, result in report["learning"].items():
+        if result.get("oracle"):
+            continue  # a bound for molequi's loops, not one of them
         n = result["loop_labels_to_reach_random"]
         ok = n is not None and n <= 0.5 * result["random_labels"]
         checks.append((f"{molecule}: loop reaches random selection's 1000 K force MAE "
@@ -615,9 +674,10 @@ def loop_spec(text: str) -> Loop:
         if not sep or key not in fields:
             raise argparse.ArgumentTypeError(f"{item!r}: expected KEY=VALUE with KEY one of {', '.join(fields)}")
         try:
-            values[key] = float(value) if key == "max_std" else int(value) if key == "pool_factor" else value
+            values[key] = (float(value) if key == "max_std" else int(value) if key == "pool_factor"
+                           else _flag(value) if key == "oracle" else value)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{item!r}: not a number") from None
+            raise argparse.ArgumentTypeError(f"{item!r}: not a number (oracle: 0 or 1)") from None
     loop = Loop(**values)
     choices = {"selection": LOOP_NAMES, "trust_scope": TRUST_SCOPES, "md_from": MD_STARTS, "rank_by": RANKINGS}
     for key, allowed in choices.items():
@@ -625,7 +685,15 @@ def loop_spec(text: str) -> Loop:
             raise argparse.ArgumentTypeError(f"{key} must be one of {', '.join(allowed)}, got {getattr(loop, key)!r}")
     if loop.max_std is not None and not loop.max_std > 0 or loop.pool_factor < 1:
         raise argparse.ArgumentTypeError(f"{text!r}: max_std must be > 0 eV/Å and pool_factor ≥ 1")
+    if loop.oracle and loop.rank_by != "mean":
+        raise argparse.ArgumentTypeError(f"{text!r}: oracle=1 ranks by the mean error: add rank_by=mean")
     return loop
+
+
+def _flag(value: str) -> bool:
+    if value not in ("0", "1"):
+        raise ValueError(value)
+    return value == "1"
 
 
 def loop_variants(args) -> list[Loop]:

@@ -155,6 +155,79 @@ def test_loop_specs_name_the_settings_of_each_loop():
     assert bench.Loop(selection="clustered", rank_by="mean").folder(None) == "clustered_rank-mean"
     assert loop.flags() == ", --max-std 0.6 eV/Å, --trust-scope trajectory, --md-from labelled"
     assert bench.Loop(selection="clustered", pool_factor=2).flags() == ", --selection clustered"
-    for bad in ("max_std", "seed=1", "md_from=last", "max_std=-1", "pool_factor=x", "selection=random"):
+    oracle = bench.loop_spec("max_std=0.6,trust_scope=trajectory,rank_by=mean,oracle=1")
+    assert oracle.folder(None) == "uncertain_max_std0.6_trajectory_rank-mean_oracle"
+    assert oracle.flags().endswith("--rank-by mean, ranked by the true force error (oracle)")
+    assert bench.Loop(selection="random", oracle=True) == bench.Loop(selection="random")  # random shares its loop
+    for bad in ("max_std", "seed=1", "md_from=last", "max_std=-1", "pool_factor=x", "selection=random",
+                "oracle=yes", "oracle=1"):  # the true error replaces the mean spread only
         with pytest.raises(argparse.ArgumentTypeError):
             bench.loop_spec(bad)
+
+
+def test_true_error_loop_ranks_each_round_before_the_call_that_labels_it(tmp_path, monkeypatch):
+    import dataclasses
+
+    import pytest
+
+    import molequi.training.learn as learn
+    from molequi.training.learn import LearnSettings
+
+    bench = load_bench()
+    calls = []
+
+    def run_learning(settings, start, folder, **kwargs):  # what each call leaves: its last round
+        calls.append(("run", settings.rounds))
+        (folder / f"round_{settings.rounds:03d}").mkdir(parents=True, exist_ok=True)
+        return settings.rounds
+
+    monkeypatch.setattr(learn, "run_learning", run_learning)
+    monkeypatch.setattr(bench, "rank_by_true_error", lambda round_dir, labeler=None: calls.append(("rank", round_dir.name)))
+    settings = LearnSettings(rounds=2, per_round=2, temperatures=[300.0], md_steps=10, rank_by="mean")
+    assert bench.run_ranked_by_true_error(settings, ["start"], tmp_path / "loop") == 2
+    assert calls == [("run", 0), ("rank", "round_000"), ("run", 1), ("rank", "round_001"), ("run", 2)]
+    calls.clear()  # a rerun: calls that a later call followed are not made again (they cannot shrink --rounds)
+    bench.run_ranked_by_true_error(settings, ["start"], tmp_path / "loop")
+    assert calls == [("rank", "round_001"), ("run", 2)]
+    with pytest.raises(ValueError, match="rank_by"):
+        bench.run_ranked_by_true_error(dataclasses.replace(settings, rank_by="max"), ["start"], tmp_path / "other")
+
+
+def test_true_error_ranking_replaces_the_mean_spread_once(tmp_path):
+    import numpy as np
+    from ase.build import molecule
+    from ase.calculators.emt import EMT
+    from ase.io import read, write
+
+    from conftest import random_model
+    from molequi.models import save_model
+    from molequi.training.learn import predict_committee
+
+    bench = load_bench()
+    round_dir = tmp_path / "round_000"
+    members = []
+    for m in range(2):
+        (round_dir / f"member_{m}").mkdir(parents=True)
+        members.append(save_model(random_model(l_max=1, num_layers=1, seed=m), round_dir / f"member_{m}" / "model.molequi"))
+    frames = []
+    for k in range(3):
+        atoms = molecule("CH3CH2OH")
+        atoms.positions += np.random.default_rng(k).normal(0.0, 0.05 * (k + 1), atoms.positions.shape)
+        atoms.info.update(std_max=0.3 + k, std_mean=0.1 * (k + 1), system=k, md_step=10)
+        frames.append(atoms)
+    write(round_dir / "candidates.extxyz", frames, format="extxyz")
+    stored = read(round_dir / "candidates.extxyz", ":")
+    prediction = predict_committee(members, stored)
+    expected = []
+    for atoms, forces in zip(stored, prediction.forces):
+        atoms.calc = EMT()
+        expected.append(np.linalg.norm(forces - atoms.get_forces(), axis=1).mean())
+
+    bench.rank_by_true_error(round_dir, labeler=EMT())
+    ranked = read(round_dir / "candidates.extxyz", ":")
+    np.testing.assert_allclose([a.info["std_mean"] for a in ranked], expected, rtol=1e-5)
+    np.testing.assert_allclose([a.info["spread_mean"] for a in ranked], [0.1, 0.2, 0.3])
+    np.testing.assert_allclose([a.info["std_max"] for a in ranked], [0.3, 1.3, 2.3])  # the trust ceiling still reads the spread
+    np.testing.assert_allclose([a.positions for a in ranked], [a.positions for a in stored])
+    bench.rank_by_true_error(round_dir, labeler=None)  # ranked already: not again (no labeler needed)
+    assert [a.info["std_mean"] for a in read(round_dir / "candidates.extxyz", ":")] == [a.info["std_mean"] for a in ranked]
