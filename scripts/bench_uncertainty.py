@@ -12,12 +12,16 @@
     by held-out NLL), fitted on 100 held-out rMD17 geometries (the training distribution; the MD
     test frames are never used for it). ``--committee-members 4 8`` adds a row per committee size;
     every committee row also estimates (split-half) the Spearman of unlimited members.
+    ``--committee-diversity seed bootstrap cutoff`` adds committees whose members also differ in a
+    bootstrap resample of the training set or in their cutoff, and one that pools them all.
 (b) Active learning vs random selection: ``molequi learn`` from one unlabelled geometry (labelled
     with 4 perturbed copies), committee MD at 300, 600 and 1000 K, and the same loop with frames
     drawn at random from its own MD (``--learn-md-from labelled``: each round's MD starts from
     the previous round's picks); force MAE on the 1000 K frames against the number of labels,
     per seed (``--learn-seeds``) and averaged, and how far above the 1000 K test frames (median
-    reference energy) the frames each loop labels lie.
+    reference energy) the frames each loop labels lie. A loop spec with ``oracle=1`` ranks each
+    round's frames by the committee's true force error (xTB) instead of its spread: the bound
+    for what any error bars could make the uncertain pick do.
 
     python scripts/bench_uncertainty.py --quick                 # ~10 min on 2 busy cores
     python scripts/bench_uncertainty.py --out runs/bench_uncertainty --readme
@@ -66,6 +70,10 @@ PROFILES = {
 }
 DEFAULT_POOL_FACTOR = LearnSettings.pool_factor  # molequi learn's default: loops at it share one folder
 LOOP_NAMES = {"uncertain": "uncertain + diverse", "clustered": "most uncertain of each cluster"}
+# How the members of a committee differ: their seed (initial weights, validation split, batch
+# order) only; also a bootstrap resample of the training set each; also a cutoff each (Å).
+DIVERSITIES = {"seed": "seeds", "bootstrap": "bootstrap resamples", "cutoff": "cutoffs 4–6 Å"}
+CUTOFFS = (4.0, 4.5, 5.5, 6.0)
 # Members in the quickstart's layout (32 channels, harmonics tied to l_max 1).
 MODEL = {"model.channels": 32, "model.l_max": 1, "model.num_layers": 2, "model.radial_hidden": [32, 32],
          "model.readout_hidden": 16, "model.edge_l_max": None}
@@ -184,16 +192,19 @@ def forces_metrics(errors, calibration=None) -> dict[str, float]:
     }
 
 
-def train_members(molecule: str, kind: str, files, profile, args, log, count: int | None = None) -> list[Path]:
+def train_members(molecule: str, kind: str, files, profile, args, log, count: int | None = None,
+                  diversity: str = "seed") -> list[Path]:
     """A committee of ``count`` models (default ``members``; member m is the same model in
-    committees of every size), or (kind ``ensemble``) one shallow ensemble of ``members`` heads."""
+    committees of every size) that differ as ``diversity`` says (see ``DIVERSITIES``), or (kind
+    ``ensemble``) one shallow ensemble of ``members`` heads."""
     from molequi.training import load_config, train
 
     count = (count or profile["members"]) if kind == "committee" else 1
     heads = {"model.ensemble_heads": profile["members"]} if kind == "ensemble" else {}
+    folder = args.out / (kind if diversity == "seed" else f"{kind}_{diversity}") / molecule
     models = []
     for m in range(count):
-        out = args.out / kind / molecule / f"member_{m}"
+        out = folder / f"member_{m}"
         model = out / "model.molequi"
         if model.exists():
             from molequi.models import read_header
@@ -202,14 +213,32 @@ def train_members(molecule: str, kind: str, files, profile, args, log, count: in
         else:
             if out.exists():
                 shutil.rmtree(out)  # a member this script left unfinished
-            config = load_config(None, {**MODEL, **heads, "max_epochs": profile["epochs"], "seed": m, "validation": 0.1,
-                                        "max_minutes": profile["member_minutes"], "device": "cpu", "progress": False})
+            member = {"model.cutoff": CUTOFFS[m % len(CUTOFFS)]} if diversity == "cutoff" else {}
+            config = load_config(None, {**MODEL, **heads, **member, "max_epochs": profile["epochs"], "seed": m,
+                                        "validation": 0.1, "max_minutes": profile["member_minutes"], "device": "cpu",
+                                        "progress": False})
+            data = bootstrap_resample(files["train"], folder / f"train_bootstrap_{m}.extxyz", seed=100 + m) \
+                if diversity == "bootstrap" else files["train"]
             started = time.monotonic()
-            result = train(config, str(files["train"]), out, log=lambda message: None)
+            result = train(config, str(data), out, log=lambda message: None)
             log(f"{molecule}: {kind} member {m} trained ({result.epochs} epochs, {time.monotonic() - started:.0f} s, "
                 f"validation F MAE {result.validation_metrics.get('forces_mae_meV_per_A', math.nan):.1f} meV/Å)")
         models.append(model)
     return models
+
+
+def bootstrap_resample(source: Path, path: Path, seed: int) -> Path:
+    """``path``: as many structures as ``source`` holds, drawn from it with replacement (written once)."""
+    from ase.io import read, write
+
+    if not path.exists():
+        frames = read(source, ":")
+        picks = np.random.default_rng(seed).choice(len(frames), len(frames), replace=True)
+        partial = path.with_suffix(".partial.extxyz")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write(partial, [frames[k] for k in picks], format="extxyz")
+        partial.replace(path)
+    return path
 
 
 def within_trajectory_spearman(errors, frames) -> float:
@@ -242,7 +271,8 @@ def members_limit_spearman(models, frames, errors) -> float | None:
         e = committee_errors(members, frames)["forces"]
         return np.bincount(e.groups, e.std) / np.bincount(e.groups)
 
-    r_half = float(spearmanr(mean_std(models[:half]), mean_std(models[half:2 * half]))[0])
+    # interleaved halves: each holds every kind of member of a pooled committee alike
+    r_half = float(spearmanr(mean_std(models[0:2 * half:2]), mean_std(models[1:2 * half:2]))[0])
     return spearman_brown_limit(forces_metrics(errors)["spearman"], r_half)
 
 
@@ -259,7 +289,7 @@ def _subset(errors, mask: np.ndarray):
                                reference=errors.reference[mask])
 
 
-def calibration_table(models, files, kind: str) -> dict:
+def calibration_table(models, files, kind: str, differ: str = DIVERSITIES["seed"]) -> dict:
     """Metrics per temperature before and after ``molequi calibrate``'s fit (scale or power law,
     chosen by held-out NLL) on the calibration geometries."""
     from ase.io import read
@@ -284,7 +314,7 @@ def calibration_table(models, files, kind: str) -> dict:
     heads = loaded[0].model.config.ensemble_heads
     epochs = sorted({int(read_header(path)["extra"]["epochs"]) for path in models})  # a time cap may cut them short
     trained = f"{'–'.join(str(e) for e in (epochs[0], epochs[-1]) if e is not None)} epochs" if len(epochs) > 1 else f"{epochs[0]} epochs"
-    name = (f"committee of {len(models)}" if kind == "committee" else f"shallow ensemble of {heads} heads") + f", {trained}"
+    name = (f"committee of {len(models)} ({differ})" if kind == "committee" else f"shallow ensemble of {heads} heads") + f", {trained}"
     return {"kind": name, "calibration": {"form": fit.form, "a": fit.a, "b": fit.b}, "temperatures": rows}
 
 
@@ -730,6 +760,10 @@ def main(argv=None) -> int:
     parser.add_argument("--committee-members", type=int, nargs="+", default=None, metavar="N",
                         help="(a): committee sizes, one table row each (default: the profile's members; the "
                         "first members are shared, so a larger committee trains only the extra ones)")
+    parser.add_argument("--committee-diversity", nargs="+", default=["seed"], choices=list(DIVERSITIES),
+                        help="(a): how committee members differ, one committee each: seed only; also a bootstrap "
+                        "resample of the training set; also a cutoff (4, 4.5, 5.5, 6 Å in turn). With several, "
+                        "a row pools every member trained")
     parser.add_argument("--learn-molecules", nargs="*", default=["ethanol"], help="molecules for (b)")
     parser.add_argument("--learn-max-std", type=ceiling, nargs="+", default=[(0.0, "frame")],
                         metavar="EV_PER_A[:SCOPE]",
@@ -782,10 +816,20 @@ def main(argv=None) -> int:
     for molecule in dict.fromkeys(args.molecules + args.learn_molecules):
         files[molecule] = molecule_data(molecule, profile, args, log)
     for molecule in args.molecules:
-        for count in args.committee_members or [profile["members"]]:
-            models = train_members(molecule, "committee", files[molecule], profile, args, log, count)
-            name = "committee" if count == profile["members"] else f"committee of {count}"
-            report["calibration"][f"{molecule}/{name}"] = calibration_table(models, files[molecule], "committee")
+        counts = args.committee_members or [profile["members"]]
+        pooled = []
+        for diversity in args.committee_diversity:
+            for count in counts:
+                models = train_members(molecule, "committee", files[molecule], profile, args, log, count, diversity)
+                pooled += models if count == max(counts) else []
+                name = "committee" + (f" of {count}" if count != profile["members"] else "") \
+                    + (f" ({DIVERSITIES[diversity]})" if diversity != "seed" else "")
+                report["calibration"][f"{molecule}/{name}"] = calibration_table(models, files[molecule], "committee",
+                                                                               DIVERSITIES[diversity])
+        if len(args.committee_diversity) > 1:  # every member trained above, in one committee
+            differ = ", ".join(DIVERSITIES[d] for d in args.committee_diversity)
+            report["calibration"][f"{molecule}/committee of {len(pooled)} (pooled)"] = calibration_table(
+                pooled, files[molecule], "committee", differ)
         models = train_members(molecule, "ensemble", files[molecule], profile, args, log)
         report["calibration"][f"{molecule}/ensemble"] = calibration_table(models, files[molecule], "ensemble")
     for molecule in args.learn_molecules:

@@ -231,3 +231,29 @@ def test_true_error_ranking_replaces_the_mean_spread_once(tmp_path):
     np.testing.assert_allclose([a.positions for a in ranked], [a.positions for a in stored])
     bench.rank_by_true_error(round_dir, labeler=None)  # ranked already: not again (no labeler needed)
     assert [a.info["std_mean"] for a in read(round_dir / "candidates.extxyz", ":")] == [a.info["std_mean"] for a in ranked]
+
+
+def test_bootstrap_resample_draws_the_training_set_with_replacement_once(tmp_path):
+    import numpy as np
+    from ase.build import molecule
+    from ase.io import read, write
+
+    bench = load_bench()
+    frames = []
+    for k in range(20):
+        atoms = molecule("CH3CH2OH")
+        atoms.positions += np.random.default_rng(k).normal(0.0, 0.05, atoms.positions.shape)
+        frames.append(atoms)
+    source = tmp_path / "train.extxyz"
+    write(source, frames)
+    path = bench.bootstrap_resample(source, tmp_path / "boot" / "train_bootstrap_0.extxyz", seed=100)
+    drawn = read(path, ":")
+    originals = [a.positions.tobytes() for a in read(source, ":")]
+    indices = [originals.index(a.positions.tobytes()) for a in drawn]  # every drawn frame is a training frame
+    assert len(drawn) == 20 and len(set(indices)) < 20  # as many, some twice (with replacement)
+    assert indices == np.random.default_rng(100).choice(20, 20, replace=True).tolist()
+    other = read(bench.bootstrap_resample(source, tmp_path / "boot" / "train_bootstrap_1.extxyz", seed=101), ":")
+    assert [a.positions.tobytes() for a in other] != [a.positions.tobytes() for a in drawn]
+    stamp = path.stat().st_mtime_ns
+    bench.bootstrap_resample(source, path, seed=100)
+    assert path.stat().st_mtime_ns == stamp  # written once: a rerun trains on the same resample
