@@ -614,47 +614,60 @@ def markdown(report: dict) -> str:
 
 
 def plot(report: dict, path: Path) -> None:
-    """Three panels: RMSE ÷ std before/after calibration, the measured Spearman against the one
-    exact error bars of the same spread would reach, and the learning loops against random."""
+    """Three panels: per committee or ensemble (one row each), RMSE ÷ std before and after
+    calibration and the measured Spearman beside the one exact error bars of the same spread, and
+    the unlimited-members estimate, would reach (markers per temperature); the learning loops
+    against random."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
-    figure, axes = plt.subplots(1, 3, figsize=(16, 6.2))
     results = list(_calibration_results(report))
+    figure, axes = plt.subplots(1, 3, figsize=(17, max(6.2, 2.5 + 0.32 * len(results))),
+                                gridspec_kw={"width_ratios": [1, 1, 1.2]})
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    width = 0.8 / max(1, 2 * len(results))
+    markers = dict(zip(TEMPERATURES, ("o", "s", "^")))
+    rows = np.arange(len(results))[::-1]  # the first result on top
+    names = [f"{molecule}: {result['kind'].rpartition(', ')[0] or result['kind']}" for (molecule, _), result in results]
+    for ax in axes[:2]:
+        ax.set_yticks(rows, names, fontsize=7)
+        ax.set_ylim(-0.7, len(results) - 0.3)
+        ax.grid(alpha=0.3, axis="x")
     ax = axes[0]
-    for k, ((molecule, kind), result) in enumerate(results):
-        xs = np.arange(len(TEMPERATURES)) + (2 * k + 0.5 - len(results)) * width
-        rows = list(result["temperatures"].values())
-        ax.bar(xs, [row["before"]["rmse_over_std"] for row in rows], width, color=colours[k], alpha=0.35)
-        ax.bar(xs + width, [row["after"]["rmse_over_std"] for row in rows], width, color=colours[k],
-               label=f"{molecule} {kind}")
-    ax.axhspan(0.8, 1.25, color="green", alpha=0.1)
-    ax.set_xticks(range(len(TEMPERATURES)), [f"{t:g} K" for t in TEMPERATURES])
-    ax.set_ylabel("force RMSE ÷ predicted std (pale: raw, dark: calibrated)")
-    ax.set_yscale("log")  # raw shallow-ensemble spreads can be an order of magnitude too small
-    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2)
+    for y, (_, result) in zip(rows, results):
+        for k, (t, row) in enumerate(zip(TEMPERATURES, result["temperatures"].values())):
+            dy = 0.2 * (k - 1)
+            ax.plot([row["before"]["rmse_over_std"]], [y + dy], markers[t], color=colours[k], alpha=0.3)
+            ax.plot([row["after"]["rmse_over_std"]], [y + dy], markers[t], color=colours[k])
+    ax.axvspan(0.8, 1.25, color="green", alpha=0.1)
+    ax.axvline(1.5, color="grey", lw=0.8, ls=":")
+    ax.set_xscale("log")  # raw shallow-ensemble spreads can be an order of magnitude too small
+    ticks = [0.5, 0.8, 1.0, 1.5, 2.0, 5.0, 10.0, 20.0, 50.0]
+    low, high = ax.get_xlim()
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    ax.set_xticks([t for t in ticks if low <= t <= high], [f"{t:g}" for t in ticks if low <= t <= high])
+    ax.set_xlabel("force RMSE ÷ predicted std (pale: raw, dark: calibrated)")
+    for k, t in enumerate(TEMPERATURES):
+        ax.plot([], [], markers[t], color=colours[k], label=f"{t:g} K frames")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=3)
     ax = axes[1]
-    for k, ((molecule, kind), result) in enumerate(results):
-        rows = list(result["temperatures"].values())
-        ax.plot(TEMPERATURES, [row["after"]["spearman"] for row in rows], "o-", color=colours[k],
-                label=f"{molecule} {kind}")
-        if all("spearman_if_exact" in row for row in rows):
-            ax.plot(TEMPERATURES, [row["spearman_if_exact"] for row in rows], "x:", color=colours[k])
-        if all(row.get("spearman_members_limit") is not None for row in rows):
-            ax.plot(TEMPERATURES, [row["spearman_members_limit"] for row in rows], "+--", color=colours[k])
-    ax.axhline(0.7, color="grey", lw=0.8)
-    ax.set_xticks(TEMPERATURES)
-    ax.set_xlabel("MD temperature of the test frames (K)")
-    ax.set_ylabel("Spearman per structure")
-    for marker, style, text in (("o", "-", "measured"), ("x", ":", "if the errors followed the std"),
-                                ("+", "--", "with unlimited members (estimate)")):
-        ax.plot([], [], marker=marker, ls=style, color="grey", label=text)
-    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2)
-    ax.grid(alpha=0.3)
+    for y, (_, result) in zip(rows, results):
+        for k, (t, row) in enumerate(zip(TEMPERATURES, result["temperatures"].values())):
+            dy = 0.2 * (k - 1)
+            ax.plot([row["after"]["spearman"]], [y + dy], markers[t], color=colours[k])
+            if row.get("spearman_if_exact") is not None:
+                ax.plot([row["spearman_if_exact"]], [y + dy], "|", color=colours[k], ms=8)
+            if row.get("spearman_members_limit") is not None:
+                ax.plot([row["spearman_members_limit"]], [y + dy], markers[t], color=colours[k], mfc="none", alpha=0.7)
+    ax.axvline(0.7, color="grey", lw=0.8)
+    ax.set_yticklabels([])
+    ax.set_xlabel("Spearman per structure (target ≥ 0.7)")
+    for marker, fill, text in (("o", None, "measured"), ("|", None, "if the errors followed the std"),
+                               ("o", "none", "with unlimited members (estimate)")):
+        ax.plot([], [], marker, color="grey", mfc=fill, ls="", label=text)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=2)
     ax = axes[2]
     drawn = set()  # loops of other settings can share one random loop: draw it once
     for k, (name, result) in enumerate(report["learning"].items()):
