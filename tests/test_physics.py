@@ -205,9 +205,10 @@ class EnergyTerm(nn.Module):
     def config(self):
         return self.potential.config
 
-    def forward(self, pos, numbers, edge_index, shifts, batch, num_graphs):
-        outputs = self.potential(pos, numbers, edge_index, shifts, batch, num_graphs)
-        outputs["residual_energies"] = outputs["residual_energies"] + self.term(pos, numbers, edge_index, shifts, batch)
+    def forward(self, graph):
+        outputs = self.potential(graph)
+        term = self.term(graph.pos, graph.numbers, graph.edge_index, graph.shifts, graph.batch)
+        outputs["residual_energies"] = outputs["residual_energies"] + term
         return outputs
 
 

@@ -23,8 +23,9 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
 from molequi.data.graph import check_close_contacts, validate_atoms
-from molequi.md.neighbors import SkinNeighborList
-from molequi.md.potential import GraphTensors, ModelSpec, Potential, load_models
+from molequi.data.skin import SkinNeighborList
+from molequi.data.batch import GraphBatch
+from molequi.models.committee import ModelSpec, Potential, load_models
 
 
 class MolequiCalculator(Calculator):
@@ -62,7 +63,7 @@ class MolequiCalculator(Calculator):
         self.device = self.potential.device
         self.neighbors = SkinNeighborList(self.potential.cutoff, skin)
         self._numbers: np.ndarray | None = None  # atomic numbers the device tensors were made for
-        self._graph: GraphTensors | None = None
+        self._graph: GraphBatch | None = None
 
     def calculate(
         self, atoms: Atoms | None = None, properties: Sequence[str] = ("energy",), system_changes=all_changes
@@ -92,7 +93,7 @@ class MolequiCalculator(Calculator):
             self.results["energy_std"] = float(outputs["energy_std"][0])
             self.results["forces_std"] = outputs["forces_std"].cpu().numpy().copy()
 
-    def _prepare(self, atoms: Atoms) -> GraphTensors:
+    def _prepare(self, atoms: Atoms) -> GraphBatch:
         """The model inputs for ``atoms``, reusing whatever did not change since the last call."""
         numbers = atoms.get_atomic_numbers()
         if self._numbers is None or not np.array_equal(numbers, self._numbers):
@@ -101,7 +102,7 @@ class MolequiCalculator(Calculator):
             self.potential.check_species(numbers_tensor)  # before any computation, once
             self._numbers = numbers.copy()
             self.neighbors.reference = None  # force a rebuild
-            self._graph = GraphTensors(
+            self._graph = GraphBatch(
                 pos=torch.empty(len(atoms), 3, dtype=torch.float64, device=self.device),
                 numbers=numbers_tensor,
                 batch=torch.zeros(len(atoms), dtype=torch.long, device=self.device),

@@ -39,7 +39,8 @@ except ModuleNotFoundError as error:  # optional extra
     ) from error
 
 from molequi.data.neighbors import dense_candidate_pairs
-from molequi.md.potential import GraphTensors, Potential, load_models
+from molequi.data.batch import GraphBatch
+from molequi.models.committee import Potential, load_models
 from molequi.nn.forces import ForceOutput
 
 
@@ -104,7 +105,7 @@ class TorchSimModel(ModelInterface):
         self.potential.check_species(numbers)
         edge_index, shifts = self._edges(state)
         cell = state.row_vector_cell if state.pbc else torch.zeros_like(state.row_vector_cell)
-        graph = GraphTensors(
+        graph = GraphBatch(
             pos=state.positions.to(torch.float64),
             numbers=numbers,
             batch=state.system_idx,

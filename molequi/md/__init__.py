@@ -30,12 +30,13 @@ rebuild exceeds it). A plain e3nn model of this kind runs ~12× faster for one a
 out because it cannot be made correct without a GPU to test on.
 """
 
+from molequi.data.batch import GraphBatch
+from molequi.data.skin import BatchedNeighborList, SkinNeighborList
 from molequi.md.ase_engine import ASEEngine
 from molequi.md.engine import BatchedMD, StopEvent, safety_stops
 from molequi.md.integrators import baoab_step, gaussian_noise, velocity_verlet_step
-from molequi.md.neighbors import BatchedNeighborList, SkinNeighborList
 from molequi.md.output import MDOutput, plot_energy, read_log
-from molequi.md.potential import GraphTensors, Potential, load_models
+from molequi.models.committee import Potential, load_models
 from molequi.md.runner import MDResult, MDSettings, read_systems, run_md, run_md_files
 from molequi.md.state import (
     MDState,
@@ -56,7 +57,7 @@ __all__ = [
     "safety_stops",
     "BatchedMD",
     "BatchedNeighborList",
-    "GraphTensors",
+    "GraphBatch",
     "MDOutput",
     "MDState",
     "Potential",

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from molequi.data.batch import GraphBatch
 from molequi.errors import ConfigError, MissingDependencyError
 
 BASELINES = ("xtb",)
@@ -58,6 +59,23 @@ class XTBBaseline:
         self._numbers: np.ndarray | None = None
         self._calculator = None
         self._result = None
+
+    def batch_outputs(self, graph: GraphBatch):
+        """Baseline energy [G] (float64 eV), per-atom energies [N] (float64 eV) and forces [N, 3]
+        (float64 eV/Å) of a batch of molecules in open space (one tblite call per molecule)."""
+        import torch
+
+        z = graph.numbers.detach().cpu().numpy()
+        r = graph.pos.detach().cpu().to(torch.float64).numpy()
+        owner = graph.batch.detach().cpu().numpy()
+        energy = np.zeros(graph.num_graphs)
+        energies = np.zeros(len(z))
+        forces = np.zeros((len(z), 3))
+        for g in range(graph.num_graphs):
+            atoms = np.flatnonzero(owner == g)
+            energy[g], energies[atoms], forces[atoms] = self(z[atoms], r[atoms])
+        device = graph.pos.device
+        return tuple(torch.from_numpy(a).to(device) for a in (energy, energies, forces))
 
     def __deepcopy__(self, memo) -> XTBBaseline:
         return XTBBaseline()  # a fresh calculator: tblite's own objects cannot be copied
@@ -146,22 +164,3 @@ def baseline_labels(
 
         atomic_write(path, write)
     return energies, forces
-
-
-def baseline_outputs(baseline: XTBBaseline, numbers, positions, batch, num_graphs: int):
-    """Baseline energy [G] (float64 eV), per-atom energies [N] (float64 eV) and forces [N, 3]
-    (float64 eV/Å) of a batch of molecules given as torch tensors."""
-    import torch
-
-    z = numbers.detach().cpu().numpy()
-    r = positions.detach().cpu().to(torch.float64).numpy()
-    b = batch.detach().cpu().numpy()
-    energy = np.zeros(num_graphs)
-    energies = np.zeros(len(z))
-    forces = np.zeros((len(z), 3))
-    for g in range(num_graphs):
-        atoms = np.flatnonzero(b == g)
-        energy[g], energies[atoms], forces[atoms] = baseline(z[atoms], r[atoms])
-    device = positions.device
-    as_tensor = lambda a: torch.from_numpy(a).to(device)  # noqa: E731
-    return as_tensor(energy), as_tensor(energies), as_tensor(forces)

@@ -27,6 +27,7 @@ from typing import Dict
 import torch
 from torch import nn
 
+from molequi.data.batch import GraphBatch
 from molequi.errors import ConfigError
 from molequi.nn.forces import ForceOutput
 
@@ -43,7 +44,8 @@ class _PerAtomEnergies(nn.Module):
         self.potential = potential
 
     def forward(self, pos, numbers, edge_index, shifts, batch):
-        outputs = self.potential(pos, numbers, edge_index, shifts, batch, 1)
+        cell = torch.zeros(1, 3, 3, dtype=pos.dtype, device=pos.device)
+        outputs = self.potential(GraphBatch(pos, numbers, edge_index, shifts, batch, 1, cell))
         if "residual_energies" in outputs:
             return outputs["residual_energies"], outputs["reference_energies"].to(torch.float64)
         energies = outputs["energies"]

@@ -16,6 +16,7 @@ import torch
 from e3nn import o3
 from torch import nn
 
+from molequi.data.batch import GraphBatch
 from molequi.models.config import ModelConfig
 from molequi.models.heads import head
 from molequi.nn.interaction import InteractionBlock
@@ -159,26 +160,15 @@ class MolequiPotential(nn.Module):
         """[n_atoms] float64 per-atom reference energies ``E0[Z_i] + shift``, eV."""
         return self.e0[numbers] + self.config.energy_shift
 
-    def forward(
-        self,
-        pos: torch.Tensor,
-        numbers: torch.Tensor,
-        edge_index: torch.Tensor,
-        shifts: torch.Tensor,
-        batch: torch.Tensor,
-        num_graphs: int,
-    ) -> dict[str, torch.Tensor]:
+    def forward(self, graph: GraphBatch) -> dict[str, torch.Tensor]:
         """Per-atom residual and reference energies, and property heads.
 
         Args:
-            pos: [n_atoms, 3] positions, Å (float64 preferred: edge vectors are formed in the
-                dtype of ``pos``, then cast to the model dtype, so that their rounding is
-                relative to a bond length, not to the coordinates' distance from the origin).
-            numbers: [n_atoms] atomic numbers, all among ``config.species``.
-            edge_index: [2, n_edges] row 0 = centre i, row 1 = neighbor j.
-            shifts: [n_edges, 3] periodic shifts, Å (r_ij = pos[j] - pos[i] + shifts).
-            batch: [n_atoms] index of the structure each atom belongs to.
-            num_graphs: number of structures in the batch.
+            graph: the batch (:class:`~molequi.data.batch.GraphBatch`). ``graph.pos`` [n_atoms, 3]
+                Å is best float64: edge vectors are formed in its dtype, then cast to the model
+                dtype, so that their rounding is relative to a bond length, not to the
+                coordinates' distance from the origin. Every atomic number must be among
+                ``config.species``.
 
         Returns:
             ``residual_energies`` [n_atoms] learned per-atom energies, eV (model dtype),
@@ -187,10 +177,11 @@ class MolequiPotential(nn.Module):
             ``ensemble_heads`` K ≥ 2 these are means over the heads, and each head's values come
             as ``residual_energies_members`` [n_atoms, K] and ``<property>_members`` [K, G, k].
         """
+        pos, numbers, edge_index = graph.pos, graph.numbers, graph.edge_index
         dtype = self.dtype
         species = self.species_index[numbers]
         one_hot = torch.nn.functional.one_hot(species, len(self.config.species)).to(dtype)
-        vectors = (pos[edge_index[1]] - pos[edge_index[0]] + shifts).to(dtype)  # [n_edges, 3], Å
+        vectors = (pos[edge_index[1]] - pos[edge_index[0]] + graph.shifts).to(dtype)  # [n_edges, 3], Å
         lengths = vectors.norm(dim=-1, keepdim=True)  # [n_edges, 1], Å
         harmonics = self.spherical_harmonics(vectors)
         radial = self.radial(lengths)
@@ -211,7 +202,7 @@ class MolequiPotential(nn.Module):
         if self.config.ensemble_heads > 1:
             outputs["residual_energies_members"] = residual
         for name, readout in self.property_heads.items():
-            members = self._property(name, readout(features), pos, batch, num_graphs)  # [G, K, c]
+            members = self._property(name, readout(features), pos, graph.batch, graph.num_graphs)  # [G, K, c]
             outputs[name] = members.mean(1)
             if self.config.ensemble_heads > 1:
                 outputs[f"{name}{MEMBERS}"] = members.transpose(0, 1)  # [K, G, c]

@@ -16,7 +16,8 @@ import torch
 from torch import nn
 from torch_geometric.utils import scatter
 
-from molequi.errors import UnknownElementError
+from molequi.data.batch import GraphBatch
+from molequi.errors import ConfigError, UnknownElementError
 
 
 def energy_outputs(
@@ -51,7 +52,7 @@ def energy_outputs(
 MEMBER_GRADIENTS = "loop"
 """How the forces of a shallow ensemble's K heads are computed: ``"loop"`` (K backward passes
 through the shared body, retaining its graph) or ``"batched"`` (one vectorised backward,
-``torch.autograd.grad(is_grads_batched=True)``). ``scripts/bench_ensemble_forces.py`` times both."""
+``torch.autograd.grad(is_grads_batched=True)``). ``scripts/bench_ensemble_heads.py`` times both."""
 
 
 def member_gradients(members: torch.Tensor, positions: torch.Tensor, create_graph: bool, method: str = "loop") -> torch.Tensor:
@@ -62,13 +63,6 @@ def member_gradients(members: torch.Tensor, positions: torch.Tensor, create_grap
     vmapped pass ("batched"), which trades memory (K copies of every intermediate gradient)
     for fewer kernel launches."""
     heads = members.shape[1]
-    if method == "auto":
-        if not create_graph:
-            try:
-                return member_gradients(members, positions, False, "batched")
-            except RuntimeError:  # an op without a batching rule: fall back to the loop
-                pass
-        method = "loop"
     if method == "batched":
         eye = torch.eye(heads, dtype=members.dtype, device=members.device)
         grad_outputs = eye.unsqueeze(1).expand(heads, members.shape[0], heads)
@@ -85,7 +79,7 @@ def member_gradients(members: torch.Tensor, positions: torch.Tensor, create_grap
 
 
 class ForceOutput(nn.Module):
-    """Wrap an energy model ``model(pos, numbers, edge_index, shifts, batch, num_graphs) -> dict``
+    """Wrap an energy model ``model(graph: GraphBatch) -> dict``
     that returns per-atom ``residual_energies`` (eV, its own dtype) and ``reference_energies``
     (eV, float64) — or only per-atom ``energies``, taken as residuals with a zero reference — and
     add float64 ``energy`` (eV), ``energies`` (eV), ``energy_residual`` and ``energy_reference``
@@ -98,9 +92,10 @@ class ForceOutput(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
-        # A physical baseline added at run time (Δ-learning, see molequi.models.baseline); set
-        # by load_model for a model trained with one. Training leaves it None: its labels
-        # already have the baseline taken off.
+        # A physical baseline added at run time (Δ-learning): any object with a ``name`` and
+        # ``batch_outputs(graph) -> (energy [G], energies [N], forces [N, 3])`` in float64 eV and
+        # eV/Å; load_model sets one for a model trained with it. Training leaves it None: its
+        # labels already have the baseline taken off.
         self.baseline = None
 
     @property
@@ -133,7 +128,7 @@ class ForceOutput(nn.Module):
         compute_stress: bool = False,
         check_species: bool = True,
     ) -> dict[str, torch.Tensor]:
-        """Evaluate a graph or batch (see :mod:`molequi.data.graph` for its fields).
+        """Evaluate a :class:`~molequi.data.batch.GraphBatch` or a torch-geometric graph or batch.
 
         Returns a dict with float64 ``energy`` [num_graphs] eV, ``energies`` [n_atoms] eV,
         ``energy_residual`` and ``energy_reference`` [num_graphs] eV; in the model dtype
@@ -144,11 +139,11 @@ class ForceOutput(nn.Module):
         forces are asked; K backward passes, see :func:`member_gradients`) and
         ``<property>_members`` [K, G, components].
         """
+        graph = GraphBatch.of(graph)
         if check_species:
             self.check_species(graph.numbers)
         dtype = self.dtype
-        num_graphs = int(graph.num_graphs) if hasattr(graph, "num_graphs") else 1
-        batch = graph.batch if getattr(graph, "batch", None) is not None else torch.zeros_like(graph.numbers)
+        num_graphs, batch = graph.num_graphs, graph.batch
         # Positions keep their float64: the model forms edge vectors before casting to its dtype,
         # so a float32 model rounds bond vectors (~3 Å), not coordinates (tens of Å in a large
         # system). A fresh leaf so gradients never leak into the caller's tensors.
@@ -163,7 +158,7 @@ class ForceOutput(nn.Module):
             shifts = shifts + torch.einsum("ei,eij->ej", shifts, symmetric[batch[graph.edge_index[0]]])
             inputs.append(strain)
         with torch.set_grad_enabled(torch.is_grad_enabled() or compute_forces or compute_stress):
-            outputs = self.model(pos, graph.numbers, graph.edge_index, shifts, batch, num_graphs)
+            outputs = self.model(graph.replace(pos=pos, shifts=shifts))
             members = outputs.pop("residual_energies_members", None)  # [n_atoms, K], shallow ensembles
             if "residual_energies" in outputs:
                 residual = outputs.pop("residual_energies")
@@ -196,21 +191,17 @@ class ForceOutput(nn.Module):
                     volume = torch.linalg.det(graph.cell.to(position_dtype)).abs()  # [num_graphs], Å³
                     outputs["stress"] = (gradients[-1] / volume.view(-1, 1, 1)).to(dtype)
         if self.baseline is not None:
-            self._add_baseline(outputs, graph, batch, num_graphs, compute_stress)
+            self._add_baseline(outputs, graph, compute_stress)
         return outputs
 
-    def _add_baseline(self, outputs: dict, graph, batch: torch.Tensor, num_graphs: int, compute_stress: bool) -> None:
+    def _add_baseline(self, outputs: dict, graph: GraphBatch, compute_stress: bool) -> None:
         """Add the baseline's energies (float64, into the reference) and forces to ``outputs``."""
-        from molequi.errors import ConfigError
-        from molequi.models.baseline import baseline_outputs
-
-        cell = getattr(graph, "cell", None)
-        if compute_stress or (cell is not None and bool(torch.any(cell != 0))):
+        if compute_stress or bool(torch.any(graph.cell != 0)):
             raise ConfigError(
                 f"this model adds a {self.baseline.name} baseline, which molequi evaluates for molecules in open "
                 "space only (no periodic cell, no stress)"
             )
-        energy, energies, forces = baseline_outputs(self.baseline, graph.numbers, graph.pos, batch, num_graphs)
+        energy, energies, forces = self.baseline.batch_outputs(graph)
         outputs["energy"] = outputs["energy"] + energy
         outputs["energy_reference"] = outputs["energy_reference"] + energy
         outputs["energies"] = outputs["energies"] + energies

@@ -1,7 +1,7 @@
 """One model or a committee of models, evaluated on plain device tensors.
 
 Both the ASE calculator and the batched MD engine call the potential through
-:class:`Potential` on a :class:`GraphTensors`: the fields that
+:class:`Potential` on a :class:`GraphBatch`: the fields that
 :class:`~molequi.nn.forces.ForceOutput` reads, kept on the device between steps, so no
 ``torch_geometric`` ``Batch`` is assembled per step.
 """
@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from molequi.data.batch import GraphBatch
 from molequi.errors import ConfigError
 from molequi.models.io import load_model
 from molequi.models.uncertainty import Calibration, as_calibration
@@ -22,29 +22,6 @@ from molequi.nn.forces import ForceOutput
 
 ModelSpec = str | Path | ForceOutput
 """A model file path or a loaded model."""
-
-
-@dataclass
-class GraphTensors:
-    """A batch of structures as the tensors the model reads (see :mod:`molequi.data.graph`).
-
-    Attributes:
-        pos: [n_atoms, 3] positions, Å.
-        numbers: [n_atoms] atomic numbers (int64).
-        batch: [n_atoms] index of the structure of each atom (int64).
-        num_graphs: number of structures S.
-        cell: [S, 3, 3] lattice vectors as rows, Å (zeros for open boundaries).
-        edge_index: [2, n_edges] row 0 = centre i, row 1 = neighbor j.
-        shifts: [n_edges, 3] Å, so that r_ij = pos[j] - pos[i] + shifts.
-    """
-
-    pos: torch.Tensor
-    numbers: torch.Tensor
-    batch: torch.Tensor
-    num_graphs: int
-    cell: torch.Tensor
-    edge_index: torch.Tensor
-    shifts: torch.Tensor
 
 
 def load_models(
@@ -120,7 +97,7 @@ class Potential:
         for model in self.models:
             model.check_species(numbers)
 
-    def __call__(self, graph: GraphTensors, compute_stress: bool = False) -> dict[str, torch.Tensor]:
+    def __call__(self, graph: GraphBatch, compute_stress: bool = False) -> dict[str, torch.Tensor]:
         """Evaluate every member (species are not re-checked: call :meth:`check_species` once).
 
         Returns (detached, float64):
