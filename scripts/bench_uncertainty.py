@@ -50,7 +50,7 @@ from pathlib import Path
 
 import numpy as np
 
-from molequi.training.learn import MD_STARTS, RANKINGS, TRUST_SCOPES, LearnSettings
+from molequi.learn import MD_STARTS, RANKINGS, TRUST_SCOPES, LearnSettings
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "datasets"))  # the xTB recipe's helpers (datasets/xtb_md.py)
@@ -102,7 +102,7 @@ def rmd17_geometries(data_dir: Path, molecule: str, split: str = "train"):
 def xtb_label(structures, desc: str):
     import xtb_md
 
-    from molequi.training.learn import label_structure, make_labeler
+    from molequi.learn import label_structure, make_labeler
 
     calculator = make_labeler("xtb")
     with xtb_md.single_openmp_thread():
@@ -413,7 +413,7 @@ def run_loop(molecule: str, files, profile, args, log, loop: Loop) -> list[dict]
     """One ``molequi learn`` loop (reused when its folder holds the finished rounds): per round,
     the 1000 K force MAE, the largest spread and the energy of the frames it labels."""
     from molequi.training import load_config
-    from molequi.training.learn import run_learning
+    from molequi.learn import run_learning
 
     start = rmd17_geometries(args.data_dir, molecule)[0]
     config = load_config(None, {**MODEL, "max_epochs": profile["learn_epochs"], "validation": 0.1, "device": "cpu",
@@ -448,7 +448,7 @@ def run_ranked_by_true_error(settings: LearnSettings, start, folder: Path, label
     reads the spread. molequi learn continues a run whose ``--rounds`` grew, so the loop runs one
     round further per call and, between calls, the frames the next call labels get their true
     error as rank key (:func:`rank_by_true_error`). ``kwargs`` go to ``run_learning``."""
-    from molequi.training.learn import run_learning
+    from molequi.learn import run_learning
 
     if settings.rank_by != "mean":
         raise ValueError("the true error replaces the mean spread (std_mean): rank_by must be 'mean'")
@@ -469,7 +469,7 @@ def rank_by_true_error(round_dir: Path, labeler=None) -> None:
     labeler fails on gets no rank (NaN: never labelled)."""
     from ase.io import read, write
 
-    from molequi.training.learn import label_structure, make_labeler, predict_committee
+    from molequi.learn import label_structure, make_labeler, predict_committee
 
     path = round_dir / "candidates.extxyz"
     if (round_dir / "labelled.extxyz").exists():
@@ -504,7 +504,7 @@ def labelled_energy_excess(loop: Path, test_file: Path, n_rounds: int) -> list[f
     """Per round, the median reference energy of the frames it labelled above the median of the
     1000 K test frames, eV (None for the last round, which labels nothing): how far from the
     thermal 1000 K region the picks lie (committee MD on a poor model strays eV above it)."""
-    from molequi.training.learn import read_labelled
+    from molequi.learn import read_labelled
 
     reference = median_energy(test_file)
     excess: list[float | None] = []

@@ -15,8 +15,9 @@ from ase.build import molecule
 
 from molequi.cli.main import main
 from molequi.errors import ConfigError, MolequiError
-from molequi.training import learn
-from molequi.training.learn import (
+import molequi.learn as learn
+from molequi.learn import labelers, selection
+from molequi.learn import (
     LearnSettings,
     distance_descriptor,
     make_labeler,
@@ -220,10 +221,10 @@ def test_resume_after_interruptions_gives_the_same_rounds(finished, test_file, t
         calls.append(1)
         return real_label(atoms, calculator)
 
-    monkeypatch.setattr(learn, "label_structure", label_then_die)
+    monkeypatch.setattr(labelers, "label_structure", label_then_die)
     with pytest.raises(KeyboardInterrupt):
         run_learning(settings, ["CH3CH2OH"], out, config=_config(), test_data=[test_file], log=lambda m: None)
-    monkeypatch.setattr(learn, "label_structure", real_label)
+    monkeypatch.setattr(labelers, "label_structure", real_label)
     assert len(calls) == 1 and (out / "round_001" / "labelled.partial.extxyz").exists()
 
     messages = []
@@ -314,7 +315,7 @@ def test_trust_ceiling_keeps_wild_frames_out(tmp_path, selection):
     settings = LearnSettings(**{**SETTINGS, "per_round": 3, "max_std": 1.0, "selection": selection})
     round_dir = tmp_path / "round_000"
     round_dir.mkdir()
-    assert learn._label_round(round_dir, candidates, settings, EMT, lambda m: None) == 3
+    assert labelers._label_round(round_dir, candidates, settings, EMT, lambda m: None) == 3
     from ase.io import read
 
     picked = {int(a.info["candidate"]) for a in read(round_dir / "labelled.extxyz", ":")}
@@ -344,8 +345,8 @@ def test_clustered_pick_skips_non_finite_and_shares_clusters_between_sizes():
     picked = learn.select_clustered(stds, descriptors, k=2, seed=0)
     assert 1 not in picked and 4 not in picked
     assert {len(descriptors[f]) for f in picked[:2]} == {3, 6}  # one cluster for each size
-    assert learn._cluster_shares([30, 10], 4) == [3, 1]
-    assert learn._cluster_shares([30, 10, 5], 2) == [1, 1, 0]
+    assert selection._cluster_shares([30, 10], 4) == [3, 1]
+    assert selection._cluster_shares([30, 10, 5], 2) == [1, 1, 0]
 
 
 def test_cli_offers_every_selection_of_the_loop():
@@ -393,7 +394,7 @@ def test_trajectory_scope_labels_only_frames_before_the_crossing(tmp_path):
                                 "pool_factor": 1})
     round_dir = tmp_path / "round_000"
     round_dir.mkdir()
-    assert learn._label_round(round_dir, candidates, settings, EMT, lambda m: None) == 2
+    assert labelers._label_round(round_dir, candidates, settings, EMT, lambda m: None) == 2
     picked = {int(a.info["candidate"]) for a in read(round_dir / "labelled.extxyz", ":")}
     assert picked == {4, 5}  # the most uncertain allowed; never 2 or 3, though more uncertain and under the ceiling
 
@@ -446,9 +447,9 @@ def test_a_round_that_labels_nothing_is_read_back_as_empty(tmp_path):
     settings = LearnSettings(**{**SETTINGS, "max_std": 1.0})
     round_dir = tmp_path / "round_000"
     round_dir.mkdir()
-    assert learn._label_round(round_dir, [atoms], settings, EMT, lambda m: None) == 0
+    assert labelers._label_round(round_dir, [atoms], settings, EMT, lambda m: None) == 0
     # rerun (resume) and the next round's training set read the empty file back
-    assert learn._label_round(round_dir, [atoms], settings, EMT, lambda m: None) == 0
+    assert labelers._label_round(round_dir, [atoms], settings, EMT, lambda m: None) == 0
     assert learn.read_labelled(round_dir / "labelled.extxyz") == []
 
 
@@ -467,6 +468,6 @@ def test_rank_by_picks_by_the_largest_or_the_mean_spread_under_the_largest_ceili
     settings = LearnSettings(**{**SETTINGS, "per_round": 1, "max_std": 1.0, "rank_by": rank_by})
     round_dir = tmp_path / "round_000"
     round_dir.mkdir()
-    learn._label_round(round_dir, candidates, settings, EMT, lambda m: None)
+    labelers._label_round(round_dir, candidates, settings, EMT, lambda m: None)
     (picked,) = [int(a.info["candidate"]) for a in read(round_dir / "labelled.extxyz", ":")]
     assert picked == {"max": 0, "mean": 1}[rank_by]  # frame 3 leads both but is over the ceiling

@@ -170,8 +170,8 @@ def test_true_error_loop_ranks_each_round_before_the_call_that_labels_it(tmp_pat
 
     import pytest
 
-    import molequi.training.learn as learn
-    from molequi.training.learn import LearnSettings
+    import molequi.learn as learn
+    from molequi.learn import LearnSettings
 
     bench = load_bench()
     calls = []
@@ -201,7 +201,7 @@ def test_true_error_ranking_replaces_the_mean_spread_once(tmp_path):
 
     from conftest import random_model
     from molequi.models import save_model
-    from molequi.training.learn import predict_committee
+    from molequi.learn import predict_committee
 
     bench = load_bench()
     round_dir = tmp_path / "round_000"

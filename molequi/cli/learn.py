@@ -99,7 +99,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from molequi.training import load_config
-    from molequi.training.learn import LearnSettings, run_learning
+    from molequi.learn import LearnSettings, run_learning
 
     try:
         labeler_kwargs = json.loads(args.labeler_kwargs)

@@ -19,6 +19,7 @@ returns ``[num_graphs, K, components]``. With K = 1 it is the plain head of earl
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import ClassVar
 
 import numpy as np
@@ -109,6 +110,22 @@ def default_kind(name: str) -> str:
         if candidate.default_for(name):
             return kind
     return "intensive"
+
+
+def property_units(names: dict[str, str] | Sequence[str]) -> dict[str, str]:
+    """``{name: unit}`` of property heads (``{name: kind}``) or labels (names); '' where
+    molequi does not know the unit."""
+    kinds = names if isinstance(names, dict) else dict.fromkeys(names)
+    return {name: property_unit(name, kind) for name, kind in kinds.items()}
+
+
+def property_unit(name: str, kind: str | None = None) -> str:
+    """The unit of a property: its head kind's own (a dipole: e·Å), else QM9's when the name is
+    one of QM9's, else ''."""
+    from molequi.data.qm9 import PROPERTY_UNITS
+
+    fixed = HEADS[kind].unit if kind in HEADS else None
+    return fixed or PROPERTY_UNITS.get(name, "")
 
 
 def _rescaled(per_atom: torch.Tensor, stats: tuple[float, float] | None) -> tuple[torch.Tensor, float]:

@@ -16,6 +16,7 @@ from molequi.data.labels import found_label_keys
 from molequi.devices import resolve_device  # noqa: F401  (re-exported: molequi.training.resolve_device)
 from molequi.errors import DataFormatError
 from molequi.models.config import ModelConfig
+from molequi.models.heads import property_unit, property_units
 from molequi.models.io import model_config
 from molequi.nn.forces import ForceOutput
 from molequi.training.data import check_uniform_labels
@@ -91,23 +92,6 @@ def parity_panels(arrays: dict[str, np.ndarray], config: ModelConfig) -> list[Pa
         if f"{name}_ref" in arrays:
             panels.append(ParityPanel(name, property_unit(name, kind), arrays[f"{name}_ref"], arrays[f"{name}_pred"]))
     return panels
-
-
-def property_units(names: dict[str, str] | Sequence[str]) -> dict[str, str]:
-    """``{name: unit}`` of property heads (``{name: kind}``) or labels (names); '' where
-    molequi does not know the unit."""
-    kinds = names if isinstance(names, dict) else dict.fromkeys(names)
-    return {name: property_unit(name, kind) for name, kind in kinds.items()}
-
-
-def property_unit(name: str, kind: str | None = None) -> str:
-    """The unit of a property: its head kind's own (a dipole: e·Å), else QM9's when the name is
-    one of QM9's, else ''."""
-    from molequi.data.qm9 import PROPERTY_UNITS
-    from molequi.models.heads import HEADS
-
-    fixed = HEADS[kind].unit if kind in HEADS else None
-    return fixed or PROPERTY_UNITS.get(name, "")
 
 
 def evaluate_model(

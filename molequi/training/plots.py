@@ -106,7 +106,7 @@ def _property_curves(history: Sequence[Mapping[str, object]], units: Mapping[str
 
 
 def _known_unit(name: str) -> str:
-    from molequi.training.evaluate import property_unit  # evaluate imports this module
+    from molequi.models.heads import property_unit
 
     return property_unit(name)
 

@@ -28,7 +28,7 @@ from ase import Atoms
 from molequi.data import require_labels
 from molequi.data.labels import structure_labels
 from molequi.errors import ConfigError, DataFormatError
-from molequi.models.heads import head
+from molequi.models.heads import head, property_unit
 from molequi.models.predict import predict
 from molequi.models.uncertainty import (
     Calibration,
@@ -109,8 +109,6 @@ def committee_errors(
         raise DataFormatError(f"{source}: the structures carry no label the models were trained on "
                               f"({', '.join(config.trained_outputs)})")
     units = {"energy": "eV", "forces": "eV/Å"}
-    from molequi.training.evaluate import property_unit
-
     return {key: OutputErrors(np.concatenate(e), np.concatenate(s), np.concatenate(g),
                               units.get(key) or property_unit(key, config.properties.get(key)), np.concatenate(r))
             for key, (e, s, g, r) in out.items()}

@@ -1,0 +1,222 @@
+"""The active-learning loop: train a committee, explore with MD, label, repeat (resumable)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ase import Atoms
+from molequi.learn.explore import explore, md_seeds, predict_committee, test_errors
+from molequi.learn.labelers import (
+    _label_round,
+    _label_start,
+    _write_extxyz,
+    make_labeler,
+    read_labelled,
+)
+from molequi.learn.settings import FORMAT, IGNORED_TRAINING_KEYS, LearnSettings
+from molequi.learn.state import (
+    _check_identity,
+    _write_json,
+    _write_rounds,
+    files_sha256,
+    read_start,
+    structures_sha256,
+)
+
+
+@dataclass
+class LearnResult:
+    """What the loop produced: one row per round and the last committee's model files."""
+
+    out_dir: Path
+    rows: list[dict[str, Any]]
+    models: list[Path]
+
+
+def run_learning(
+    settings: LearnSettings,
+    start: Sequence[str] | Sequence[Atoms],
+    out_dir: str | Path,
+    config=None,
+    test_data: Sequence[str | Path] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> LearnResult:
+    """Run (or continue) the active-learning loop in ``out_dir``; see the module docstring.
+
+    Args:
+        settings: the loop's settings.
+        start: start structures (files, G2 names, or Atoms); labelled ones are used as they are,
+            unlabelled ones are labelled with ``perturbed`` noisy copies.
+        out_dir: output directory; a rerun with the same inputs continues there.
+        config: :class:`~molequi.training.TrainingConfig` of every member (its ``seed`` is the
+            base seed: member m of round r uses ``seed + m + 100 r``).
+        test_data: labelled files to evaluate each round's committee on.
+        log: where progress lines go (default: stdout).
+
+    Raises:
+        MolequiError subclasses for bad settings, inputs, a changed rerun, or a labeler failure.
+    """
+    from molequi.data.graph import structure_labels
+    from molequi.data.readers import read_structures, require_labels
+    from molequi.training import TrainingConfig, resolve_device
+
+    say = log if log is not None else (lambda message: print(message, flush=True))
+    settings.validate()
+    config = config if config is not None else TrainingConfig()
+    out_dir = Path(out_dir)
+    starts = read_start(start) if start and not isinstance(start[0], Atoms) else [a.copy() for a in start]
+    test_paths = [str(p) for p in (test_data or [])]
+    test_structures: list[Atoms] = []
+    for path in test_paths:
+        structures = read_structures(path)
+        require_labels(structures, path)
+        test_structures.extend(structures)
+    identity = {
+        "format": FORMAT,
+        "settings": asdict(settings),
+        "training": {k: v for k, v in config.to_dict().items() if k not in IGNORED_TRAINING_KEYS},
+        "start_sha256": structures_sha256(starts),
+        "test_sha256": files_sha256(test_paths) if test_paths else None,
+    }
+    labeler = None
+
+    def get_labeler():
+        nonlocal labeler
+        if labeler is None:
+            labeler = make_labeler(settings.labeler, settings.labeler_kwargs)
+        return labeler
+
+    if settings.rounds > 0 or not all(None not in structure_labels(a) for a in starts):
+        get_labeler()  # a missing or broken labeler fails here, before anything is written
+    _check_identity(out_dir, identity, say)
+    device = str(resolve_device(config.device))
+
+    start_file = out_dir / "start.extxyz"
+    if not start_file.exists():
+        labelled = _label_start(starts, settings, get_labeler, say)
+        _write_extxyz(labelled, start_file)
+    md_starts = [Atoms(numbers=a.numbers, positions=a.positions) for a in starts]
+    rows: list[dict[str, Any]] = []
+    models: list[Path] = []
+    for r in range(settings.rounds + 1):
+        row, models = _run_round(r, settings, config, out_dir, md_starts, test_structures, device, get_labeler, say)
+        rows.append(row)
+        _write_rounds(rows, out_dir)
+    say(f"done: {settings.rounds + 1} rounds, {rows[-1]['n_labels']} labels; committee: {','.join(str(m) for m in models)}")
+    return LearnResult(out_dir, rows, models)
+
+
+def _run_round(r, settings, config, out_dir, md_starts, test_structures, device, get_labeler, say):
+    from ase.io import read
+    from molequi.training import train
+
+    round_dir = out_dir / f"round_{r:03d}"
+    done = round_dir / "round.json"
+    members = [round_dir / f"member_{m}" / "model.molequi" for m in range(settings.committee)]
+    if done.exists():
+        record = json.loads(done.read_text())
+        if r < settings.rounds and not (round_dir / "labelled.extxyz").exists():
+            # the last round of a shorter run: --rounds grew, so this round now labels too
+            candidates = read(round_dir / "candidates.extxyz", ":")
+            record["row"]["n_new"] = _label_round(round_dir, candidates, settings, get_labeler, say)
+            say(f"round {r}/{settings.rounds}: labelled {record['row']['n_new']} frames ({settings.labeler})")
+            _write_json(record, done)
+        return record["row"], members
+    round_dir.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    clock = _Clock(timings)
+
+    train_file = round_dir / "train.extxyz"
+    if not train_file.exists():
+        data = read(out_dir / "start.extxyz", ":")
+        for q in range(r):
+            data += read_labelled(out_dir / f"round_{q:03d}" / "labelled.extxyz")
+        _write_extxyz(data, train_file)
+    n_labels = len(read(train_file, ":"))
+    with clock("train"):
+        for m, model_path in enumerate(members):
+            if model_path.exists():
+                continue
+            member_dir = model_path.parent
+            member_config = _member_config(config, settings, r, m, n_labels)
+            resume = (member_dir / "checkpoints" / "last.pt").exists()
+            previous = out_dir / f"round_{r - 1:03d}" / f"member_{m}" / "model.molequi"
+            train(member_config, str(train_file), member_dir, resume=resume, log=lambda message: None,
+                  init_weights=previous if r > 0 and not resume else None,
+                  overwrite=not resume)  # a member killed before its first epoch starts again
+    say(f"round {r}/{settings.rounds}: trained {settings.committee} members on {n_labels} labels "
+        f"({timings['train']:.1f} s)")
+    row: dict[str, Any] = {"round": r, "n_labels": n_labels}
+    if test_structures:
+        with clock("test"):
+            row.update(test_errors(predict_committee(members, test_structures, device), test_structures))
+        say(f"round {r}/{settings.rounds}: test force MAE {row['test_forces_mae_meV_per_A']:.1f} meV/Å, "
+            f"energy MAE {row['test_energy_mae_meV']:.1f} meV ({len(test_structures)} structures)")
+
+    candidates_file = round_dir / "candidates.extxyz"
+    stopped_file = round_dir / "md_stopped.json"
+    with clock("md"):
+        if candidates_file.exists() and stopped_file.exists():
+            candidates = read(candidates_file, ":")
+            stopped = json.loads(stopped_file.read_text())
+        else:
+            seeds, replicas = md_seeds(r, settings, out_dir, md_starts)
+            candidates, stopped = explore(members, seeds, settings, seed=settings.seed + 7919 * (r + 1), device=device,
+                                          replicas=replicas)
+            _write_extxyz(candidates, candidates_file)
+            _write_json(stopped, stopped_file)
+    stds = np.array([a.info["std_max"] for a in candidates])
+    row.update({
+        "md_frames": len(candidates), "md_stopped": len(stopped),
+        "max_std": float(stds.max()) if len(stds) else math.nan,
+        "mean_std": float(stds.mean()) if len(stds) else math.nan,
+    })
+    say(f"round {r}/{settings.rounds}: MD at {','.join(f'{t:g}' for t in settings.temperatures)} K: "
+        f"{len(candidates)} frames, force spread max {row['max_std']:.3f} eV/Å, mean {row['mean_std']:.3f} eV/Å"
+        + (f", {len(stopped)} system(s) stopped early" if stopped else "") + f" ({timings['md']:.1f} s)")
+
+    n_new = 0
+    if r < settings.rounds:
+        with clock("label"):
+            n_new = _label_round(round_dir, candidates, settings, get_labeler, say)
+        say(f"round {r}/{settings.rounds}: labelled {n_new} frames ({settings.labeler}, {timings['label']:.1f} s)")
+    row["n_new"] = n_new
+    _write_json({"row": row, "wall_s": timings, "stopped": stopped}, done)
+    return row, members
+
+
+class _Clock:
+    """Wall seconds per stage, accumulated into a dict."""
+
+    def __init__(self, timings: dict[str, float]) -> None:
+        self.timings = timings
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.timings[name] = self.timings.get(name, 0.0) + time.monotonic() - started
+
+
+def _member_config(config, settings: LearnSettings, r: int, m: int, n_labels: int):
+    from molequi.training import TrainingConfig
+
+    values = config.to_dict()
+    values["seed"] = config.seed + m + 100 * r
+    values["progress"] = False
+    if settings.ensemble_heads >= 2:
+        values["model"] = {**values["model"], "ensemble_heads": settings.ensemble_heads}
+    validation = values["validation"]
+    if isinstance(validation, int) and 2 * validation > n_labels:  # keep most labels for training
+        values["validation"] = max(1, n_labels // 10)
+    return TrainingConfig.from_dict(values)
