@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+from molequi.version import __version__
 
 # Imported on first use: torch and e3nn take seconds to import, and screening workers (Dask
 # processes) that only run RDKit should not pay for them.

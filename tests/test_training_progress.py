@@ -18,7 +18,7 @@ from molequi.cli.main import main
 from molequi.models import load_model
 from molequi.progress import ProgressLines, format_duration, remaining_seconds
 from molequi.training import load_config, train
-from molequi.training.trainer import run_eta
+from molequi.training.reporting import run_eta
 
 from test_cli_train import TINY_YAML, make_structures
 

@@ -22,7 +22,7 @@ from molequi.cli.main import main as cli_main
 from molequi.errors import ConfigError, DataFormatError
 from molequi.models import load_model
 from molequi.training import evaluate_model, load_config, train
-from molequi.training.config import apply_targets, parse_target
+from molequi.training.targets import apply_targets, parse_target
 from molequi.training.metrics import loss_terms, property_prediction
 
 TINY = {

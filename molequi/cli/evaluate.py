@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from molequi.models.uncertainty import as_calibration
     from molequi.devices import resolve_device
     from molequi.training.evaluate import evaluate_model
-    from molequi.training.trainer import write_json
+    from molequi.training.finish import write_json
     from molequi.training.uncertainty import evaluate_committee, load_committee, member_count
 
     from molequi.cli.main import check_output_file

@@ -15,7 +15,7 @@ import importlib
 import sys
 from pathlib import Path
 
-from molequi import __version__
+from molequi.version import __version__
 from molequi.errors import MissingDependencyError, MolequiError, OutputPathError
 
 COMMANDS = {

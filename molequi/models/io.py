@@ -66,7 +66,7 @@ def model_digest(model: ForceOutput) -> str:
 
 def save_model(model: ForceOutput, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
     """Write ``model`` to ``path`` atomically (temporary file, then rename)."""
-    from molequi import __version__
+    from molequi.version import __version__
 
     inner = getattr(model, "module", model)
     # safetensors refuses tensors that share memory; clone so each entry owns its storage.

@@ -8,12 +8,22 @@ Quick use::
 """
 
 from molequi.training.checkpoint import load_checkpoint, save_checkpoint
-from molequi.training.config import DEFAULT_YAML, TrainingConfig, load_config, save_config
+from molequi.training.config import (
+    DEFAULT_YAML,
+    TrainingConfig,
+    load_config,
+    save_config,
+)
 from molequi.training.data import PreparedData, load_graphs, prepare_data
 from molequi.training.evaluate import evaluate_model, resolve_device
 from molequi.training.metrics import METRIC_KEYS, MetricSums
 from molequi.training.plots import learning_curve, parity_plot
-from molequi.training.trainer import ExponentialMovingAverage, TrainResult, resume_settings, train
+from molequi.training.trainer import (
+    ExponentialMovingAverage,
+    TrainResult,
+    resume_settings,
+    train,
+)
 from molequi.training.uncertainty import evaluate_committee
 
 __all__ = [

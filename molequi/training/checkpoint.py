@@ -47,11 +47,10 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
 def data_identity(paths: Sequence[str | Path]) -> list[str]:
     """Content hashes of a run's data: sha256 of each file's bytes, or of the spec itself for a
     named dataset (``qm9:train?n=1000``), so a resume is tied to the data, not to their names."""
-    from molequi.utils import file_digest, text_digest
-
     import json
 
     from molequi.data.qm9 import is_qm9_spec, parse_qm9_spec, qm9pack_version
+    from molequi.utils import file_digest, text_digest
 
     identity = []
     for spec in paths:

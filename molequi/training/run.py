@@ -20,9 +20,19 @@ from torch_geometric.loader import DataLoader
 from molequi.errors import ConfigError, UnknownElementError
 from molequi.models.config import ModelConfig
 from molequi.models.io import build_model
-from molequi.training.checkpoint import data_identity, load_checkpoint, rng_state, set_rng_state
+from molequi.training.checkpoint import (
+    data_identity,
+    load_checkpoint,
+    rng_state,
+    set_rng_state,
+)
 from molequi.training.config import RESUMABLE_KEYS, TrainingConfig
-from molequi.training.data import PreparedData, load_graphs, prepare_data, trained_outputs
+from molequi.training.data import (
+    PreparedData,
+    load_graphs,
+    prepare_data,
+    trained_outputs,
+)
 from molequi.training.distributed import Distributed
 from molequi.training.ema import ExponentialMovingAverage
 from molequi.training.schedule import BudgetCosine

@@ -51,49 +51,50 @@ as it was stopped between epochs: a run cut short by ``max_minutes`` saves a par
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
-import json
 import math
-import shlex
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from molequi.errors import MolequiError
 from molequi.models.io import DTYPES, save_model
-from molequi.progress import format_duration, is_terminal
 from molequi.training.checkpoint import save_checkpoint
-from molequi.training.config import NO_EPOCH_LIMIT, TrainingConfig, save_config
+from molequi.training.config import TrainingConfig, save_config
 from molequi.training.distributed import Distributed
 from molequi.training.ema import ExponentialMovingAverage
 from molequi.training.evaluate import (
     evaluate_graphs,
-    parity_panels,
-    property_units,
     reported_metrics,
     resolve_device,
 )
-from molequi.errors import MolequiError
+from molequi.training.finish import TrainResult, _finish, write_json
 from molequi.training.metrics import MetricSums, loss_terms, weighted_loss
-from molequi.training.plots import learning_curve, parity_plot
+from molequi.training.plots import learning_curve
+from molequi.training.reporting import (
+    _epoch_line,
+    _progress_bar,
+    _progress_fields,
+    _write_log,
+    resume_command,
+    run_eta,
+)
 from molequi.training.run import (
     Progress,
     RunInputs,
     TrainingRun,
     build_run,
     checkpoint_path,
-    load_checkpoint,
     load_run_inputs,
     restore,
     resume_settings,
     snapshot,
 )
 from molequi.training.schedule import BudgetCosine
-from molequi.utils import atomic_write, claim_run_directory
+from molequi.utils import claim_run_directory
 
 __all__ = [
     "Distributed",
@@ -127,42 +128,11 @@ VALIDATION_KEYS = ("loss", "energy_mae_meV", "energy_rmse_meV", "forces_mae_meV_
 """Validation metrics logged every evaluation (NaN where the data or the loss lack that label)."""
 
 
-@dataclass
-class TrainResult:
-    """What a run produced."""
-
-    out_dir: Path
-    model_path: Path | None
-    history: list[dict[str, Any]]
-    best_epoch: int
-    epochs: int
-    minutes: float
-    validation_metrics: dict[str, Any]
-    test_metrics: dict[str, Any] | None = None
-    stop_reason: str = ""
-    files: dict[str, Path] = field(default_factory=dict)
-
-def _write_log(history: Sequence[dict[str, Any]], columns: Sequence[str], path: Path) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for row in history:
-        writer.writerow({key: _format(row.get(key)) for key in columns})
-    text = buffer.getvalue()
-    atomic_write(path, lambda temporary: temporary.write_text(text))
 
 
-def _format(value: Any) -> Any:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.10g}"
-    return value
 
 
-def write_json(data: dict[str, Any], path: str | Path) -> Path:
-    text = json.dumps(data, indent=2, sort_keys=False) + "\n"
-    return atomic_write(path, lambda temporary: temporary.write_text(text))
+
 
 def train(
     config: TrainingConfig,
@@ -304,36 +274,10 @@ class TrainingDivergedError(MolequiError):
     """The training loss became NaN or inf (a learning rate too high for the data, or bad labels)."""
 
 
-def _progress_bar(run: TrainingRun, epoch: int, eta: str = ""):
-    # in a log file tqdm's carriage-return updates pile up on one line: the epoch lines suffice there
-    if not (run.config.progress and run.ddp.is_main and is_terminal()):
-        return None
-    from tqdm import tqdm
-
-    limit = run.config.epoch_limit
-    description = f"epoch {epoch}" + (f"/{limit}" if limit < NO_EPOCH_LIMIT else "") + (f" ({eta})" if eta else "")
-    return tqdm(total=len(run.loader), desc=description, leave=False, dynamic_ncols=True)
 
 
-def run_eta(config: TrainingConfig, epoch: int, loop_s: float, epochs_done: int, deadline: float | None) -> str:
-    """``run ETA 12m30s (max_epochs 100)``: time left at this session's mean epoch time, or to the
-    ``max_minutes`` deadline when that comes first ('' before an epoch of this session ended)."""
-    if epochs_done <= 0:
-        return ""
-    by_epochs = (config.epoch_limit - epoch) * loop_s / epochs_done
-    by_time = math.inf if deadline is None else max(0.0, deadline - time.monotonic())
-    if by_time < by_epochs:
-        return f"run ETA {format_duration(by_time)} (max_minutes {config.max_minutes:g})"
-    return f"run ETA {format_duration(by_epochs)} (max_epochs {config.epoch_limit})"
 
 
-def resume_command(out_dir: Path, test_paths: Sequence[str] | None = None) -> str:
-    """The shell command that continues the run in ``out_dir`` (its data and settings are saved
-    in the checkpoint; the test data are not)."""
-    command = f"molequi train --out {shlex.quote(str(out_dir))} --resume"
-    if test_paths:
-        command += " --test-data " + " ".join(shlex.quote(str(path)) for path in test_paths)
-    return command
 
 
 def _save_interrupted(
@@ -515,131 +459,13 @@ def _train(
     return _finish(run, progress, inputs, files, out_dir, elapsed(), say)
 
 
-def export_model(run: TrainingRun, progress: Progress, best_path: Path) -> torch.nn.Module:
-    """The exported weights: the best validated EMA weights, or the current ones."""
-    export = run.fresh_model()
-    if best_path.is_file() and progress.best_epoch > 0:
-        export.load_state_dict(load_checkpoint(best_path)["export"])
-    else:
-        export.load_state_dict(run.evaluation_model.state_dict())
-    return export.eval()
 
 
-def _finish(
-    run: TrainingRun,
-    progress: Progress,
-    inputs: RunInputs,
-    files: dict[str, Path],
-    out_dir: Path,
-    elapsed_s: float,
-    say: Callable[[str], None],
-) -> TrainResult:
-    """Export the model, test it, write ``model.molequi`` and the final plots (rank 0)."""
-    export = export_model(run, progress, files["best"])
-    history = progress.history
-    best_row = next((row for row in history if row["epoch"] == progress.best_epoch), history[-1] if history else {})
-    validation_metrics = {key.removeprefix("val_"): value for key, value in best_row.items() if key.startswith("val_")}
-    validation_metrics["epoch"] = progress.best_epoch
-    result = TrainResult(
-        out_dir=out_dir,
-        model_path=None,
-        history=history,
-        best_epoch=progress.best_epoch,
-        epochs=progress.epoch,
-        minutes=elapsed_s / 60.0,
-        validation_metrics=validation_metrics,
-        stop_reason=progress.stop_reason,
-        files=files,
-    )
-    if not run.ddp.is_main:
-        run.ddp.barrier()
-        return result
-    if inputs.test_graphs is not None:
-        result.test_metrics = _test(run, export, inputs, files, out_dir, say)
-    extra = {
-        "data": inputs.paths,
-        "n_train": len(inputs.prepared.train),
-        "n_validation": len(inputs.prepared.validation),
-        "epochs": progress.epoch,
-        "best_epoch": progress.best_epoch,
-        "minutes": round(elapsed_s / 60.0, 3),
-        "stop_reason": progress.stop_reason,
-        "validation_metrics": validation_metrics,
-        "test_metrics": result.test_metrics,
-        "training_config": run.config.to_dict(),
-        "world_size": run.ddp.world_size,
-        "device": str(run.device),
-        "torch_version": torch.__version__,
-    }
-    result.model_path = save_model(export, files["model"], extra=extra)
-    if history:
-        learning_curve(history, files["learning_curve"])
-    say(f"wrote {result.model_path} (EMA weights of epoch {progress.best_epoch}; {elapsed_s / 60.0:.2f} min)")
-    run.ddp.barrier()
-    return result
 
 
-def _test(
-    run: TrainingRun,
-    export: torch.nn.Module,
-    inputs: RunInputs,
-    files: dict[str, Path],
-    out_dir: Path,
-    say: Callable[[str], None],
-) -> dict[str, Any]:
-    """Evaluate the exported model on the test data; write ``test_metrics.json`` and the parity plot."""
-    sums, arrays = evaluate_graphs(
-        export, inputs.test_graphs, run.config.eval_batch_size, run.device, run.properties, collect=True,
-        compute_forces=run.with_forces,
-    )
-    metrics = reported_metrics(sums.result(), run.model_config)
-    if run.properties:
-        metrics["property_units"] = property_units(run.properties)
-    metrics["data"] = inputs.test_paths
-    if run.model_config.ensemble_heads >= 2:
-        metrics.update(_test_uncertainty(export, run, inputs, say))
-    files["test_metrics"] = write_json(metrics, out_dir / "test_metrics.json")
-    files["test_parity"] = parity_plot(
-        parity_panels(arrays, run.model_config), out_dir / "test_parity.png",
-        title=f"test: {len(inputs.test_graphs)} structures",
-    )
-    say("test: " + json.dumps({key: round(v, 4) if isinstance(v, float) else v for key, v in metrics.items()}))
-    return metrics
 
 
-def _test_uncertainty(export, run: TrainingRun, inputs: RunInputs, say: Callable[[str], None]) -> dict[str, Any]:
-    """The spread metrics of a shallow ensemble on the test data (the same as ``molequi
-    evaluate`` reports: ``<output>_std_spearman``, ``<output>_rmse_over_std``, ...)."""
-    if run.model_config.baseline:
-        say("test: no uncertainty metrics for a model with a baseline here; run `molequi evaluate` on model.molequi")
-        return {}
-    from molequi.data import read_structures
-    from molequi.training.uncertainty import committee_errors, uncertainty_report
-
-    structures = [atoms for path in inputs.test_paths for atoms in read_structures(path, keys=run.config.label_keys)]
-    errors = committee_errors([export], structures, run.config.eval_batch_size, ", ".join(inputs.test_paths))
-    return uncertainty_report(errors)
 
 
-def _progress_fields(metrics: dict[str, Any]) -> dict[str, str]:
-    """Short running-error fields for the progress bar (only the labels being trained)."""
-    fields = {}
-    if "energy_mae_meV" in metrics:
-        fields["E"] = f"{metrics['energy_mae_meV']:.1f}meV"
-    if "forces_mae_meV_per_A" in metrics:
-        fields["F"] = f"{metrics['forces_mae_meV_per_A']:.1f}meV/Å"
-    return fields
 
 
-def _epoch_line(row: dict[str, Any], improved: bool) -> str:
-    line = f"epoch {row['epoch']:4d}  {row['time_s']:8.1f} s  lr {row['lr']:.2e}  train loss {row['train_loss']:.4g}"
-    if "val_loss" in row:
-        line += f"  val loss {row['val_loss']:.4g}"
-        for key, label, unit in (("val_energy_mae_meV", "E", "meV"), ("val_forces_mae_meV_per_A", "F", "meV/Å")):
-            if math.isfinite(row.get(key, math.nan)):
-                line += f"  {label} MAE {row[key]:.2f} {unit}"
-        for key, value in row.items():
-            if key.endswith("_mae") and key.startswith("val_"):
-                line += f"  {key.removeprefix('val_').removesuffix('_mae')} MAE {value:.4g}"
-        line += "  *" if improved else ""
-    return line
