@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import hashlib
+import json
 import os
 import re
 import secrets
@@ -240,6 +241,64 @@ def file_digest(path: str | Path) -> str:
 def text_digest(text: str) -> str:
     """sha256 (hex) of a string (a resolved dataset spec, a JSON of settings)."""
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def json_digest(data: object) -> str:
+    """sha256 (hex) of a JSON-serialisable object, independent of key order (settings, manifests)."""
+    return text_digest(json.dumps(data, sort_keys=True, separators=(",", ":"), default=str))
+
+
+def files_digest(paths: Iterable[str | Path]) -> str:
+    """sha256 (hex) of several files' contents, in order (a set of inputs, by content)."""
+    return text_digest(":".join(file_digest(path) for path in paths))
+
+
+def arrays_digest(groups: Iterable[Iterable[Any]]) -> str:
+    """sha256 (hex) of groups of arrays (their bytes, each group closed by a separator)."""
+    import numpy as np
+
+    digest = hashlib.sha256()
+    for group in groups:
+        for array in group:
+            digest.update(np.ascontiguousarray(array).tobytes())
+        digest.update(b"|")
+    return digest.hexdigest()
+
+
+def structures_digest(structures: Iterable[Any], labels: Callable[[Any], Iterable[Any]] | None = None) -> str:
+    """sha256 (hex) of structures by content: atomic numbers, positions (Å), cell (Å) and
+    periodicity of each ``ase.Atoms``-like object, in order, whatever file or frame selection they
+    came from; ``labels(atoms)`` adds float64 arrays (energy eV, forces eV/Å) to each structure."""
+    import numpy as np
+
+    def arrays(atoms: Any) -> list:
+        own = [np.asarray(atoms.numbers, dtype=np.int64), np.asarray(atoms.positions, dtype=np.float64),
+               np.asarray(atoms.cell.array, dtype=np.float64), np.asarray(atoms.pbc, dtype=bool)]
+        return own + [np.asarray(x, dtype=np.float64) for x in (labels(atoms) if labels else ())]
+
+    return arrays_digest(arrays(atoms) for atoms in structures)
+
+
+def identity_changes(old: object, new: object, name: Callable[[str], str] | None = None, path: str = "") -> list[str]:
+    """What differs between two recorded identities of a run (nested JSON values: settings,
+    content hashes), in words, one ``"WHAT OLD -> NEW"`` per differing value (a long hash
+    shortened to its first 12 characters); ``name(path)`` words a value's path
+    (``"stage.sa_max"``, ``"input.sha256[0]"``) for the caller's users. Every resume check words
+    its refusal with these."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [change for key in sorted(set(old) | set(new), key=str)
+                for change in identity_changes(old.get(key), new.get(key), name, f"{path}.{key}" if path else str(key))]
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        return [change for k, (a, b) in enumerate(zip(old, new))
+                for change in identity_changes(a, b, name, f"{path}[{k}]")]
+    if old == new:
+        return []
+
+    def short(value: object) -> str:
+        text = json.dumps(value, default=str)
+        return text[:13] + '..."' if isinstance(value, str) and len(value) == 64 else text[:60]
+
+    return [f"{name(path) if name else path} {short(old)} -> {short(new)}"]
 
 
 DIGEST_KEY = "content_sha256"

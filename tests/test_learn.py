@@ -239,7 +239,7 @@ def test_rerun_with_other_inputs_is_refused(finished, test_file, tmp_path):
     out = tmp_path / "copy"
     shutil.copytree(out_ref, out)
     changed = LearnSettings(**{**SETTINGS, "per_round": 5})
-    with pytest.raises(ConfigError, match=r"per_round \(3 → 5\)"):
+    with pytest.raises(ConfigError, match=r"per_round 3 -> 5"):
         run_learning(changed, ["CH3CH2OH"], out, config=_config(), test_data=[test_file], log=lambda m: None)
     with pytest.raises(ConfigError, match="start structures"):
         run_learning(LearnSettings(**SETTINGS), ["CH3CHO"], out, config=_config(), test_data=[test_file],

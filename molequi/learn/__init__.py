@@ -48,12 +48,12 @@ from molequi.learn.settings import (
     LearnSettings,
     parse_labeler,
 )
-from molequi.learn.state import files_sha256, plot_rounds, structures_sha256
+from molequi.learn.state import plot_rounds, structures_sha256
 
 __all__ = [
     "FORMAT", "IGNORED_TRAINING_KEYS", "MD_STARTS", "RANKINGS", "SELECTIONS", "TRUST_SCOPES",
     "CommitteePrediction", "LearnResult", "LearnSettings", "beyond_ceiling", "distance_descriptor", "explore",
-    "files_sha256", "label_structure", "make_labeler", "md_seeds", "parse_labeler", "plot_rounds",
+"label_structure", "make_labeler", "md_seeds", "parse_labeler", "plot_rounds",
     "predict_committee", "read_labelled", "run_learning", "select_clustered", "select_frames", "structures_sha256",
     "test_errors",
 ]

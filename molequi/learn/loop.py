@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 from ase import Atoms
+
 from molequi.learn.explore import explore, md_seeds, predict_committee, test_errors
 from molequi.learn.labelers import (
     _label_round,
@@ -26,10 +27,10 @@ from molequi.learn.state import (
     _check_identity,
     _write_json,
     _write_rounds,
-    files_sha256,
     read_start,
     structures_sha256,
 )
+from molequi.utils import files_digest
 
 
 @dataclass
@@ -84,7 +85,7 @@ def run_learning(
         "settings": asdict(settings),
         "training": {k: v for k, v in config.to_dict().items() if k not in IGNORED_TRAINING_KEYS},
         "start_sha256": structures_sha256(starts),
-        "test_sha256": files_sha256(test_paths) if test_paths else None,
+        "test_sha256": files_digest(test_paths) if test_paths else None,
     }
     labeler = None
 
@@ -116,6 +117,7 @@ def run_learning(
 
 def _run_round(r, settings, config, out_dir, md_starts, test_structures, device, get_labeler, say):
     from ase.io import read
+
     from molequi.training import train
 
     round_dir = out_dir / f"round_{r:03d}"

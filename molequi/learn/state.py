@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import hashlib
 import io
 import json
 import math
@@ -15,6 +14,7 @@ from typing import Any
 
 import numpy as np
 from ase import Atoms
+
 from molequi.errors import ConfigError
 from molequi.learn.settings import (
     FORMAT,
@@ -22,32 +22,18 @@ from molequi.learn.settings import (
     ROUND_COLUMNS,
     LearnSettings,
 )
-from molequi.utils import atomic_write
+from molequi.utils import atomic_write, identity_changes, structures_digest
 
 
 def structures_sha256(structures: Sequence[Atoms]) -> str:
     """Content hash of structures: numbers, positions, cell, pbc and any energy/force labels."""
-    from molequi.data.graph import structure_labels
+    from molequi.data.labels import structure_labels
 
-    digest = hashlib.sha256()
-    for atoms in structures:
+    def labels(atoms: Atoms) -> list[np.ndarray]:
         energy, forces = structure_labels(atoms)
-        for array in (atoms.numbers.astype(np.int64), np.asarray(atoms.positions, dtype=np.float64),
-                      np.asarray(atoms.cell.array, dtype=np.float64), np.asarray(atoms.pbc, dtype=bool)):
-            digest.update(np.ascontiguousarray(array).tobytes())
-        digest.update(repr(energy).encode())
-        if forces is not None:
-            digest.update(np.ascontiguousarray(forces, dtype=np.float64).tobytes())
-    return digest.hexdigest()
+        return [np.array([np.nan if energy is None else energy])] + ([] if forces is None else [forces])
 
-
-def files_sha256(paths: Sequence[str | Path]) -> str:
-    digest = hashlib.sha256()
-    for path in paths:
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
+    return structures_digest(structures, labels)
 
 
 def read_start(specs: Sequence[str]) -> list[Atoms]:
@@ -81,20 +67,7 @@ def _check_identity(out_dir: Path, identity: dict[str, Any], say: Callable[[str]
             raise ConfigError(f"{path}: unreadable ({error}); choose another --out") from None
         if saved.get("format") != FORMAT:
             raise ConfigError(f"{path} is not a molequi learn run; choose another --out")
-        changed = []
-        for key in ("settings", "training"):
-            ours, theirs, defaults = _flat(identity[key]), _flat(saved[key]), _flat(_defaults(key))
-            for name in sorted(set(ours) | set(theirs)):
-                if key == "settings" and name in RESUMABLE_SETTINGS:
-                    continue
-                # a setting newer than the run (absent from its file) matches at its default value
-                before = theirs.get(name, defaults.get(name))
-                if before != ours.get(name, defaults.get(name)):
-                    changed.append(f"{name} ({before!r} → {ours.get(name)!r})")
-        if saved["start_sha256"] != identity["start_sha256"]:
-            changed.append("the start structures (their content differs)")
-        if saved["test_sha256"] != identity["test_sha256"]:
-            changed.append("the test data (their content differs)")
+        changed = identity_changes(_compared(saved), _compared(identity), _identity_name)
         if changed:
             raise ConfigError(
                 f"{out_dir} holds a learning run with other inputs: {'; '.join(changed)}. Rerun with the same "
@@ -111,6 +84,27 @@ def _check_identity(out_dir: Path, identity: dict[str, Any], say: Callable[[str]
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ConfigError(f"{out_dir} exists and is not a molequi learn run; choose another --out")
     _write_json(identity, path)
+
+
+def _compared(identity: dict[str, Any]) -> dict[str, Any]:
+    """The parts of a run's identity a rerun must match: settings (but ``RESUMABLE_SETTINGS``)
+    and training options flattened, each at its default where the run's file predates it, and
+    the content hashes of the start structures and the test data."""
+    compared = {}
+    for key in ("settings", "training"):
+        values = {**_flat(_defaults(key)), **_flat(identity[key])}
+        compared[key] = {name: value for name, value in values.items()
+                         if not (key == "settings" and name in RESUMABLE_SETTINGS)}
+    return {**compared, "start": identity["start_sha256"], "test": identity["test_sha256"]}
+
+
+def _identity_name(path: str) -> str:
+    """A recorded learning run's identity path in the words of ``molequi learn``'s options."""
+    if path == "start":
+        return "the start structures (content)"
+    if path == "test":
+        return "the test data (content)"
+    return path.partition(".")[2]
 
 
 def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -27,6 +27,7 @@ from molequi.md.engine import BatchedMD, StopEvent
 from molequi.md.output import TRAJ_FORMATS, MDOutput
 from molequi.md.progress import MDProgress
 from molequi.models.committee import Potential
+from molequi.utils import identity_changes
 
 ENGINES = ("batched", "ase")
 ENSEMBLES = ("nve", "nvt")
@@ -237,26 +238,11 @@ def run_md(
         return _run_ase(potential, systems, settings, out)
 
 
-def structures_digest(systems: Sequence[Atoms]) -> str:
-    """sha256 over the systems' atomic numbers, positions, cells and periodicity (their content,
-    whatever file or frame selection they came from)."""
-    import hashlib
-
-    import numpy as np
-
-    digest = hashlib.sha256()
-    for atoms in systems:
-        for array in (atoms.numbers.astype(np.int64), atoms.positions.astype(np.float64),
-                      atoms.cell.array.astype(np.float64), np.asarray(atoms.pbc, dtype=bool)):
-            digest.update(np.ascontiguousarray(array).tobytes())
-        digest.update(b"|")
-    return digest.hexdigest()
-
-
 def md_identity(potential: Potential, systems: Sequence[Atoms], settings: MDSettings) -> dict[str, object]:
     """What a resume must find unchanged: the settings that shape the trajectory, each model's
     content (weights, dtype, architecture) and the structures' content."""
     from molequi.models.io import model_digest
+    from molequi.utils import structures_digest
 
     return {"settings": settings.physics(), "models": [model_digest(m) for m in potential.models],
             "structures": structures_digest(systems), "systems": len(systems)}
@@ -270,18 +256,22 @@ def check_resume_identity(saved: dict | None, current: dict, out: Path) -> None:
         warnings.warn(f"{out}: the restart file records no settings (written by an older molequi); the resume "
                       "cannot check that the settings, models and structures are unchanged", stacklevel=3)
         return
-    changes = []
+    # a setting newer or older than the run (absent from one of the two) is not a change
     old_settings = saved.get("settings", {})
-    for key, value in current["settings"].items():
-        if key in old_settings and old_settings[key] != value:
-            changes.append(f"--{key.replace('_', '-')} {old_settings[key]} -> {value}")
-    if saved.get("models") != current["models"]:
-        changes.append("the model(s) (other weights, dtype or architecture)")
-    if saved.get("structures") != current["structures"] or saved.get("systems") != current["systems"]:
-        changes.append("the structures (other atoms, positions, frames or --replicas)")
+    saved = {**saved, "settings": {key: old_settings.get(key, value) for key, value in current["settings"].items()}}
+    changes = identity_changes(saved, current, _identity_name)
     if changes:
         raise ConfigError(f"cannot resume the run in {out}: changed since it started: {'; '.join(changes)} "
                           "(resume with the original inputs, or start a new run in another --out)")
+
+
+def _identity_name(path: str) -> str:
+    """A recorded MD identity's path in the words of ``molequi md``'s options."""
+    if path.startswith("settings."):
+        return "--" + path.removeprefix("settings.").replace("_", "-")
+    if path.startswith("models"):
+        return "the model(s) (content: weights, dtype, architecture)"
+    return "the structures (content: atoms, positions, frames, --replicas)"
 
 
 def run_md_files(

@@ -11,7 +11,6 @@ unpaired electrons), tblite's default accuracy. Energies are float64 eV, forces 
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -117,12 +116,11 @@ def make_baseline(name: str | None) -> XTBBaseline | None:
 
 
 def structures_hash(numbers: Sequence[np.ndarray], positions: Sequence[np.ndarray]) -> str:
-    """SHA-256 of the atomic numbers and positions (float64 bytes) of every structure, in order."""
-    digest = hashlib.sha256()
-    for z, r in zip(numbers, positions):
-        digest.update(np.ascontiguousarray(z, dtype=np.int64).tobytes())
-        digest.update(np.ascontiguousarray(r, dtype=np.float64).tobytes())
-    return digest.hexdigest()
+    """SHA-256 of the atomic numbers and positions (float64, Å) of every structure, in order."""
+    from molequi.utils import arrays_digest
+
+    return arrays_digest((np.asarray(z, dtype=np.int64), np.asarray(r, dtype=np.float64))
+                         for z, r in zip(numbers, positions))
 
 
 def baseline_labels(

@@ -14,8 +14,6 @@ Two groups of settings are kept apart on purpose:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -210,12 +208,6 @@ class ScreenConfig:
         data["weights"] = list(self.weights) if self.weights else None
         data["stage"] = self.stage.to_json()
         return data
-
-
-def stable_hash(data: object) -> str:
-    """SHA-256 (hex, 16 chars) of a JSON-serialisable object, key order independent."""
-    text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def parse_alerts(text: str | Sequence[str] | None) -> tuple[str, ...]:

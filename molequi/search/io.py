@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import hashlib
 import importlib.util
 import io
 import itertools
@@ -33,6 +32,7 @@ SMILES_COLUMNS: tuple[str, ...] = ("smiles", "SMILES", "canonical_smiles", "Smil
 ID_COLUMNS: tuple[str, ...] = ("id", "ID", "name", "Name", "zinc_id", "mol_id")
 BUILTIN_POOLS: tuple[str, ...] = ("moses:train", "moses:test", "moses:test_scaffolds", "qm9")
 from molequi.errors import DataFormatError, InputFileError, MissingDependencyError
+from molequi.utils import file_digest
 
 
 class Candidate(NamedTuple):
@@ -215,7 +215,7 @@ class CandidateSource:
         A resume compares it, so an input edited in place (even to the same size) is noticed;
         the same bytes under another path or name are the same input.
         """
-        return {"sha256": [file_sha256(f) for f in self.files],
+        return {"sha256": [file_digest(f) for f in self.files],
                 "smiles_column": self.smiles_column, "id_column": self.id_column}
 
     def _records(self, path: Path) -> Iterator[tuple[str | None, str, str]]:
@@ -255,15 +255,6 @@ def _readable(records: Iterator, source: str) -> Iterator:
         if isinstance(error, OSError) and not isinstance(error, gzip.BadGzipFile) and error.errno is not None:
             raise  # a user's path problem (permission ...): reported as such by the CLI
         raise DataFormatError(f"{source}: unreadable input ({type(error).__name__}: {error})") from None
-
-
-def file_sha256(path: str | Path, block: int = 1 << 20) -> str:
-    """SHA-256 (hex) of a file's bytes, read in blocks of ``block`` bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(block):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def chunked(candidates: Iterator[Candidate], size: int) -> Iterator[list[Candidate]]:

@@ -8,11 +8,11 @@ from pathlib import Path
 import ase
 import numpy as np
 
+from molequi.errors import ConfigError
 from molequi.models import load_model, predict
 from molequi.models.heads import head
 from molequi.models.uncertainty import Calibration, as_calibration, members_of
 from molequi.nn.forces import ForceOutput
-from molequi.errors import ConfigError
 
 
 class ModelScorer:
@@ -61,11 +61,10 @@ def models_fingerprint(models: Sequence[ForceOutput]) -> str:
     """SHA-256 (hex) of the models' content (:func:`molequi.models.io.model_digest` of each: its
     configuration and every weight, in order). A screening resume compares it, so a model file
     replaced at the same path (or the same file renamed) is recognised by what it holds."""
-    import hashlib
-
     from molequi.models.io import model_digest
+    from molequi.utils import text_digest
 
-    return hashlib.sha256(":".join(model_digest(model) for model in models).encode()).hexdigest()
+    return text_digest(":".join(model_digest(model) for model in models))
 
 
 def load_scorers(paths: Sequence[str | Path], device: str = "cpu",

@@ -21,8 +21,9 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from molequi.errors import ConfigError
+from molequi.utils import json_digest
 
-from .config import ScreenConfig, StageConfig, stable_hash
+from .config import ScreenConfig, StageConfig
 from .conformers import mol_to_atoms, molblock_to_mol
 from .filters import FILTER_COLUMNS
 from .io import CandidateSource, chunked
@@ -30,10 +31,24 @@ from .parallel import chunk_runner
 from .rank import diverse_pick, rank_rows
 from .report import write_report, write_top_sdf
 from .result import ScreenResult
-from .score import (Scorer, calibrate_std_threshold, check_scorers, common_species, prediction_units, score_atoms,
-                    scorer_identity)
+from .score import (
+    Scorer,
+    calibrate_std_threshold,
+    check_scorers,
+    common_species,
+    prediction_units,
+    score_atoms,
+    scorer_identity,
+)
 from .stage import BASE_COLUMNS, EMBED_COLUMNS
-from .store import chunk_path, finished_chunks, locked_out_dir, prepare_out_dir, read_csv_rows, write_csv_atomic
+from .store import (
+    chunk_path,
+    finished_chunks,
+    locked_out_dir,
+    prepare_out_dir,
+    read_csv_rows,
+    write_csv_atomic,
+)
 
 #: Numeric filter/3D columns usable as objectives and shown as histograms.
 NUMERIC_COLUMNS: tuple[str, ...] = tuple(
@@ -348,7 +363,7 @@ def screen(candidates: str | Path | CandidateSource, scorers: Sequence[Scorer] =
         # inputs and models identified by content (SHA-256), not by path, size or name
         chunk_settings = {"stage": config.stage.to_json(), "chunk_size": config.chunk_size,
                           "input": source.identity(), "scorers": [scorer_identity(s) for s in scorers]}
-        chunk_hash = stable_hash(chunk_settings)
+        chunk_hash = json_digest(chunk_settings)[:16]
         manifest = {"chunk_hash": chunk_hash, "chunk_settings": chunk_settings, "input_files": source.describe(),
                     "settings": config.to_json()}
         prepare_out_dir(out, chunk_hash, manifest, config.overwrite)

@@ -23,7 +23,13 @@ from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Sequence
 
 from molequi.errors import OutputPathError, ResumeMismatchError
-from molequi.utils import atomic_open, atomic_write_text, locked_directory, remove_stale_temporaries
+from molequi.utils import (
+    atomic_open,
+    atomic_write_text,
+    identity_changes,
+    locked_directory,
+    remove_stale_temporaries,
+)
 
 MANIFEST = "manifest.json"
 CHUNK_DIR = "chunks"
@@ -90,35 +96,14 @@ def check_out_dir(out: Path) -> None:
             return
 
 
-def settings_changes(old: object, new: object, path: str = "") -> list[str]:
-    """What differs between two recorded chunk settings, in words (``"sa_max 4.5 -> 3"``,
-    ``"content of input file 1 (sha256 3f2a9c... -> 81bd07...)"``)."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        changes = []
-        for key in sorted(set(old) | set(new), key=str):
-            changes += settings_changes(old.get(key), new.get(key), f"{path}.{key}" if path else str(key))
-        return changes
-    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
-        return [c for k, (a, b) in enumerate(zip(old, new)) for c in settings_changes(a, b, f"{path}[{k}]")]
-    if old == new:
-        return []
-    return [_change_text(path, old, new)]
-
-
-def _change_text(path: str, old: object, new: object) -> str:
-    def short(value: object) -> str:
-        text = json.dumps(value, default=str)
-        return text[:12] + "..." if isinstance(value, str) and len(value) == 64 else text[:60]
-
+def _change_name(path: str) -> str:
+    """A recorded chunk setting's path in a user's words (``"content of input file 1 (sha256)"``)."""
     if path.startswith("input.sha256"):
         index = path[len("input.sha256"):].strip("[]")
-        what = f"content of input file {int(index) + 1}" if index else "input files"
-        return f"{what} (sha256 {short(old)} -> {short(new)})"
+        return (f"content of input file {int(index) + 1}" if index else "input files") + " (sha256)"
     if path.startswith("scorers") and path.endswith("fingerprint"):
-        return f"content of the model(s) of scorer {path[len('scorers['):].split(']')[0]} " \
-               f"(sha256 {short(old)} -> {short(new)})"
-    name = path.removeprefix("stage.")
-    return f"{name} {short(old)} -> {short(new)}"
+        return f"content of the model(s) of scorer {path[len('scorers['):].split(']')[0]} (sha256)"
+    return path.removeprefix("stage.")
 
 
 def prepare_out_dir(out: Path, chunk_hash: str, manifest: dict, overwrite: bool) -> bool:
@@ -142,7 +127,7 @@ def prepare_out_dir(out: Path, chunk_hash: str, manifest: dict, overwrite: bool)
         except (ValueError, UnicodeDecodeError) as error:
             raise ResumeMismatchError(f"{path} is unreadable ({error}); rerun with --overwrite to start afresh") from None
         if old.get("chunk_hash") != chunk_hash:
-            changes = settings_changes(old.get("chunk_settings", {}), manifest["chunk_settings"])
+            changes = identity_changes(old.get("chunk_settings", {}), manifest["chunk_settings"], _change_name)
             raise ResumeMismatchError(
                 f"{out} holds a screening run made with different settings or inputs "
                 f"({'; '.join(changes[:6]) or 'an older manifest'}{'; ...' if len(changes) > 6 else ''}); "
