@@ -106,7 +106,7 @@ def gradient_methods(path: str, repeats: int = 5) -> dict:
 def main() -> int:
     import ase.io
 
-    from molequi.training.uncertainty import committee_errors, fit_committee_calibration, load_committee, uncertainty_report
+    from molequi.models.uncertainty.evaluation import committee_errors, fit_committee_calibration, load_committee, uncertainty_report
     from molequi.utils import machine_info
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

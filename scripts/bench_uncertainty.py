@@ -180,7 +180,7 @@ def forces_metrics(errors, calibration=None) -> dict[str, float]:
     """``molequi evaluate``'s force uncertainty metrics (see :mod:`molequi.training.uncertainty`:
     Spearman per structure of mean |error| and mean std, RMSE ÷ RMS std and the miscalibration
     area per force component) and the force errors of the members' mean."""
-    from molequi.training.uncertainty import error_metrics, uncertainty_report
+    from molequi.models.uncertainty.evaluation import error_metrics, uncertainty_report
 
     report = uncertainty_report({"forces": errors}, calibration)
     return {
@@ -261,7 +261,7 @@ def members_limit_spearman(models, frames, errors) -> float | None:
     ``frames``."""
     from scipy.stats import spearmanr
 
-    from molequi.training.uncertainty import committee_errors
+    from molequi.models.uncertainty.evaluation import committee_errors
 
     if len(models) < 4 or models[0].model.config.ensemble_heads > 1:
         return None
@@ -295,7 +295,7 @@ def calibration_table(models, files, kind: str, differ: str = DIVERSITIES["seed"
     from ase.io import read
 
     from molequi.models import load_model
-    from molequi.training.uncertainty import committee_errors, fit_committee_calibration
+    from molequi.models.uncertainty.evaluation import committee_errors, fit_committee_calibration
 
     loaded = [load_model(path) for path in models]
     calibration_errors = committee_errors(loaded, read(files["calibration"], ":"))["forces"]

@@ -24,9 +24,9 @@ from molequi.models.uncertainty import (
     miscalibration_area,
     reliability_bins,
     spread,
-    _trapezoid,
     uncertainty_metrics,
 )
+from molequi.models.uncertainty.metrics import _trapezoid
 
 
 def test_spread_is_unbiased_and_absent_for_one_member():

@@ -65,7 +65,7 @@ def test_ideal_spearman_is_high_for_spread_stds_and_near_zero_for_equal_ones():
     import numpy as np
 
     bench = load_bench()
-    from molequi.training.uncertainty import OutputErrors
+    from molequi.models.uncertainty.evaluation import OutputErrors
 
     groups = np.repeat(np.arange(40), 27)  # 40 structures of 9 atoms × 3 components
 
@@ -119,7 +119,7 @@ def test_members_limit_is_estimated_for_plain_committees_only(tmp_path):
 
     from conftest import random_model
     from molequi.models import load_model, save_model
-    from molequi.training.uncertainty import committee_errors
+    from molequi.models.uncertainty.evaluation import committee_errors
 
     bench = load_bench()
     rng = np.random.default_rng(0)

@@ -25,7 +25,7 @@ from ase.calculators.calculator import Calculator, PropertyNotImplementedError, 
 from molequi.data.graph import check_close_contacts, validate_atoms
 from molequi.data.skin import SkinNeighborList
 from molequi.data.batch import GraphBatch
-from molequi.models.committee import ModelSpec, Potential, load_models
+from molequi.models.uncertainty.committee import ModelSpec, Potential, load_models
 
 
 class MolequiCalculator(Calculator):

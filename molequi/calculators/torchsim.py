@@ -40,7 +40,7 @@ except ModuleNotFoundError as error:  # optional extra
 
 from molequi.data.neighbors import dense_candidate_pairs
 from molequi.data.batch import GraphBatch
-from molequi.models.committee import Potential, load_models
+from molequi.models.uncertainty.committee import Potential, load_models
 from molequi.nn.forces import ForceOutput
 
 

@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from molequi.data import LabelKeys, read_structures
     from molequi.errors import ConfigError
     from molequi.devices import resolve_device
-    from molequi.training.uncertainty import committee_errors, fit_committee_calibration, load_committee
+    from molequi.models.uncertainty.evaluation import committee_errors, fit_committee_calibration, load_committee
 
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be ≥ 1, got {args.batch_size}")

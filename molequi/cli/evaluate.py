@@ -39,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
     from molequi.devices import resolve_device
     from molequi.training.evaluate import evaluate_model
     from molequi.training.finish import write_json
-    from molequi.training.uncertainty import evaluate_committee, load_committee, member_count
+    from molequi.models.uncertainty.evaluation import load_committee, member_count
+    from molequi.training.uncertainty import evaluate_committee
 
     from molequi.cli.main import check_output_file
 

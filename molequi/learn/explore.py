@@ -24,19 +24,18 @@ class CommitteePrediction:
 
 
 def predict_committee(models: Sequence[str | Path], structures: Sequence[Atoms], device: str = "cpu") -> CommitteePrediction:
-    """Evaluate a committee (model files) on each structure with the ASE calculator."""
-    from molequi.calculators import MolequiCalculator
+    """Evaluate a committee (model files) on the structures (:func:`molequi.models.predict`: the
+    mean over members and their unbiased spread; NaN spreads for a single member)."""
+    from molequi.models.uncertainty.committee import load_models
+    from molequi.models.predict import predict
 
-    calculator = MolequiCalculator([str(m) for m in models], device=device, skin=0.0)
-    energy, energy_std, forces, forces_std = [], [], [], []
-    for atoms in structures:
-        atoms = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
-        atoms.calc = calculator
-        energy.append(atoms.get_potential_energy())
-        forces.append(atoms.get_forces().copy())
-        energy_std.append(calculator.results.get("energy_std", math.nan))
-        forces_std.append(np.asarray(calculator.results.get("forces_std", np.full(len(atoms), math.nan))).copy())
-    return CommitteePrediction(np.array(energy), np.array(energy_std), forces, forces_std)
+    results = predict(load_models(models, device=device), list(structures))
+    return CommitteePrediction(
+        energy=np.array([r["energy"] for r in results]),
+        energy_std=np.array([r.get("energy_std", math.nan) for r in results]),
+        forces=[np.asarray(r["forces"], dtype=np.float64) for r in results],
+        forces_std=[np.asarray(r.get("forces_std", np.full(len(r["forces"]), math.nan))) for r in results],
+    )
 
 
 def test_errors(prediction: CommitteePrediction, structures: Sequence[Atoms]) -> dict[str, float]:

@@ -36,7 +36,7 @@ from molequi.md.ase_engine import ASEEngine
 from molequi.md.engine import BatchedMD, StopEvent, safety_stops
 from molequi.md.integrators import baoab_step, gaussian_noise, velocity_verlet_step
 from molequi.md.output import MDOutput, plot_energy, read_log
-from molequi.models.committee import Potential, load_models
+from molequi.models.uncertainty.committee import Potential, load_models
 from molequi.md.runner import MDResult, MDSettings, read_systems, run_md, run_md_files
 from molequi.md.state import (
     MDState,

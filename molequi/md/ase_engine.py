@@ -16,7 +16,7 @@ import torch
 from ase import Atoms, units
 
 from molequi.md.engine import StopEvent, default_stop_temperature, safety_stops
-from molequi.models.committee import Potential
+from molequi.models.uncertainty.committee import Potential
 from molequi.md.state import kinetic_energy, state_from_atoms
 
 

@@ -13,7 +13,7 @@ from molequi.errors import ModelFileError
 from molequi.md.integrators import baoab_step, velocity_verlet_step
 from molequi.data.skin import BatchedNeighborList
 from molequi.data.batch import GraphBatch
-from molequi.models.committee import Potential
+from molequi.models.uncertainty.committee import Potential
 from molequi.md.state import MDState, check_state, instantaneous_temperature, kinetic_energy, to_device
 from molequi.utils import DIGEST_KEY, atomic_write, tensors_digest
 from molequi.validation import check_count, check_number
@@ -117,7 +117,7 @@ class BatchedMD:
     """Advance the systems of ``state`` with ``potential`` (all on the potential's device).
 
     Args:
-        potential: the model or committee (:class:`~molequi.models.committee.Potential`).
+        potential: the model or committee (:class:`~molequi.models.uncertainty.committee.Potential`).
         state: the systems (moved to the potential's device; forces are computed here unless
             ``initial_forces=False``, which a restart uses).
         dt: time step, fs.

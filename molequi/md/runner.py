@@ -26,7 +26,7 @@ from molequi.errors import ConfigError
 from molequi.md.engine import BatchedMD, StopEvent
 from molequi.md.output import TRAJ_FORMATS, MDOutput
 from molequi.md.progress import MDProgress
-from molequi.models.committee import Potential
+from molequi.models.uncertainty.committee import Potential
 from molequi.utils import identity_changes
 
 ENGINES = ("batched", "ase")
@@ -289,7 +289,7 @@ def run_md_files(
     """:func:`run_md` from model files (several: a committee) and structure specs (see
     :func:`read_systems`); ``calibration``: the JSON of ``molequi calibrate`` (logged stds are
     calibrated)."""
-    from molequi.models.committee import load_models
+    from molequi.models.uncertainty.committee import load_models
 
     settings.validate()
     if not models:

@@ -9,9 +9,10 @@ import ase
 import numpy as np
 
 from molequi.errors import ConfigError
-from molequi.models import load_model, predict
+from molequi.models import predict
+from molequi.models.uncertainty.committee import load_models
 from molequi.models.heads import head
-from molequi.models.uncertainty import Calibration, as_calibration, members_of
+from molequi.models.uncertainty import Calibration, as_calibration
 from molequi.nn.forces import ForceOutput
 
 
@@ -45,13 +46,13 @@ class ModelScorer:
     def predict(self, atoms: list[ase.Atoms]) -> dict[str, np.ndarray]:
         """``{property: [n_members, n_molecules]}``; forces are not needed for scoring. A
         shallow-ensemble model (``ensemble_heads`` K) contributes its K heads as members."""
-        per_model = [predict(model, atoms, self.batch_size, compute_forces=False) for model in self.models]
+        # one committee prediction: each molecule's ``<output>_members`` [members, ...]
+        results = predict(self.models, atoms, self.batch_size, compute_forces=False)
         out = {}
         if self.with_energy:
-            out["energy"] = np.concatenate([np.stack([members_of(r, "energy") for r in results], axis=1)
-                                            for results in per_model])
+            out["energy"] = np.stack([r["energy_members"] for r in results], axis=1)
         for name, kind in self.heads.items():
-            values = np.concatenate([np.stack([members_of(r, name) for r in results], axis=1) for results in per_model])
+            values = np.stack([r[f"{name}_members"] for r in results], axis=1)
             scored, scalars = head(kind).scored(name, values)  # values [members, molecules, components]
             out[scored] = scalars
         return out
@@ -71,7 +72,7 @@ def load_scorers(paths: Sequence[str | Path], device: str = "cpu",
                  calibration: Calibration | str | Path | None = None) -> list[ModelScorer]:
     """All ``--model`` paths as one committee scorer (its std is the spread over the models and
     their ensemble heads, calibrated by ``calibration``)."""
-    models = [load_model(path, device=device) for path in paths]
+    models = load_models(paths, device=device)
     return [ModelScorer(models, name="+".join(Path(p).name for p in paths), calibration=calibration)]
 
 

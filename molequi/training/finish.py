@@ -147,7 +147,7 @@ def _test_uncertainty(export, run: TrainingRun, inputs: RunInputs, say: Callable
         say("test: no uncertainty metrics for a model with a baseline here; run `molequi evaluate` on model.molequi")
         return {}
     from molequi.data import read_structures
-    from molequi.training.uncertainty import committee_errors, uncertainty_report
+    from molequi.models.uncertainty.evaluation import committee_errors, uncertainty_report
 
     structures = [atoms for path in inputs.test_paths for atoms in read_structures(path, keys=run.config.label_keys)]
     errors = committee_errors([export], structures, run.config.eval_batch_size, ", ".join(inputs.test_paths))

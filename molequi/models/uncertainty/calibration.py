@@ -1,67 +1,25 @@
-"""Uncertainty of committees and shallow ensembles: spreads, calibration and its metrics.
-
-Members are the models of a committee and the heads of a shallow ensemble (a model with
-``ensemble_heads`` K ≥ 2: its outputs carry ``*_members``); a committee of M such models has
-M·K members. The spread is the unbiased standard deviation over members (ddof 1): with 2–4
-members the population std (ddof 0) is 13–29 % too small. With one member there is *no*
-estimate: callers leave std columns empty (None / NaN), never 0.
-
-Committee spreads rank errors well but are too small in size (true force RMSE ≈ 1.6–1.9 × the
-predicted std on ethanol MD frames); :class:`Calibration` maps a raw std σ to
-``σ' = a · σ^b`` fitted on held-out labelled structures (``molequi calibrate``).
-
-Metrics (:func:`uncertainty_metrics`) follow Tran et al. 2020 (uncertainty-toolbox):
-Spearman rank correlation of error and std, RMSE ÷ RMS(std), the miscalibration area, and the
-Gaussian negative log-likelihood.
-"""
+"""Calibration of committee and ensemble spreads: ``σ' = a · σ^b`` fitted on held-out labelled structures (``molequi calibrate``) and read back from its JSON file."""
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import optimize, stats
+from scipy import optimize
 
 from molequi.errors import ConfigError
+from molequi.models.uncertainty.metrics import gaussian_nll, uncertainty_metrics
+from molequi.models.uncertainty.spread import MIN_STD
 
-MEMBERS = "_members"
+
 CALIBRATION_FORMAT = "molequi-calibration"
+
+
 CALIBRATION_VERSION = 1
-_trapezoid = getattr(np, "trapezoid", None) or np.trapz  # numpy < 2 names it trapz
-MIN_STD = 1e-12  # stds below this (identical members) carry no information and are left out of fits
-
-
-def spread(members: np.ndarray) -> np.ndarray | None:
-    """Unbiased std (ddof 1) over axis 0 (the members), or None for a single member."""
-    members = np.asarray(members, dtype=np.float64)
-    if members.shape[0] < 2:
-        return None
-    return members.std(axis=0, ddof=1)
-
-
-def forces_spread(members: np.ndarray) -> np.ndarray | None:
-    """[n_atoms] per-atom force spread from member forces [M, n_atoms, 3], eV/Å:
-    sqrt(mean over x, y, z of the unbiased variance over members); None for one member."""
-    members = np.asarray(members, dtype=np.float64)
-    if members.shape[0] < 2:
-        return None
-    return np.sqrt(members.var(axis=0, ddof=1).mean(axis=-1))
-
-
-def members_of(result: Mapping[str, Any], key: str) -> np.ndarray:
-    """One model's members of output ``key``: its heads' ``<key>_members`` [K, ...] for a
-    shallow ensemble, else the output itself as one member [1, ...]."""
-    if f"{key}{MEMBERS}" in result:
-        return np.asarray(result[f"{key}{MEMBERS}"], dtype=np.float64)
-    return np.asarray(result[key], dtype=np.float64)[None]
-
-
-# --- calibration ---------------------------------------------------------------------------------
 
 
 @dataclass
@@ -140,12 +98,6 @@ def as_calibration(calibration: Calibration | str | Path | None) -> Calibration 
     return Calibration.load(calibration)
 
 
-def gaussian_nll(errors: np.ndarray, std: np.ndarray) -> float:
-    """Mean negative log-likelihood of ``errors`` under N(0, std²) (nats; lower is better)."""
-    errors, std = np.asarray(errors, np.float64), np.asarray(std, np.float64)
-    return float(np.mean(0.5 * math.log(2 * math.pi) + np.log(std) + 0.5 * (errors / std) ** 2))
-
-
 def fit_scale(errors: np.ndarray, std: np.ndarray) -> Fit:
     """``σ' = a σ`` of least Gaussian NLL: a² = mean(e²/σ²) (closed form)."""
     ratio = np.asarray(errors, np.float64) / np.asarray(std, np.float64)
@@ -203,50 +155,3 @@ def fit_calibration(errors: np.ndarray, std: np.ndarray, groups: np.ndarray | No
         "after": uncertainty_metrics(np.abs(errors), fit(std), errors=errors),
     }
     return fit, info
-
-
-# --- metrics -------------------------------------------------------------------------------------
-
-
-def miscalibration_area(errors: np.ndarray, std: np.ndarray, bins: int = 100) -> float:
-    """Area between the observed and the expected fraction of errors inside centred Gaussian
-    intervals, over expected fractions p in [0, 1] (Tran et al. 2020; uncertainty-toolbox's
-    ``miscalibration_area``). 0 is perfectly calibrated, 0.5 the worst; over- and
-    under-confidence both count."""
-    z = np.abs(np.asarray(errors, np.float64) / np.asarray(std, np.float64)).ravel()
-    expected = np.linspace(0.0, 1.0, bins + 1)
-    bounds = stats.norm.ppf(0.5 + expected / 2.0)  # half-width of the central interval, in stds
-    observed = np.array([np.mean(z <= bound) for bound in bounds])
-    return float(_trapezoid(np.abs(observed - expected), expected))
-
-
-def uncertainty_metrics(abs_errors: np.ndarray, std: np.ndarray, errors: np.ndarray | None = None) -> dict[str, float]:
-    """Ranking and calibration of ``std`` against the errors (same shape and unit).
-
-    Returns ``spearman`` (rank correlation of |error| and std), ``rmse_over_std`` (RMSE ÷
-    RMS(std): 1 when calibrated, > 1 over-confident), ``miscalibration_area`` and ``nll``
-    (Gaussian, needs signed ``errors``; |errors| give the same value)."""
-    abs_errors, std = np.abs(np.asarray(abs_errors, np.float64)).ravel(), np.asarray(std, np.float64).ravel()
-    errors = abs_errors if errors is None else np.asarray(errors, np.float64).ravel()
-    keep = np.isfinite(abs_errors) & np.isfinite(std) & (std > MIN_STD)
-    abs_errors, std, errors = abs_errors[keep], std[keep], errors[keep]
-    if len(std) < 2:
-        return {}
-    return {
-        "spearman": float(stats.spearmanr(abs_errors, std).statistic),
-        "rmse_over_std": float(np.sqrt(np.mean(abs_errors**2)) / np.sqrt(np.mean(std**2))),
-        "miscalibration_area": miscalibration_area(errors, std),
-        "nll": gaussian_nll(errors, std),
-    }
-
-
-def reliability_bins(abs_errors: np.ndarray, std: np.ndarray, bins: int = 10) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Reliability diagram points: values sorted by std into ``bins`` equal-count bins; returns
-    each bin's RMS std, its error RMSE and its count (a calibrated std lies on y = x)."""
-    abs_errors, std = np.abs(np.asarray(abs_errors, np.float64)).ravel(), np.asarray(std, np.float64).ravel()
-    keep = np.isfinite(abs_errors) & np.isfinite(std)
-    order = np.argsort(std[keep])
-    parts = [part for part in np.array_split(order, min(bins, max(1, len(order)))) if len(part)]
-    x = np.array([np.sqrt(np.mean(std[keep][part] ** 2)) for part in parts])
-    y = np.array([np.sqrt(np.mean(abs_errors[keep][part] ** 2)) for part in parts])
-    return x, y, np.array([len(part) for part in parts])
