@@ -303,3 +303,30 @@ def test_time_budget_stops_cleanly_and_writes_everything(data_file, tmp_path):
     resumed = train(tiny_config(max_epochs=2, max_minutes=None), data_file, tmp_path / "run", resume=True,
                     log=lambda message: None)
     assert resumed.epochs == 2 and resumed.stop_reason.startswith("max_epochs")
+
+
+def test_a_warm_start_keeps_the_models_normalisation_and_predictions(data_file, tmp_path):
+    """A trained model started on other data keeps its E0s, shift, scale and neighbour count, so
+    the run's model predicts bit for bit what the file does before its first step."""
+    from molequi.models import predict
+    from molequi.models.config import NORMALISATION
+    from molequi.training.distributed import Distributed
+    from molequi.training.run import build_run, load_run_inputs
+
+    first = train(tiny_config(max_epochs=2), data_file, tmp_path / "first")
+    trained = load_model(first.model_path)
+    other = tmp_path / "other.extxyz"
+    ase.io.write(other, make_structures(16, seed=5, scale=0.2))  # other statistics than data_file's
+    config = tiny_config(max_epochs=2)
+    fresh = load_run_inputs(config, [str(other)], tmp_path / "fresh", None, resume=False)
+    assert fresh.model_config.energy_shift != trained.model.config.energy_shift  # the data alone would rescale
+    inputs = load_run_inputs(config, [str(other)], tmp_path / "warm", None, resume=False, init_weights=first.model_path)
+    for name in NORMALISATION:
+        assert getattr(inputs.model_config, name) == getattr(trained.model.config, name), name
+    device = torch.device("cpu")
+    run = build_run(config, inputs, device, torch.float64, Distributed.from_environment(device), first.model_path)
+    structures = make_structures(3, seed=9)
+    before, expected = predict(run.model.eval(), structures), predict(trained, structures)
+    for ours, theirs in zip(before, expected):
+        assert ours["energy"] == theirs["energy"]
+        assert np.array_equal(ours["forces"], theirs["forces"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
@@ -159,6 +160,11 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def with_normalisation_of(self, other: ModelConfig) -> ModelConfig:
+        """This config with ``other``'s normalisation (:data:`NORMALISATION`): what a trained model
+        carries and a further training keeps, so that its weights mean what they meant."""
+        return dataclasses.replace(self, **{name: copy.deepcopy(getattr(other, name)) for name in NORMALISATION})
+
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
         """Build from a mapping, naming the closest valid key for a misspelt one."""
@@ -168,6 +174,12 @@ class ModelConfig:
                 raise ConfigError(f"unknown model setting '{key}'{closest_name(key, known)}")
         return cls(**values)
 
+
+NORMALISATION = ("e0s", "energy_shift", "energy_scale", "avg_num_neighbors", "property_stats")
+"""The fields a model learns from its first training data and keeps for life: per-element reference
+energies (eV), the per-atom energy shift (eV) and scale, the mean neighbour count that normalises
+messages, and each property head's ``[shift, scale]``. Loading, evaluating or training a model
+further never recomputes them."""
 
 LIMITS = {"cutoff": 30.0, "channels": 1024, "num_layers": 16, "num_radial": 128, "cutoff_p": 64,
           "radial_hidden": 4096, "readout_hidden": 4096, "ensemble_heads": 64}

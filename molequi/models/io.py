@@ -148,6 +148,19 @@ def check_weights(path: Path, tensors: dict[str, torch.Tensor], header: dict[str
             raise ModelFileError(f"{path}: weight '{name}' holds NaN or inf values")
 
 
+def read_config(path: str | Path, header: dict[str, Any] | None = None) -> ModelConfig:
+    """The :class:`ModelConfig` of a model file (architecture and normalisation), without its weights.
+
+    Raises:
+        ModelFileError: the file is missing, corrupt or foreign, or its configuration is invalid.
+    """
+    header = read_header(path) if header is None else header
+    try:
+        return ModelConfig.from_dict({**SETTINGS_ADDED_LATER, **header["config"]})
+    except (ConfigError, TypeError, ValueError) as error:
+        raise ModelFileError(f"{path}: corrupt model configuration ({error})") from None
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None) -> ForceOutput:
     """Load a model file written by :func:`save_model`, in evaluation mode.
 
@@ -166,10 +179,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: str 
         raise ConfigError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     path = Path(path)
     header = read_header(path)
-    try:
-        config = ModelConfig.from_dict({**SETTINGS_ADDED_LATER, **header["config"]})
-    except (ConfigError, TypeError, ValueError) as error:
-        raise ModelFileError(f"{path}: corrupt model configuration ({error})") from None
+    config = read_config(path, header)
     stored_dtype = DTYPES[header["dtype"]]
     try:
         with safe_open(str(path), framework="pt") as handle:

@@ -113,9 +113,13 @@ class RunInputs:
 
 def load_run_inputs(
     config: TrainingConfig, paths: list[str], out_dir: Path, test_paths: list[str] | None, resume: bool,
-    overwrite: bool = False,
+    overwrite: bool = False, init_weights: str | Path | None = None,
 ) -> RunInputs:
     """Read and check the data, the architecture and (on resume) the checkpoint.
+
+    The model's normalisation (:data:`~molequi.models.config.NORMALISATION`) is fitted on the
+    training data for a new model, restored from the checkpoint on resume, and taken from the
+    model file ``init_weights`` for a warm start: a trained model's weights keep their meaning.
 
     Raises:
         ConfigError: an existing run without ``resume``, or a resume with changed settings.
@@ -146,7 +150,12 @@ def load_run_inputs(
         paths, config.model, config.validation, config.seed, outputs_trained, keys=config.label_keys, e0s=config.e0s,
         cache_dir=out_dir / "baseline_cache",
     )
-    model_config = prepared.model_config if state is None else ModelConfig(**state["model_config"])
+    if state is not None:
+        model_config = ModelConfig(**state["model_config"])
+    elif init_weights is not None:
+        model_config = prepared.model_config.with_normalisation_of(initial_config(init_weights, prepared.model_config))
+    else:
+        model_config = prepared.model_config
     test_graphs = None
     if test_paths:
         test_graphs = load_graphs(
@@ -318,11 +327,25 @@ def build_run(
     )
 
 
-def load_initial_weights(model: torch.nn.Module, path: str | Path) -> None:
-    """Copy the weights of the model file ``path`` into ``model`` (same architecture and species).
+def initial_config(path: str | Path, ours: ModelConfig) -> ModelConfig:
+    """The config of the model file ``path`` that starts a run whose data give ``ours``.
 
-    The per-element reference energies (``e0``) stay those of ``model``'s own training data;
-    every learned weight comes from ``path``. Used to warm-start a retraining on more data.
+    Raises:
+        ConfigError: the file was trained on other elements than the data hold.
+    """
+    from molequi.models.io import read_config
+
+    theirs = read_config(path)
+    if list(theirs.species) != list(ours.species):
+        raise ConfigError(
+            f"cannot start from {path}: it was trained on elements {list(theirs.species)}, the data hold {list(ours.species)}"
+        )
+    return theirs
+
+
+def load_initial_weights(model: torch.nn.Module, path: str | Path) -> None:
+    """Copy the weights of the model file ``path`` into ``model`` (same architecture and species,
+    and its normalisation: see :func:`load_run_inputs`). Used to warm-start a retraining on more data.
 
     Raises:
         ConfigError: the file's architecture or species differ from ``model``'s.

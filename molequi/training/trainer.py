@@ -175,7 +175,8 @@ def train(
     say = log if log is not None else (lambda message: print(message, flush=True))
     say = say if ddp.is_main else (lambda message: None)
     try:
-        inputs = load_run_inputs(config, paths, out_dir, test_paths, resume, overwrite=overwrite)
+        inputs = load_run_inputs(config, paths, out_dir, test_paths, resume, overwrite=overwrite,
+                                 init_weights=init_weights)
         # the main process owns out_dir for the run: a second run there fails at once, and a new
         # run never mixes its files with an earlier one's (see claim_run_directory)
         claim = (claim_run_directory(out_dir, "train", TRAIN_OUTPUTS, resume=resume, overwrite=overwrite,
