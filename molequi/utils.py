@@ -108,11 +108,6 @@ def atomic_write_text(path: str | Path, text: str, encoding: str = "utf-8") -> P
     return atomic_write(path, lambda temporary: temporary.write_text(text, encoding=encoding))
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (see :func:`atomic_path`)."""
-    return atomic_write(path, lambda temporary: temporary.write_bytes(data))
-
-
 @contextmanager
 def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO[Any]]:
     """``open()`` for writing whose result appears at ``path`` only once the block succeeded."""

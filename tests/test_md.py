@@ -170,6 +170,32 @@ def test_replicas_equal_separate_runs(random_model, ensemble):
         np.testing.assert_allclose(batched.state.velocities[mask], alone.state.velocities, atol=1e-9)
 
 
+def test_a_new_ensemble_is_one_registry_line(random_model, monkeypatch):
+    """An ensemble registered once runs in both engines and is accepted by the runner's settings."""
+    from molequi.md import ENSEMBLES, Ensemble, MDSettings, register
+    from molequi.md.ensembles import _ase_verlet
+    from molequi.md.integrators import velocity_verlet_step
+
+    calls = []
+
+    def counted_step(state, dt, compute):
+        calls.append(dt)
+        velocity_verlet_step(state, dt, compute)
+
+    monkeypatch.setitem(ENSEMBLES, "nve", ENSEMBLES["nve"])  # restored afterwards, with the new one removed
+    monkeypatch.delitem(ENSEMBLES, "counted", raising=False)
+    register(Ensemble("counted", "NVE", "counted velocity Verlet", counted_step, _ase_verlet, thermostatted=False))
+    MDSettings(steps=3, dt=0.5, ensemble="counted").validate()
+    engine = BatchedMD(potential_of(random_model), state_from_atoms([ethanol(0)], temperature=300.0, seed=1),
+                       dt=0.5, ensemble="counted")
+    engine.run(3)
+    assert calls == [0.5, 0.5, 0.5]
+    ENSEMBLES.pop("counted")
+    with pytest.raises(ValueError, match="ensemble must be one of nve, nvt"):
+        BatchedMD(potential_of(random_model), state_from_atoms([ethanol(0)], temperature=300.0, seed=1),
+                  dt=0.5, ensemble="counted")
+
+
 def test_engine_agrees_with_ase_velocity_verlet(random_model):
     atoms = ethanol(3)
     state = state_from_atoms([atoms], temperature=300.0, seed=4)

@@ -84,8 +84,8 @@ from molequi.utils import atomic_open
 QM9_SIZE = 130_831
 """Molecules in QM9 (133,885 numbers, 3,054 of which failed to converge and are absent)."""
 
-SPLIT_SIZES = {"train": 110_000, "validation": 10_000, "test": QM9_SIZE - 120_000}
-"""Molecules per split; ``test`` is the rest (10,831)."""
+SPLIT_BOUNDS = {"train": (0, 110_000), "validation": (110_000, 120_000), "test": (120_000, QM9_SIZE), "all": (0, QM9_SIZE)}
+"""Each split's slice of the seeded permutation of QM9: 110,000 / 10,000 / the rest (10,831)."""
 
 SPLITS = ("train", "validation", "test", "all")
 SPLIT_ALIASES = {"val": "validation", "valid": "validation"}
@@ -381,8 +381,7 @@ def qm9_split_rows(split: str = "train", seed: int = 0, n: int | None = None) ->
     """
     split = _normalise_split(split)
     order = np.random.default_rng(int(seed)).permutation(QM9_SIZE)
-    bounds = {"train": (0, 110_000), "validation": (110_000, 120_000), "test": (120_000, QM9_SIZE), "all": (0, QM9_SIZE)}
-    start, stop = bounds[split]
+    start, stop = SPLIT_BOUNDS[split]
     rows = order[start:stop]
     if n is not None:
         n = int(n)

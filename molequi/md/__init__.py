@@ -34,6 +34,7 @@ from molequi.data.batch import GraphBatch
 from molequi.data.skin import BatchedNeighborList, SkinNeighborList
 from molequi.md.ase_engine import ASEEngine
 from molequi.md.engine import BatchedMD, StopEvent, safety_stops
+from molequi.md.ensembles import ENSEMBLES, Ensemble, ensemble_of, register
 from molequi.md.integrators import baoab_step, gaussian_noise, velocity_verlet_step
 from molequi.md.output import MDOutput, plot_energy, read_log
 from molequi.models.uncertainty.committee import Potential, load_models
@@ -49,6 +50,10 @@ from molequi.md.state import (
 
 __all__ = [
     "ASEEngine",
+    "ENSEMBLES",
+    "Ensemble",
+    "ensemble_of",
+    "register",
     "MDResult",
     "MDSettings",
     "read_systems",

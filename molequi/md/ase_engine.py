@@ -11,11 +11,11 @@ copied into a one-system :class:`~molequi.md.state.MDState`, which the log, the 
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from ase import Atoms, units
 
-from molequi.md.engine import StopEvent, default_stop_temperature, safety_stops
+from molequi.md.engine import StopEvent, default_stop_temperature, run_steps, safety_stops
+from molequi.md.ensembles import ENSEMBLES
 from molequi.models.uncertainty.committee import Potential
 from molequi.md.state import kinetic_energy, state_from_atoms
 
@@ -48,13 +48,10 @@ class ASEEngine:
         max_temperature: float | None = None,
         min_distance: float = 0.5,
     ) -> None:
-        from ase.md.langevin import Langevin
-        from ase.md.verlet import VelocityVerlet
-
         from molequi.calculators import MolequiCalculator
 
-        if ensemble not in ("nve", "nvt"):
-            raise ValueError(f"ensemble must be 'nve' or 'nvt', got {ensemble!r}")
+        if ensemble not in ENSEMBLES:
+            raise ValueError(f"ensemble must be one of {', '.join(ENSEMBLES)}, got {ensemble!r}")
         self.potential, self.dt, self.ensemble = potential, float(dt), ensemble
         self.atoms = atoms.copy()
         self.state = state_from_atoms([self.atoms], temperature=temperature, friction=friction, seed=seed)
@@ -62,11 +59,7 @@ class ASEEngine:
         self.atoms.set_velocities(self.state.velocities.numpy() / units.fs)
         self.atoms.calc = MolequiCalculator(potential.models, device=potential.device, skin=skin,
                                             calibration=potential.calibration)
-        if ensemble == "nve":
-            self.dynamics = VelocityVerlet(self.atoms, timestep=self.dt * units.fs)
-        else:
-            self.dynamics = Langevin(self.atoms, self.dt * units.fs, temperature_K=temperature,
-                                     friction=friction / units.fs, fixcm=False, rng=np.random.default_rng(seed))
+        self.dynamics = ENSEMBLES[ensemble].ase_dynamics(self.atoms, self.dt, temperature, friction, seed)
         if max_temperature is None:
             self.stop_temperature = default_stop_temperature(self.state.temperature)
         else:
@@ -120,14 +113,7 @@ class ASEEngine:
     def run(self, steps: int, observers=(), callback=None) -> None:
         """Take ``steps`` steps (fewer if the system stops), calling ``observer(self)`` and
         ``callback()`` after each."""
-        for _ in range(steps):
-            if self.state.num_systems == 0:
-                break
-            self.step()
-            for observer in observers:
-                observer(self)
-            if callback is not None:
-                callback()
+        run_steps(self, steps, observers, callback)
 
     def check_safety(self) -> list[StopEvent]:
         """:func:`~molequi.md.engine.safety_stops` on the calculator's own neighbor list."""

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from molequi.errors import ModelFileError
-from molequi.md.integrators import baoab_step, velocity_verlet_step
+from molequi.md.ensembles import ENSEMBLES
 from molequi.data.skin import BatchedNeighborList
 from molequi.data.batch import GraphBatch
 from molequi.models.uncertainty.committee import Potential
@@ -18,8 +18,20 @@ from molequi.md.state import MDState, check_state, instantaneous_temperature, ki
 from molequi.utils import DIGEST_KEY, atomic_write, tensors_digest
 from molequi.validation import check_count, check_number
 
-INTEGRATORS = {"nve": velocity_verlet_step, "nvt": baoab_step}
 RESTART_FORMAT = "molequi-md-restart"
+
+
+def run_steps(engine, steps: int, observers=(), callback=None) -> None:
+    """Take ``steps`` steps of ``engine`` (either engine; fewer if every system stops), calling
+    ``observer(engine)`` and ``callback()`` after each."""
+    for _ in range(steps):
+        if engine.state.num_systems == 0:
+            break
+        engine.step()
+        for observer in observers:
+            observer(engine)
+        if callback is not None:
+            callback()
 
 
 def write_restart_file(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
@@ -143,12 +155,12 @@ class BatchedMD:
         min_distance: float = 0.5,
         initial_forces: bool = True,
     ) -> None:
-        if ensemble not in INTEGRATORS:
-            raise ValueError(f"ensemble must be one of {sorted(INTEGRATORS)}, got {ensemble!r}")
+        if ensemble not in ENSEMBLES:
+            raise ValueError(f"ensemble must be one of {', '.join(ENSEMBLES)}, got {ensemble!r}")
         if dt <= 0:
             raise ValueError(f"dt must be > 0 fs, got {dt}")
         self.potential, self.dt, self.ensemble, self.skin = potential, float(dt), ensemble, float(skin)
-        self.integrator = INTEGRATORS[ensemble]
+        self.integrator = ENSEMBLES[ensemble].step
         self.state = state if state.device == potential.device else to_device(state, potential.device)
         potential.check_species(self.state.numbers)
         if max_temperature is None:
@@ -197,14 +209,7 @@ class BatchedMD:
     def run(self, steps: int, observers=(), callback=None) -> None:
         """Take ``steps`` steps (fewer if every system stops), calling ``observer(self)`` after
         each and ``callback()`` (e.g. a progress bar) too."""
-        for _ in range(steps):
-            if self.state.num_systems == 0:
-                break
-            self.step()
-            for observer in observers:
-                observer(self)
-            if callback is not None:
-                callback()
+        run_steps(self, steps, observers, callback)
 
     @property
     def time(self) -> float:
@@ -291,7 +296,7 @@ class BatchedMD:
             min_distance = check_number("min_distance", float(metadata["min_distance"]), "Å", low=0.0, error=ModelFileError)
             stopped = [StopEvent(**e) for e in json.loads(metadata["stopped"])]
             extra = json.loads(metadata.get("extra", "{}"))
-            if ensemble not in INTEGRATORS or not isinstance(extra, dict):
+            if ensemble not in ENSEMBLES or not isinstance(extra, dict):
                 raise ValueError(f"ensemble {ensemble!r}")
             state = MDState(**{k.removeprefix("state."): v for k, v in tensors.items() if k.startswith("state.")}, step=step)
             check_state(state)

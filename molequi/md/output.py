@@ -35,6 +35,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 
 from molequi.errors import ConfigError, ModelFileError
 from molequi.md.engine import BatchedMD
+from molequi.md.ensembles import ENSEMBLES
 from molequi.md.state import instantaneous_temperature, kinetic_energy
 
 TRAJ_FORMATS = ("extxyz", "traj")
@@ -375,9 +376,9 @@ def plot_energy_figure(logs: list[dict[str, np.ndarray]], n_atoms: list[int | No
     figure = Figure(figsize=(7.5, 5.6), dpi=100, layout="constrained")
     top, bottom = figure.subplots(2, 1, sharex=True)
     count = num_systems if num_systems is not None else len(logs)
-    name = {"nve": "NVE (velocity Verlet)", "nvt": "NVT (Langevin"}.get(ensemble or "", "MD")
-    if ensemble == "nvt":
-        name += f", target {temperature:g} K)" if temperature is not None else ")"
+    kind = ENSEMBLES.get(ensemble or "")
+    thermostatted = kind is not None and kind.thermostatted
+    name = kind.describe(temperature) if kind is not None else "MD"
     plotted = f"{len(kept)} of {count}" if len(kept) < count else f"{count}"
     figure.suptitle(f"{name}: {plotted} system{'s' if count != 1 else ''}", fontsize=11)
     if not kept:
@@ -394,8 +395,8 @@ def plot_energy_figure(logs: list[dict[str, np.ndarray]], n_atoms: list[int | No
     top.set_ylabel("E_total − E_total(0), meV/atom")
     drifts = np.array([energy_drift(log["time_fs"], log["total_eV"], n) for log, n in kept])
     drifts = drifts[np.isfinite(drifts)]
-    if ensemble == "nvt":
-        note = "NVT: the total energy exchanges heat with the thermostat (not a drift)"
+    if thermostatted:
+        note = f"{kind.title}: the total energy exchanges heat with the thermostat (not a drift)"
     elif len(drifts):
         spread = f" ± {np.std(drifts, ddof=1):.2g}" if len(drifts) > 1 else ""
         note = f"drift {np.mean(drifts):+.3g}{spread} meV/atom/ps (linear fit" + (
@@ -406,13 +407,13 @@ def plot_energy_figure(logs: list[dict[str, np.ndarray]], n_atoms: list[int | No
              bbox=dict(facecolor="white", alpha=0.85, edgecolor="none"))
     grid, temperatures = _stack(times, [log["temperature_K"] for log in logs_kept])
     _band(bottom, grid, temperatures, "C3", "mean" if len(kept) > 1 else "temperature")
-    if ensemble == "nvt" and temperature is not None:
+    if thermostatted and temperature is not None:
         bottom.axhline(temperature, color="k", ls="--", lw=0.9, label=f"target {temperature:g} K")
     bottom.set_ylabel("temperature, K")
     bottom.set_xlabel("time, fs")
     for axis in (top, bottom):
         axis.grid(True, alpha=0.3)
-    if len(kept) > 1 or ensemble == "nvt":
+    if len(kept) > 1 or thermostatted:
         bottom.legend(fontsize=8, loc="lower right")
     return figure
 

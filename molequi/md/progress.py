@@ -75,11 +75,19 @@ class MDProgress:
             self.lines.close()
 
 
+def drift_label(ensemble: str) -> str:
+    """What the change of the total energy over a run is called in ``ensemble``."""
+    from molequi.md.ensembles import ENSEMBLES
+
+    thermostatted = ensemble in ENSEMBLES and ENSEMBLES[ensemble].thermostatted
+    return "total-energy change (thermostatted, not a drift)" if thermostatted else "energy drift"
+
+
 def summary_lines(summary: Sequence[dict], ensemble: str) -> list[str]:
     """The end-of-run report: energy change (E_last − E_first)/n_atoms and the largest
     |E − E_first|/n_atoms, meV/atom; a line per system up to :data:`PER_SYSTEM_LINES` systems,
     else their mean ± std, extremes and the stopped systems."""
-    label = "energy drift" if ensemble == "nve" else "total-energy change (thermostatted, not a drift)"
+    label = drift_label(ensemble)
     running = [r for r in summary if "stopped" not in r]
     stopped = [r for r in summary if "stopped" in r]
     if len(summary) <= PER_SYSTEM_LINES:

@@ -24,13 +24,13 @@ from ase import Atoms
 
 from molequi.errors import ConfigError
 from molequi.md.engine import BatchedMD, StopEvent
+from molequi.md.ensembles import ENSEMBLES
 from molequi.md.output import TRAJ_FORMATS, MDOutput
 from molequi.md.progress import MDProgress
 from molequi.models.uncertainty.committee import Potential
 from molequi.utils import identity_changes
 
 ENGINES = ("batched", "ase")
-ENSEMBLES = ("nve", "nvt")
 
 
 @dataclass
@@ -40,7 +40,8 @@ class MDSettings:
     Attributes:
         steps: steps to take (with ``resume``: the total step count to reach).
         dt: time step, fs.
-        ensemble: ``"nve"`` (velocity Verlet) or ``"nvt"`` (Langevin BAOAB at ``temperature``).
+        ensemble: a name in :data:`~molequi.md.ensembles.ENSEMBLES`: ``"nve"`` (velocity Verlet) or
+            ``"nvt"`` (Langevin BAOAB at ``temperature``).
         temperature: K — initial Maxwell–Boltzmann velocities, the NVT target and the default
             safety limit (``max(10 × temperature, 100 K)``).
         friction: Langevin friction γ, 1/fs.
@@ -78,7 +79,7 @@ class MDSettings:
         """Raise :class:`ConfigError` for a value no MD run can use (see :mod:`molequi.validation`)."""
         from molequi.validation import check_choice, check_count, check_number
 
-        check_choice("ensemble", self.ensemble, ENSEMBLES)
+        check_choice("ensemble", self.ensemble, tuple(ENSEMBLES))
         check_choice("engine", self.engine, ENGINES)
         check_choice("traj_format", self.traj_format, TRAJ_FORMATS)
         check_count("steps", self.steps)
@@ -137,14 +138,14 @@ class MDResult:
     def summary_lines(self) -> list[str]:
         """Per system (up to 8 systems), else one summary over them: energy change per atom
         (meV/atom) and max deviation, and the stops (see :func:`molequi.md.progress.summary_lines`)."""
-        from molequi.md.progress import PER_SYSTEM_LINES, summary_lines
+        from molequi.md.progress import PER_SYSTEM_LINES, drift_label, summary_lines
 
         if len(self.systems) > PER_SYSTEM_LINES:
             records = [{"system": r.system, "n_atoms": r.n_atoms, "drift": r.drift, "max_deviation": r.max_deviation}
                        | ({"stopped": str(r.stopped)} if r.stopped is not None else {})
                        for r in self.systems if r.stopped is not None or r.drift is not None]
             return summary_lines(records, self.ensemble)
-        label = "energy drift" if self.ensemble == "nve" else "total-energy change (thermostatted, not a drift)"
+        label = drift_label(self.ensemble)
         lines = [f"{label} per system, (E_last - E_first)/n_atoms and max |E - E_first|/n_atoms:"]
         for record in self.systems:
             if record.stopped is not None:
@@ -309,7 +310,7 @@ def _output(potential: Potential, count: int, settings: MDSettings, out: Path, r
 
 def _describe(output: MDOutput, settings: MDSettings, systems: Sequence[Atoms]) -> None:
     output.describe_run(settings.ensemble, {k: len(a) for k, a in enumerate(systems)},
-                        settings.temperature if settings.ensemble == "nvt" else None)
+                        settings.temperature if ENSEMBLES[settings.ensemble].thermostatted else None)
 
 
 def _stop_reporter(engine, progress: MDProgress):

@@ -196,11 +196,6 @@ class ScreenConfig:
                 f"{len(weights)} weights given for {len(self.objective)} objectives")
         return [Objective.parse(o, w) for o, w in zip(self.objective, weights)]
 
-    @property
-    def in_process(self) -> bool:
-        """True when the chunk work runs in this process, without Dask."""
-        return self.scheduler == "synchronous" or (self.scheduler is None and self.workers == 1)
-
     def to_json(self) -> dict:
         """JSON-friendly dict of every setting (for the manifest and the report)."""
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "stage"}

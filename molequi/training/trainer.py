@@ -128,12 +128,6 @@ VALIDATION_KEYS = ("loss", "energy_mae_meV", "energy_rmse_meV", "forces_mae_meV_
 """Validation metrics logged every evaluation (NaN where the data or the loss lack that label)."""
 
 
-
-
-
-
-
-
 def train(
     config: TrainingConfig,
     data: str | Path | Sequence[str | Path],
@@ -273,12 +267,6 @@ def train_one_epoch(run: TrainingRun, epoch: int, deadline: float | None, eta: s
 
 class TrainingDivergedError(MolequiError):
     """The training loss became NaN or inf (a learning rate too high for the data, or bad labels)."""
-
-
-
-
-
-
 
 
 def _save_interrupted(
@@ -458,15 +446,5 @@ def _train(
     if progress.stop_reason:
         say(f"stopped: {progress.stop_reason}")
     return _finish(run, progress, inputs, files, out_dir, elapsed(), say)
-
-
-
-
-
-
-
-
-
-
 
 
