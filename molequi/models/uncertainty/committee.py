@@ -17,7 +17,7 @@ import torch
 from molequi.data.batch import GraphBatch
 from molequi.errors import ConfigError
 from molequi.models.io import load_model
-from molequi.models.uncertainty import Calibration, as_calibration
+from molequi.models.uncertainty import Calibration, as_calibration, forces_spread, spread
 from molequi.nn.forces import ForceOutput
 
 ModelSpec = str | Path | ForceOutput
@@ -121,8 +121,7 @@ class Potential:
         }
         results["energy"] = members["energy"].mean(0)
         results["forces"] = members["forces"].mean(0)
-        energy_std = members["energy"].std(0, correction=1)
-        forces_std = members["forces"].var(0, correction=1).mean(-1).sqrt()
+        energy_std, forces_std = spread(members["energy"]), forces_spread(members["forces"])
         if self.calibration is not None:
             energy_std = self.calibration.apply("energy", energy_std)
             forces_std = self.calibration.apply("forces", forces_std)
