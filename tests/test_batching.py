@@ -92,3 +92,35 @@ def test_bad_structures_are_named(spoil, message):
 def test_empty_structure_is_refused():
     with pytest.raises(InvalidStructureError, match="structure 1: empty"):
         open_structures_batch([molecule("H2O"), Atoms()], 5.0)
+
+
+def test_graph_batch_is_the_one_model_input():
+    """A torch-geometric batch becomes one GraphBatch: per-atom fields concatenated, per-structure
+    fields (cell, and an optional total charge a reader filled) one row per structure."""
+    from molequi.data.batch import GraphBatch
+    from molequi.nn.forces import ForceOutput
+
+    graphs = [atoms_to_graph(molecule(name), 4.0, with_labels=False) for name in ("H2O", "CH4")]
+    graphs[0].charge, graphs[1].charge = torch.tensor([-1.0]), torch.tensor([0.0])
+    batch = GraphBatch.of(Batch.from_data_list(graphs))
+    assert batch.num_graphs == 2 and batch.pos.shape == (8, 3) and batch.cell.shape == (2, 3, 3)
+    assert batch.batch.tolist() == [0, 0, 0, 1, 1, 1, 1, 1]
+    assert batch.charge.tolist() == [-1.0, 0.0] and batch.spin is None
+    single = GraphBatch.of(graphs[1])
+    assert single.num_graphs == 1 and single.batch.tolist() == [0] * 5 and single.cell.shape == (1, 3, 3)
+
+    seen = []
+
+    class Recorder(torch.nn.Module):  # an energy model that sees exactly what ForceOutput hands it
+        species = [1, 6, 8]
+
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.ones((), dtype=torch.float64))
+
+        def forward(self, graph):
+            seen.append(graph)
+            return {"energies": self.weight * (graph.pos**2).sum(-1)}
+
+    ForceOutput(Recorder())(Batch.from_data_list(graphs))
+    assert isinstance(seen[0], GraphBatch) and seen[0].charge.tolist() == [-1.0, 0.0]
