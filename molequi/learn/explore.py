@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 from ase import Atoms
+
 from molequi.learn.labelers import read_labelled
 from molequi.learn.settings import LearnSettings
 
@@ -26,8 +27,8 @@ class CommitteePrediction:
 def predict_committee(models: Sequence[str | Path], structures: Sequence[Atoms], device: str = "cpu") -> CommitteePrediction:
     """Evaluate a committee (model files) on the structures (:func:`molequi.models.predict`: the
     mean over members and their unbiased spread; NaN spreads for a single member)."""
-    from molequi.models.uncertainty.committee import load_models
     from molequi.models.predict import predict
+    from molequi.models.uncertainty.committee import load_models
 
     results = predict(load_models(models, device=device), list(structures))
     return CommitteePrediction(

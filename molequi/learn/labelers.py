@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
+
 from molequi.errors import ConfigError, MolequiError
 from molequi.learn.selection import (
     beyond_ceiling,
