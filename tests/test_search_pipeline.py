@@ -15,7 +15,7 @@ import torch
 pytest.importorskip("rdkit")
 
 from molequi.search import screen  # noqa: E402
-from molequi.search.cli import add_screen_arguments, run_screen  # noqa: E402
+from molequi.cli.screen import add_screen_arguments, run_screen  # noqa: E402
 
 DATA = Path(__file__).parent / "data" / "search"
 DRUGS = DATA / "drugs.smi"
