@@ -173,7 +173,7 @@ def run_screen(args: argparse.Namespace, scorer_factory: ScorerFactory | None = 
     counts = ", ".join(f"{k} {v}" for k, v in result.stage_counts.items())
     print(f"screened {result.n_read} molecules: {counts}")
     print(f"outputs: {result.scored_csv}, {result.top_sdf}, {result.report_html}")
-    _print_top(result.top, limit=10)
+    _print_top(result.top, limit=10, units=result.units)
     for message in _shown_warnings(caught, all_failed=result.n_passed == 0):
         print(f"warning: {message}", file=sys.stderr)
     if result.n_passed == 0:
@@ -196,14 +196,25 @@ def _shown_warnings(caught: Sequence[warnings.WarningMessage], all_failed: bool)
     return messages
 
 
-def _print_top(rows: list[dict[str, str]], limit: int) -> None:
-    """The first ``limit`` hits as an aligned table: rank, id, SMILES and predictions."""
+def _print_top(rows: list[dict[str, str]], limit: int, units: dict[str, str] | None = None) -> None:
+    """The first ``limit`` hits as an aligned table: rank, id, SMILES and predictions, each
+    prediction column headed with its unit (``gap_mean (eV)``; QED and SA score are unitless)."""
     if not rows:
         return
+    units = units or {}
     keys = [k for k in ("rank", "id", "smiles") if k in rows[0]]
     keys += [k for k in rows[0] if k.endswith(("_mean", "_std")) or k in ("qed", "sa_score")][:6]
-    table = [keys] + [[str(row.get(k, ""))[:40] for k in keys] for row in rows[:limit]]
+    headers = [_with_unit(k, units) for k in keys]
+    table = [headers] + [[str(row.get(k, ""))[:40] for k in keys] for row in rows[:limit]]
     widths = [max(len(r[c]) for r in table) for c in range(len(keys))]
     print(f"top {min(limit, len(rows))} of {len(rows)} hits:")
     for r in table:
         print("  " + "  ".join(v.ljust(w) for v, w in zip(r, widths)))
+
+
+def _with_unit(column: str, units: dict[str, str]) -> str:
+    """``gap_mean`` -> ``gap_mean (eV)`` when the property's unit is known, ``qed`` -> ``qed (unitless)``."""
+    if column in ("qed", "sa_score"):
+        return f"{column} (unitless)"
+    prop = column.rsplit("_", 1)[0] if column.endswith(("_mean", "_std")) else column
+    return f"{column} ({units[prop]})" if units.get(prop) else column
