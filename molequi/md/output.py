@@ -435,7 +435,7 @@ def plot_energy(folder: str | Path, num_systems: int, ensemble: str | None = Non
             logs.append(read_log(path))
             atoms.append((n_atoms or {}).get(k) or _atoms_from_trajectory(folder, k))
     figure = plot_energy_figure(logs, atoms, ensemble, temperature, num_systems)
-    return atomic_write(folder / "energy.png", lambda temporary: figure.savefig(temporary, format="png"))
+    return atomic_write(folder / "energy.png", lambda temporary: figure.savefig(temporary, format="png", bbox_inches="tight"))
 
 
 def _atoms_from_trajectory(folder: Path, system: int) -> int | None:
