@@ -30,12 +30,17 @@ def run(args: argparse.Namespace) -> int:
     from molequi.data import LabelKeys, read_structures
     from molequi.errors import ConfigError
     from molequi.devices import resolve_device
-    from molequi.training.uncertainty import committee_errors, fit_committee_calibration, load_committee
+    from molequi.training.uncertainty import (committee_errors, fit_committee_calibration, load_committee,
+                                              member_count)
 
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be ≥ 1, got {args.batch_size}")
     paths = model_paths(args, getattr(args, "argv", None))
     models = load_committee(paths, device=resolve_device(args.device))
+    if member_count(models) < 2:  # said here: the library's message predates the --model syntax
+        raise ConfigError("an uncertainty needs two or more members: give every committee member with --model "
+                          "(--model a.molequi --model b.molequi) or use a model trained with "
+                          "'molequi train --ensemble-heads 4'")
     structures = read_structures(args.data, keys=LabelKeys(args.energy_key, args.forces_key))
     errors = committee_errors(models, structures, args.batch_size, str(args.data))
     provenance = {"models": paths, "data": str(args.data), "n_structures": len(structures),
