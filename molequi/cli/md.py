@@ -30,7 +30,11 @@ HELP = "run molecular dynamics (NVE or Langevin NVT) with a trained model or a c
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("structures", metavar="[MODEL] STRUCTURE", nargs="+",
+    # the first positional is the model unless --model is given: say both forms, not argparse's guess
+    parser.usage = ("%(prog)s MODEL STRUCTURE [STRUCTURE ...] --steps N --dt FS [options]\n"
+                    "       %(prog)s --model FILE [--model FILE ...] STRUCTURE [STRUCTURE ...] --steps N --dt FS "
+                    "[options]")
+    parser.add_argument("structures", metavar="STRUCTURE", nargs="+",
                         help="structure file(s), any format ase.io.read knows (or an rMD17 .npz); the last frame "
                              "is used, 'file.xyz@:' takes every frame and 'file.xyz@0' the first; each frame is a "
                              "system. Without --model the first argument is the model file")
@@ -104,6 +108,10 @@ def models_and_structures(args: argparse.Namespace) -> tuple[list[str], list[str
     if not structures:
         raise ConfigError(f"no structure given: molequi md {models[0]} STRUCTURE --steps N --dt FS "
                           "(or molequi md --model FILE STRUCTURE ...)")
+    stray = [path for path in structures if path.partition("@")[0].endswith(".molequi")]
+    if stray:  # a committee member given as a positional beside --model
+        raise ConfigError(f"{stray[0]} is a model file, not a structure: give every committee member with --model "
+                          f"({' '.join(f'--model {path}' for path in [*models, *stray])})")
     return models, structures
 
 
