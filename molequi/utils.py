@@ -10,7 +10,9 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import stat
+import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -149,11 +151,12 @@ def locked_directory(path: str | Path, command: str) -> Iterator[Path]:
     """Hold an exclusive ``fcntl.flock`` on ``path/.molequi.lock`` for the block.
 
     A second run on the same directory gets a one-line :class:`~molequi.errors.ConfigError`
-    at once (it never waits, and never writes there). The lock is the kernel's: it is released
-    when the process exits, however it exits, so a killed run leaves no stale lock.
+    at once (it never waits, and never writes there). The lock file is removed when the block
+    ends, however it ends (return, exception, Ctrl-C, ``SystemExit``; the ``molequi`` command
+    turns SIGTERM into ``SystemExit``). A run killed outright (SIGKILL, power loss) leaves the
+    file but not the lock, which is the kernel's and dies with the process: the next run takes
+    the file over and prints a note naming the dead run.
     """
-    import fcntl
-
     from molequi.errors import ConfigError
 
     path = Path(path)
@@ -161,21 +164,74 @@ def locked_directory(path: str | Path, command: str) -> Iterator[Path]:
         raise ConfigError(f"{path} is a file, not a directory; choose another output directory")
     try:
         path.mkdir(parents=True, exist_ok=True)
-        handle = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
     except OSError as error:
         raise ConfigError(f"cannot use {path} as the output directory: {error.strerror or error}") from None
+    handle, previous = _acquire_lock(path / LOCK_NAME, path)
     try:
+        if previous:
+            print(f"note: {path}: {stale_lock_note(previous)}", file=sys.stderr)
+        os.ftruncate(handle, 0)
+        os.pwrite(handle, f"molequi {command}, pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+        yield path
+    finally:
+        # unlink while still holding the lock, so no other run can lock this file in between
+        with contextlib.suppress(OSError):
+            os.unlink(path / LOCK_NAME)
+        os.close(handle)  # releases the lock
+
+
+def _acquire_lock(lock: Path, folder: Path) -> tuple[int, str]:
+    """Open and ``flock`` ``lock`` (non-blocking); return the descriptor and the holder line a
+    dead run left in it ('' when the file is new or empty).
+
+    A run that ends unlinks its lock file: a process that opened the file just before is left
+    holding a lock on a file no longer in the folder, so the lock counts only once the path
+    still names the locked file (else open the new one and try again).
+    """
+    import fcntl
+
+    from molequi.errors import ConfigError
+
+    for _ in range(100):
+        try:
+            handle = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as error:
+            raise ConfigError(f"cannot use {folder} as the output directory: {error.strerror or error}") from None
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(handle, 200, 0).decode("utf-8", "replace").strip() or "another process"
-            raise ConfigError(f"{path} is in use by another run ({holder}); wait for it to finish "
+            os.close(handle)
+            raise ConfigError(f"{folder} is in use by another run ({holder}); wait for it to finish "
                               "or choose another output directory") from None
-        os.ftruncate(handle, 0)
-        os.pwrite(handle, f"molequi {command}, pid {os.getpid()}".encode(), 0)
-        yield path
-    finally:
-        os.close(handle)  # releases the lock
+        try:
+            same = os.path.samestat(os.fstat(handle), os.stat(lock))
+        except FileNotFoundError:
+            same = False
+        if same:
+            return handle, os.pread(handle, 200, 0).decode("utf-8", "replace").strip()
+        os.close(handle)
+    raise ConfigError(f"{folder}: could not take the run lock {lock} (other runs keep replacing it)")
+
+
+def stale_lock_note(holder: str) -> str:
+    """What to say on taking over a lock file that ``holder`` (its text: ``molequi train, pid N
+    on HOST``) left behind; we hold the flock, so that run no longer holds it."""
+    match = re.search(r"pid (\d+)(?: on (\S+))?", holder)
+    if match and match[2] in (None, socket.gethostname()) and not is_alive(int(match[1])):
+        return f"took over a stale lock ({holder}: that process is no longer running)"
+    return f"took over a stale lock ({holder}: that run no longer holds it)"
+
+
+def is_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this machine (one of another user counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def claim_run_directory(

@@ -180,7 +180,7 @@ def plot(results: list[dict], path: Path) -> None:
         ax.set(title=molecule, xlabel="training structures", ylabel="test force MAE (meV/Å)")
         ax.legend()
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    figure.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(figure)
 
 

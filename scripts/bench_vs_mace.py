@@ -419,7 +419,7 @@ def pareto_plot(reports: list[dict], path: Path) -> None:
         ax.legend(fontsize=8, loc="lower left")
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
+    figure.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(figure)
 
 

@@ -336,7 +336,7 @@ def test_cli_ase_engine_and_errors(random_model, tmp_path, capsys):
     model_path = save_model(random_model, tmp_path / "model.molequi")
     write(tmp_path / "ethanol.xyz", ethanol(0))
     out = tmp_path / "ase"
-    assert main(["md", f"{model_path},{model_path}", str(tmp_path / "ethanol.xyz"), "--steps", "6", "--dt", "0.5",
+    assert main(["md", "--model", str(model_path), "--model", str(model_path), str(tmp_path / "ethanol.xyz"), "--steps", "6", "--dt", "0.5",
                  "--engine", "ase", "--ensemble", "nvt", "--out", str(out), "--log-every", "3", "--no-progress"]) == 0
     log = read_log(out / "system_0000.csv")
     assert log["step"].tolist() == [0, 3, 6] and np.all(log["energy_std_eV"] == 0)

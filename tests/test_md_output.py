@@ -129,12 +129,15 @@ def test_progress_lines_in_a_log_file_and_one_summary_for_many_replicas(capsys):
     err = capsys.readouterr().err
     assert "md: 100/100 steps (100.0 %)" in err and "ETA" in err and "ns/day" in err and "\r" not in err
 
-    records = [{"system": k, "n_atoms": 9, "drift": 9e-6 * k, "max_deviation": 9e-5} for k in range(16)]
+    # 9 atoms over 1 ps: 9e-6·k eV = k/1000 meV/atom/ps
+    records = [{"system": k, "n_atoms": 9, "drift": 9e-6 * k, "max_deviation": 9e-5, "duration_fs": 1000.0}
+               for k in range(16)]
     records[3] = {"system": 3, "n_atoms": 9, "stopped": "system 3 stopped at step 40: temperature 5000 K exceeds 3000 K"}
     lines = summary_lines(records, "nve")
     assert len(lines) == 4  # not 16
     assert lines[0] == "16 systems, 15 ran to the end, 1 stopped early"
-    assert "energy drift" in lines[1] and "range +0.0000 … +0.0150" in lines[1]
+    assert "energy drift" in lines[1] and "range +0 … +0.015 meV/atom/ps" in lines[1]
+    assert "(E_end − E_start)/(n_atoms · t)" in lines[1]
     assert lines[3].startswith("  system 3 stopped")
     assert len(summary_lines(records[:4], "nvt")) == 5  # few systems: a line each
 

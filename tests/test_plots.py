@@ -67,12 +67,16 @@ def _history(epochs: int = 6):
 
 def test_learning_curve_train_validation_lr_and_units(tmp_path):
     figure = learning_curve_figure(_history(), units={"mystery": "kcal/mol"})
-    errors, loss, rate = figure.axes
-    labels = [line.get_label() for line in errors.lines]
+    *errors, loss, rate = figure.axes
+    labels = [line.get_label() for axis in errors for line in axis.lines]
     assert "forces MAE, meV/Å (train)" in labels and "forces MAE, meV/Å (validation)" in labels
     assert "energy MAE, meV (validation)" in labels
     assert "gap MAE, eV (validation)" in labels  # known unit of a QM9 label
     assert "mystery MAE, kcal/mol (validation)" in labels  # unit given by the caller
+    for axis in errors:  # one unit per axis: meV/Å, meV, eV and kcal/mol each get a panel
+        unit = axis.get_ylabel().removeprefix("MAE, ")
+        assert all(line.get_label().split(" (")[0].endswith(f", {unit}") for line in axis.lines), axis.get_ylabel()
+    assert len(errors) == 4
     assert [line.get_label() for line in loss.lines] == ["train loss", "validation loss"]
     assert rate.get_ylabel() == "learning rate" and len(rate.lines[0].get_xdata()) == 6
     validation = next(line for line in loss.lines if line.get_label() == "validation loss")

@@ -15,7 +15,7 @@ import torch
 pytest.importorskip("rdkit")
 
 from molequi.search import screen  # noqa: E402
-from molequi.search.cli import add_screen_arguments, run_screen  # noqa: E402
+from molequi.cli.screen import add_screen_arguments, run_screen  # noqa: E402
 
 DATA = Path(__file__).parent / "data" / "search"
 DRUGS = DATA / "drugs.smi"
@@ -326,3 +326,16 @@ def test_candidate_count_without_parsing():
     assert CandidateSource(str(DRUGS)).count() == 12 == sum(1 for _ in CandidateSource(str(DRUGS)))
     three = CandidateSource(str(DATA / "three.sdf.gz"))
     assert three.count() == sum(1 for _ in three)
+
+
+def test_cli_shows_the_kappa_warning_of_one_model_with_a_syntax_that_exists(tmp_path, capsys):
+    """--kappa with one model has no std to use: the CLI prints the library's warning (not
+    swallowed), and the committee syntax it suggests is the one the parser accepts."""
+    args = _parse([str(DRUGS), "--model", "m1.pt", "--objective", "gap:max", "--kappa", "1", "--top", "2",
+                   "--alerts", "none", "--out", str(tmp_path / "k"), "--no-progress", "--no-plots"])
+    assert run_screen(args, scorer_factory=lambda paths, device: [FakeScorer(members=1)]) == 0
+    err = capsys.readouterr().err
+    warning = next(line for line in err.splitlines() if line.startswith("warning: kappa 1 has no effect"))
+    assert "comma" not in warning and "--model a.molequi --model b.molequi" in warning
+    committee = _parse([str(DRUGS), "--model", "a.molequi", "--model", "b.molequi"])
+    assert committee.models == ["a.molequi", "b.molequi"]

@@ -124,19 +124,19 @@ def test_evaluate_and_calibrate_a_committee(tmp_path, capsys):
     paths = [str(save_model(random_model(l_max=1, num_layers=1, seed=s), tmp_path / f"m{s}.molequi")) for s in (0, 1, 2)]
     data = tmp_path / "data.extxyz"
     ase.io.write(data, emt_structures(12))
-    committee = ",".join(paths)
-    assert main(["evaluate", committee, str(data), "--plot", str(tmp_path / "p.png")]) == 0
+    committee = [arg for path in paths for arg in ("--model", path)]
+    assert main(["evaluate", *committee, str(data), "--plot", str(tmp_path / "p.png")]) == 0
     raw = json.loads(capsys.readouterr().out)
     assert {"forces_std_spearman", "forces_rmse_over_std", "miscalibration_area", "energy_rmse_over_std"} <= set(raw)
     assert raw["n_members"] == 3 and raw["forces_mae_meV_per_A"] > 0 and raw["calibrated"] is False
     assert (tmp_path / "p.png").stat().st_size > 5000
-    assert main(["calibrate", committee, str(data), "--out", str(tmp_path / "cal.json")]) == 0
+    assert main(["calibrate", *committee, str(data), "--out", str(tmp_path / "cal.json")]) == 0
     capsys.readouterr()
     saved = json.loads((tmp_path / "cal.json").read_text())
     assert saved["format"] == "molequi-calibration" and {"energy", "forces"} <= set(saved["outputs"])
     forces = saved["outputs"]["forces"]
     assert forces["form"] in ("scale", "power") and {"held_out_nll", "before", "after", "in_domain_std"} <= set(forces)
-    assert main(["evaluate", committee, str(data), "--calibration", str(tmp_path / "cal.json")]) == 0
+    assert main(["evaluate", *committee, str(data), "--calibration", str(tmp_path / "cal.json")]) == 0
     calibrated = json.loads(capsys.readouterr().out)
     assert abs(np.log(calibrated["forces_rmse_over_std"])) < abs(np.log(raw["forces_rmse_over_std"]))
     assert abs(np.log(calibrated["forces_rmse_over_std"])) < 0.2
@@ -145,6 +145,9 @@ def test_evaluate_and_calibrate_a_committee(tmp_path, capsys):
     assert "forces_std_spearman" not in single and "miscalibration_area" not in single
     assert main(["calibrate", paths[0], str(data)]) == 2
     assert "two or more members" in capsys.readouterr().err
+    assert main(["evaluate", ",".join(paths[:2]), str(data)]) == 2  # the comma form is refused ...
+    fix = capsys.readouterr().err.split("run: ")[-1].strip()  # ... with the command line to type instead
+    assert fix == f"molequi evaluate --model {paths[0]} --model {paths[1]} {data}"
 
 
 def test_screening_scorer_uses_ensemble_heads_and_a_calibration(tmp_path):

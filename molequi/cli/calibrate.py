@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from molequi.cli.options import add_device_option, add_label_key_options
+from molequi.cli.options import add_device_option, add_label_key_options, add_model_option, model_paths
 
 HELP = (
     "Fit a calibration of committee / ensemble-head stds on held-out labelled structures: σ' = a·σ, or a power "
@@ -15,8 +15,8 @@ HELP = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", metavar="MODEL[,MODEL...]",
-                        help="a committee (comma-separated model files) or one model trained with --ensemble-heads K")
+    add_model_option(parser, positional_help="one model trained with --ensemble-heads K; for a committee give "
+                                             "every member with --model instead")
     parser.add_argument("data", metavar="DATA",
                         help="held-out labelled structures (not the training set: its errors are too small), any "
                              "format 'molequi evaluate' reads")
@@ -30,22 +30,37 @@ def run(args: argparse.Namespace) -> int:
     from molequi.data import LabelKeys, read_structures
     from molequi.errors import ConfigError
     from molequi.devices import resolve_device
-    from molequi.models.uncertainty.evaluation import committee_errors, fit_committee_calibration, load_committee
+    from molequi.models.uncertainty.evaluation import (committee_errors, fit_committee_calibration, load_committee,
+                                                       member_count)
 
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be ≥ 1, got {args.batch_size}")
-    models = load_committee(args.model, device=resolve_device(args.device))
+    paths = model_paths(args, getattr(args, "argv", None))
+    models = load_committee(paths, device=resolve_device(args.device))
+    if member_count(models) < 2:  # said here: the library's message predates the --model syntax
+        raise ConfigError("an uncertainty needs two or more members: give every committee member with --model "
+                          "(--model a.molequi --model b.molequi) or use a model trained with "
+                          "'molequi train --ensemble-heads 4'")
     structures = read_structures(args.data, keys=LabelKeys(args.energy_key, args.forces_key))
     errors = committee_errors(models, structures, args.batch_size, str(args.data))
-    provenance = {"models": args.model.split(","), "data": str(args.data), "n_structures": len(structures),
+    provenance = {"models": paths, "data": str(args.data), "n_structures": len(structures),
                   "n_members": sum(m.model.config.ensemble_heads for m in models),
                   "std": "unbiased (ddof 1) spread over members; forces per atom, applied to each component"}
     calibration = fit_committee_calibration(errors, provenance)
     calibration.save(args.out)
-    summary = {name: {"form": fit.form, "a": fit.a, "b": fit.b,
-                      "rmse_over_std": [calibration.info["outputs"][name]["before"].get("rmse_over_std"),
-                                        calibration.info["outputs"][name]["after"].get("rmse_over_std")]}
-               for name, fit in calibration.fits.items()}
-    print(json.dumps(summary, indent=2))
+    print(json.dumps(calibration_summary(calibration), indent=2))
     print(f"calibration: {args.out}")
     return 0
+
+
+def calibration_summary(calibration) -> dict[str, dict]:
+    """What ``molequi calibrate`` prints per output: the fitted form σ' = a·σ^b (a in the
+    output's unit^(1−b), b unitless) and RMSE ÷ std (unitless, 1 when the stds are the right
+    size) before and after calibration, each under a name that says which it is."""
+    summary = {}
+    for name, fit in calibration.fits.items():
+        outputs = calibration.info["outputs"][name]
+        summary[name] = {"form": fit.form, "a": fit.a, "b": fit.b,
+                         "rmse_over_std_before": outputs["before"].get("rmse_over_std"),
+                         "rmse_over_std_after": outputs["after"].get("rmse_over_std")}
+    return summary

@@ -5,20 +5,19 @@ from __future__ import annotations
 import argparse
 import json
 
-from molequi.cli.options import add_device_option, add_label_key_options
+from molequi.cli.options import add_device_option, add_label_key_options, add_model_option, model_paths
 
 HELP = (
     "Evaluate a model on labelled structures and print its errors as JSON: energy (meV) and force (meV/Å) "
     "MAE/RMSE, and <property>_mae / <property>_rmse in the label's unit for each property head it was trained on. "
-    "A committee (comma-separated models) or a model with ensemble heads also gets uncertainty metrics: "
+    "A committee (--model A --model B) or a model with ensemble heads also gets uncertainty metrics: "
     "forces_std_spearman, forces_rmse_over_std, miscalibration_area (and per output)."
 )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", metavar="MODEL[,MODEL...]",
-                        help="model file written by 'molequi train' (model.molequi); several, comma-separated, "
-                             "form a committee (its mean is evaluated, its spread is the uncertainty)")
+    add_model_option(parser, positional_help="model file written by 'molequi train' (model.molequi); for a "
+                                             "committee give every member with --model instead")
     parser.add_argument("data", metavar="DATA", help="labelled structures: extxyz, ASE .db, rMD17 .npz, or qm9[:SPLIT][?n=N&seed=S]")
     parser.add_argument("--plot", metavar="PNG", default=None,
                         help="also write a parity plot (predicted vs reference, one panel per trained output); "
@@ -48,8 +47,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--batch-size must be ≥ 1, got {args.batch_size}")
     for option, path in (("--out", args.out), ("--plot", args.plot)):
         check_output_file(path, option)
+    paths = model_paths(args, getattr(args, "argv", None))
     device = resolve_device(args.device)
-    models = load_committee(args.model, device=device)
+    models = load_committee(paths, device=device)
     calibration = as_calibration(args.calibration)
     keys = LabelKeys(args.energy_key, args.forces_key, args.stress_key)
     structures = read_structures(args.data, keys=keys)
@@ -61,13 +61,13 @@ def run(args: argparse.Namespace) -> int:
                        keys=keys)
     if member_count(models) < 2:
         if calibration is not None:
-            raise ConfigError("--calibration needs a committee (comma-separated models) or a model with ensemble heads; "
+            raise ConfigError("--calibration needs a committee (--model A --model B) or a model with ensemble heads; "
                               "one plain model has no std to calibrate")
         metrics = evaluate_model(models[0], structures, batch_size=args.batch_size, device=device, plot=args.plot,
                                  source=str(args.data))
     else:
         metrics = evaluate_committee(models, structures, args.batch_size, calibration, args.plot, str(args.data))
-    metrics = {"model": str(args.model), "data": str(args.data), **metrics}
+    metrics = {"model": paths[0] if len(paths) == 1 else paths, "data": str(args.data), **metrics}
     if args.out:
         write_json(metrics, args.out)
     print(json.dumps(metrics, indent=2))

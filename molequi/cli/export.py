@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from molequi.cli.choices import EXPORT_FORMATS
+
 HELP = (
     "Export a trained model as TorchScript: a file plain PyTorch loads (torch.jit.load, no molequi) "
     "and calls as module(positions [N,3] Å, atomic_numbers [N] int64) -> {'energy': eV, 'forces': eV/Å} "
@@ -13,7 +15,7 @@ HELP = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", metavar="MODEL", help="model file written by 'molequi train' (model.molequi)")
-    parser.add_argument("--format", choices=["torchscript"], default="torchscript",
+    parser.add_argument("--format", choices=EXPORT_FORMATS, default="torchscript",
                         help="output format (TorchScript: LAMMPS/OpenMM-Torch-style consumers via a small wrapper)")
     parser.add_argument("--out", required=True, metavar="FILE", help="where to write the exported model (e.g. model.pt)")
     parser.add_argument("--device", default="auto",

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 
+from molequi.cli.options import add_renamed_option
 from molequi.errors import ConfigError
 
 HELP = (
@@ -55,7 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=_floats, default=[300.0], metavar="T[,T…]",
                         help="MD temperature(s), K (every start structure runs at each)")
     parser.add_argument("--md-steps", type=int, default=500, metavar="S", help="Langevin MD steps per round")
-    parser.add_argument("--timestep", type=float, default=0.5, metavar="FS", help="MD time step, fs")
+    parser.add_argument("--dt", type=float, default=0.5, metavar="FS", help="MD time step, fs")
+    add_renamed_option(parser, "--timestep", "--dt", "--dt 0.5")
     parser.add_argument("--friction", type=float, default=0.01, metavar="1/FS", help="Langevin friction, 1/fs")
     parser.add_argument("--replicas", type=int, default=2, metavar="R",
                         help="MD systems per start structure and temperature (different seeds)")
@@ -119,7 +122,10 @@ def run(args: argparse.Namespace) -> int:
         labeler_kwargs=labeler_kwargs, perturbed=args.perturbed, perturb_sigma=args.perturb_sigma,
         replicas=args.replicas, sample_every=args.sample_every, pool_factor=args.pool_factor, selection=args.selection, max_std=args.max_std,
         trust_scope=args.trust_scope, md_from=args.md_from, rank_by=args.rank_by,
-        timestep=args.timestep, friction=args.friction, seed=args.seed,
+        dt=args.dt, friction=args.friction, seed=args.seed,
     )
-    run_learning(settings, args.start, args.out, config=config, test_data=args.test_data)
+    result = run_learning(settings, args.start, args.out, config=config, test_data=args.test_data)
+    if result.models:
+        print("the last committee, for molequi md / evaluate / calibrate / screen: "
+              + " ".join(f"--model {shlex.quote(str(path))}" for path in result.models))
     return 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
+import signal
 import sys
 from pathlib import Path
 
@@ -151,10 +152,13 @@ def main(argv: list[str] | None = None) -> int:
     ``error: <message>`` on stderr and returns 2; Ctrl-C returns 130; anything else is a bug and
     keeps its traceback (exit 1).
     """
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown and not getattr(args.handler, "unavailable", False):
         parser.parse_args(argv)  # reports the unrecognised arguments (one line, exit 2)
+    args.argv = argv  # what the user typed, to print a corrected command line
+    previous = _exit_on_sigterm()
     try:
         return int(args.handler(args) or 0)
     except MolequiError as error:
@@ -168,6 +172,22 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_sigterm():
+    """Turn SIGTERM (``kill``, a batch system's time limit) into ``SystemExit(143)`` so that
+    ``finally`` blocks run (run-directory locks are removed, files closed) as on Ctrl-C; returns
+    the previous handler (None where one cannot be set: not the main thread)."""
+    def terminate(signum, frame):
+        raise SystemExit(128 + signum)
+
+    try:
+        return signal.signal(signal.SIGTERM, terminate)
+    except ValueError:  # signal only works in the main thread
+        return None
 
 
 if __name__ == "__main__":

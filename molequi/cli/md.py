@@ -17,7 +17,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
+from molequi.cli.choices import DTYPES, MD_ENGINES, MD_ENSEMBLES, TRAJ_FORMATS
+from molequi.cli.options import add_model_option, model_paths
 
 if TYPE_CHECKING:
     from molequi.md.runner import MDSettings
@@ -29,31 +30,34 @@ HELP = "run molecular dynamics (NVE or Langevin NVT) with a trained model or a c
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", metavar="MODEL",
-                        help="trained model file; several files separated by commas form a committee "
-                             "(mean forces drive the dynamics, the spread is logged)")
+    # the first positional is the model unless --model is given: say both forms, not argparse's guess
+    parser.usage = ("%(prog)s MODEL STRUCTURE [STRUCTURE ...] --steps N --dt FS [options]\n"
+                    "       %(prog)s --model FILE [--model FILE ...] STRUCTURE [STRUCTURE ...] --steps N --dt FS "
+                    "[options]")
     parser.add_argument("structures", metavar="STRUCTURE", nargs="+",
                         help="structure file(s), any format ase.io.read knows (or an rMD17 .npz); the last frame "
-                             "is used, 'file.xyz@:' takes every frame and 'file.xyz@0' the first; each frame is a system")
+                             "is used, 'file.xyz@:' takes every frame and 'file.xyz@0' the first; each frame is a "
+                             "system. Without --model the first argument is the model file")
+    add_model_option(parser)
     parser.add_argument("--steps", type=int, required=True, help="number of MD steps (with --resume: the total to reach)")
     parser.add_argument("--dt", type=float, required=True, help="time step, fs (0.5 fs suits molecules with hydrogens)")
-    parser.add_argument("--ensemble", choices=["nve", "nvt"], default="nve",
+    parser.add_argument("--ensemble", choices=MD_ENSEMBLES, default="nve",
                         help="nve: velocity Verlet; nvt: Langevin (BAOAB) thermostat at --temperature")
     parser.add_argument("--temperature", type=float, default=300.0,
                         help="K: Maxwell-Boltzmann initial velocities, the NVT target, and the safety limit (10x)")
     parser.add_argument("--friction", type=float, default=0.01, help="Langevin friction, 1/fs (0.01 = 100 fs relaxation)")
     parser.add_argument("--replicas", type=int, default=1,
                         help="copies of each structure, each with its own seed (system k uses seed + k)")
-    parser.add_argument("--engine", choices=["batched", "ase"], default="batched",
+    parser.add_argument("--engine", choices=MD_ENGINES, default="batched",
                         help="batched: all systems at once on the device; ase: ASE integrators with the "
                              "MolequiCalculator, one system after another")
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
-    parser.add_argument("--dtype", choices=["float32", "float64"], default=None,
+    parser.add_argument("--dtype", choices=DTYPES, default=None,
                         help="model precision (default: the precision the model was saved in); the integrator is float64")
     parser.add_argument("--out", default="md", help="output folder (CSV logs, extxyz trajectories, restart, energy.png)")
     parser.add_argument("--seed", type=int, default=0, help="base random seed for velocities and Langevin noise")
     parser.add_argument("--traj-every", type=int, default=100, help="write a trajectory frame every N steps (0: never)")
-    parser.add_argument("--traj-format", choices=["extxyz", "traj"], default="extxyz",
+    parser.add_argument("--traj-format", choices=TRAJ_FORMATS, default="extxyz",
                         help="trajectory files: extxyz (text) or traj (ASE's binary trajectory); both read back "
                              "with ase.io.read and carry velocities, energy, forces and info['system']")
     parser.add_argument("--traj-single", action="store_true",
@@ -94,14 +98,33 @@ def settings_from_args(args: argparse.Namespace) -> MDSettings:
     )
 
 
+def models_and_structures(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """The model files (every ``--model``, else the first positional argument) and the structures."""
+    from molequi.errors import ConfigError
+
+    structures = list(args.structures)
+    args.model = None if args.models else structures.pop(0)
+    models = model_paths(args, getattr(args, "argv", None))
+    if not structures:
+        raise ConfigError(f"no structure given: molequi md {models[0]} STRUCTURE --steps N --dt FS "
+                          "(or molequi md --model FILE STRUCTURE ...)")
+    stray = [path for path in structures if path.partition("@")[0].endswith(".molequi")]
+    if stray:  # a committee member given as a positional beside --model
+        raise ConfigError(f"{stray[0]} is a model file, not a structure: give every committee member with --model "
+                          f"({' '.join(f'--model {path}' for path in [*models, *stray])})")
+    return models, structures
+
+
 def run(args: argparse.Namespace) -> int:
     from molequi.md.runner import run_md_files
 
     settings = settings_from_args(args)
     if args.threads:
+        import torch
+
         torch.set_num_threads(args.threads)
-    models = [p for p in args.model.split(",") if p]
-    result = run_md_files(models, args.structures, settings, args.out, replicas=args.replicas,
+    models, structures = models_and_structures(args)
+    result = run_md_files(models, structures, settings, args.out, replicas=args.replicas,
                           device=args.device, dtype=args.dtype, resume=args.resume, overwrite=args.overwrite,
                           calibration=args.calibration)
     print("\n".join(result.summary_lines()))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from molequi.cli.choices import DEFAULT_MAX_EPOCHS, DTYPES, HEAD_KINDS, TRAINING_DEFAULTS
 from molequi.cli.options import LABEL_KEY_HELP
-
 from molequi.errors import ConfigError
 
 HELP = (
@@ -30,7 +30,7 @@ OVERRIDES = {
     "--max-minutes": ("max_minutes", float, "wall-clock budget in minutes; when it runs out the epoch is cut short, "
                       "validated and every output written"),
     "--device": ("device", str, "auto (CUDA if available), cpu, cuda or cuda:N"),
-    "--dtype": ("dtype", str, "float32 or float64 for weights and arithmetic"),
+    "--dtype": ("dtype", str, f"{' or '.join(DTYPES)} for weights and arithmetic"),
     "--seed": ("seed", int, "seed of the train/validation split, the initial weights and the shuffling"),
     "--batch-size": ("batch_size", int, "structures per optimizer step (per process under torchrun)"),
     "--lr": ("learning_rate", float, "initial learning rate"),
@@ -62,11 +62,6 @@ METAVARS = {"--baseline": "xtb", "--ensemble-heads": "K", "--energy-key": "KEY",
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from molequi.models.heads import HEADS
-
-    from molequi.training.config import DEFAULT_MAX_EPOCHS, TrainingConfig
-
-    defaults = TrainingConfig()
     # defaults whose value alone would mislead (None standing for the rule of TrainingConfig.epoch_limit)
     shown = {"--max-epochs": f"{DEFAULT_MAX_EPOCHS}, or no limit when --max-minutes is given"}
     parser.add_argument("--data", nargs="+", metavar="TRAIN", default=argparse.SUPPRESS,
@@ -87,15 +82,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", action="append", default=[], metavar="NAME[:KIND]",
                         help="train this label instead of energies+forces (repeatable): 'energy' or 'U0' = the energy "
                         "label without forces; any other NAME = a property head on atoms.info[NAME] of a KIND from "
-                        "molequi.models.heads: " + "; ".join(f"{kind}: {h.description}" for kind, h in HEADS.items()) +
+                        "molequi.models.heads: " + "; ".join(f"{kind}: {text}" for kind, text in HEAD_KINDS.items()) +
                         " (default: dipole for dipole*, else intensive). Sets --forces-weight 0 and, without an energy target, --energy-weight 0 unless given. "
                         "QM9 example: --data 'qm9:train?n=20000' --target gap")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (one line per epoch only)")
     for flag, (key, kind, text) in OVERRIDES.items():
-        if key.startswith("model."):
-            default = getattr(defaults.model, key.removeprefix("model."))
-        else:
-            default = getattr(defaults, key)
+        default = TRAINING_DEFAULTS[key]
         parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, metavar=METAVARS.get(flag, flag.strip("-").split("-")[-1].upper()),
                             help=f"{text} (default: {shown.get(flag, 'none' if default is None else default)}, "
                             "or the --config value)")

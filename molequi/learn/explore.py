@@ -79,7 +79,7 @@ def explore(
                 temperatures.append(float(temperature))
     potential = Potential(load_models([str(m) for m in models], device=device))
     state = state_from_atoms(systems, temperature=temperatures, friction=settings.friction, seed=seed, device=device)
-    engine = BatchedMD(potential, state, dt=settings.timestep, ensemble="nvt")
+    engine = BatchedMD(potential, state, dt=settings.dt, ensemble="nvt")
     frames: list[Atoms] = []
 
     def record(md: BatchedMD) -> None:

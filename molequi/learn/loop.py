@@ -111,7 +111,7 @@ def run_learning(
         row, models = _run_round(r, settings, config, out_dir, md_starts, test_structures, device, get_labeler, say)
         rows.append(row)
         _write_rounds(rows, out_dir)
-    say(f"done: {settings.rounds + 1} rounds, {rows[-1]['n_labels']} labels; committee: {','.join(str(m) for m in models)}")
+    say(f"done: {settings.rounds + 1} rounds, {rows[-1]['n_labels']} labels; committee: {' '.join(f'--model {m}' for m in models)}")
     return LearnResult(out_dir, rows, models)
 
 

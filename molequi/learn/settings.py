@@ -49,7 +49,7 @@ class LearnSettings:
             frames are labelled in all.
         per_round: frames labelled per round.
         temperatures: MD temperatures, K (each start structure runs at each of them).
-        md_steps: MD steps per round (Langevin, ``timestep`` fs).
+        md_steps: MD steps per round (Langevin, ``dt`` fs).
         committee: independently initialised models (the spread needs two members in all).
         ensemble_heads: K ≥ 2: each model is a shallow ensemble of K readout heads on one body
             (``--committee 1 --ensemble-heads 4``: one model, four members); 0: plain models.
@@ -84,7 +84,7 @@ class LearnSettings:
             frame and temperature: the exploration moves on to where the last picks lay, instead of
             covering the same ``md_steps`` around the start every round; round 0, and a round whose
             predecessor labelled nothing, start from the start structures).
-        timestep: MD time step, fs.
+        dt: MD time step, fs.
         friction: Langevin friction, 1/fs.
         seed: base seed of the perturbations, the members and the MD.
     """
@@ -107,7 +107,7 @@ class LearnSettings:
     max_std: float | None = None
     trust_scope: str = "frame"
     md_from: str = "start"
-    timestep: float = 0.5
+    dt: float = 0.5
     friction: float = 0.01
     seed: int = 0
 
@@ -136,7 +136,7 @@ class LearnSettings:
             (self.rank_by in RANKINGS, f"--rank-by must be one of {', '.join(RANKINGS)}, got {self.rank_by!r}"),
             (self.md_from in MD_STARTS, f"--md-from must be one of {', '.join(MD_STARTS)}, got {self.md_from!r}"),
             (self.selection in SELECTIONS, f"--selection must be one of {', '.join(SELECTIONS)}, got '{self.selection}'"),
-            (self.timestep > 0, f"--timestep must be > 0 fs, got {self.timestep}"),
+            (self.dt > 0, f"--dt must be > 0 fs, got {self.dt}"),
             (self.friction >= 0, f"--friction must be ≥ 0 1/fs, got {self.friction}"),
             (isinstance(self.labeler_kwargs, dict), "--labeler-kwargs must be a JSON object"),
         ]

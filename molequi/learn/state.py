@@ -172,7 +172,7 @@ def plot_rounds(rows: list[dict[str, Any]], path: Path) -> Path:
     figure.tight_layout()
 
     def save(temporary: Path) -> None:
-        figure.savefig(temporary, dpi=110, format="png")
+        figure.savefig(temporary, dpi=110, format="png", bbox_inches="tight")
 
     try:
         return atomic_write(path, save)

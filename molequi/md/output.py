@@ -327,10 +327,11 @@ MAX_PLOTTED_SYSTEMS = 1000
 
 
 def energy_drift(time_fs: np.ndarray, total_eV: np.ndarray, n_atoms: int) -> float:
-    """Least-squares slope of the total energy against time, meV/atom/ps (NaN with < 3 points)."""
-    if len(time_fs) < 3 or np.ptp(time_fs) == 0:
+    """Energy drift (E_end − E_start) / (n_atoms · (t_end − t_start)), meV/atom/ps, positive when
+    the total energy rose: the convention ``molequi md`` prints (NaN with < 2 points)."""
+    if len(time_fs) < 2 or time_fs[-1] == time_fs[0]:
         return math.nan
-    slope = np.polyfit(time_fs, total_eV, 1)[0]  # eV/fs
+    slope = (total_eV[-1] - total_eV[0]) / (time_fs[-1] - time_fs[0])  # eV/fs
     return float(slope * 1000.0 * 1000.0 / n_atoms)
 
 
@@ -365,7 +366,7 @@ def plot_energy_figure(logs: list[dict[str, np.ndarray]], n_atoms: list[int | No
     """Total-energy change per atom (meV/atom) and temperature (K) against time (fs).
 
     One system: its lines. Several (replicas): the mean over systems, a ±1 std band and
-    the extremes. NVE: the energy drift (least-squares slope, meV/atom/ps, mean ± std over
+    the extremes. NVE: the energy drift ((E_end − E_start)/(n_atoms · t), meV/atom/ps, mean ± std over
     systems) is written on the top panel. NVT: the target temperature is drawn, and the
     total energy, which exchanges heat with the bath, is not called a drift. Systems whose
     atom count is unknown (``None``) are left out.
@@ -399,7 +400,7 @@ def plot_energy_figure(logs: list[dict[str, np.ndarray]], n_atoms: list[int | No
         note = f"{kind.title}: the total energy exchanges heat with the thermostat (not a drift)"
     elif len(drifts):
         spread = f" ± {np.std(drifts, ddof=1):.2g}" if len(drifts) > 1 else ""
-        note = f"drift {np.mean(drifts):+.3g}{spread} meV/atom/ps (linear fit" + (
+        note = f"drift {np.mean(drifts):+.3g}{spread} meV/atom/ps ((E_end − E_start)/(n_atoms · t)" + (
             f", mean ± std of {len(drifts)} systems)" if len(drifts) > 1 else ")")
     else:
         note = "drift: too few log rows"
@@ -435,7 +436,7 @@ def plot_energy(folder: str | Path, num_systems: int, ensemble: str | None = Non
             logs.append(read_log(path))
             atoms.append((n_atoms or {}).get(k) or _atoms_from_trajectory(folder, k))
     figure = plot_energy_figure(logs, atoms, ensemble, temperature, num_systems)
-    return atomic_write(folder / "energy.png", lambda temporary: figure.savefig(temporary, format="png"))
+    return atomic_write(folder / "energy.png", lambda temporary: figure.savefig(temporary, format="png", bbox_inches="tight"))
 
 
 def _atoms_from_trajectory(folder: Path, system: int) -> int | None:

@@ -75,6 +75,17 @@ class MDProgress:
             self.lines.close()
 
 
+def drift_per_ps(record: dict) -> float:
+    """Energy drift of a system's record, meV/atom/ps: (E_end − E_start) / (n_atoms · duration),
+    positive when the total energy rose (NaN without a duration)."""
+    duration_ps = (record.get("duration_fs") or 0.0) / 1000.0
+    return 1000.0 * record["drift"] / record["n_atoms"] / duration_ps if duration_ps > 0 else float("nan")
+
+
+DRIFT_CONVENTION = "(E_end − E_start)/(n_atoms · t), meV/atom/ps, + when the energy rose"
+"""How the printed energy drift is defined (the same as energy.png's)."""
+
+
 def drift_label(ensemble: str) -> str:
     """What the change of the total energy over a run is called in ``ensemble``."""
     from molequi.md.ensembles import ENSEMBLES
@@ -84,32 +95,33 @@ def drift_label(ensemble: str) -> str:
 
 
 def summary_lines(summary: Sequence[dict], ensemble: str) -> list[str]:
-    """The end-of-run report: energy change (E_last − E_first)/n_atoms and the largest
-    |E − E_first|/n_atoms, meV/atom; a line per system up to :data:`PER_SYSTEM_LINES` systems,
-    else their mean ± std, extremes and the stopped systems."""
+    """The end-of-run report: one energy drift per system, :func:`drift_per_ps` (meV/atom/ps),
+    and the largest |E − E_start|/n_atoms (meV/atom, the fluctuation); a line per system up to
+    :data:`PER_SYSTEM_LINES` systems, else their mean ± std, extremes and the stopped systems."""
     label = drift_label(ensemble)
     running = [r for r in summary if "stopped" not in r]
     stopped = [r for r in summary if "stopped" in r]
     if len(summary) <= PER_SYSTEM_LINES:
-        lines = [f"{label} per system, (E_last - E_first)/n_atoms and max |E - E_first|/n_atoms:"]
+        lines = [f"{label} per system, {DRIFT_CONVENTION}:"]
         for record in summary:
             if "stopped" in record:
                 lines.append(f"  {record['stopped']}")
                 continue
             n = record["n_atoms"]
-            lines.append(f"  system {record['system']}: {1000 * record['drift'] / n:+.4f} meV/atom "
-                         f"(max deviation {1000 * record['max_deviation'] / n:.4f} meV/atom)")
+            lines.append(f"  system {record['system']}: {label} {drift_per_ps(record):+.4g} meV/atom/ps over "
+                         f"{(record.get('duration_fs') or 0.0) / 1000:g} ps (largest |E − E_start| "
+                         f"{1000 * record['max_deviation'] / n:.4f} meV/atom)")
         return lines
     lines = [f"{len(summary)} systems, {len(running)} ran to the end, {len(stopped)} stopped early"]
     if running:
-        drift = np.array([1000 * r["drift"] / r["n_atoms"] for r in running])
+        drift = np.array([drift_per_ps(r) for r in running])
         worst = np.array([1000 * r["max_deviation"] / r["n_atoms"] for r in running])
-        spread = f" ± {np.std(drift, ddof=1):.4f}" if len(drift) > 1 else ""
-        lines.append(f"  {label}, (E_last - E_first)/n_atoms: mean {np.mean(drift):+.4f}{spread} meV/atom, "
-                     f"range {drift.min():+.4f} … {drift.max():+.4f}")
+        spread = f" ± {np.std(drift, ddof=1):.4g}" if len(drift) > 1 else ""
+        lines.append(f"  {label}, {DRIFT_CONVENTION}: mean {np.mean(drift):+.4g}{spread} meV/atom/ps, "
+                     f"range {drift.min():+.4g} … {drift.max():+.4g} meV/atom/ps")
         largest = running[int(np.argmax(worst))]["system"]
-        lines.append(f"  max |E - E_first|/n_atoms: median {np.median(worst):.4f} meV/atom, "
-                     f"largest {worst.max():.4f} (system {largest})")
+        lines.append(f"  largest |E − E_start|/n_atoms: median {np.median(worst):.4f} meV/atom, "
+                     f"largest {worst.max():.4f} meV/atom (system {largest})")
     for record in stopped[:5]:
         lines.append(f"  {record['stopped']}")
     if len(stopped) > 5:

@@ -112,14 +112,15 @@ MAX_SKIN = 10.0
 
 @dataclass
 class SystemResult:
-    """One system at the end of a run: energy change E_last − E_first and the largest
-    |E − E_first| (eV; total energy), or why it stopped."""
+    """One system at the end of a run: energy change E_end − E_start and the largest
+    |E − E_start| (eV; total energy) over ``duration_fs`` (fs), or why it stopped."""
 
     system: int
     n_atoms: int
     drift: float | None = None
     max_deviation: float | None = None
     stopped: StopEvent | None = None
+    duration_fs: float | None = None
 
 
 @dataclass
@@ -136,25 +137,15 @@ class MDResult:
         return [record.stopped for record in self.systems if record.stopped is not None]
 
     def summary_lines(self) -> list[str]:
-        """Per system (up to 8 systems), else one summary over them: energy change per atom
-        (meV/atom) and max deviation, and the stops (see :func:`molequi.md.progress.summary_lines`)."""
-        from molequi.md.progress import PER_SYSTEM_LINES, drift_label, summary_lines
+        """The end-of-run report: per system (up to 8), else one summary over them, of the
+        energy drift (E_end − E_start)/(n_atoms · time), meV/atom/ps, and the stops (see
+        :func:`molequi.md.progress.summary_lines`)."""
+        from molequi.md.progress import summary_lines
 
-        if len(self.systems) > PER_SYSTEM_LINES:
-            records = [{"system": r.system, "n_atoms": r.n_atoms, "drift": r.drift, "max_deviation": r.max_deviation}
-                       | ({"stopped": str(r.stopped)} if r.stopped is not None else {})
-                       for r in self.systems if r.stopped is not None or r.drift is not None]
-            return summary_lines(records, self.ensemble)
-        label = drift_label(self.ensemble)
-        lines = [f"{label} per system, (E_last - E_first)/n_atoms and max |E - E_first|/n_atoms:"]
-        for record in self.systems:
-            if record.stopped is not None:
-                lines.append(f"  {record.stopped}")
-            elif record.drift is not None:
-                n = record.n_atoms
-                lines.append(f"  system {record.system}: {1000 * record.drift / n:+.4f} meV/atom "
-                             f"(max deviation {1000 * record.max_deviation / n:.4f} meV/atom)")
-        return lines
+        records = [{"system": r.system, "n_atoms": r.n_atoms, "drift": r.drift, "max_deviation": r.max_deviation,
+                    "duration_fs": r.duration_fs} | ({"stopped": str(r.stopped)} if r.stopped is not None else {})
+                   for r in self.systems if r.stopped is not None or r.drift is not None]
+        return summary_lines(records, self.ensemble)
 
     def stop_message(self) -> str:
         """One line naming the systems that a safety stop took out ('' if none)."""
@@ -327,8 +318,9 @@ def _stop_reporter(engine, progress: MDProgress):
     return after_step
 
 
-def _record(engine, records: list[SystemResult]) -> None:
-    """Copy an engine's end state (energy change, stops) into the per-system records."""
+def _record(engine, records: list[SystemResult], dt: float) -> None:
+    """Copy an engine's end state (energy change since step 0 and the time it took, fs; stops)
+    into the per-system records."""
     for event in engine.stopped:
         records[event.system].stopped = event
     if engine.state.num_systems:
@@ -336,6 +328,7 @@ def _record(engine, records: list[SystemResult]) -> None:
         for k, system in enumerate(engine.state.system_ids.tolist()):
             records[system].drift = float(total[k] - float(engine.energy_reference[k]))
             records[system].max_deviation = float(engine.max_deviation[k])
+            records[system].duration_fs = float(engine.state.step * dt)
 
 
 def _run_batched(potential: Potential, systems: list[Atoms], settings: MDSettings, out: Path, resume: bool,
@@ -368,7 +361,7 @@ def _run_batched(potential: Potential, systems: list[Atoms], settings: MDSetting
             output.checkpoint(engine)
         output.close()
     records = [SystemResult(k, len(a)) for k, a in enumerate(systems)]
-    _record(engine, records)
+    _record(engine, records, settings.dt)
     return MDResult(out, settings.ensemble, records)
 
 
@@ -390,7 +383,7 @@ def _run_ase(potential: Potential, systems: list[Atoms], settings: MDSettings, o
             if engine.state.num_systems:
                 output(engine)  # step 0
             engine.run(settings.steps, [output], callback=_stop_reporter(engine, progress))
-            _record(engine, records)
+            _record(engine, records, settings.dt)
     finally:
         progress.close()
         output.close()

@@ -8,15 +8,27 @@ Typical use::
 See :func:`screen` and :class:`ScreenConfig` for the settings.
 """
 
-from .config import Objective, ScreenConfig, StageConfig
-from .io import BUILTIN_POOLS, Candidate, CandidateSource
-from .pipeline import build_config, screen
-from .rank import Ranking, diverse_pick, pareto_fronts, rank_rows
-from .result import ScreenResult
-from .score import Scorer, calibrate_std_threshold, score_atoms
+from __future__ import annotations
 
-__all__ = [
-    "BUILTIN_POOLS", "Candidate", "CandidateSource", "Objective", "Ranking", "ScreenConfig",
-    "ScreenResult", "Scorer", "StageConfig", "build_config", "calibrate_std_threshold",
-    "diverse_pick", "pareto_fronts", "rank_rows", "score_atoms", "screen",
-]
+import importlib
+from typing import Any
+
+# Imported on first use: the pipeline imports RDKit (and a scorer torch), and the light modules
+# (molequi.search.config: the settings and their names) must stay importable without them, for
+# 'molequi screen --help' to answer at once.
+_LAZY = {
+    "Objective": "config", "ScreenConfig": "config", "StageConfig": "config",
+    "BUILTIN_POOLS": "io", "Candidate": "io", "CandidateSource": "io",
+    "build_config": "pipeline", "screen": "pipeline",
+    "Ranking": "rank", "diverse_pick": "rank", "pareto_fronts": "rank", "rank_rows": "rank",
+    "ScreenResult": "result",
+    "Scorer": "score", "calibrate_std_threshold": "score", "score_atoms": "score",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"molequi.search.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'molequi.search' has no attribute {name!r}")

@@ -226,8 +226,9 @@ def _warn_if_kappa_has_no_std(cfg: ScreenConfig, candidates: list[dict[str, str]
     columns = [f"{o.name}_std" for o in cfg.objectives() if o.name in properties]
     if cfg.kappa > 0 and columns and candidates and not any(r.get(c) for r in candidates for c in columns):
         warnings.warn(f"kappa {cfg.kappa:g} has no effect: the model gives no uncertainty (one model without ensemble "
-                      "heads), so molecules are ranked by the mean alone; use a committee (comma-separated models) "
-                      "or a model trained with --ensemble-heads", stacklevel=3)
+                      "heads), so molecules are ranked by the mean alone; for a std, screen with a committee (repeat "
+                      "--model: --model a.molequi --model b.molequi) or with a model trained with "
+                      "'molequi train --ensemble-heads 4'", stacklevel=3)
 
 
 def _merge(out: Path, n_chunks: int, cfg: ScreenConfig, properties: list[str],

@@ -163,7 +163,7 @@ def histograms_png(samples: dict[str, Sequence[float]], coverage: dict[str, int]
     """:func:`histograms_figure` as a base64 PNG (one figure: each ``savefig`` costs ~0.3 s)."""
     figure = histograms_figure(samples, coverage, n_read, units, settings)
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
+    figure.savefig(buffer, format="png", bbox_inches="tight")
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 

@@ -24,7 +24,7 @@ DPI = 100
 
 def save_figure(figure, path: str | Path) -> Path:
     """Write ``figure`` as a PNG to ``path`` atomically (nothing half-written on a crash)."""
-    return atomic_write(path, lambda temporary: figure.savefig(temporary, format="png", dpi=DPI))
+    return atomic_write(path, lambda temporary: figure.savefig(temporary, format="png", dpi=DPI, bbox_inches="tight"))
 
 
 def _new_figure(width: float, height: float):
@@ -42,30 +42,35 @@ _ERROR_CURVES = (  # (train column, validation column, label)
 
 
 def learning_curve_figure(history: Sequence[Mapping[str, object]], units: Mapping[str, str] | None = None):
-    """Errors (top) and loss with the learning rate (bottom) against the epoch.
+    """Errors (top panels) and loss with the learning rate (bottom) against the epoch.
 
     Top: the MAE of each trained quantity, training batches dashed (running error of the
-    weights being trained) and validation solid (EMA weights); forces in meV/Å, energy in meV,
-    properties in their unit (``units[name]``, else the known unit of the label name).
-    Bottom: training and validation loss (log) and, on the right axis, the learning rate.
+    weights being trained) and validation solid (EMA weights), one panel per unit so that no
+    axis mixes units: forces in meV/Å, energy in meV, properties in their unit (``units[name]``,
+    else the known unit of the label name). Bottom: training and validation loss (log) and, on
+    the right axis, the learning rate.
     """
-    figure = _new_figure(6.4, 5.6)
-    top, bottom = figure.subplots(2, 1, sharex=True, height_ratios=(3, 2))
-    colours = iter(f"C{k}" for k in range(10))
-    for train_key, val_key, label in _ERROR_CURVES + _property_curves(history, units):
-        colour = next(colours)
-        for key, style, kind in ((val_key, "o-", "validation"), (train_key, "--", "train")):
-            points = _points(history, key) if key else []
-            if points:
-                top.plot(*zip(*points), style, ms=3, color=colour, label=f"{label} ({kind})")
-    _log_if_positive(top)
-    top.set_ylabel("MAE")
-    top.grid(True, which="both", alpha=0.3)
-    if top.lines:
+    curves = _ERROR_CURVES + _property_curves(history, units)
+    by_unit: dict[str, list[tuple[str, str, str, str]]] = {}
+    for k, (train_key, val_key, label) in enumerate(curves):
+        if any(_points(history, key) for key in (train_key, val_key) if key):
+            by_unit.setdefault(_unit_of(label), []).append((train_key, val_key, label, f"C{k % 10}"))
+    panels = max(1, len(by_unit))
+    figure = _new_figure(6.4, 2.8 + 2.2 * panels)
+    *tops, bottom = figure.subplots(panels + 1, 1, sharex=True, height_ratios=(3,) * panels + (2,))
+    for top, (unit, group) in zip(tops, by_unit.items()):
+        for train_key, val_key, label, colour in group:
+            for key, style, kind in ((val_key, "o-", "validation"), (train_key, "--", "train")):
+                points = _points(history, key) if key else []
+                if points:
+                    top.plot(*zip(*points), style, ms=3, color=colour, label=f"{label} ({kind})")
+        _log_if_positive(top)
+        top.set_ylabel(f"MAE, {unit}" if unit else "MAE (the label's unit)")
+        top.grid(True, which="both", alpha=0.3)
         top.legend(fontsize=8)
-    else:
-        top.text(0.5, 0.5, "no errors logged yet", transform=top.transAxes, ha="center", va="center")
-    top.set_title("learning curve: train (running) and validation (EMA weights)", fontsize=10)
+    if not by_unit:
+        tops[0].text(0.5, 0.5, "no errors logged yet", transform=tops[0].transAxes, ha="center", va="center")
+    tops[0].set_title("learning curve: train (running) and validation (EMA weights)", fontsize=10)
 
     for key, style, label in (("train_loss", "--", "train loss"), ("val_loss", "o-", "validation loss")):
         points = _points(history, key)
@@ -86,6 +91,11 @@ def learning_curve_figure(history: Sequence[Mapping[str, object]], units: Mappin
     if handles:
         bottom.legend(handles=handles, fontsize=8)
     return figure
+
+
+def _unit_of(label: str) -> str:
+    """The unit at the end of a curve label (``"forces MAE, meV/Å"`` -> ``"meV/Å"``; '' if none)."""
+    return label.rsplit(", ", 1)[1] if ", " in label else ""
 
 
 def learning_curve(history: Sequence[Mapping[str, object]], path: str | Path,

@@ -63,7 +63,7 @@ def committee_errors(
     ``energy`` (eV, per structure), ``forces`` (eV/Å, per component) and property heads."""
     models = list(models)
     if member_count(models) < 2:
-        raise ConfigError("an uncertainty needs two or more members: give several models (comma-separated) "
+        raise ConfigError("an uncertainty needs two or more members: repeat --model (--model a.molequi --model b.molequi) "
                           "or a model trained with --ensemble-heads K")
     structures = list(structures)
     require_labels(structures, source, energy=False, forces=False)
@@ -162,10 +162,16 @@ def fit_committee_calibration(errors: dict[str, OutputErrors], provenance: dict[
 
 
 def load_committee(spec: str | Sequence[str | Path], device: str | torch.device = "cpu") -> list[ForceOutput]:
-    """Models from a list of paths (or one path); members must share species and heads."""
+    """Models from a list of paths (or one path); members must share species and heads.
+
+    Raises:
+        ConfigError: no path, a comma-joined string of several paths, or members that differ."""
     from molequi.models.uncertainty.committee import load_models
 
-    paths = [p for p in spec.split(",") if p] if isinstance(spec, str) else [spec] if isinstance(spec, Path) else list(spec)
+    if isinstance(spec, str) and "," in spec:
+        raise ConfigError(f"a committee is a list of model files, not one comma-joined string: "
+                          f"load_committee({[p for p in spec.split(',') if p]!r})")
+    paths = [spec] if isinstance(spec, (str, Path)) else list(spec)
     if not paths:
         raise ConfigError("no model given")
     models = load_models(paths, device=device)
