@@ -91,8 +91,8 @@ ACID_SMARTS = "[CX3](=O)[OX2H1]"
 AMINE_SMARTS = "[NX3;+0;!$(N~[!#6;!#1]);!$(N-[#6]=,#[*]);!$(N-a)]"
 
 DEFAULTS: dict[str, Any] = {
-    "n_qm9": 3000,
-    "n_moses": 600,
+    "n_qm9": 4000,
+    "n_moses": 800,
     "seed": 0,
     "chunk_size": 20,
     "rattles": 3,
@@ -410,10 +410,10 @@ class _Labeller:
         try:
             energy, forces = xtb_single_point(numbers, positions, charge)
         except RuntimeError:
-            self.skipped["scf_failed"] += 1
+            self.skipped[f"scf_failed_{info['kind']}"] += 1
             return None
         if self.max_force and np.abs(forces).max() > self.max_force:
-            self.skipped["force_above_max"] += 1
+            self.skipped[f"force_above_max_{info['kind']}"] += 1
             return None
         return _frame(numbers, positions, energy, forces, info)
 
