@@ -18,9 +18,10 @@ labels, with GFN2-xTB through tblite:
 * ``torsion``: on a seeded subset of the neutral molecules, rigid rotations of one rotatable
   single bond (RDKit ``SetDihedralDeg``), clashing geometries dropped.
 
-Charged variants (RDKit edits of the parent, embedded with ETKDG + MMFF): a carboxylic acid is
-deprotonated to the carboxylate (charge −1); an aliphatic amine is protonated to the ammonium
-(charge +1). They are labelled with that total charge in tblite (closed shell).
+Charged variants (RDKit edits of the parent, embedded with ETKDG + MMFF): an acid is
+deprotonated (charge −1: a carboxylic acid, else a phenol, else a sulfonamide N–H); a basic
+aliphatic amine is protonated to the ammonium (charge +1). They are labelled with that total
+charge in tblite (closed shell).
 
 Split: by Bemis–Murcko scaffold. A scaffold goes to the test set when a seeded hash of its
 SMILES falls below ``--test-fraction``, so whole scaffolds (and a molecule's charged variants)
@@ -68,8 +69,9 @@ import os
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -84,10 +86,14 @@ BOHR_ANGSTROM = 0.5291772105638411  # Å per Bohr (ASE's value)
 HARTREE_EV = 27.211386245988  # eV per Hartree (ASE's value)
 _DECIMALS = 8  # extxyz stores positions with 8 decimals; labels belong to rounded positions
 
-# Carboxylic acid O–H (deprotonated → −1) and a basic aliphatic amine N (protonated → +1):
-# not an amide / amidine / carbamate / (thio)urea (N–C=X), aniline (N–aryl), enamine, nitrile,
-# hydrazine, hydroxylamine or sulfonamide nitrogen (N bonded to anything but C and H).
-ACID_SMARTS = "[CX3](=O)[OX2H1]"
+# Deprotonation (→ −1), the first group found in this order: a carboxylic acid O–H, a phenol
+# O–H, a sulfonamide N–H (neither QM9 nor MOSES holds carboxylic acids: GDB leaves them out,
+# and MOSES drops ZINC's molecules, which store them as carboxylates). Protonation (→ +1): a
+# basic aliphatic amine N, not an amide / amidine / carbamate / (thio)urea (N–C=X), aniline
+# (N–aryl), enamine, cyanamide, hydrazine, hydroxylamine or sulfonamide nitrogen (N bonded to
+# anything but C and H).
+ACID_SMARTS = (("carboxylic acid", "[CX3](=O)[OX2H1]", 2), ("phenol", "[OX2H1]c", 0),
+               ("sulfonamide", "[NX3;H1,H2;+0]S(=O)=O", 0))
 AMINE_SMARTS = "[NX3;+0;!$(N~[!#6;!#1]);!$(N-[#6]=,#[*]);!$(N-a)]"
 
 DEFAULTS: dict[str, Any] = {
@@ -187,7 +193,7 @@ def make_md_calculator(charge: int):
     tblite_class = _tblite_calculator_class()
 
     class ChargedXTB(Calculator):
-        implemented_properties = ["energy", "forces"]
+        implemented_properties: ClassVar[list[str]] = ["energy", "forces"]
 
         def __init__(self) -> None:
             super().__init__()
@@ -305,23 +311,30 @@ def select_moses(n: int, seed: int, test_fraction: float) -> list[dict[str, Any]
 
 
 def charged_variants(mol) -> list[tuple[int, Any]]:
-    """(charge, RDKit mol) of the carboxylate (−1) and the ammonium (+1) of ``mol`` where it
-    has a carboxylic acid / a basic amine (the first match in atom order; at most one each)."""
+    """(charge, RDKit mol) of the anion (−1: :data:`ACID_SMARTS`, first group type found) and
+    the ammonium (+1: :data:`AMINE_SMARTS`) of ``mol``; the first match in atom order, at
+    most one of each."""
     from rdkit import Chem
 
-    variants = []
-    for smarts, charge, atom_pos in ((ACID_SMARTS, -1, 2), (AMINE_SMARTS, +1, 0)):
+    sites = []
+    for _, smarts, position in ACID_SMARTS:
         matches = mol.GetSubstructMatches(Chem.MolFromSmarts(smarts))
-        if not matches:
-            continue
+        if matches:
+            sites.append((-1, min(m[position] for m in matches)))
+            break
+    matches = mol.GetSubstructMatches(Chem.MolFromSmarts(AMINE_SMARTS))
+    if matches:
+        sites.append((+1, min(m[0] for m in matches)))
+    variants = []
+    for charge, index in sites:
         edited = Chem.RWMol(mol)
-        atom = edited.GetAtomWithIdx(min(m[atom_pos] for m in matches))
+        atom = edited.GetAtomWithIdx(index)
         atom.SetFormalCharge(charge)
-        atom.SetNumExplicitHs(0)
+        atom.SetNumExplicitHs(0)  # the H count follows from the new charge
         atom.SetNoImplicit(False)
         try:
             Chem.SanitizeMol(edited)
-        except Exception:
+        except Chem.rdchem.MolSanitizeException:
             continue
         variants.append((charge, edited.GetMol()))
     return variants
@@ -544,7 +557,7 @@ def _counts(frames: list) -> dict[str, int]:
 def run_chunk(task: dict[str, Any]) -> dict[str, Any]:
     """Label one chunk of molecules and write ``chunks/<name>.{train,test}.extxyz`` and, last,
     ``chunks/<name>.json`` (the mark of a finished chunk), each atomically. Returns the JSON."""
-    from molequi.utils import atomic_write_text, atomic_path
+    from molequi.utils import atomic_path, atomic_write_text
 
     cpu0 = time.process_time()
     xtb_md = _sibling("xtb_md")
@@ -665,7 +678,7 @@ def _cost(task: dict[str, Any]) -> float:
 
 
 def _fmt_time(seconds: float) -> str:
-    seconds = int(round(seconds))
+    seconds = round(seconds)
     return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
@@ -758,7 +771,10 @@ def assemble(out: Path, tasks: list, records: dict[str, dict], settings: dict[st
     def split_summary(split: str) -> dict[str, Any]:
         counts = sizes[split]
         chosen = [m for m in molecules if m["split"] == split]
-        group = lambda prefix: {k.split(":", 1)[1]: v for k, v in sorted(counts.items()) if k.startswith(prefix)}  # noqa: E731
+
+        def group(prefix: str) -> dict[str, int]:
+            return {k.split(":", 1)[1]: v for k, v in sorted(counts.items()) if k.startswith(prefix)}
+
         return {"structures": counts.get("total", 0), "by_kind": group("kind:"), "by_source": group("source:"),
                 "by_charge": group("charge:"), "molecules": len(chosen),
                 "molecules_with_structures": sum(1 for m in chosen if int(m["structures"]) > 0),
@@ -769,7 +785,7 @@ def assemble(out: Path, tasks: list, records: dict[str, dict], settings: dict[st
     card = {
         "name": "organic_xtb",
         "description": "GFN2-xTB energies and forces of organic molecules (H C N O F S Cl Br): QM9 and "
-                       "MOSES molecules, neutral and charged (carboxylate -1, ammonium +1); relaxed, "
+                       "MOSES molecules, neutral and charged (deprotonated acid -1, ammonium +1); relaxed, "
                        "rattled, short Langevin MD and torsion-scan geometries; split by Murcko scaffold.",
         "sources": [
             {"name": "QM9", "licence": "CC0-1.0", "via": f"qm9pack {versions['qm9pack']} (molequi.data.qm9)",
@@ -821,8 +837,8 @@ def build(out: str | os.PathLike[str], settings: dict[str, Any], workers: int = 
 
 
 def summary(card: dict[str, Any]) -> str:
-    lines = [f"organic_xtb: {METHOD} (tblite {card['level_of_theory']['tblite_version']}), content sha256 "
-             f"{card['content_sha256'][:16]}…, {card['cpu_seconds']:.0f} CPU s of labelling"]
+    lines = [(f"organic_xtb: {METHOD} (tblite {card['level_of_theory']['tblite_version']}), content sha256 "
+              f"{card['content_sha256'][:16]}…, {card['cpu_seconds']:.0f} CPU s of labelling")]
     for split in ("train", "test"):
         s = card["sizes"][split]
         lines.append(f"  {split}: {s['structures']} structures of {s['molecules']} molecules, {s['scaffolds']} "
@@ -833,39 +849,52 @@ def summary(card: dict[str, Any]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """Command-line interface (see the module docstring)."""
     d = DEFAULTS
     p = argparse.ArgumentParser(
         description="Build a GFN2-xTB data set of organic molecules (QM9 + MOSES; H C N O F S Cl Br; "
-                    "charges -1, 0, +1): relaxed, rattled, Langevin-MD and torsion-scan structures, "
-                    "labelled with energies (eV) and forces (eV/Å), split by Murcko scaffold into "
-                    "OUT/train.extxyz and OUT/test.extxyz, with OUT/card.json. Seeded, resumable "
-                    "(rerun the same command to finish an interrupted build).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--n-qm9", type=int, default=d["n_qm9"], help="QM9 molecules")
-    p.add_argument("--n-moses", type=int, default=d["n_moses"], help="MOSES (drug-like) molecules")
+                    "charges -1, 0, +1): relaxed, rattled, Langevin-MD and torsion-scan structures "
+                    "labelled with energies (eV) and forces (eV/Å), split by Murcko scaffold.",
+        epilog="Writes OUT/train.extxyz, OUT/test.extxyz (ase.io.read gives the labels), "
+               "OUT/molecules.csv, OUT/{train,test}_smiles.txt and OUT/card.json. Seeded: the same "
+               "arguments give the same bytes, whatever --workers. Resumable: rerun the same command "
+               "to finish an interrupted build; other settings in the same OUT are refused. "
+               "Full build: python datasets/organic_xtb.py --out data/organic_xtb --workers 2")
+    p.add_argument("--out", required=True, help="output folder (created; reused by a rerun)")
+    p.add_argument("--n-qm9", type=int, default=d["n_qm9"], help=f"QM9 molecules [{d['n_qm9']}]")
+    p.add_argument("--n-moses", type=int, default=d["n_moses"], help=f"MOSES drug-like molecules [{d['n_moses']}]")
     p.add_argument("--small", action="store_true",
-                   help=f"a tiny build for tests: {SMALL} unless given explicitly")
-    p.add_argument("--seed", type=int, default=d["seed"], help="seeds the choice of molecules, geometries and split")
-    p.add_argument("--workers", type=int, default=1, help="processes (tblite runs single-threaded in each)")
-    p.add_argument("--chunk-size", type=int, default=d["chunk_size"], help="molecules per chunk (unit of resumption)")
-    p.add_argument("--rattles", type=int, default=d["rattles"], help="rattled copies per species")
-    p.add_argument("--rattle-min", type=float, default=d["rattle_min"], help="smallest rattle σ, Å")
-    p.add_argument("--rattle-max", type=float, default=d["rattle_max"], help="largest rattle σ, Å")
-    p.add_argument("--md-frames", type=int, default=d["md_frames"], help="MD frames per species (0: no MD)")
-    p.add_argument("--md-stride", type=int, default=d["md_stride"], help="MD steps before each frame")
-    p.add_argument("--md-t-min", type=float, default=d["md_t_min"], help="lowest MD temperature, K")
-    p.add_argument("--md-t-max", type=float, default=d["md_t_max"], help="highest MD temperature, K")
-    p.add_argument("--timestep", type=float, default=d["timestep"], help="MD time step, fs")
-    p.add_argument("--friction", type=float, default=d["friction"], help="Langevin friction, 1/fs")
+                   help="a build of seconds, for tests: 4 QM9 + 2 MOSES molecules in chunks of 2 "
+                        "(flags given with other values win)")
+    p.add_argument("--seed", type=int, default=d["seed"],
+                   help="seeds the molecules chosen, geometries, MD and the split [0]")
+    p.add_argument("--workers", type=int, default=1,
+                   help="processes; tblite runs on one thread in each (does not change the output) [1]")
+    p.add_argument("--chunk-size", type=int, default=d["chunk_size"],
+                   help=f"molecules per chunk file, the unit of resumption [{d['chunk_size']}]")
+    p.add_argument("--rattles", type=int, default=d["rattles"], help=f"rattled copies per species [{d['rattles']}]")
+    p.add_argument("--rattle-min", type=float, default=d["rattle_min"],
+                   help=f"smallest Gaussian rattle σ per copy, Å [{d['rattle_min']}]")
+    p.add_argument("--rattle-max", type=float, default=d["rattle_max"],
+                   help=f"largest Gaussian rattle σ per copy, Å [{d['rattle_max']}]")
+    p.add_argument("--md-frames", type=int, default=d["md_frames"],
+                   help=f"MD frames per species, 0 for no MD [{d['md_frames']}]")
+    p.add_argument("--md-stride", type=int, default=d["md_stride"],
+                   help=f"MD steps before each frame [{d['md_stride']}]")
+    p.add_argument("--md-t-min", type=float, default=d["md_t_min"], help=f"lowest MD temperature, K [{d['md_t_min']:g}]")
+    p.add_argument("--md-t-max", type=float, default=d["md_t_max"], help=f"highest MD temperature, K [{d['md_t_max']:g}]")
+    p.add_argument("--timestep", type=float, default=d["timestep"], help=f"MD time step, fs [{d['timestep']}]")
+    p.add_argument("--friction", type=float, default=d["friction"], help=f"Langevin friction, 1/fs [{d['friction']}]")
     p.add_argument("--torsion-fraction", type=float, default=d["torsion_fraction"],
-                   help="fraction of molecules given a torsion scan")
-    p.add_argument("--torsion-angles", type=int, default=d["torsion_angles"], help="rotated geometries per scan")
+                   help=f"fraction of molecules given a torsion scan [{d['torsion_fraction']}]")
+    p.add_argument("--torsion-angles", type=int, default=d["torsion_angles"],
+                   help=f"rotated geometries per torsion scan [{d['torsion_angles']}]")
     p.add_argument("--no-charged", dest="charged", action="store_false",
-                   help="skip the carboxylate (-1) / ammonium (+1) variants")
-    p.add_argument("--test-fraction", type=float, default=d["test_fraction"], help="fraction of scaffolds held out")
+                   help="leave out the deprotonated (-1) and protonated (+1) variants")
+    p.add_argument("--test-fraction", type=float, default=d["test_fraction"],
+                   help=f"fraction of scaffolds held out for test [{d['test_fraction']}]")
     p.add_argument("--max-force", type=float, default=d["max_force"],
-                   help="drop structures with a force component above this, eV/Å (0: keep all)")
+                   help=f"drop structures with a force component above this, eV/Å; 0 keeps all [{d['max_force']:g}]")
     p.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
     return p
 

@@ -18,7 +18,7 @@ import pytest
 
 pytest.importorskip("tblite.interface", reason="GFN2-xTB labels need tblite (pip install tblite)")
 pytest.importorskip("rdkit", reason="embedding, scaffolds and charged variants need RDKit (pip install rdkit)")
-from ase.io import read  # noqa: E402
+from ase.io import read
 
 RECIPE_PATH = Path(__file__).resolve().parents[1] / "datasets" / "organic_xtb.py"
 ALLOWED = {"H", "C", "N", "O", "F", "S", "Cl", "Br"}
@@ -64,15 +64,20 @@ def _frames(out: Path) -> dict[str, list]:
 # ---------------------------------------------------------------------------------- fast parts
 
 
-def test_charged_variants_of_acid_and_amine(recipe: ModuleType) -> None:
+def test_charged_variants_of_acids_and_amines(recipe: ModuleType) -> None:
     from rdkit import Chem
 
-    variants = {c: Chem.MolToSmiles(m) for c, m in recipe.charged_variants(Chem.MolFromSmiles("NCCC(=O)O"))}
-    assert variants == {-1: "NCCC(=O)[O-]", +1: "[NH3+]CCC(=O)O"}
-    # Amides, anilines, sulfonamides and esters are neither acids nor basic amines.
-    for smiles in ("CC(=O)NC", "Nc1ccccc1", "CS(=O)(=O)NC", "CC(=O)OC", "NC(N)=O"):
-        assert recipe.charged_variants(Chem.MolFromSmiles(smiles)) == [], smiles
-    assert [c for c, _ in recipe.charged_variants(Chem.MolFromSmiles("CN(C)CC1CC1"))] == [+1]
+    def variants(smiles: str) -> dict[int, str]:
+        return {c: Chem.MolToSmiles(m) for c, m in recipe.charged_variants(Chem.MolFromSmiles(smiles))}
+
+    assert variants("NCCC(=O)O") == {-1: "NCCC(=O)[O-]", +1: "[NH3+]CCC(=O)O"}
+    assert variants("Oc1ccccc1") == {-1: "[O-]c1ccccc1"}
+    assert variants("CS(=O)(=O)NC") == {-1: "C[N-]S(C)(=O)=O"}
+    assert variants("OC(=O)c1ccc(O)cc1") == {-1: "O=C([O-])c1ccc(O)cc1"}  # the acid before the phenol
+    assert variants("CN(C)CC1CC1") == {+1: "C[NH+](C)CC1CC1"}
+    # Amides, anilines, esters, ureas, nitriles and alcohols are left alone.
+    for smiles in ("CC(=O)NC", "Nc1ccccc1", "CC(=O)OC", "NC(N)=O", "CC#N", "CCO"):
+        assert variants(smiles) == {}, smiles
 
 
 def test_scaffold_split_is_seeded_and_keeps_scaffolds_whole(recipe: ModuleType) -> None:
