@@ -87,11 +87,11 @@ HARTREE_EV = 27.211386245988  # eV per Hartree (ASE's value)
 _DECIMALS = 8  # extxyz stores positions with 8 decimals; labels belong to rounded positions
 
 # Deprotonation (→ −1), the first group found in this order: a carboxylic acid O–H, a phenol
-# O–H, a sulfonamide N–H (neither QM9 nor MOSES holds carboxylic acids: GDB leaves them out,
-# and MOSES drops ZINC's molecules, which store them as carboxylates). Protonation (→ +1): a
-# basic aliphatic amine N, not an amide / amidine / carbamate / (thio)urea (N–C=X), aniline
-# (N–aryl), enamine, cyanamide, hydrazine, hydroxylamine or sulfonamide nitrogen (N bonded to
-# anything but C and H).
+# O–H, a sulfonamide N–H (neither QM9 nor MOSES holds a neutral carboxylic acid: QM9 writes its
+# few amino acids as zwitterions, and MOSES keeps no molecule with a charged atom). Protonation
+# (→ +1): a basic aliphatic amine N, not an amide / amidine / carbamate / (thio)urea (N–C=X),
+# aniline (N–aryl), enamine, cyanamide, hydrazine, hydroxylamine or sulfonamide nitrogen (N
+# bonded to anything but C and H).
 ACID_SMARTS = (("carboxylic acid", "[CX3](=O)[OX2H1]", 2), ("phenol", "[OX2H1]c", 0),
                ("sulfonamide", "[NX3;H1,H2;+0]S(=O)=O", 0))
 AMINE_SMARTS = "[NX3;+0;!$(N~[!#6;!#1]);!$(N-[#6]=,#[*]);!$(N-a)]"
