@@ -116,7 +116,7 @@ def test_bad_arguments_are_refused(recipe: ModuleType, tmp_path: Path, capsys) -
 
 
 @pytest.mark.slow
-def test_structures_elements_and_labels(built: Path) -> None:
+def test_structures_elements_and_labels(built: Path, recipe: ModuleType) -> None:
     frames = _frames(built)
     assert frames["train"] and frames["test"], "the small build should fill both splits"
     kinds = set()
@@ -129,6 +129,11 @@ def test_structures_elements_and_labels(built: Path) -> None:
         assert atoms.info["source"] in ("qm9", "moses")
         kinds.add(atoms.info["kind"])
     assert kinds >= {"relaxed", "rattled", "md"}
+    # Labels are fresh single points at the stored positions, not the MD's reused wavefunction.
+    for atoms in [a for a in frames["train"] if a.info["kind"] in ("md", "torsion")][:3]:
+        energy, forces = recipe.xtb_single_point(atoms.numbers, atoms.positions, int(atoms.info["charge"]))
+        assert energy == pytest.approx(atoms.get_potential_energy(), abs=1e-6)
+        np.testing.assert_allclose(forces, atoms.get_forces(), atol=1e-6)
     # Distinct geometries: no two structures share an energy.
     energies = [a.get_potential_energy() for a in frames["train"] + frames["test"]]
     assert len(set(energies)) == len(energies)
