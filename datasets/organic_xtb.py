@@ -883,7 +883,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"MD steps before each frame [{d['md_stride']}]")
     p.add_argument("--md-t-min", type=float, default=d["md_t_min"], help=f"lowest MD temperature, K [{d['md_t_min']:g}]")
     p.add_argument("--md-t-max", type=float, default=d["md_t_max"], help=f"highest MD temperature, K [{d['md_t_max']:g}]")
-    p.add_argument("--timestep", type=float, default=d["timestep"], help=f"MD time step, fs [{d['timestep']}]")
+    p.add_argument("--dt", dest="timestep", type=float, default=d["timestep"], help=f"MD time step, fs [{d['timestep']}]")
     p.add_argument("--friction", type=float, default=d["friction"], help=f"Langevin friction, 1/fs [{d['friction']}]")
     p.add_argument("--torsion-fraction", type=float, default=d["torsion_fraction"],
                    help=f"fraction of molecules given a torsion scan [{d['torsion_fraction']}]")

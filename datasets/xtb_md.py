@@ -464,7 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"MD steps between frames [{DEFAULT_STRIDE}]")
     p.add_argument("--equilibration", type=int, default=DEFAULT_EQUILIBRATION_STEPS,
                    help=f"MD steps discarded first [{DEFAULT_EQUILIBRATION_STEPS}]")
-    p.add_argument("--timestep", type=float, default=DEFAULT_TIMESTEP_FS, help="fs [0.5]")
+    p.add_argument("--dt", dest="timestep", type=float, default=DEFAULT_TIMESTEP_FS, help="MD time step, fs [0.5]")
     p.add_argument("--friction", type=float, default=DEFAULT_FRICTION_PER_FS, help="1/fs [0.01]")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
