@@ -69,7 +69,9 @@ def fit_tiny_model(seconds: float = 20.0, n_structures: int = 200) -> torch.nn.M
 @pytest.fixture(scope="session")
 def trained_model():
     if not RMD17.exists():
-        pytest.skip(f"needs {RMD17}")
+        from conftest import rmd17_missing
+
+        pytest.skip(rmd17_missing(RMD17))
     return fit_tiny_model()
 
 
@@ -98,6 +100,7 @@ def potential_of(*models) -> Potential:
 
 # ------------------------------------------------------------------ physics
 @pytest.mark.slow
+@pytest.mark.xdist_group("md_trained_model")  # one worker fits the session's trained_model (~20 s) once
 def test_nve_conserves_energy(trained_model):
     """2,000 steps of 0.5 fs in float64 for 4 ethanol systems: bounded drift, no stops."""
     state = state_from_atoms([ethanol(k) for k in range(4)], temperature=300.0, seed=0)
@@ -119,6 +122,7 @@ def test_nve_conserves_energy(trained_model):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("md_trained_model")
 def test_langevin_reaches_the_target_temperature(trained_model):
     """Time and replica average of T (3N − 3 degrees of freedom) within 5 % of the target."""
     target = 400.0
