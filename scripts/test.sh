@@ -11,7 +11,8 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$root/scripts/setup_env.sh"
 cd "$root"
-# --dist loadgroup: tests marked xdist_group(name) (those sharing an expensive fixture, README's
-# blocks that run in order in one directory) stay in one worker; the others are spread freely.
+# --dist loadfile: each test module runs whole in one worker, so module- and session-scoped fixtures
+# (trained models, the QM9 parse) are built once per module, and README's blocks (tests/test_readme.py)
+# run in order in their one directory.
 exec "${MOLEQUI_VENV:-$root/.venv}/bin/python" -m pytest -q -ra --durations=15 \
-    -n "${MOLEQUI_TEST_WORKERS:-2}" --dist loadgroup "$@"
+    -n "${MOLEQUI_TEST_WORKERS:-2}" --dist loadfile "$@"

@@ -161,7 +161,6 @@ def _rows(out: Path) -> list[dict[str, str]]:
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("learn_finished")  # the module's finished loop (~20 s) runs once, in one worker
 def test_loop_rows_labels_and_selection(finished):
     from ase.io import read
 
@@ -190,7 +189,6 @@ def test_loop_rows_labels_and_selection(finished):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("learn_finished")  # the module's finished loop (~20 s) runs once, in one worker
 def test_resume_after_interruptions_gives_the_same_rounds(finished, test_file, tmp_path, monkeypatch):
     import molequi.training as training
 
@@ -235,7 +233,6 @@ def test_resume_after_interruptions_gives_the_same_rounds(finished, test_file, t
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("learn_finished")  # the module's finished loop (~20 s) runs once, in one worker
 def test_rerun_with_other_inputs_is_refused(finished, test_file, tmp_path):
     out_ref, _ = finished
     out = tmp_path / "copy"

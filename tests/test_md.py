@@ -100,7 +100,6 @@ def potential_of(*models) -> Potential:
 
 # ------------------------------------------------------------------ physics
 @pytest.mark.slow
-@pytest.mark.xdist_group("md_trained_model")  # one worker fits the session's trained_model (~20 s) once
 def test_nve_conserves_energy(trained_model):
     """2,000 steps of 0.5 fs in float64 for 4 ethanol systems: bounded drift, no stops."""
     state = state_from_atoms([ethanol(k) for k in range(4)], temperature=300.0, seed=0)
@@ -122,7 +121,6 @@ def test_nve_conserves_energy(trained_model):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("md_trained_model")
 def test_langevin_reaches_the_target_temperature(trained_model):
     """Time and replica average of T (3N − 3 degrees of freedom) within 5 % of the target."""
     target = 400.0

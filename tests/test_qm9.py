@@ -23,10 +23,6 @@ from molequi.data import qm9  # noqa: E402
 from molequi.data.readers import read_structures  # noqa: E402
 
 
-# The module shares one parse of all of QM9 (the cache fixture): one pytest-xdist worker runs the module.
-pytestmark = pytest.mark.xdist_group("qm9_cache")
-
-
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     """A fresh cache folder, filled by one timed parse; ``MOLEQUI_CACHE`` points at its parent."""

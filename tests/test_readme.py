@@ -49,9 +49,6 @@ def small(code: str) -> str:
 
 BLOCKS = readme_blocks()
 
-# The blocks run in order in one directory (the module's workdir): one pytest-xdist worker runs them all.
-pytestmark = pytest.mark.xdist_group("readme")
-
 
 def test_every_block_is_accounted_for():
     assert len(BLOCKS) >= 8
