@@ -23,6 +23,18 @@ torch.set_num_threads(1)
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RMD17_DIR = REPO_ROOT.parent / "shared" / "data" / "rmd17"
 
+
+def rmd17_missing(path: Path = RMD17_DIR) -> str:
+    """The skip message of a test that needs rMD17: where the data is expected and how to get it."""
+    return (
+        f"rMD17 data not found at {path}. The tests read split 01 of the revised MD17 data set "
+        f"(Christensen & von Lilienfeld 2020, Figshare doi:10.6084/m9.figshare.12672038, archive rmd17.tar.bz2) "
+        f"from {RMD17_DIR} (../shared/data/rmd17/ beside the repository) as rmd17_<molecule>_train_01.npz and "
+        f"rmd17_<molecule>_test_01.npz (ethanol at least). To make them: tar xjf rmd17.tar.bz2, then for each "
+        f"molecule save the rows of splits/index_train_01.csv and splits/index_test_01.csv of "
+        f"npz_data/rmd17_<molecule>.npz (every key) to those two files; datasets/rmd17.md has the details."
+    )
+
 SPECIES = (1, 6, 8)
 
 
@@ -111,5 +123,5 @@ def model():
 @pytest.fixture
 def rmd17_dir() -> Path:
     if not RMD17_DIR.is_dir():
-        pytest.skip(f"rMD17 data not found at {RMD17_DIR} (expected ../shared/data/rmd17 beside the repo)")
+        pytest.skip(rmd17_missing())
     return RMD17_DIR

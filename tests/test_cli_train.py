@@ -291,7 +291,9 @@ def test_torchrun_stops_at_the_time_limit_with_short_epochs(files, tmp_path):
 def test_rmd17_ethanol_short_run(tmp_path, capsys):
     train_file = RMD17 / "rmd17_ethanol_train_01.npz"
     if not train_file.is_file():
-        pytest.skip(f"rMD17 data not found at {RMD17} (expected ../shared/data/rmd17 beside the repository)")
+        from conftest import rmd17_missing
+
+        pytest.skip(rmd17_missing(RMD17))
     from molequi.data import read_structures
 
     structures = read_structures(train_file)

@@ -43,7 +43,9 @@ def test_kcal_per_mol_constant():
 def test_rmd17_units_against_raw_npz(rmd17_dir, name):
     path = rmd17_dir / f"rmd17_{name}_train_01.npz"
     if not path.exists():
-        pytest.skip(f"{path} not present")
+        from conftest import rmd17_missing
+
+        pytest.skip(rmd17_missing(path))
     raw = np.load(path)
     structures = read_rmd17(path)
     assert len(structures) == len(raw["energies"])

@@ -69,7 +69,9 @@ def fit_tiny_model(seconds: float = 20.0, n_structures: int = 200) -> torch.nn.M
 @pytest.fixture(scope="session")
 def trained_model():
     if not RMD17.exists():
-        pytest.skip(f"needs {RMD17}")
+        from conftest import rmd17_missing
+
+        pytest.skip(rmd17_missing(RMD17))
     return fit_tiny_model()
 
 

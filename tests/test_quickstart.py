@@ -33,6 +33,8 @@ SMOKE = {
     any(importlib.util.find_spec(name) is None for name in ("tblite", "qm9pack", "rdkit")),
     reason="the quickstart needs the xtb, qm9 and search extras",
 )
+@pytest.mark.slow
+@pytest.mark.timeout(1200)  # above the script's own 900 s limit, so that its error is the one reported
 def test_quickstart_runs_every_stage(tmp_path):
     out = tmp_path / "quickstart"
     env = {**os.environ, **SMOKE, "QUICKSTART_OUT": str(out), "MOLEQUI_SKIP_SETUP": "1",

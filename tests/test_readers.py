@@ -43,6 +43,7 @@ def test_registered_reader_is_asked_before_the_fallback(tmp_path, monkeypatch):
         read_structures(tmp_path / "missing.toy")
 
 
+@pytest.mark.slow
 def test_data_modules_import_in_any_order():
     # the QM9 data set and its reader each imported first in a fresh interpreter: an import
     # cycle between them shows up as an ImportError in one of the two

@@ -57,6 +57,7 @@ def config(**overrides):
     return load_config(None, {**TINY, "scheduler": "budget", "decay_fraction": 1.0, **overrides})
 
 
+@pytest.mark.slow
 def test_training_ends_at_the_end_of_the_decay_and_resumes_exactly(data_file, tmp_path):
     quiet = {"log": lambda message: None}
     full = train(config(max_epochs=4), data_file, tmp_path / "full", **quiet)

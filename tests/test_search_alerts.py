@@ -30,6 +30,7 @@ def _rdkit_pains_test_molecules() -> list[Chem.Mol]:
 
 
 @pytest.mark.skipif(not os.path.isdir(PAINS_TESTS), reason="this RDKit build ships no Data/Pains/test_data")
+@pytest.mark.slow
 def test_screened_pains_equals_filter_catalog_on_rdkit_test_set():
     mols = _rdkit_pains_test_molecules()
     assert len(mols) > 10_000
@@ -77,6 +78,7 @@ def _mixed_molecules() -> list[Chem.Mol]:
     return _rdkit_pains_test_molecules()[:1500]
 
 
+@pytest.mark.slow
 def test_cascade_gives_the_same_verdict_as_every_filter():
     cfg = StageConfig(allowed_elements=frozenset({1, 6, 7, 8, 9}), purchasable=False)
     n_rule_rejected = n_pass = 0

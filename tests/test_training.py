@@ -196,6 +196,7 @@ def test_short_training_lowers_validation_error(data_file, tmp_path):
     assert not list((tmp_path / "run").rglob("*.tmp*")), "temporary files left behind"
 
 
+@pytest.mark.slow
 def test_resume_reproduces_uninterrupted_run(data_file, tmp_path):
     quiet = {"log": lambda message: None}
     full = train(tiny_config(max_epochs=4), data_file, tmp_path / "full", **quiet)

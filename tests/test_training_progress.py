@@ -93,6 +93,7 @@ def test_epoch_lines_carry_the_run_eta(data, tmp_path):
     assert "run ETA" not in epochs[-1]  # the run has stopped
 
 
+@pytest.mark.slow
 def test_ctrl_c_writes_the_model_and_a_working_resume_command(data, tmp_path):
     out = tmp_path / "run dir"  # a space: the printed command must quote it
     command = [sys.executable, "-m", "molequi.cli.main", "train", "--data", str(data["train"]), "--out", str(out),
