@@ -8,7 +8,7 @@ For each molecule and training-set size N, trains ``molequi train`` (its default
 ``rmd17_<mol>_test_01.npz`` with the same code (``molequi train --test-data``: the Δ model's
 errors against label − xTB are its total errors), and times MD with each model through the
 ASE calculator (velocity Verlet, 0.5 fs, one molecule). Writes ``delta_results.json``,
-``delta_results.md``, ``delta_curve.png`` and (``--readme``) the README block ``delta`` with
+``delta_results.md``, ``delta_curve.png`` and (``--readme``) the docs/benchmarks.md block ``delta`` with
 the plot in ``scripts/figures/delta_curve.png``.
 
     python scripts/bench_delta.py --molecules aspirin ethanol --sizes 50 250 950 --minutes 10
@@ -37,7 +37,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "rmd17"
-FIGURE = REPO / "scripts" / "figures" / "delta_curve.png"  # shown in README
+FIGURE = REPO / "scripts" / "figures" / "delta_curve.png"  # shown in docs/benchmarks.md
 MACE_50 = {"aspirin": 43.9}  # MACE's published aspirin force MAE from 50 training structures, meV/Å
 
 
@@ -194,8 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--md-steps", type=int, default=100, help="timed MD steps per model (0 = no MD timing)")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench_delta")
-    parser.add_argument("--readme", action="store_true", help="write the table into README.md (block 'delta')")
-    parser.add_argument("--render", action="store_true", help="only rewrite the table, plot and README from OUT's JSON")
+    parser.add_argument("--readme", action="store_true", help="write the table into docs/benchmarks.md (block 'delta')")
+    parser.add_argument("--render", action="store_true", help="only rewrite the table, plot and docs/benchmarks.md from OUT's JSON")
     args = parser.parse_args(argv)
     args.command = shlex.join(["python", "scripts/bench_delta.py", *(sys.argv[1:] if argv is None else argv)]).replace(" --readme", "")
     os.environ["OMP_NUM_THREADS"] = str(args.threads)

@@ -116,7 +116,7 @@ def main() -> int:
     parser.add_argument("--n-train", type=int, default=150)
     parser.add_argument("--members", type=int, default=3)
     parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--readme", action="store_true", help="write the table into README.md (block 'ensemble-heads')")
+    parser.add_argument("--readme", action="store_true", help="write the table into docs/benchmarks.md (block 'ensemble-heads')")
     args = parser.parse_args()
     data, out = Path(args.data), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -255,7 +255,7 @@ def report(args, info: dict, molequi: list[dict], mace: list[dict], command: str
         sep += "---|"
     head += " calc overhead (ms/step) |"
     sep += "---|"
-    lines += ["## molequi", "", head, sep]
+    lines += ["### molequi", "", head, sep]
     for row in molequi:
         line = f"| {row['model']} | {row['dtype']} | {fmt(row['ase_aspirin_steps_per_s'])} | {fmt(row['batched_aspirin_steps_per_s'])} |"
         for count in args.copies:
@@ -264,7 +264,7 @@ def report(args, info: dict, molequi: list[dict], mace: list[dict], command: str
         line += f" {row['overhead_ms']:.2f} of {row['ase_step_ms']:.1f} |"
         lines.append(line)
     if mace:
-        lines += ["", "## MACE 0.3.16 (ASE calculator) and ratios molequi/MACE", ""]
+        lines += ["", "### MACE 0.3.16 (ASE calculator) and ratios molequi/MACE", ""]
         head = "| MACE model | dtype | ASE, aspirin (steps/s) |"
         sep = "|---|---|---|"
         for count in args.copies:

@@ -13,10 +13,10 @@ validation structures, tested on the 1000 test structures), then with the traine
   minus the MAE without (a float32 total summed in float32 would change by ~0.1 meV).
 
 Writes ``precision.json`` and ``precision.md`` into ``--out``; ``--readme`` pastes the table into
-README.md's ``precision`` block. Records wall and CPU seconds, ``uptime`` before and after each
+docs/benchmarks.md's ``precision`` block. Records wall and CPU seconds, ``uptime`` before and after each
 training, and the machine (``molequi.utils.machine_info``).
 
-    python scripts/bench_precision.py --minutes 3 --threads 1 --readme              # CPU (the README table)
+    python scripts/bench_precision.py --minutes 3 --threads 1 --readme              # CPU (the docs/benchmarks.md table)
     python scripts/bench_precision.py --minutes 12 --device cuda --tf32 --readme    # GPU, adds TF32 rows
 
 ``--tf32`` (CUDA only) adds a float32 row with TF32 matrix products (cuBLAS/cuDNN), in training
@@ -287,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--md-replicas", type=int, default=8, help="copies of the molecule in one batched MD run")
     parser.add_argument("--md-steps", type=int, default=100, help="timed MD steps")
     parser.add_argument("--out", type=Path, default=Path("runs/bench_precision"), help="output folder")
-    parser.add_argument("--readme", action="store_true", help="paste the table into README.md's 'precision' block")
+    parser.add_argument("--readme", action="store_true", help="paste the table into docs/benchmarks.md's 'precision' block")
     args = parser.parse_args(argv)
     if args.tf32 and not args.device.startswith("cuda"):
         parser.error("--tf32 needs --device cuda (TF32 is a GPU matrix-product mode)")

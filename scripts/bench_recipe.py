@@ -14,7 +14,7 @@ of each run are recorded beside it. Every run trains on the same 950 + 50 struct
         --variant correlation3=model.correlation:3 --readme
 
 Writes ``OUT/<molecule>_<budget>.json`` and ``.md``; ``--readme`` puts every result file of OUT
-into the README block ``--block`` (default ``recipe``; one block per OUT folder keeps the
+into the docs/benchmarks.md block ``--block`` (default ``recipe``; one block per OUT folder keeps the
 screens of different defaults apart).
 """
 
@@ -146,9 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--data-dir", type=Path, default=DATA)
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench_recipe")
-    parser.add_argument("--readme", action="store_true", help="write the table of every result in OUT into README.md")
-    parser.add_argument("--block", default="recipe", help="the README block --readme writes (one per OUT folder)")
-    parser.add_argument("--render", action="store_true", help="only rewrite the table (and README) from OUT's JSON files")
+    parser.add_argument("--readme", action="store_true", help="write the table of every result in OUT into docs/benchmarks.md")
+    parser.add_argument("--block", default="recipe", help="the docs/benchmarks.md block --readme writes (one per OUT folder)")
+    parser.add_argument("--render", action="store_true", help="only rewrite the table (and docs/benchmarks.md) from OUT's JSON files")
     args = parser.parse_args(argv)
     if not args.render:
         if args.minutes is None and args.epochs is None:

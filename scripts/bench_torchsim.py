@@ -9,7 +9,7 @@ may be shared: CPU seconds are the steadier figure), and the ratio torch-sim / m
     python scripts/bench_torchsim.py --device cpu --systems 1 16 128 --steps 40
 
 Writes ``bench_torchsim.json`` and ``bench_torchsim.md`` into ``--out`` and, with
-``--readme``, the table into README's ``bench_torchsim`` block.
+``--readme``, the table into docs/benchmarks.md's ``bench_torchsim`` block.
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="runs/bench_torchsim")
-    parser.add_argument("--readme", action="store_true", help="write the table into README's bench_torchsim block")
+    parser.add_argument("--readme", action="store_true", help="write the table into docs/benchmarks.md's bench_torchsim block")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from molequi.utils import machine_info

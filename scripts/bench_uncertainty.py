@@ -28,7 +28,7 @@
 
 Writes ``uncertainty.json``, ``uncertainty.md`` and ``uncertainty.png`` into ``--out``; the xTB
 data sets are cached there (``data/``) and reused by a rerun. ``--readme`` pastes the Markdown
-into README.md (block ``uncertainty``) and the plot into ``scripts/figures/uncertainty.png``. Targets: after calibration ``rmse_over_std`` within
+into docs/benchmarks.md (block ``uncertainty``) and the plot into ``scripts/figures/uncertainty.png``. Targets: after calibration ``rmse_over_std`` within
 0.8–1.25 at 300 K and ≤ 1.5 at 1000 K, Spearman ≥ 0.7, miscalibration area ≤ 0.1; the loop
 reaches random selection's final 1000 K error with at most half of its labels.
 """
@@ -55,7 +55,7 @@ from molequi.learn import MD_STARTS, RANKINGS, TRUST_SCOPES, LearnSettings
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "datasets"))  # the xTB recipe's helpers (datasets/xtb_md.py)
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "rmd17"
-FIGURE = REPO / "scripts" / "figures" / "uncertainty.png"  # shown in README (written by --readme)
+FIGURE = REPO / "scripts" / "figures" / "uncertainty.png"  # shown in docs/benchmarks.md (written by --readme)
 TEMPERATURES = (300.0, 600.0, 1000.0)
 REUSED: list[tuple[str, float]] = []  # (model or loop, its wall seconds) reused from an earlier run in --out
 LOOPS_USED: set[Path] = set()  # learning loops this invocation has run or reused
@@ -802,7 +802,7 @@ def main(argv=None) -> int:
                         "over seeds and its range")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA, help="rMD17 .npz directory (geometries only)")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench_uncertainty")
-    parser.add_argument("--readme", action="store_true", help="paste the Markdown table into README.md")
+    parser.add_argument("--readme", action="store_true", help="paste the Markdown table into docs/benchmarks.md")
     args = parser.parse_args(argv)
     if args.committee_members and min(args.committee_members) < 2:
         parser.error("--committee-members: a committee needs at least 2 members")

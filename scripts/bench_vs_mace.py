@@ -22,7 +22,7 @@ training are recorded, with the load average before and after.
     python scripts/bench_vs_mace.py --molecule aspirin --minutes 3 --mace-models mace-64x0e   # quick
 
 Writes ``OUT/<molecule>_<minutes>min.json`` and ``.md``; ``--readme`` puts every result file of
-OUT into the README block ``vs-mace`` (one table row per molecule, budget and MACE model).
+OUT into the docs/benchmarks.md block ``vs-mace`` (one table row per molecule, budget and MACE model).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ DATA = ROOT.parent / "shared" / "data" / "rmd17"
 MACE_PYTHON = ROOT / ".venv-mace" / "bin" / "python"
 KCAL_MOL = 0.0433641043  # eV per kcal/mol (ase.units.kcal / ase.units.mol)
 MACE_MODELS = {"mace-64x0e": "64x0e", "mace-128x1o": "128x0e+128x1o"}
-PARETO_FIGURE = ROOT / "scripts" / "figures" / "vs_mace_pareto.png"  # shown in README
+PARETO_FIGURE = ROOT / "scripts" / "figures" / "vs_mace_pareto.png"  # shown in docs/benchmarks.md
 
 
 def children_cpu() -> float:
@@ -293,8 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-molequi", action="store_true", help="reuse the molequi result of an earlier run (none yet: train MACE only)")
     parser.add_argument("--data-dir", type=Path, default=DATA)
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench_vs_mace")
-    parser.add_argument("--readme", action="store_true", help="write the table of every result in OUT into README.md")
-    parser.add_argument("--render", action="store_true", help="only rewrite the table (and README) from OUT's JSON files")
+    parser.add_argument("--readme", action="store_true", help="write the table of every result in OUT into docs/benchmarks.md")
+    parser.add_argument("--render", action="store_true", help="only rewrite the table (and docs/benchmarks.md) from OUT's JSON files")
     parser.add_argument("--mace-predict", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.mace_predict:
@@ -369,7 +369,7 @@ def with_own_molequi(path: Path, report: dict) -> dict:
 
 
 def render(args) -> int:
-    """The table of every result file in ``args.out`` (``--readme``: into README.md too)."""
+    """The table of every result file in ``args.out`` (``--readme``: into docs/benchmarks.md too)."""
     reports = [with_own_molequi(path, json.loads(path.read_text())) for path in sorted(args.out.glob("*min.json"))]
     reports = [r for r in reports if r.get("mace") and r.get("molequi")]
     text = markdown(reports)

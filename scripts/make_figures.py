@@ -1,4 +1,4 @@
-"""The README's pictures, from a small run of each command (CPU, a few minutes, fixed seeds).
+"""The pictures of README and docs/, from a small run of each command (CPU, a few minutes, fixed seeds).
 
     python scripts/make_figures.py [--rmd17 DIR] [--out scripts/figures] [--epochs 40]
 

@@ -91,7 +91,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="timed steps (after 3 warm-up steps)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, default=None, help="also write the breakdown here")
-    parser.add_argument("--readme", action="store_true", help="write the breakdown into README.md (block 'profile')")
+    parser.add_argument("--readme", action="store_true", help="write the breakdown into docs/benchmarks.md (block 'profile')")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     config = TrainingConfig()

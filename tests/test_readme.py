@@ -77,3 +77,36 @@ def test_readme_block(workdir, line, marker, code):
     result = subprocess.run(["bash", "-euo", "pipefail", "-c", small(code)], cwd=workdir, env=env,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, f"README line {line}:\n{small(code)}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
+
+
+def test_readme_starts_in_three_commands_and_stays_short():
+    """README: at most 350 lines, the set-up with the venv activation, the quickstart and the test
+    command, and no path of the machine it was written on (benchmark tables live in docs/)."""
+    text = README.read_text(encoding="utf-8")
+    assert len(text.splitlines()) <= 350
+    first = BLOCKS[0][2]
+    for command in ("bash scripts/setup_env.sh && source .venv/bin/activate", "bash scripts/quickstart.sh",
+                    "bash scripts/test.sh"):
+        assert command in first, command
+    assert not re.search(r"(^|[^A-Za-z0-9_.])/(work|home|root|Users)/[A-Za-z]", text)
+    assert "<!-- begin:" not in text, "generated benchmark tables belong in docs/benchmarks.md"
+
+
+def test_every_generated_block_and_link_resolves():
+    """Each block a benchmark writes (scripts/*.py call update_readme_section) exists in exactly
+    one documentation file, and every relative link of README and docs/ points at a file."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    from readme_section import documentation_files
+
+    texts = {path: path.read_text(encoding="utf-8") for path in documentation_files(REPO)}
+    written = set()
+    for script in (REPO / "scripts").glob("*.py"):
+        written |= set(re.findall(r'update_readme_section\(\s*"([^"]+)"', script.read_text(encoding="utf-8")))
+    for name in written:
+        holders = [path.name for path, text in texts.items() if f"<!-- begin:{name} -->" in text]
+        assert len(holders) == 1, (name, holders)
+    for path, text in texts.items():
+        for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", text):
+            assert (path.parent / target).exists(), f"{path.name}: broken link {target}"

@@ -67,7 +67,7 @@ class TrainingConfig:
     Attributes:
         optimizer: ``"adam"`` or ``"adamw"`` (decoupled weight decay).
         learning_rate: initial learning rate of the optimizer. 3e-2 with batches of 16 and EMA
-            learns faster per CPU minute than 1e-2 on rMD17 ethanol (README "What moves the
+            learns faster per CPU minute than 1e-2 on rMD17 ethanol (docs/benchmarks.md, "What moves the
             numbers", ``scripts/bench_recipe.py``); lower it for much smaller batches.
         weight_decay: L2 penalty (adam) or decoupled weight decay (adamw); 0 disables.
         batch_size: structures per optimizer step and per process (under torchrun the global
