@@ -39,7 +39,7 @@ SPECIES = (1, 6, 8)
 
 
 def load_script(path: Path) -> ModuleType:
-    """A script of ``scripts/`` (not a package) imported as a module, under its file name."""
+    """A script of ``scripts/`` or ``datasets/`` (not a package) imported as a module, under its file name."""
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[path.stem] = module  # dataclasses look their module up while the script runs

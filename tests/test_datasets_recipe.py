@@ -6,13 +6,14 @@ MD steps of ethanol in total, a few seconds on a 2-core CPU.
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 import pytest
+
+from conftest import load_script
 
 pytest.importorskip("tblite.ase", reason="GFN2-xTB labels need tblite (pip install tblite)")
 from ase.io import read  # noqa: E402
@@ -21,19 +22,9 @@ RECIPE_PATH = Path(__file__).resolve().parents[1] / "datasets" / "xtb_md.py"
 N_FRAMES = 8
 
 
-def _load_recipe() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("molequi_datasets_xtb_md", RECIPE_PATH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    # Registered before exec so dataclasses can resolve the module by name.
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def recipe() -> ModuleType:
-    return _load_recipe()
+    return load_script(RECIPE_PATH)
 
 
 @pytest.fixture(scope="module")

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 import pytest
+
+from conftest import load_script
 
 pytest.importorskip("tblite.interface", reason="GFN2-xTB labels need tblite (pip install tblite)")
 pytest.importorskip("rdkit", reason="embedding, scaffolds and charged variants need RDKit (pip install rdkit)")
@@ -24,18 +25,9 @@ RECIPE_PATH = Path(__file__).resolve().parents[1] / "datasets" / "organic_xtb.py
 ALLOWED = {"H", "C", "N", "O", "F", "S", "Cl", "Br"}
 
 
-def _load_recipe() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("molequi_datasets_organic_xtb", RECIPE_PATH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def recipe() -> ModuleType:
-    return _load_recipe()
+    return load_script(RECIPE_PATH)
 
 
 def _need_data_packages() -> None:
