@@ -110,6 +110,11 @@ def atomic_write_text(path: str | Path, text: str, encoding: str = "utf-8") -> P
     return atomic_write(path, lambda temporary: temporary.write_text(text, encoding=encoding))
 
 
+def write_json(data: Any, path: str | Path) -> Path:
+    """Write ``data`` as indented JSON (with a final newline) to ``path`` atomically."""
+    return atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+
+
 @contextmanager
 def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO[Any]]:
     """``open()`` for writing whose result appears at ``path`` only once the block succeeded."""

@@ -315,7 +315,7 @@ def test_trust_ceiling_keeps_wild_frames_out(tmp_path, selection):
     settings = LearnSettings(**{**SETTINGS, "per_round": 3, "max_std": 1.0, "selection": selection})
     round_dir = tmp_path / "round_000"
     round_dir.mkdir()
-    assert labelers._label_round(round_dir, candidates, settings, EMT, lambda m: None) == 3
+    assert labelers.label_round(round_dir, candidates, settings, EMT, lambda m: None) == 3
     from ase.io import read
 
     picked = {int(a.info["candidate"]) for a in read(round_dir / "labelled.extxyz", ":")}
@@ -394,7 +394,7 @@ def test_trajectory_scope_labels_only_frames_before_the_crossing(tmp_path):
                                 "pool_factor": 1})
     round_dir = tmp_path / "round_000"
     round_dir.mkdir()
-    assert labelers._label_round(round_dir, candidates, settings, EMT, lambda m: None) == 2
+    assert labelers.label_round(round_dir, candidates, settings, EMT, lambda m: None) == 2
     picked = {int(a.info["candidate"]) for a in read(round_dir / "labelled.extxyz", ":")}
     assert picked == {4, 5}  # the most uncertain allowed; never 2 or 3, though more uncertain and under the ceiling
 
@@ -447,9 +447,9 @@ def test_a_round_that_labels_nothing_is_read_back_as_empty(tmp_path):
     settings = LearnSettings(**{**SETTINGS, "max_std": 1.0})
     round_dir = tmp_path / "round_000"
     round_dir.mkdir()
-    assert labelers._label_round(round_dir, [atoms], settings, EMT, lambda m: None) == 0
+    assert labelers.label_round(round_dir, [atoms], settings, EMT, lambda m: None) == 0
     # rerun (resume) and the next round's training set read the empty file back
-    assert labelers._label_round(round_dir, [atoms], settings, EMT, lambda m: None) == 0
+    assert labelers.label_round(round_dir, [atoms], settings, EMT, lambda m: None) == 0
     assert learn.read_labelled(round_dir / "labelled.extxyz") == []
 
 
@@ -468,6 +468,6 @@ def test_rank_by_picks_by_the_largest_or_the_mean_spread_under_the_largest_ceili
     settings = LearnSettings(**{**SETTINGS, "per_round": 1, "max_std": 1.0, "rank_by": rank_by})
     round_dir = tmp_path / "round_000"
     round_dir.mkdir()
-    labelers._label_round(round_dir, candidates, settings, EMT, lambda m: None)
+    labelers.label_round(round_dir, candidates, settings, EMT, lambda m: None)
     (picked,) = [int(a.info["candidate"]) for a in read(round_dir / "labelled.extxyz", ":")]
     assert picked == {"max": 0, "mean": 1}[rank_by]  # frame 3 leads both but is over the ceiling

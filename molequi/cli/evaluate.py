@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from molequi.models.uncertainty import as_calibration
     from molequi.devices import resolve_device
     from molequi.training.evaluate import evaluate_model
-    from molequi.training.finish import write_json
+    from molequi.utils import write_json
     from molequi.models.uncertainty.evaluation import load_committee, member_count
     from molequi.training.uncertainty import evaluate_committee
 

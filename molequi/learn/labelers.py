@@ -23,8 +23,7 @@ from molequi.learn.selection import (
     select_frames,
 )
 from molequi.learn.settings import RANK_KEYS, LearnSettings, parse_labeler
-from molequi.learn.state import _write_json
-from molequi.utils import atomic_write
+from molequi.utils import atomic_write, write_json
 
 _EXTXYZ_DECIMALS = 8  # extxyz stores positions with 8 decimals: label exactly what is stored
 
@@ -90,7 +89,7 @@ def label_structure(atoms: Atoms, calculator) -> Atoms:
     return frame
 
 
-def _label_start(starts: list[Atoms], settings: LearnSettings, get_labeler, say) -> list[Atoms]:
+def label_start(starts: list[Atoms], settings: LearnSettings, get_labeler, say) -> list[Atoms]:
     from molequi.data.graph import structure_labels
 
     rng = np.random.default_rng([settings.seed, 0])
@@ -117,7 +116,7 @@ def _label_start(starts: list[Atoms], settings: LearnSettings, get_labeler, say)
     return labelled
 
 
-def _label_round(round_dir: Path, candidates: list[Atoms], settings: LearnSettings, get_labeler, say) -> int:
+def label_round(round_dir: Path, candidates: list[Atoms], settings: LearnSettings, get_labeler, say) -> int:
     """Pick and label ``per_round`` frames, saving each label as it is made (a rerun continues)."""
     from ase.io import read
 
@@ -161,14 +160,14 @@ def _label_round(round_dir: Path, candidates: list[Atoms], settings: LearnSettin
         except Exception as error:  # a calculator that fails on a strange geometry: skip the frame
             say(f"  candidate {index}: the labeler failed ({type(error).__name__}: {error}); skipped")
             failures.append(index)
-            _write_json(failures, round_dir / "labelling_failures.json")
+            write_json(failures, round_dir / "labelling_failures.json")
             continue
-        _write_extxyz(done, partial)
+        write_extxyz(done, partial)
     if not done and order:
         raise MolequiError(f"the labeler failed on every candidate of {round_dir}; see the messages above")
     if not order:
         say(f"  no MD frame under the trust ceiling --max-std {settings.max_std} eV/Å: nothing labelled this round")
-    _write_extxyz(done, final)
+    write_extxyz(done, final)
     partial.unlink(missing_ok=True)
     return len(done)
 
@@ -186,7 +185,7 @@ def read_labelled(path: Path) -> list[Atoms]:
     return read(path, ":", format="extxyz") if path.stat().st_size else []
 
 
-def _write_extxyz(structures: Sequence[Atoms], path: Path) -> Path:
+def write_extxyz(structures: Sequence[Atoms], path: Path) -> Path:
     from ase.io import write
 
     return atomic_write(path, lambda temporary: write(str(temporary), list(structures), format="extxyz"))

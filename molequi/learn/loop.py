@@ -16,21 +16,20 @@ from ase import Atoms
 
 from molequi.learn.explore import explore, md_seeds, predict_committee, test_errors
 from molequi.learn.labelers import (
-    _label_round,
-    _label_start,
-    _write_extxyz,
+    label_round,
+    label_start,
     make_labeler,
     read_labelled,
+    write_extxyz,
 )
 from molequi.learn.settings import FORMAT, IGNORED_TRAINING_KEYS, LearnSettings
 from molequi.learn.state import (
-    _check_identity,
-    _write_json,
-    _write_rounds,
+    check_identity,
     read_start,
     structures_sha256,
+    write_rounds,
 )
-from molequi.utils import files_digest
+from molequi.utils import files_digest, write_json
 
 
 @dataclass
@@ -97,20 +96,20 @@ def run_learning(
 
     if settings.rounds > 0 or not all(None not in structure_labels(a) for a in starts):
         get_labeler()  # a missing or broken labeler fails here, before anything is written
-    _check_identity(out_dir, identity, say)
+    check_identity(out_dir, identity, say)
     device = str(resolve_device(config.device))
 
     start_file = out_dir / "start.extxyz"
     if not start_file.exists():
-        labelled = _label_start(starts, settings, get_labeler, say)
-        _write_extxyz(labelled, start_file)
+        labelled = label_start(starts, settings, get_labeler, say)
+        write_extxyz(labelled, start_file)
     md_starts = [Atoms(numbers=a.numbers, positions=a.positions) for a in starts]
     rows: list[dict[str, Any]] = []
     models: list[Path] = []
     for r in range(settings.rounds + 1):
         row, models = _run_round(r, settings, config, out_dir, md_starts, test_structures, device, get_labeler, say)
         rows.append(row)
-        _write_rounds(rows, out_dir)
+        write_rounds(rows, out_dir)
     say(f"done: {settings.rounds + 1} rounds, {rows[-1]['n_labels']} labels; committee: {' '.join(f'--model {m}' for m in models)}")
     return LearnResult(out_dir, rows, models)
 
@@ -128,9 +127,9 @@ def _run_round(r, settings, config, out_dir, md_starts, test_structures, device,
         if r < settings.rounds and not (round_dir / "labelled.extxyz").exists():
             # the last round of a shorter run: --rounds grew, so this round now labels too
             candidates = read(round_dir / "candidates.extxyz", ":")
-            record["row"]["n_new"] = _label_round(round_dir, candidates, settings, get_labeler, say)
+            record["row"]["n_new"] = label_round(round_dir, candidates, settings, get_labeler, say)
             say(f"round {r}/{settings.rounds}: labelled {record['row']['n_new']} frames ({settings.labeler})")
-            _write_json(record, done)
+            write_json(record, done)
         return record["row"], members
     round_dir.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
@@ -141,7 +140,7 @@ def _run_round(r, settings, config, out_dir, md_starts, test_structures, device,
         data = read(out_dir / "start.extxyz", ":")
         for q in range(r):
             data += read_labelled(out_dir / f"round_{q:03d}" / "labelled.extxyz")
-        _write_extxyz(data, train_file)
+        write_extxyz(data, train_file)
     n_labels = len(read(train_file, ":"))
     with clock("train"):
         for m, model_path in enumerate(members):
@@ -173,8 +172,8 @@ def _run_round(r, settings, config, out_dir, md_starts, test_structures, device,
             seeds, replicas = md_seeds(r, settings, out_dir, md_starts)
             candidates, stopped = explore(members, seeds, settings, seed=settings.seed + 7919 * (r + 1), device=device,
                                           replicas=replicas)
-            _write_extxyz(candidates, candidates_file)
-            _write_json(stopped, stopped_file)
+            write_extxyz(candidates, candidates_file)
+            write_json(stopped, stopped_file)
     stds = np.array([a.info["std_max"] for a in candidates])
     row.update({
         "md_frames": len(candidates), "md_stopped": len(stopped),
@@ -188,10 +187,10 @@ def _run_round(r, settings, config, out_dir, md_starts, test_structures, device,
     n_new = 0
     if r < settings.rounds:
         with clock("label"):
-            n_new = _label_round(round_dir, candidates, settings, get_labeler, say)
+            n_new = label_round(round_dir, candidates, settings, get_labeler, say)
         say(f"round {r}/{settings.rounds}: labelled {n_new} frames ({settings.labeler}, {timings['label']:.1f} s)")
     row["n_new"] = n_new
-    _write_json({"row": row, "wall_s": timings, "stopped": stopped}, done)
+    write_json({"row": row, "wall_s": timings, "stopped": stopped}, done)
     return row, members
 
 

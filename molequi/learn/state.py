@@ -22,7 +22,7 @@ from molequi.learn.settings import (
     ROUND_COLUMNS,
     LearnSettings,
 )
-from molequi.utils import atomic_write, identity_changes, structures_digest
+from molequi.utils import atomic_write, identity_changes, structures_digest, write_json
 
 
 def structures_sha256(structures: Sequence[Atoms]) -> str:
@@ -58,7 +58,7 @@ def read_start(specs: Sequence[str]) -> list[Atoms]:
     return structures
 
 
-def _check_identity(out_dir: Path, identity: dict[str, Any], say: Callable[[str], None]) -> None:
+def check_identity(out_dir: Path, identity: dict[str, Any], say: Callable[[str], None]) -> None:
     path = out_dir / "learn.json"
     if path.exists():
         try:
@@ -78,12 +78,12 @@ def _check_identity(out_dir: Path, identity: dict[str, Any], say: Callable[[str]
                 raise ConfigError(
                     f"{out_dir} already ran past round {identity['settings']['rounds']}; --rounds cannot shrink below that"
                 )
-            _write_json(identity, path)
+            write_json(identity, path)
         say(f"continuing the learning run in {out_dir}")
         return
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ConfigError(f"{out_dir} exists and is not a molequi learn run; choose another --out")
-    _write_json(identity, path)
+    write_json(identity, path)
 
 
 def _compared(identity: dict[str, Any]) -> dict[str, Any]:
@@ -126,12 +126,7 @@ def _defaults(key: str) -> dict[str, Any]:
     return {f.name: f.default for f in dataclasses.fields(LearnSettings) if f.default is not dataclasses.MISSING}
 
 
-def _write_json(data: Any, path: Path) -> Path:
-    text = json.dumps(data, indent=2) + "\n"
-    return atomic_write(path, lambda temporary: temporary.write_text(text))
-
-
-def _write_rounds(rows: list[dict[str, Any]], out_dir: Path) -> None:
+def write_rounds(rows: list[dict[str, Any]], out_dir: Path) -> None:
     columns = [c for c in ROUND_COLUMNS if any(c in row for row in rows)]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")

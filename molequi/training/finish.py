@@ -24,7 +24,7 @@ from molequi.training.run import (
     TrainingRun,
     load_checkpoint,
 )
-from molequi.utils import atomic_write
+from molequi.utils import write_json
 
 
 @dataclass
@@ -43,11 +43,6 @@ class TrainResult:
     files: dict[str, Path] = field(default_factory=dict)
 
 
-def write_json(data: dict[str, Any], path: str | Path) -> Path:
-    text = json.dumps(data, indent=2, sort_keys=False) + "\n"
-    return atomic_write(path, lambda temporary: temporary.write_text(text))
-
-
 def export_model(run: TrainingRun, progress: Progress, best_path: Path) -> torch.nn.Module:
     """The exported weights: the best validated EMA weights, or the current ones."""
     export = run.fresh_model()
@@ -58,7 +53,7 @@ def export_model(run: TrainingRun, progress: Progress, best_path: Path) -> torch
     return export.eval()
 
 
-def _finish(
+def finish_run(
     run: TrainingRun,
     progress: Progress,
     inputs: RunInputs,

@@ -19,7 +19,7 @@ from molequi.training.run import (
 from molequi.utils import atomic_write
 
 
-def _write_log(history: Sequence[dict[str, Any]], columns: Sequence[str], path: Path) -> None:
+def write_log(history: Sequence[dict[str, Any]], columns: Sequence[str], path: Path) -> None:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
@@ -37,7 +37,7 @@ def _format(value: Any) -> Any:
     return value
 
 
-def _progress_bar(run: TrainingRun, epoch: int, eta: str = ""):
+def progress_bar(run: TrainingRun, epoch: int, eta: str = ""):
     # in a log file tqdm's carriage-return updates pile up on one line: the epoch lines suffice there
     if not (run.config.progress and run.ddp.is_main and is_terminal()):
         return None
@@ -69,7 +69,7 @@ def resume_command(out_dir: Path, test_paths: Sequence[str] | None = None) -> st
     return command
 
 
-def _progress_fields(metrics: dict[str, Any]) -> dict[str, str]:
+def progress_fields(metrics: dict[str, Any]) -> dict[str, str]:
     """Short running-error fields for the progress bar (only the labels being trained)."""
     fields = {}
     if "energy_mae_meV" in metrics:
@@ -79,7 +79,7 @@ def _progress_fields(metrics: dict[str, Any]) -> dict[str, str]:
     return fields
 
 
-def _epoch_line(row: dict[str, Any], improved: bool) -> str:
+def epoch_line(row: dict[str, Any], improved: bool) -> str:
     line = f"epoch {row['epoch']:4d}  {row['time_s']:8.1f} s  lr {row['lr']:.2e}  train loss {row['train_loss']:.4g}"
     if "val_loss" in row:
         line += f"  val loss {row['val_loss']:.4g}"

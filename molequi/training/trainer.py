@@ -13,7 +13,7 @@ metrics are summed over processes, and only rank 0 writes files and shows progre
 
 The loop reads in pieces: :func:`take_step` (one optimizer step), :func:`train_one_epoch` (one
 pass over the data, or up to the deadline), :func:`validate` (the EMA weights on the validation
-shard), and ``_finish`` (export, test, ``model.molequi``). What they work with — model, EMA,
+shard), and ``finish_run`` (export, test, ``model.molequi``). What they work with — model, EMA,
 optimizer, schedule, loader, DDP — is a :class:`~molequi.training.run.TrainingRun` built once
 by :func:`~molequi.training.run.build_run`; the counters a checkpoint restores are a
 :class:`~molequi.training.run.Progress`.
@@ -71,16 +71,16 @@ from molequi.training.evaluate import (
     reported_metrics,
     resolve_device,
 )
-from molequi.training.finish import TrainResult, _finish, write_json
+from molequi.training.finish import TrainResult, finish_run
 from molequi.training.metrics import MetricSums, loss_terms, weighted_loss
 from molequi.training.plots import learning_curve
 from molequi.training.reporting import (
-    _epoch_line,
-    _progress_bar,
-    _progress_fields,
-    _write_log,
+    epoch_line,
+    progress_bar,
+    progress_fields,
     resume_command,
     run_eta,
+    write_log,
 )
 from molequi.training.run import (
     Progress,
@@ -106,7 +106,6 @@ __all__ = [
     "train",
     "train_one_epoch",
     "validate",
-    "write_json",
 ]
 
 LOG_COLUMNS = [
@@ -220,7 +219,7 @@ def train_one_epoch(run: TrainingRun, epoch: int, deadline: float | None, eta: s
         run.sampler.set_epoch(epoch)
     run.trained.train()
     result = EpochResult(MetricSums(run.properties, run.weights), torch.zeros((), dtype=torch.float64, device=run.device), 0, False)
-    progress = _progress_bar(run, epoch, eta)
+    progress = progress_bar(run, epoch, eta)
     last_postfix = -math.inf
     budget = run.scheduler if isinstance(run.scheduler, BudgetCosine) else None
     seconds = 0.0
@@ -243,7 +242,7 @@ def train_one_epoch(run: TrainingRun, epoch: int, deadline: float | None, eta: s
                 if time.monotonic() - last_postfix > 1.0:
                     last_postfix = time.monotonic()
                     running = reported_metrics(result.sums.result(), run.model_config)
-                    progress.set_postfix(loss=f"{float(result.loss_sum) / result.n_batches:.4g}", **_progress_fields(running))
+                    progress.set_postfix(loss=f"{float(result.loss_sum) / result.n_batches:.4g}", **progress_fields(running))
                 progress.update()
             # under DDP the deadline check is a collective (a sync): every 10th step there
             if deadline is not None and (not run.ddp.active or result.n_batches % 10 == 0) \
@@ -433,18 +432,18 @@ def _train(
                 if improved:
                     save_checkpoint(state, files["best"])
                 save_checkpoint(state, files["last"])
-                _write_log(progress.history, columns, files["log"])
+                write_log(progress.history, columns, files["log"])
                 if "val_loss" in row and time.monotonic() - last_plot > 30.0:  # a plot costs ~0.3 s
                     learning_curve(progress.history, files["learning_curve"])
                     last_plot = time.monotonic()
                 eta = run_eta(config, progress.epoch, time.monotonic() - loop_started, progress.epoch - first_epoch, deadline)
-                say(_epoch_line(row, improved) + (f"  {eta}" if eta and not progress.stop_reason else ""))
+                say(epoch_line(row, improved) + (f"  {eta}" if eta and not progress.stop_reason else ""))
     except KeyboardInterrupt:
         if ddp.is_main:
             _save_interrupted(run, progress, inputs, files, out_dir, elapsed(), say)
         raise
     if progress.stop_reason:
         say(f"stopped: {progress.stop_reason}")
-    return _finish(run, progress, inputs, files, out_dir, elapsed(), say)
+    return finish_run(run, progress, inputs, files, out_dir, elapsed(), say)
 
 
