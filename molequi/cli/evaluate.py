@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                              "committee give every member with --model instead")
     parser.add_argument("data", metavar="DATA", help="labelled structures: extxyz, ASE .db, rMD17 .npz, or qm9[:SPLIT][?n=N&seed=S]")
     parser.add_argument("--plot", metavar="PNG", default=None,
-                        help="also write a parity plot (predicted vs reference, one panel per trained output); "
+                        help="also write a parity plot (.png, .pdf or .svg: predicted vs reference, one panel per trained output); "
                              "a committee or ensemble adds a reliability diagram (binned RMSE vs binned std) per output")
     parser.add_argument("--calibration", metavar="JSON", default=None,
                         help="calibrate the committee/ensemble stds with this file from 'molequi calibrate' "
@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_device_option(parser)
     parser.add_argument("--batch-size", type=int, default=32, help="structures per batch (memory only)")
     add_label_key_options(parser)
-    parser.add_argument("--out", metavar="JSON", default=None, help="also write the metrics to this JSON file")
+    parser.add_argument("--out", metavar="JSON", default=None, help="also write the metrics to this .json file")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,13 +41,13 @@ def run(args: argparse.Namespace) -> int:
     from molequi.models.uncertainty.evaluation import load_committee, member_count
     from molequi.training.uncertainty import evaluate_committee
 
-    from molequi.cli.main import check_output_file
+    from molequi.cli.paths import JSON_SUFFIXES, PLOT_SUFFIXES, guard_outputs
 
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be ≥ 1, got {args.batch_size}")
-    for option, path in (("--out", args.out), ("--plot", args.plot)):
-        check_output_file(path, option)
     paths = model_paths(args, getattr(args, "argv", None))
+    guard_outputs({"--model": paths, "DATA": args.data, "--calibration": args.calibration},
+                  files=[("--out", args.out, JSON_SUFFIXES), ("--plot", args.plot, PLOT_SUFFIXES)])
     device = resolve_device(args.device)
     models = load_committee(paths, device=device)
     calibration = as_calibration(args.calibration)

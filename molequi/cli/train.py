@@ -123,6 +123,11 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError("--data is required (the training file(s))")
         config = load_config(args.config, overrides, targets=args.target)
         data = args.data
+    from molequi.cli.paths import guard_outputs
+    from molequi.training.trainer import TRAIN_OUTPUTS
+
+    guard_outputs({"--data": data, "--test-data": args.test_data, "--config": args.config},
+                  folders=[("--out", args.out, TRAIN_OUTPUTS)])
     result = train(config, data, args.out, test_data=args.test_data, resume=args.resume, overwrite=args.overwrite)
     if result.test_metrics is not None:
         print(json.dumps(result.test_metrics, indent=2))

@@ -1,0 +1,218 @@
+"""A careless user's outputs: an output path that names an input, a plot or a model under a name
+of the wrong format, files a collaborator cannot read, an exported model fed what ``predict``
+refuses, a calibration applied to other models, labels in the wrong unit.
+
+Each refusal asserts exit code 2, one line on stderr without a traceback, and that no input
+changed (every file of the case's folder is compared, bytes and mode, before and after).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from ase.build import molecule
+from ase.io import write
+
+from molequi.models import save_model
+from test_hostile_core import (assert_user_error, labelled, labelled_dataset, md_args, md_inputs, run_cli,
+                               snapshot, tiny_model, train_args)
+
+
+def committee(folder: Path) -> list[Path]:
+    """Two tiny model files (a committee) in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return [save_model(tiny_model(seed=k), folder / f"m{k}.molequi") for k in range(2)]
+
+
+def refused(capsys, args: list[str], root: Path, *words: str) -> str:
+    """Run ``args``; assert a one-line refusal naming ``words`` and no file under ``root`` changed."""
+    before = snapshot(root)
+    code, _, err = run_cli([str(a) for a in args], capsys)
+    assert_user_error(code, err, *words)
+    assert snapshot(root) == before
+    return err
+
+
+# ---------------------------------------------------------------- 1. inputs are never replaced
+def test_export_refuses_to_write_over_its_model(tmp_path, capsys):
+    inputs = md_inputs(tmp_path)
+    refused(capsys, ["export", inputs["model"], "--out", inputs["model"], "--device", "cpu"], tmp_path,
+            "--out", "is the input MODEL")
+
+
+def test_evaluate_refuses_a_plot_over_its_data(tmp_path, capsys):
+    inputs = md_inputs(tmp_path)
+    data = labelled_dataset(tmp_path / "data.extxyz")
+    refused(capsys, ["evaluate", inputs["model"], data, "--plot", data, "--device", "cpu"], tmp_path,
+            "--plot", "is the input DATA")
+
+
+def test_evaluate_refuses_metrics_over_its_model(tmp_path, capsys):
+    inputs = md_inputs(tmp_path)
+    data = labelled_dataset(tmp_path / "data.json")
+    refused(capsys, ["evaluate", inputs["model"], data, "--out", data, "--device", "cpu"], tmp_path,
+            "--out", "is the input DATA")
+
+
+def test_an_output_through_a_symbolic_link_to_an_input_is_refused(tmp_path, capsys):
+    inputs = md_inputs(tmp_path)
+    data = labelled_dataset(tmp_path / "data.extxyz")
+    (tmp_path / "parity.png").symlink_to(data)
+    refused(capsys, ["evaluate", inputs["model"], data, "--plot", tmp_path / "parity.png", "--device", "cpu"],
+            tmp_path, "--plot", "is the input DATA")
+
+
+def test_calibrate_refuses_to_write_over_its_data(tmp_path, capsys):
+    models = committee(tmp_path)
+    data = labelled_dataset(tmp_path / "held_out.json")
+    refused(capsys, ["calibrate", "--model", models[0], "--model", models[1], data, "--out", data, "--device", "cpu"],
+            tmp_path, "--out", "is the input DATA")
+
+
+def test_train_overwrite_never_replaces_the_config_it_reads(tmp_path, capsys):
+    data = labelled_dataset(tmp_path / "data.extxyz")
+    run = tmp_path / "run"
+    assert run_cli(train_args(data, run), capsys)[0] == 0
+    config = run / "config.yaml"
+    config.write_text("# my notes: keep the cutoff small\nmax_epochs: 1\n")
+    refused(capsys, train_args(data, run, "--config", config, "--overwrite"), tmp_path,
+            "--config", "config.yaml", "--overwrite would delete it")
+
+
+def test_train_refuses_an_output_folder_that_is_its_data(tmp_path, capsys):
+    data = labelled_dataset(tmp_path / "data.extxyz")
+    refused(capsys, train_args(data, data), tmp_path, "--out", "is the input --data")
+
+
+def test_md_overwrite_never_deletes_a_structure_it_reads(tmp_path, capsys):
+    inputs = md_inputs(tmp_path)
+    out = tmp_path / "md"
+    assert run_cli(md_args(inputs, out), capsys)[0] == 0
+    structure = out / "system_0000.extxyz"  # the last run's trajectory as the next start
+    args = md_args({**inputs, "structure": Path(f"{structure}@-1")}, out, "--overwrite")
+    refused(capsys, args, tmp_path, "STRUCTURE", "system_0000.extxyz")
+
+
+def test_screen_refuses_an_output_folder_that_would_replace_its_candidates(tmp_path, capsys):
+    pytest.importorskip("rdkit")
+    out = tmp_path / "screen"
+    out.mkdir()
+    (out / "scored.csv").write_text("smiles\nCCO\n")
+    refused(capsys, ["screen", out / "scored.csv", "--out", out, "--overwrite", "--no-progress"], tmp_path,
+            "CANDIDATES", "scored.csv")
+
+
+@pytest.mark.parametrize("command, option, name, accepted", [
+    ("evaluate", "--plot", "parity.xyz", ".png, .pdf or .svg"),
+    ("evaluate", "--plot", "parity", ".png, .pdf or .svg"),
+    ("evaluate", "--out", "metrics.csv", ".json"),
+    ("calibrate", "--out", "calibration.yaml", ".json"),
+    ("export", "--out", "model.molequi", ".pt"),
+])
+def test_an_output_name_of_another_format_is_refused(tmp_path, capsys, command, option, name, accepted):
+    models = committee(tmp_path)
+    data = labelled_dataset(tmp_path / "data.extxyz")
+    args = {"evaluate": ["evaluate", models[0], data], "calibrate": ["calibrate", "--model", models[0], "--model",
+                                                                      models[1], data],
+            "export": ["export", models[0]]}[command]
+    refused(capsys, [*args, option, tmp_path / name, "--device", "cpu"], tmp_path, option, accepted)
+    assert not (tmp_path / name).exists()
+
+
+def test_the_plot_format_follows_its_extension(tmp_path, capsys):
+    inputs = md_inputs(tmp_path)
+    data = labelled_dataset(tmp_path / "data.extxyz")
+    for name, magic in (("p.pdf", b"%PDF"), ("p.svg", b"<?xml"), ("p.png", b"\x89PNG")):
+        code, _, err = run_cli(["evaluate", str(inputs["model"]), str(data), "--device", "cpu",
+                                "--plot", str(tmp_path / name)], capsys)
+        assert code == 0, err
+        assert (tmp_path / name).read_bytes().startswith(magic), name
+
+
+# ---------------------------------------------------------------- 2. outputs follow the umask
+@pytest.fixture
+def umask_022():
+    old = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def test_every_training_output_follows_the_umask(tmp_path, capsys, umask_022):
+    data = labelled_dataset(tmp_path / "data.extxyz")
+    test = labelled_dataset(tmp_path / "test.extxyz", seed=3)
+    run = tmp_path / "run"
+    assert run_cli(train_args(data, run, "--test-data", str(test)), capsys)[0] == 0
+    files = [path for path in run.rglob("*") if path.is_file()]
+    assert {"model.molequi", "log.csv", "learning_curve.png", "config.yaml", "last.pt"} <= {p.name for p in files}
+    modes = {path.name: oct(path.stat().st_mode & 0o777) for path in files}
+    assert set(modes.values()) == {"0o644"}, modes
+
+
+def test_an_atomic_write_keeps_the_umask_when_the_writer_makes_its_own_file(tmp_path, umask_022):
+    from molequi.utils import atomic_write
+
+    def private_writer(temporary: Path) -> None:  # as a library that writes via mkstemp + rename does
+        temporary.unlink()
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT, 0o600)
+        os.write(descriptor, b"weights")
+        os.close(descriptor)
+
+    path = atomic_write(tmp_path / "new.bin", private_writer)
+    assert path.stat().st_mode & 0o777 == 0o644
+    os.chmod(path, 0o640)  # an existing file keeps its mode
+    atomic_write(path, private_writer)
+    assert path.stat().st_mode & 0o777 == 0o640
+
+
+def test_exported_and_calibration_files_follow_the_umask(tmp_path, capsys, umask_022):
+    models = committee(tmp_path)
+    data = labelled_dataset(tmp_path / "data.extxyz")
+    assert run_cli(["export", str(models[0]), "--out", str(tmp_path / "m.pt"), "--device", "cpu"], capsys)[0] == 0
+    assert run_cli(["calibrate", "--model", str(models[0]), "--model", str(models[1]), str(data), "--out",
+                    str(tmp_path / "c.json"), "--device", "cpu"], capsys)[0] == 0
+    for name in ("m.pt", "c.json", "m0.molequi"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644, name
+
+
+# ---------------------------------------------------------------- 6. exported models check their inputs
+@pytest.fixture(scope="module")
+def scripted():
+    from molequi.models.export import to_torchscript
+
+    return to_torchscript(tiny_model())
+
+
+def _ethanol():
+    atoms = molecule("CH3CH2OH")
+    return torch.tensor(atoms.positions, dtype=torch.float64), torch.tensor(atoms.numbers, dtype=torch.int64)
+
+
+@pytest.mark.parametrize("case, words", [
+    ("nan", "NaN or infinite"), ("inf", "NaN or infinite"), ("empty", "empty"),
+    ("unknown element", "not trained on"), ("atomic number 0", "not trained on"),
+    ("atomic number 200", "not trained on"),
+])
+def test_the_exported_model_refuses_what_predict_refuses(scripted, case, words):
+    positions, numbers = _ethanol()
+    if case == "nan":
+        positions[2, 1] = float("nan")
+    elif case == "inf":
+        positions[0, 0] = float("inf")
+    elif case == "empty":
+        positions, numbers = positions[:0], numbers[:0]
+    elif case == "unknown element":
+        numbers[0] = 26
+    elif case == "atomic number 0":
+        numbers[0] = 0
+    else:
+        numbers[0] = 200
+    with pytest.raises(Exception, match=words):
+        scripted(positions, numbers)
+    assert torch.isfinite(scripted(*_ethanol())["energy"])  # the module still works after a refusal
