@@ -216,3 +216,78 @@ def test_the_exported_model_refuses_what_predict_refuses(scripted, case, words):
     with pytest.raises(Exception, match=words):
         scripted(positions, numbers)
     assert torch.isfinite(scripted(*_ethanol())["energy"])  # the module still works after a refusal
+
+
+# ---------------------------------------------------------------- 4. a calibration belongs to its models
+@pytest.fixture
+def calibrated(tmp_path, capsys):
+    """Committee A (m0, m1), committee B (m2, m3), held-out data and A's calibration file."""
+    models = [save_model(tiny_model(seed=k), tmp_path / f"m{k}.molequi") for k in range(4)]
+    data = labelled_dataset(tmp_path / "held_out.extxyz", n=8)
+    calibration = tmp_path / "calibration.json"
+    code, _, err = run_cli(["calibrate", "--model", str(models[0]), "--model", str(models[1]), str(data),
+                            "--out", str(calibration), "--device", "cpu"], capsys)
+    assert code == 0, err
+    return {"models": models, "data": data, "calibration": calibration}
+
+
+def test_a_calibration_records_the_content_of_its_models(calibrated):
+    from molequi.models import load_model
+    from molequi.models.io import model_digest
+
+    recorded = json.loads(calibrated["calibration"].read_text())
+    assert recorded["models_sha256"] == [model_digest(load_model(p)) for p in calibrated["models"][:2]]
+    assert recorded["heads"] == [1, 1]
+
+
+def committee_args(paths) -> list[str]:
+    return [arg for path in paths for arg in ("--model", str(path))]
+
+
+@pytest.mark.parametrize("command", ["evaluate", "md"])
+def test_a_calibration_of_other_models_is_refused(calibrated, tmp_path, capsys, command):
+    other = committee_args(calibrated["models"][2:])
+    args = {"evaluate": ["evaluate", *other, calibrated["data"], "--device", "cpu"],
+            "md": ["md", *other, f"{calibrated['data']}@0", "--steps", "2", "--dt", "0.5", "--out", tmp_path / "md",
+                   "--no-progress", "--device", "cpu"]}[command]
+    refused(capsys, [*args, "--calibration", calibrated["calibration"]], tmp_path, "calibration.json",
+            "fitted on other models")
+
+
+def test_a_calibration_of_a_model_replaced_under_its_name_is_refused(calibrated, tmp_path, capsys):
+    save_model(tiny_model(seed=9), calibrated["models"][1])  # same path, other weights
+    refused(capsys, ["evaluate", *committee_args(calibrated["models"][:2]), calibrated["data"], "--device", "cpu",
+                     "--calibration", calibrated["calibration"]], tmp_path, "fitted on other models")
+
+
+def test_the_calculator_refuses_a_calibration_of_other_models(calibrated):
+    from molequi.calculators.ase import MolequiCalculator
+    from molequi.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="fitted on other models"):
+        MolequiCalculator([str(p) for p in calibrated["models"][2:]], calibration=calibrated["calibration"])
+    # its own committee, in another order and at another precision, is accepted
+    calculator = MolequiCalculator([str(p) for p in calibrated["models"][1::-1]], dtype="float32",
+                                   calibration=calibrated["calibration"])
+    assert calculator.potential.calibration is not None
+
+
+def test_a_calibration_without_model_hashes_is_applied_with_a_warning(calibrated, tmp_path):
+    from molequi.calculators.ase import MolequiCalculator
+
+    values = json.loads(calibrated["calibration"].read_text())
+    del values["models_sha256"], values["heads"]
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(values))
+    with pytest.warns(UserWarning, match="records no model hashes"):
+        MolequiCalculator([str(p) for p in calibrated["models"][2:]], calibration=old)
+
+
+def test_screen_scorers_refuse_a_calibration_of_other_models(calibrated):
+    pytest.importorskip("rdkit")
+    from molequi.errors import ConfigError
+    from molequi.search.models import load_scorers
+
+    with pytest.raises(ConfigError, match="fitted on other models"):
+        load_scorers(calibrated["models"][2:], calibration=calibrated["calibration"])
+    assert load_scorers(calibrated["models"][:2], calibration=calibrated["calibration"])[0].calibration is not None

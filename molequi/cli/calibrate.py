@@ -31,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from molequi.cli.paths import JSON_SUFFIXES, guard_outputs
     from molequi.errors import ConfigError
     from molequi.devices import resolve_device
+    from molequi.models.uncertainty.calibration import models_identity
     from molequi.models.uncertainty.evaluation import (committee_errors, fit_committee_calibration, load_committee,
                                                        member_count)
 
@@ -45,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
                           "'molequi train --ensemble-heads 4'")
     structures = read_structures(args.data, keys=LabelKeys(args.energy_key, args.forces_key))
     errors = committee_errors(models, structures, args.batch_size, str(args.data))
-    provenance = {"models": paths, "data": str(args.data), "n_structures": len(structures),
+    provenance = {"models": paths, **models_identity(models), "data": str(args.data), "n_structures": len(structures),
                   "n_members": sum(m.model.config.ensemble_heads for m in models),
                   "std": "unbiased (ddof 1) spread over members; forces per atom, applied to each component"}
     calibration = fit_committee_calibration(errors, provenance)

@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
                   files=[("--out", args.out, JSON_SUFFIXES), ("--plot", args.plot, PLOT_SUFFIXES)])
     device = resolve_device(args.device)
     models = load_committee(paths, device=device)
-    calibration = as_calibration(args.calibration)
+    calibration = as_calibration(args.calibration, models)
     keys = LabelKeys(args.energy_key, args.forces_key, args.stress_key)
     structures = read_structures(args.data, keys=keys)
     if args.energy_key != "energy" or args.forces_key != "forces":

@@ -39,7 +39,7 @@ class ModelScorer:
         self.properties = (["energy"] if self.with_energy else []) + [_scored_name(n, k) for n, k in self.heads.items()]
         self.units = {"energy": "eV"} | {_scored_name(n, k): head(k).unit for n, k in self.heads.items() if head(k).unit}
         self.heads_of = {"energy": "energy"} | {_scored_name(n, k): n for n, k in self.heads.items()}
-        self.calibration = _ScoredCalibration(as_calibration(calibration), self.heads_of) if calibration is not None else None
+        self.calibration = _ScoredCalibration(as_calibration(calibration, self.models), self.heads_of) if calibration is not None else None
         self.in_domain_std = self.calibration.thresholds() if self.calibration is not None else {}
         self.fingerprint = models_fingerprint(self.models)
 
