@@ -291,3 +291,120 @@ def test_screen_scorers_refuse_a_calibration_of_other_models(calibrated):
     with pytest.raises(ConfigError, match="fitted on other models"):
         load_scorers(calibrated["models"][2:], calibration=calibrated["calibration"])
     assert load_scorers(calibrated["models"][:2], calibration=calibrated["calibration"])[0].calibration is not None
+
+
+# ---------------------------------------------------------------- 3. labels that make sense
+EV_PER_KCAL_MOL = 1 / 23.0605
+EV_PER_HARTREE = 27.2114
+
+
+def ethanol_frames(n: int, seed: int = 0, energy: float = -97000.0) -> list:
+    """``n`` rattled ethanols with realistic total energies (eV) and small forces (eV/Å)."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for k in range(n):
+        atoms = molecule("CH3CH2OH")
+        atoms.rattle(0.05, seed=seed * 1000 + k)
+        frames.append(labelled(atoms, energy + 0.05 * rng.normal(), 0.5 * rng.normal(size=(len(atoms), 3))))
+    return frames
+
+
+@pytest.mark.parametrize("mix_up, words", [
+    ("energy in kcal/mol", ["structure 7", "kcal/mol among eV"]),
+    ("energy in Hartree", ["structure 3", "Hartree among eV"]),
+    ("forces in kcal/mol/Å", ["structure 5", "largest force", "kcal/mol/Å among eV/Å"]),
+])
+def test_a_frame_in_another_unit_is_refused_with_its_index_and_cause(tmp_path, capsys, mix_up, words):
+    frames = ethanol_frames(12)
+    index = int(words[0].split()[-1])
+    bad = frames[index]
+    if mix_up == "energy in kcal/mol":
+        bad.calc.results["energy"] /= EV_PER_KCAL_MOL
+    elif mix_up == "energy in Hartree":
+        bad.calc.results["energy"] /= EV_PER_HARTREE
+    else:
+        bad.calc.results["forces"] = bad.calc.results["forces"] / EV_PER_KCAL_MOL
+    write(tmp_path / "data.extxyz", frames)
+    refused(capsys, train_args(tmp_path / "data.extxyz", tmp_path / "run"), tmp_path, *words, "--allow-outliers")
+    assert not (tmp_path / "run").exists()
+    code, _, err = run_cli(train_args(tmp_path / "data.extxyz", tmp_path / "run", "--allow-outliers"), capsys)
+    assert code == 0, err
+
+
+def test_labels_of_many_compositions_are_not_outliers(tmp_path, capsys):
+    from ase.calculators.emt import EMT
+
+    frames = []
+    for name in ("CH4", "H2O", "CH3OH", "CH3CH2OH", "H2CO", "C2H6", "CH3COOH", "HCOOH") * 2:
+        atoms = molecule(name)
+        atoms.rattle(0.03, seed=len(frames))
+        atoms.calc = EMT()
+        frames.append(labelled(atoms, atoms.get_potential_energy(), atoms.get_forces()))
+    write(tmp_path / "data.extxyz", frames)
+    code, _, err = run_cli(train_args(tmp_path / "data.extxyz", tmp_path / "run"), capsys)
+    assert code == 0, err
+
+
+def test_copies_are_reported_and_never_straddle_the_split(tmp_path, capsys):
+    from molequi.models.config import ModelConfig
+    from molequi.training.data import prepare_data
+
+    frames = ethanol_frames(4) + [ethanol_frames(1, seed=5)[0]] * 40
+    write(tmp_path / "data.extxyz", frames)
+    code, _, err = run_cli(train_args(tmp_path / "data.extxyz", tmp_path / "run"), capsys)
+    assert code == 0, err
+    assert "39 training structures are exact copies" in err and "structure 4 = structure 5" in err
+    for seed in range(5):
+        prepared = prepare_data(tmp_path / "data.extxyz", ModelConfig(), validation=0.2, seed=seed)
+        copies = set(range(4, 44))
+        sides = {bool(copies & set(prepared.train_indices.tolist())), bool(copies & set(prepared.validation_indices.tolist()))}
+        assert sides in ({True, False},) and len(prepared.validation_indices) >= 1 and len(prepared.train_indices) >= 1
+
+
+def test_a_split_without_copies_is_unchanged():
+    from molequi.data.split import train_validation_split
+
+    for seed in range(4):
+        plain = train_validation_split(20, 5, seed)
+        grouped = train_validation_split(20, 5, seed, groups=np.arange(20))
+        assert all(np.array_equal(a, b) for a, b in zip(plain, grouped))
+
+
+def test_copies_of_one_structure_only_cannot_be_split(tmp_path, capsys):
+    write(tmp_path / "data.extxyz", [ethanol_frames(1)[0]] * 10)
+    refused(capsys, train_args(tmp_path / "data.extxyz", tmp_path / "run"), tmp_path, "copies of one structure")
+
+
+# ---------------------------------------------------------------- 7. messages that name the real cause
+def test_resuming_from_another_folder_says_the_data_is_not_found(tmp_path, capsys, monkeypatch):
+    labelled_dataset(tmp_path / "data.extxyz")
+    monkeypatch.chdir(tmp_path)
+    assert run_cli(train_args(Path("data.extxyz"), tmp_path / "run"), capsys)[0] == 0
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    args = [a for a in train_args(Path("data.extxyz"), tmp_path / "run", "--resume", epochs=2)]
+    args = args[:1] + args[3:]  # no --data: the run's own
+    err = refused(capsys, args, tmp_path, "data.extxyz", "not found from", str(elsewhere))
+    assert "changed" not in err
+
+
+def test_a_bad_flag_value_is_not_blamed_on_the_config_file(tmp_path, capsys):
+    data = labelled_dataset(tmp_path / "data.extxyz")
+    config = tmp_path / "config.yaml"
+    config.write_text("learning_rate: 0.01\n")
+    err = refused(capsys, train_args(data, tmp_path / "run", "--config", config, "--batch-size", "0"), tmp_path,
+                  "batch_size", "command line")
+    assert f"error: {config}:" not in err
+    config.write_text("energy_weight: -1\n")  # the file's own mistake is still the file's
+    err = refused(capsys, [*train_args(data, tmp_path / "run", "--config", config)], tmp_path, "energy_weight")
+    assert f"error: {config}:" in err and "command line" not in err
+
+
+@pytest.mark.parametrize("option, words", [("--energy-key", "--energy-key nope was given"),
+                                           ("--forces-key", "--forces-key nope was given")])
+def test_evaluate_says_which_label_key_it_was_given(tmp_path, capsys, option, words):
+    inputs = md_inputs(tmp_path)
+    data = labelled_dataset(tmp_path / "data.extxyz")
+    err = refused(capsys, ["evaluate", inputs["model"], data, "--device", "cpu", option, "nope"], tmp_path, words)
+    assert "training" not in err and "--forces-weight" not in err

@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
 
         # a key the user named must be there: never silently drop its metrics
         require_labels(structures, args.data, energy=args.energy_key != "energy", forces=args.forces_key != "forces",
-                       keys=keys)
+                       keys=keys, purpose="evaluation")
     if member_count(models) < 2:
         if calibration is not None:
             raise ConfigError("--calibration needs a committee (--model A --model B) or a model with ensemble heads; "
