@@ -408,3 +408,75 @@ def test_evaluate_says_which_label_key_it_was_given(tmp_path, capsys, option, wo
     data = labelled_dataset(tmp_path / "data.extxyz")
     err = refused(capsys, ["evaluate", inputs["model"], data, "--device", "cpu", option, "nope"], tmp_path, words)
     assert "training" not in err and "--forces-weight" not in err
+
+
+# ---------------------------------------------------------------- 5. energies only where they mean something
+@pytest.fixture(scope="module")
+def ethanol_model(tmp_path_factory):
+    """A model trained (1 epoch) on ethanol only: its E0s fix only the sum 2 C + 6 H + 1 O."""
+    from molequi.cli.main import main
+
+    root = tmp_path_factory.mktemp("ethanol_only")
+    data = labelled_dataset(root / "ethanol.extxyz", n=8)
+    assert main(train_args(data, root / "run")) == 0
+    return root / "run" / "model.molequi"
+
+
+def test_a_model_records_which_compositions_its_references_determine(ethanol_model, tmp_path, capsys):
+    from molequi.models import load_model
+    from molequi.models.references import energy_determined
+
+    config = load_model(ethanol_model).model.config
+    assert config.species == [1, 6, 8] and len(config.e0s_basis) == 1
+    determined = {name: energy_determined(config.e0s_basis, config.species, molecule(name).numbers)
+                  for name in ("CH3CH2OH", "CH3OCH3", "CH3OH", "CH3COOH")}
+    assert determined == {"CH3CH2OH": True, "CH3OCH3": True, "CH3OH": False, "CH3COOH": False}
+    dimer = molecule("CH3CH2OH") + molecule("CH3CH2OH")
+    assert energy_determined(config.e0s_basis, config.species, dimer.numbers)
+    # many compositions determine every element: nothing recorded
+    frames = [labelled(molecule(name), -float(len(molecule(name)))) for name in ("CH4", "H2O", "CO", "CH3OH")] * 2
+    write(tmp_path / "many.extxyz", frames)
+    assert run_cli(train_args(tmp_path / "many.extxyz", tmp_path / "run", "--allow-outliers"), capsys)[0] == 0
+    assert load_model(tmp_path / "run" / "model.molequi").model.config.e0s_basis is None
+
+
+def test_evaluate_flags_energies_of_undetermined_compositions(ethanol_model, tmp_path, capsys):
+    write(tmp_path / "others.extxyz", [labelled(molecule(n), -20.0) for n in ("CH3COOH", "CH3OH", "CH3CH2OH")])
+    code, out, err = run_cli(["evaluate", str(ethanol_model), str(tmp_path / "others.extxyz"), "--device", "cpu"],
+                             capsys)
+    assert code == 0, err
+    assert json.loads(out)["energy_reference_undetermined"] == 2
+    assert "2 of 3 structures" in err and "C2H4O2" in err and "CH4O" in err
+
+
+def test_the_calculator_warns_once_for_an_undetermined_composition(ethanol_model):
+    import warnings
+
+    from molequi.calculators.ase import MolequiCalculator
+
+    calculator = MolequiCalculator(str(ethanol_model))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for name in ("CH3CH2OH", "CH3COOH", "CH3COOH"):
+            atoms = molecule(name)
+            atoms.calc = calculator
+            atoms.get_potential_energy()
+    messages = [str(w.message) for w in caught if "reference energies" in str(w.message)]
+    assert len(messages) == 1 and "C2H4O2" in messages[0]
+
+
+def test_screen_does_not_rank_energies_of_undetermined_compositions(ethanol_model, tmp_path):
+    pytest.importorskip("rdkit")
+    import csv
+
+    from molequi.search import screen
+    from molequi.search.models import load_scorers
+
+    (tmp_path / "mols.smi").write_text("CCO ethanol\nCC(=O)O acetic\nCO methanol\nCOC dme\n")
+    result = screen(str(tmp_path / "mols.smi"), scorers=load_scorers([ethanol_model]), objective=("energy:min",),
+                    out=str(tmp_path / "out"), progress=False, plots=False, sa_max=None, alerts=(),
+                    lipinski_max_violations=None, veber=False)
+    rows = {row["id"]: row for row in csv.DictReader(open(result.scored_csv))}
+    assert rows["acetic"]["reason"] == "energy_reference_undetermined:C2H4O2"
+    assert rows["methanol"]["reason"] == "energy_reference_undetermined:CH4O"
+    assert rows["ethanol"]["status"] == "pass" and rows["dme"]["status"] == "pass"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from molequi.cli.options import add_device_option, add_label_key_options, add_model_option, model_paths
 
@@ -29,6 +30,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="structures per batch (memory only)")
     add_label_key_options(parser)
     parser.add_argument("--out", metavar="JSON", default=None, help="also write the metrics to this .json file")
+
+
+def energy_undetermined(models, structures) -> list[str]:
+    """Formulas of the ``structures`` whose total-energy reference a model's training data did not
+    determine (see :mod:`molequi.models.references`), one per such structure."""
+    from molequi.models.references import energy_determined, formula_of
+
+    configs = [m.model.config for m in models if m.model.config.e0s_basis is not None and "energy" in
+               m.model.config.trained_outputs]
+    return [formula_of(atoms.numbers) for atoms in structures
+            if any(not energy_determined(c.e0s_basis, c.species, atoms.numbers) for c in configs)]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -67,6 +79,12 @@ def run(args: argparse.Namespace) -> int:
                                  source=str(args.data))
     else:
         metrics = evaluate_committee(models, structures, args.batch_size, calibration, args.plot, str(args.data))
+    undetermined = energy_undetermined(models, structures)
+    if undetermined:
+        metrics["energy_reference_undetermined"] = len(undetermined)
+        print(f"note: {len(undetermined)} of {len(structures)} structures ({', '.join(sorted(set(undetermined))[:5])}) "
+              "have a composition whose per-element reference energies the model's training data did not determine: "
+              "their energy errors measure an arbitrary reference, not the model", file=sys.stderr)
     metrics = {"model": paths[0] if len(paths) == 1 else paths, "data": str(args.data), **metrics}
     if args.out:
         write_json(metrics, args.out)

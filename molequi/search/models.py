@@ -43,6 +43,18 @@ class ModelScorer:
         self.in_domain_std = self.calibration.thresholds() if self.calibration is not None else {}
         self.fingerprint = models_fingerprint(self.models)
 
+    def energy_undetermined(self, atoms: list[ase.Atoms]) -> list[str]:
+        """Per molecule, '' when its total energy is comparable across compositions, else its
+        formula: a member's training data did not determine the reference energies it rests on
+        (see :mod:`molequi.models.references`)."""
+        from molequi.models.references import energy_determined, formula_of
+
+        configs = [model.model.config for model in self.models if model.model.config.e0s_basis is not None]
+        if not self.with_energy or not configs:
+            return [""] * len(atoms)
+        return [formula_of(molecule.numbers) if any(not energy_determined(c.e0s_basis, c.species, molecule.numbers)
+                                                    for c in configs) else "" for molecule in atoms]
+
     def predict(self, atoms: list[ase.Atoms]) -> dict[str, np.ndarray]:
         """``{property: [n_members, n_molecules]}``; forces are not needed for scoring. A
         shallow-ensemble model (``ensemble_heads`` K) contributes its K heads as members."""

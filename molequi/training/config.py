@@ -27,7 +27,7 @@ DEFAULT_YAML = Path(__file__).with_name("default.yaml")
 """The shipped, commented defaults file."""
 
 DERIVED_MODEL_KEYS = (
-    "species", "e0s", "energy_shift", "energy_scale", "avg_num_neighbors", "property_stats",
+    "species", "e0s", "e0s_basis", "energy_shift", "energy_scale", "avg_num_neighbors", "property_stats",
     "trained_outputs",
 )
 """ModelConfig fields computed from the training data, never set by hand."""

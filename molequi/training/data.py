@@ -24,7 +24,7 @@ from molequi.data import (
 )
 from molequi.data.quality import (duplicates_message, energy_outliers, force_outliers, outliers_message,
                                   structure_groups)
-from molequi.data.statistics import resolve_e0s
+from molequi.data.statistics import E0S_METHODS, resolve_e0s
 from molequi.errors import DataFormatError
 from molequi.models.config import ModelConfig
 from molequi.models.heads import head
@@ -152,6 +152,14 @@ def check_outliers(graphs: Sequence[Data], names: Sequence[str], species: Sequen
         raise DataFormatError(outliers_message(listed, names, len(graphs)))
 
 
+def determined_compositions(graphs: Sequence[Data], species: Sequence[int]) -> list[list[float]] | None:
+    """The ``e0s_basis`` of a model whose E0s are fitted to ``graphs`` (see
+    :mod:`molequi.models.references`): None when every composition of ``species`` is determined."""
+    from molequi.models.references import composition_basis, composition_counts
+
+    return composition_basis(np.array([composition_counts(graph.numbers.numpy(), species) for graph in graphs]))
+
+
 @dataclass
 class PreparedData:
     """Training and validation graphs and the data-derived model configuration."""
@@ -215,6 +223,7 @@ def prepare_data(
         architecture,
         species=species,
         e0s={str(z): e for z, e in statistics.e0s.items()},
+        e0s_basis=determined_compositions(train, species) if "energy" in outputs and e0s in E0S_METHODS else None,
         energy_shift=statistics.shift,
         energy_scale=statistics.scale,
         avg_num_neighbors=statistics.avg_num_neighbors,
