@@ -480,3 +480,11 @@ def test_screen_does_not_rank_energies_of_undetermined_compositions(ethanol_mode
     assert rows["acetic"]["reason"] == "energy_reference_undetermined:C2H4O2"
     assert rows["methanol"]["reason"] == "energy_reference_undetermined:CH4O"
     assert rows["ethanol"]["status"] == "pass" and rows["dme"]["status"] == "pass"
+
+
+def test_learn_refuses_a_start_file_it_would_replace(tmp_path, capsys):
+    out = tmp_path / "al"
+    (out / "round_000").mkdir(parents=True)
+    start = out / "round_000" / "train.extxyz"  # a previous round's training set as the new start
+    write(start, [labelled(molecule("H2O"), -10.0)])
+    refused(capsys, ["learn", "--start", start, "--out", out, "--device", "cpu"], tmp_path, "--start", "round_000")
