@@ -79,10 +79,14 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         except FileExistsError:
             continue
     try:
+        if mode is None:
+            mode = stat.S_IMODE(os.fstat(handle).st_mode)  # 0o666 & ~umask, as open() makes it
         os.close(handle)
-        if mode is not None:
-            os.chmod(temporary, mode)  # the umask narrowed it at creation
+        os.chmod(temporary, mode)  # the umask narrowed an existing file's mode at creation
         yield temporary
+        # a writer that replaces the file (safetensors, torch.save of some versions write their own
+        # 0600 temporary) must not narrow its mode: collaborators keep read access
+        os.chmod(temporary, mode)
         # the writer may have replaced the file (new inode): sync whatever is there now
         handle = os.open(temporary, os.O_RDONLY)
         try:

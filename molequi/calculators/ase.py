@@ -15,6 +15,7 @@ numbers, cell and edge tensors stay on the device until they change.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -77,6 +78,7 @@ class MolequiCalculator(Calculator):
                 f"{atoms.pbc.tolist()} (stress is undefined for a molecule in open space)"
             )
         graph = self._prepare(atoms)
+        self._check_reference(atoms)
         outputs = self.potential(graph, compute_stress=compute_stress)
         # .cpu() on a CPU tensor is the tensor itself and .numpy() shares its memory: copy.
         energy = float(outputs["energy"][0])
@@ -92,6 +94,24 @@ class MolequiCalculator(Calculator):
         if "energy_std" in outputs:
             self.results["energy_std"] = float(outputs["energy_std"][0])
             self.results["forces_std"] = outputs["forces_std"].cpu().numpy().copy()
+
+    def _check_reference(self, atoms: Atoms) -> None:
+        """Warn once per composition whose total energy rests on reference energies a member's
+        training data did not determine (forces and energy differences within it are unaffected)."""
+        from molequi.models.references import energy_determined, formula_of, undetermined_note
+
+        if all(model.model.config.e0s_basis is None for model in self.potential.models):
+            return  # every composition of its elements is determined (the common case)
+        formula = formula_of(atoms.numbers)
+        warned = self.__dict__.setdefault("_reference_warned", set())
+        if formula in warned:
+            return
+        warned.add(formula)
+        for model in self.potential.models:
+            config = model.model.config
+            if not energy_determined(config.e0s_basis, config.species, atoms.numbers):
+                warnings.warn(undetermined_note(formula, config.e0s_basis, config.species), stacklevel=3)
+                return
 
     def _prepare(self, atoms: Atoms) -> GraphBatch:
         """The model inputs for ``atoms``, reusing whatever did not change since the last call."""

@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("data", metavar="DATA",
                         help="held-out labelled structures (not the training set: its errors are too small), any "
                              "format 'molequi evaluate' reads")
-    parser.add_argument("--out", metavar="JSON", default="calibration.json", help="where to write the calibration")
+    parser.add_argument("--out", metavar="JSON", default="calibration.json", help="where to write the calibration (a .json file)")
     add_device_option(parser)
     parser.add_argument("--batch-size", type=int, default=32, help="structures per batch (memory only)")
     add_label_key_options(parser, stress=False)
@@ -28,14 +28,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from molequi.data import LabelKeys, read_structures
+    from molequi.cli.paths import JSON_SUFFIXES, guard_outputs
     from molequi.errors import ConfigError
     from molequi.devices import resolve_device
+    from molequi.models.uncertainty.calibration import models_identity
     from molequi.models.uncertainty.evaluation import (committee_errors, fit_committee_calibration, load_committee,
                                                        member_count)
 
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be ≥ 1, got {args.batch_size}")
     paths = model_paths(args, getattr(args, "argv", None))
+    guard_outputs({"--model": paths, "DATA": args.data}, files=[("--out", args.out, JSON_SUFFIXES)])
     models = load_committee(paths, device=resolve_device(args.device))
     if member_count(models) < 2:  # said here: the library's message predates the --model syntax
         raise ConfigError("an uncertainty needs two or more members: give every committee member with --model "
@@ -43,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
                           "'molequi train --ensemble-heads 4'")
     structures = read_structures(args.data, keys=LabelKeys(args.energy_key, args.forces_key))
     errors = committee_errors(models, structures, args.batch_size, str(args.data))
-    provenance = {"models": paths, "data": str(args.data), "n_structures": len(structures),
+    provenance = {"models": paths, **models_identity(models), "data": str(args.data), "n_structures": len(structures),
                   "n_members": sum(m.model.config.ensemble_heads for m in models),
                   "std": "unbiased (ddof 1) spread over members; forces per atom, applied to each component"}
     calibration = fit_committee_calibration(errors, provenance)

@@ -27,6 +27,9 @@ TRAINING_FLAGS = {
     "--num-layers": ("model.num_layers", int, "message-passing layers"),
     "--cutoff": ("model.cutoff", float, "neighbor cutoff radius, Å"),
 }
+LEARN_OUTPUTS = ("round_*", "rounds.csv", "rounds.png", "learn.json", "start.extxyz")
+"""What a learning run writes in its output folder."""
+
 METAVARS = {"--l-max": "L", "--lr": "LR", "--max-epochs": "N", "--max-minutes": "MINUTES", "--num-layers": "N",
             "--batch-size": "N", "--cutoff": "Å"}
 
@@ -103,6 +106,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from molequi.training import load_config
     from molequi.learn import LearnSettings, run_learning
+    from molequi.cli.paths import guard_outputs
+
+    guard_outputs({"--start": args.start, "--config": args.config, "--test-data": args.test_data},
+                  folders=[("--out", args.out, LEARN_OUTPUTS)])
 
     try:
         labeler_kwargs = json.loads(args.labeler_kwargs)

@@ -116,7 +116,8 @@ def models_and_structures(args: argparse.Namespace) -> tuple[list[str], list[str
 
 
 def run(args: argparse.Namespace) -> int:
-    from molequi.md.runner import run_md_files
+    from molequi.cli.paths import guard_outputs
+    from molequi.md.runner import MD_OUTPUTS, run_md_files
 
     settings = settings_from_args(args)
     if args.threads:
@@ -124,6 +125,8 @@ def run(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     models, structures = models_and_structures(args)
+    guard_outputs({"--model": models, "STRUCTURE": structures, "--calibration": args.calibration},
+                  folders=[("--out", args.out, MD_OUTPUTS)])
     result = run_md_files(models, structures, settings, args.out, replicas=args.replicas,
                           device=args.device, dtype=args.dtype, resume=args.resume, overwrite=args.overwrite,
                           calibration=args.calibration)

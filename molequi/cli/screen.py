@@ -155,14 +155,20 @@ def _default_factory() -> ScorerFactory:
 def run_screen(args: argparse.Namespace, scorer_factory: ScorerFactory | None = None) -> int:
     """Run ``molequi screen``; returns the process exit code. Every warning of the run is printed
     (``warning: ...`` on stderr), bar the all-failed one, which the last line says."""
+    from molequi.cli.paths import guard_outputs
     from molequi.devices import resolve_device
     from molequi.search.pipeline import screen
+    from molequi.search.store import CHUNK_DIR, MANIFEST, OUTPUT_FILES
 
-    args.device = str(resolve_device(args.device))  # "auto" -> cuda or cpu; no GPU -> one line
-    scorers = []
+    paths = []
     if args.models:
         args.command = getattr(args, "command", "screen")
         paths = model_paths(args, getattr(args, "argv", None))
+    guard_outputs({"CANDIDATES": args.candidates, "--model": paths, "--calibration": getattr(args, "calibration", None)},
+                  folders=[("--out", args.out, (MANIFEST, CHUNK_DIR, *OUTPUT_FILES))])
+    args.device = str(resolve_device(args.device))  # "auto" -> cuda or cpu; no GPU -> one line
+    scorers = []
+    if args.models:
         factory = scorer_factory or _default_factory()
         calibration = getattr(args, "calibration", None)
         scorers = (factory(paths, args.device, calibration=calibration) if calibration

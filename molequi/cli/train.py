@@ -86,6 +86,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         " (default: dipole for dipole*, else intensive). Sets --forces-weight 0 and, without an energy target, --energy-weight 0 unless given. "
                         "QM9 example: --data 'qm9:train?n=20000' --target gap")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (one line per epoch only)")
+    parser.add_argument("--allow-outliers", action="store_true",
+                        help="train on structures whose energy per atom (after the per-element reference energies) or "
+                        "largest force lies more than 20 MADs from the median; without it they are refused, named, "
+                        "with the likely unit mix-up (kcal/mol or Hartree among eV)")
     for flag, (key, kind, text) in OVERRIDES.items():
         default = TRAINING_DEFAULTS[key]
         parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, metavar=METAVARS.get(flag, flag.strip("-").split("-")[-1].upper()),
@@ -104,6 +108,8 @@ def overrides_from(args: argparse.Namespace) -> dict:
             overrides[key] = value
     if args.no_progress:
         overrides["progress"] = False
+    if getattr(args, "allow_outliers", False):
+        overrides["allow_outliers"] = True
     return overrides
 
 
@@ -123,6 +129,11 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError("--data is required (the training file(s))")
         config = load_config(args.config, overrides, targets=args.target)
         data = args.data
+    from molequi.cli.paths import guard_outputs
+    from molequi.training.trainer import TRAIN_OUTPUTS
+
+    guard_outputs({"--data": data, "--test-data": args.test_data, "--config": args.config},
+                  folders=[("--out", args.out, TRAIN_OUTPUTS)])
     result = train(config, data, args.out, test_data=args.test_data, resume=args.resume, overwrite=args.overwrite)
     if result.test_metrics is not None:
         print(json.dumps(result.test_metrics, indent=2))

@@ -124,23 +124,28 @@ def _hint(atoms: Atoms, table: dict, word: str, flag: str) -> str:
 
 
 def require_labels(
-    structures: list[Atoms], path: str | Path, energy: bool = True, forces: bool = True, keys: LabelKeys | None = None
+    structures: list[Atoms], path: str | Path, energy: bool = True, forces: bool = True, keys: LabelKeys | None = None,
+    purpose: str = "training",
 ) -> None:
     """Raise :class:`DataFormatError` naming the first structure that lacks a required label,
-    the key it was looked up under and the keys the structure does carry."""
+    the key it was looked up under and the keys the structure does carry. ``purpose`` says who
+    needs the labels: ``training`` (the default) or ``evaluation`` (a label key the user named)."""
     keys = keys or LabelKeys()
+    training = purpose == "training"
     for k, atoms in enumerate(structures):
         e, f = structure_labels(atoms)
         if energy and e is None:
+            needs = "training needs energies" if training else f"--energy-key {keys.energy} was given"
             raise DataFormatError(
-                f"{path}: structure {k} has no energy label under the key '{keys.energy}' (training needs energies; "
+                f"{path}: structure {k} has no energy label under the key '{keys.energy}' ({needs}; "
                 f"found {found_label_keys(atoms)}){_hint(atoms, atoms.info, 'energy', '--energy-key')}"
             )
         if forces and f is None:
+            needs = "; to train on energies/properties only pass --forces-weight 0 or --target NAME" if training else (
+                f"; --forces-key {keys.forces} was given")
             raise DataFormatError(
                 f"{path}: structure {k} has no forces label under the key '{keys.forces}' (found "
-                f"{found_label_keys(atoms)}){_hint(atoms, atoms.arrays, 'force', '--forces-key')}; "
-                "to train on energies/properties only pass --forces-weight 0 or --target NAME"
+                f"{found_label_keys(atoms)}){_hint(atoms, atoms.arrays, 'force', '--forces-key')}{needs}"
             )
         if f is not None and f.shape != (len(atoms), 3):
             raise DataFormatError(f"{path}: structure {k} has forces of shape {f.shape}, expected ({len(atoms)}, 3)")

@@ -57,6 +57,9 @@ class ModelConfig:
             wherever such a model runs. Molecules in open space only.
         avg_num_neighbors: mean neighbor count (from the training data); normalises messages.
         e0s: atomic number (as str, for JSON) -> reference energy, eV.
+        e0s_basis: orthonormal rows (over ``species``) spanning the compositions whose reference
+            energy the training data determined (see :mod:`molequi.models.references`); None when
+            that is every composition of ``species`` (or for a model saved before this field).
         energy_shift: per-atom energy shift, eV.
         energy_scale: per-atom energy scale, eV (the force RMS of the training data).
         property_stats: property name -> ``[shift, scale]`` (set from the training labels) of an
@@ -86,6 +89,7 @@ class ModelConfig:
     baseline: str | None = None
     avg_num_neighbors: float = 1.0
     e0s: dict[str, float] = field(default_factory=dict)
+    e0s_basis: list[list[float]] | None = None
     energy_shift: float = 0.0
     energy_scale: float = 1.0
     property_stats: dict[str, list[float]] = field(default_factory=dict)
@@ -175,7 +179,7 @@ class ModelConfig:
         return cls(**values)
 
 
-NORMALISATION = ("e0s", "energy_shift", "energy_scale", "avg_num_neighbors", "property_stats")
+NORMALISATION = ("e0s", "e0s_basis", "energy_shift", "energy_scale", "avg_num_neighbors", "property_stats")
 """The fields a model learns from its first training data and keeps for life: per-element reference
 energies (eV), the per-atom energy shift (eV) and scale, the mean neighbour count that normalises
 messages, and each property head's ``[shift, scale]``. Loading, evaluating or training a model
@@ -225,6 +229,14 @@ def _check_types(config: ModelConfig) -> None:
     for element, energy in config.e0s.items():
         if not real(energy):
             raise ConfigError(f"e0s['{element}'] must be a finite energy (eV), got {energy!r}")
+    if config.e0s_basis is not None:
+        rows = config.e0s_basis
+        if not isinstance(rows, (list, tuple)) or not all(
+                isinstance(row, (list, tuple)) and len(row) == len(config.species) and all(real(v) for v in row)
+                for row in rows):
+            raise ConfigError(f"e0s_basis must be null or rows of {len(config.species)} finite numbers (one per "
+                              f"species), got {rows!r}")
+        config.e0s_basis = [[float(v) for v in row] for row in rows]
     for name, stats in config.property_stats.items():
         if not isinstance(stats, (list, tuple)) or not all(real(v) for v in stats):
             raise ConfigError(f"property_stats['{name}'] must be finite numbers, got {stats!r}")

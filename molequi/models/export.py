@@ -70,9 +70,13 @@ class TorchScriptPotential(nn.Module):
             raise ValueError("positions must be a [N, 3] tensor of Å")
         if atomic_numbers.dim() != 1 or atomic_numbers.size(0) != positions.size(0):
             raise ValueError("atomic_numbers must be a [N] int64 tensor matching positions")
+        if positions.size(0) == 0:
+            raise ValueError("the molecule is empty (no atoms): there is nothing to compute")
+        if not bool(torch.isfinite(positions).all()):
+            raise ValueError("positions hold NaN or infinite values; give finite coordinates in Å")
         numbers = atomic_numbers.to(torch.long)
         if bool(((numbers < 1) | (numbers > 118)).any()) or not bool(self.known[numbers.clamp(0, 118)].all()):
-            raise ValueError("the molecule holds an element this model was not trained on")
+            raise ValueError("the molecule holds an element this model was not trained on (or an atomic number outside 1-118)")
         pos = positions.detach().to(self.position_dtype).requires_grad_(True)
         n = pos.size(0)
         index = torch.arange(n, device=pos.device)

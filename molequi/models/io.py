@@ -64,6 +64,12 @@ def model_digest(model: ForceOutput) -> str:
     return tensors_digest(inner.state_dict(), {"config": json.dumps(model_config(inner).to_dict(), sort_keys=True)})
 
 
+def content_digest(model: ForceOutput) -> str:
+    """:func:`model_digest` of a model as it was loaded (at the precision of its file, whatever
+    ``dtype`` it was loaded in), else of the model as it is now."""
+    return getattr(model, "content_digest", None) or model_digest(model)
+
+
 def save_model(model: ForceOutput, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
     """Write ``model`` to ``path`` atomically (temporary file, then rename)."""
     from molequi.version import __version__
@@ -198,8 +204,10 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: str 
         model.load_state_dict(tensors, strict=True)
     except (RuntimeError, ValueError) as error:
         raise ModelFileError(f"{path}: weights do not match the stored architecture ({str(error).splitlines()[0]})") from None
+    digest = model_digest(model)  # before any change of precision: one identity per file content
     if dtype is not None:
         model = model.to(DTYPES[dtype] if isinstance(dtype, str) else dtype)
+    model.content_digest = digest
     from molequi.models.baseline import make_baseline
 
     model.baseline = make_baseline(config.baseline)  # Δ-learning: added back at run time

@@ -66,7 +66,7 @@ def predict(
             outputs = model(batch, compute_forces=compute_forces)
         results.extend(split_outputs(outputs, batch))
     if model.model.config.ensemble_heads > 1:
-        calibration = as_calibration(calibration)
+        calibration = as_calibration(calibration, [model])
         results = [_with_spread(result, [result], model.model.config.properties, calibration) for result in results]
     return results[0] if single else results
 
@@ -75,7 +75,7 @@ def _predict_committee(models, atoms, batch_size, compute_forces, calibration):
     """:func:`predict` of a committee: means and spreads over all members of all models."""
     if not models:
         raise ValueError("predict needs at least one model")
-    calibration = as_calibration(calibration)
+    calibration = as_calibration(calibration, models)
     per_model = [predict(m, atoms, batch_size, compute_forces) for m in models]
     if isinstance(atoms, Atoms):
         per_model = [[r] for r in per_model]

@@ -39,9 +39,21 @@ class ModelScorer:
         self.properties = (["energy"] if self.with_energy else []) + [_scored_name(n, k) for n, k in self.heads.items()]
         self.units = {"energy": "eV"} | {_scored_name(n, k): head(k).unit for n, k in self.heads.items() if head(k).unit}
         self.heads_of = {"energy": "energy"} | {_scored_name(n, k): n for n, k in self.heads.items()}
-        self.calibration = _ScoredCalibration(as_calibration(calibration), self.heads_of) if calibration is not None else None
+        self.calibration = _ScoredCalibration(as_calibration(calibration, self.models), self.heads_of) if calibration is not None else None
         self.in_domain_std = self.calibration.thresholds() if self.calibration is not None else {}
         self.fingerprint = models_fingerprint(self.models)
+
+    def energy_undetermined(self, atoms: list[ase.Atoms]) -> list[str]:
+        """Per molecule, '' when its total energy is comparable across compositions, else its
+        formula: a member's training data did not determine the reference energies it rests on
+        (see :mod:`molequi.models.references`)."""
+        from molequi.models.references import energy_determined, formula_of
+
+        configs = [model.model.config for model in self.models if model.model.config.e0s_basis is not None]
+        if not self.with_energy or not configs:
+            return [""] * len(atoms)
+        return [formula_of(molecule.numbers) if any(not energy_determined(c.e0s_basis, c.species, molecule.numbers)
+                                                    for c in configs) else "" for molecule in atoms]
 
     def predict(self, atoms: list[ase.Atoms]) -> dict[str, np.ndarray]:
         """``{property: [n_members, n_molecules]}``; forces are not needed for scoring. A

@@ -97,7 +97,21 @@ def _score_chunk(rows: list[dict[str, object]], scorers: Sequence[Scorer], prope
         return
     atoms = [mol_to_atoms(molblock_to_mol(str(r["molblock"]))) for r in todo]
     scores = score_atoms(scorers, atoms, batch_size)
+    undetermined = [""] * len(todo)
+    if "energy" in properties:  # a total energy whose reference the model could not determine ranks nothing
+        for scorer in scorers:
+            check = getattr(scorer, "energy_undetermined", None)
+            if check is not None:
+                undetermined = [mine or theirs for mine, theirs in zip(undetermined, check(atoms))]
+    if any(undetermined):
+        warnings.warn("some molecules have a total energy that rests on per-element reference energies the "
+                      "model's training data did not determine (one composition's data fix only its own sum): they "
+                      "are not ranked (reason energy_reference_undetermined:FORMULA in scored.csv); train on more "
+                      "compositions to rank them")
     for i, row in enumerate(todo):
+        if undetermined[i]:
+            row.update(status="fail", failed_stage="score", reason=f"energy_reference_undetermined:{undetermined[i]}")
+            continue
         bad = []
         for prop in properties:
             mean, std = scores[prop][0][i], scores[prop][1][i]

@@ -27,7 +27,7 @@ DEFAULT_YAML = Path(__file__).with_name("default.yaml")
 """The shipped, commented defaults file."""
 
 DERIVED_MODEL_KEYS = (
-    "species", "e0s", "energy_shift", "energy_scale", "avg_num_neighbors", "property_stats",
+    "species", "e0s", "e0s_basis", "energy_shift", "energy_scale", "avg_num_neighbors", "property_stats",
     "trained_outputs",
 )
 """ModelConfig fields computed from the training data, never set by hand."""
@@ -133,6 +133,9 @@ class TrainingConfig:
             and carried with the structures; no stress is fitted.
         e0s: per-element reference energies: ``fit`` (least squares on the training energies),
             ``average`` (MACE's name for the same fit) or a JSON file ``{symbol or Z: eV}``.
+        allow_outliers: train on structures whose energy per atom (after the E0s) or largest
+            force lies more than 20 MADs from the median (refused otherwise, naming them: a label
+            in kcal/mol or Hartree among eV labels).
         model: the architecture (a ``model:`` section of :class:`ModelConfig` keys; species,
             E0s, energy shift/scale and average neighbor count come from the training data).
     """
@@ -167,6 +170,7 @@ class TrainingConfig:
     forces_key: str = "forces"
     stress_key: str = "stress"
     e0s: str = "fit"
+    allow_outliers: bool = False
     model: ModelConfig = field(default_factory=default_model)
 
     def __post_init__(self) -> None:
@@ -348,9 +352,15 @@ def load_config(
     try:
         return TrainingConfig.from_dict(values)
     except ConfigError as error:
-        if path is not None:
-            raise ConfigError(f"{path}: {error}") from error
-        raise
+        if path is None:
+            raise
+        # blame the file only for its own values: a bad flag value is the command line's
+        try:
+            TrainingConfig.from_dict(loaded)
+        except ConfigError as own:
+            if str(own) == str(error):
+                raise ConfigError(f"{path}: {error}") from error
+        raise ConfigError(f"{error} (given on the command line; {path} itself is valid)") from error
 
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,9 @@ from molequi.data import (
     species_of,
     train_validation_split,
 )
+from molequi.data.quality import (duplicates_message, energy_outliers, force_outliers, outliers_message,
+                                  structure_groups)
+from molequi.data.statistics import E0S_METHODS, resolve_e0s
 from molequi.errors import DataFormatError
 from molequi.models.config import ModelConfig
 from molequi.models.heads import head
@@ -36,6 +40,7 @@ def load_graphs(
     keys: LabelKeys | None = None,
     baseline: str | None = None,
     cache_dir: str | Path | None = None,
+    names: list[str] | None = None,
 ) -> list[Data]:
     """Read every structure of ``paths`` and convert it to a graph with a ``cutoff`` (Å).
 
@@ -45,7 +50,8 @@ def load_graphs(
     structure's ``atoms.info``. ``keys`` names the label keys (MACE's ``REF_energy`` ...).
     With a ``baseline`` (Δ-learning, e.g. ``"xtb"``), its energies and forces are taken off the
     labels; they are computed once and cached in ``cache_dir`` (see
-    :func:`molequi.models.baseline.baseline_labels`).
+    :func:`molequi.models.baseline.baseline_labels`). ``names``: a list that receives each
+    structure's name (``FILE: structure K``) for messages.
 
     Raises:
         DataFormatError / InvalidStructureError: naming the file and the structure index.
@@ -71,6 +77,8 @@ def load_graphs(
                         raise DataFormatError(f"{name}: the '{key}' label is not finite (NaN or inf)")
             graph.index = torch.tensor([len(graphs)])
             graphs.append(graph)
+            if names is not None:
+                names.append(name)
     check_uniform_labels(graphs, paths)
     if labels and baseline is not None:
         subtract_baseline(graphs, baseline, cache_dir)
@@ -127,6 +135,31 @@ def trained_outputs(energy_weight: float, forces_weight: float, property_weights
     return outputs + [name for name in properties if property_weights.get(name, 1.0) > 0]
 
 
+def check_outliers(graphs: Sequence[Data], names: Sequence[str], species: Sequence[int], outputs: Sequence[str],
+                   e0s: str = "fit") -> None:
+    """Refuse (:class:`DataFormatError`, one line) structures whose trained labels lie far
+    outside the rest: energies per atom after the reference energies (``e0s``, fitted on every
+    structure here), and each structure's largest force."""
+    found: dict[int, list[str]] = {}
+    if "energy" in outputs and graphs and all("energy" in graph for graph in graphs):
+        for k, why in energy_outliers(graphs, resolve_e0s(graphs, species, e0s)):
+            found.setdefault(k, []).append(why)
+    if "forces" in outputs and graphs and all("forces" in graph for graph in graphs):
+        for k, why in force_outliers(graphs):
+            found.setdefault(k, []).append(why)
+    if found:
+        listed = [(k, ", ".join(found[k])) for k in sorted(found)]
+        raise DataFormatError(outliers_message(listed, names, len(graphs)))
+
+
+def determined_compositions(graphs: Sequence[Data], species: Sequence[int]) -> list[list[float]] | None:
+    """The ``e0s_basis`` of a model whose E0s are fitted to ``graphs`` (see
+    :mod:`molequi.models.references`): None when every composition of ``species`` is determined."""
+    from molequi.models.references import composition_basis, composition_counts
+
+    return composition_basis(np.array([composition_counts(graph.numbers.numpy(), species) for graph in graphs]))
+
+
 @dataclass
 class PreparedData:
     """Training and validation graphs and the data-derived model configuration."""
@@ -148,6 +181,7 @@ def prepare_data(
     keys: LabelKeys | None = None,
     e0s: str = "fit",
     cache_dir: str | Path | None = None,
+    allow_outliers: bool = False,
 ) -> PreparedData:
     """Read the training file(s), split with ``seed``, and fill the model's data statistics.
 
@@ -157,7 +191,12 @@ def prepare_data(
     ``keys`` names the label keys; ``e0s`` is ``fit``, ``average`` or a JSON file of reference
     energies (see :func:`molequi.data.statistics.resolve_e0s`). With ``architecture.baseline``
     the labels are taken relative to it (cached in ``cache_dir``), and so are the statistics.
+
+    Structures whose trained labels lie far outside the rest (see :mod:`molequi.data.quality`: a
+    unit mix-up) are refused, naming them, unless ``allow_outliers``; identical structures are
+    reported (on stderr) and kept on one side of the split.
     """
+    names: list[str] = []
     graphs = load_graphs(
         paths,
         architecture.cutoff,
@@ -167,16 +206,24 @@ def prepare_data(
         keys=keys,
         baseline=architecture.baseline,
         cache_dir=cache_dir,
+        names=names,
     )
-    train_indices, validation_indices = train_validation_split(len(graphs), validation, seed)
+    species = species_of(graphs)
+    if not allow_outliers:
+        check_outliers(graphs, names, species, outputs, e0s)
+    groups = structure_groups(graphs)
+    train_indices, validation_indices = train_validation_split(len(graphs), validation, seed, groups=groups)
+    duplicates = duplicates_message(groups, names)
+    if duplicates:
+        print(f"note: {duplicates}", file=sys.stderr)
     train = [graphs[k] for k in train_indices]
     held_out = [graphs[k] for k in validation_indices]
-    species = species_of(graphs)
     statistics = compute_statistics(train, species, e0s)
     model_config = dataclasses.replace(
         architecture,
         species=species,
         e0s={str(z): e for z, e in statistics.e0s.items()},
+        e0s_basis=determined_compositions(train, species) if "energy" in outputs and e0s in E0S_METHODS else None,
         energy_shift=statistics.shift,
         energy_scale=statistics.scale,
         avg_num_neighbors=statistics.avg_num_neighbors,

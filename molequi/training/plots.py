@@ -22,9 +22,19 @@ HEXBIN_ABOVE = 2000
 DPI = 100
 
 
+FIGURE_FORMATS = ("png", "pdf", "svg")
+"""The formats a figure is written in, named by the file's extension."""
+
+
 def save_figure(figure, path: str | Path) -> Path:
-    """Write ``figure`` as a PNG to ``path`` atomically (nothing half-written on a crash)."""
-    return atomic_write(path, lambda temporary: figure.savefig(temporary, format="png", dpi=DPI, bbox_inches="tight"))
+    """Write ``figure`` to ``path`` atomically (nothing half-written on a crash), in the format its
+    extension names (.png, .pdf or .svg; any other is refused: never PNG bytes in a ``.xyz``)."""
+    from molequi.errors import OutputPathError
+
+    kind = Path(path).suffix.lower().removeprefix(".")
+    if kind not in FIGURE_FORMATS:
+        raise OutputPathError(f"{path}: a figure is written as .png, .pdf or .svg, so its name must end in one of them")
+    return atomic_write(path, lambda temporary: figure.savefig(temporary, format=kind, dpi=DPI, bbox_inches="tight"))
 
 
 def _new_figure(width: float, height: float):

@@ -148,7 +148,7 @@ def load_run_inputs(
     )
     prepared = prepare_data(
         paths, config.model, config.validation, config.seed, outputs_trained, keys=config.label_keys, e0s=config.e0s,
-        cache_dir=out_dir / "baseline_cache",
+        cache_dir=out_dir / "baseline_cache", allow_outliers=config.allow_outliers,
     )
     if state is not None:
         model_config = ModelConfig(**state["model_config"])
@@ -177,6 +177,15 @@ def check_resume_data(state: dict[str, Any], paths: list[str], data_sha256: list
     in ``out_dir`` started with; warn when the checkpoint predates data hashes."""
     import warnings
 
+    from molequi.data.qm9 import is_qm9_spec
+    from molequi.errors import InputFileError
+
+    missing = [str(p) for p in paths if not Path(str(p)).exists() and not is_qm9_spec(str(p))]
+    if missing:  # a relative path from another working folder: not a change of data
+        raise InputFileError(
+            f"cannot resume the run in {out_dir}: its training data {', '.join(missing)} is not found from "
+            f"{Path.cwd()} (the run recorded the path as it was typed); run from the folder it was started in, "
+            "or pass --data with the file's path")
     saved = state.get("data_sha256")
     if saved is None:
         warnings.warn(f"{out_dir}: the checkpoint records no data hashes (written by an older molequi); the resume "

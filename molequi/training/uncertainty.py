@@ -79,7 +79,7 @@ def evaluate_committee(
     from molequi.training.plots import data_title, parity_plot
 
     models, structures = list(models), list(structures)
-    calibration = as_calibration(calibration)
+    calibration = as_calibration(calibration, models)
     errors = committee_errors(models, structures, batch_size, source)
     if len(models) == 1:  # one shallow ensemble: its usual metrics (its outputs are the heads' mean)
         metrics = evaluate_model(models[0], structures, batch_size=batch_size, device=models[0].device, source=source)

@@ -105,7 +105,7 @@ def read_structures(path: str | Path, index: str = ":", keys: LabelKeys | None =
     except DataFormatError:
         raise
     except (OSError, ValueError, KeyError, IndexError, StopIteration, zipfile.BadZipFile, UnknownFileTypeError,
-            sqlite3.DatabaseError) as error:
+            sqlite3.DatabaseError, AttributeError, TypeError) as error:  # the last two: ASE's parsers on cut files
         raise DataFormatError(f"{path}: cannot read structures ({type(error).__name__}: {error})") from None
     if not structures:
         raise DataFormatError(f"{path}: the file holds no structures")

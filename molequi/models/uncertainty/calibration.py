@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,32 @@ class Calibration:
 
     fits: dict[str, Fit] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+    source: str = field(default="", compare=False)
+    """The file it was read from ('' for one made in memory)."""
+
+    def check_models(self, models) -> None:
+        """Refuse (:class:`ConfigError`, one line) models other than those the calibration was fitted
+        on, compared by content (``models_sha256``: :func:`~molequi.models.io.model_digest` of each,
+        and ``heads``: each model's ensemble heads, in any order). A file from before these were
+        recorded is applied with a warning; a calibration made in memory without them, silently."""
+        recorded, heads = self.info.get("models_sha256"), self.info.get("heads")
+        name = self.source or "the calibration"
+        if recorded is None:
+            if self.source:
+                warnings.warn(f"{name} records no model hashes (written by an older molequi calibrate): it cannot "
+                              "be checked against these models; rerun molequi calibrate to make one that can",
+                              stacklevel=3)
+            return
+        identity = models_identity(models)
+        if not isinstance(recorded, list) or not isinstance(heads, list) or len(heads) != len(recorded):
+            raise ConfigError(f"{name}: corrupt calibration (models_sha256 and heads must be lists of one length)")
+        if sorted(zip(map(str, recorded), map(str, heads))) != sorted(zip(identity["models_sha256"],
+                                                                          map(str, identity["heads"]))):
+            fitted = ", ".join(str(d)[:12] for d in recorded)
+            given = ", ".join(d[:12] for d in identity["models_sha256"])
+            raise ConfigError(f"{name} was fitted on other models ({len(recorded)} with heads {heads}, sha256 {fitted}) "
+                              f"than these ({len(identity['heads'])} with heads {identity['heads']}, sha256 {given}); "
+                              "fit one for them with molequi calibrate")
 
     def apply(self, name: str, std):
         """The calibrated std of output ``name`` (unchanged when it has no fit; None stays None)."""
@@ -88,14 +115,28 @@ class Calibration:
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise ConfigError(f"{path}: corrupt calibration ({error})") from None
         info = {key: value for key, value in values.items() if key not in ("format", "format_version")}
-        return cls(fits, info)
+        return cls(fits, info, source=str(path))
 
 
-def as_calibration(calibration: Calibration | str | Path | None) -> Calibration | None:
-    """A :class:`Calibration` from itself, a file path, or None."""
-    if calibration is None or isinstance(calibration, Calibration):
-        return calibration
-    return Calibration.load(calibration)
+def models_identity(models) -> dict[str, list]:
+    """What a calibration records of the models it was fitted on: ``models_sha256`` (the content
+    hash of each, :func:`~molequi.models.io.model_digest` at the precision it was saved in) and
+    ``heads`` (each model's ensemble heads), in the committee's order."""
+    from molequi.models.io import content_digest
+
+    models = list(models)
+    return {"models_sha256": [content_digest(model) for model in models],
+            "heads": [int(getattr(model, "module", model).model.config.ensemble_heads) for model in models]}
+
+
+def as_calibration(calibration: Calibration | str | Path | None, models=None) -> Calibration | None:
+    """A :class:`Calibration` from itself, a file path, or None; with ``models``, checked to
+    belong to them (see :meth:`Calibration.check_models`)."""
+    if calibration is not None and not isinstance(calibration, Calibration):
+        calibration = Calibration.load(calibration)
+    if calibration is not None and models is not None:
+        calibration.check_models(models)
+    return calibration
 
 
 def fit_scale(errors: np.ndarray, std: np.ndarray) -> Fit:

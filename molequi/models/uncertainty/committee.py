@@ -84,7 +84,7 @@ class Potential:
         self.cutoff = max(m.model.config.cutoff for m in self.models)  # Å
         self.dtype = self.models[0].dtype
         self.device = self.models[0].device
-        self.calibration = as_calibration(calibration)
+        self.calibration = as_calibration(calibration, self.models)
         self.num_members = sum(m.model.config.ensemble_heads for m in self.models)
 
     @property

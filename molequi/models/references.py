@@ -1,0 +1,79 @@
+"""Which total energies a model can compare: those whose per-element reference energies its
+training data determined.
+
+The reference energies (E0s) are fitted by least squares to the training energies. Data of one
+composition (an MD data set of ethanol) determine only that composition's sum of E0s, not each
+element's: the model's total energy of methanol or acetic acid then rests on an arbitrary split
+of that sum, and comparing it with ethanol's (or ranking such molecules) means nothing. The
+compositions whose reference is determined are the linear combinations of the training
+compositions: a model records an orthonormal basis of them (``ModelConfig.e0s_basis``), or
+None when they are every composition of its elements (or when E0s were given, not fitted).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+TOLERANCE = 1e-6
+"""Relative distance from the determined compositions below which a composition counts as one."""
+
+
+def composition_counts(numbers: Sequence[int] | np.ndarray, species: Sequence[int]) -> np.ndarray | None:
+    """Atoms of each element of ``species`` in a structure, or None when it holds another element."""
+    numbers = np.asarray(numbers, dtype=np.int64).ravel()
+    column = {int(z): k for k, z in enumerate(species)}
+    counts = np.zeros(len(species))
+    for z in numbers:
+        if int(z) not in column:
+            return None
+        counts[column[int(z)]] += 1
+    return counts
+
+
+def composition_basis(counts: np.ndarray) -> list[list[float]] | None:
+    """Orthonormal rows spanning the rows of ``counts`` [structures, species]; None when they span
+    every composition (each element's reference energy is determined)."""
+    counts = np.asarray(counts, dtype=np.float64)
+    if counts.size == 0:
+        return None
+    _, singular, vt = np.linalg.svd(counts, full_matrices=False)
+    rank = int((singular > 1e-9 * max(float(singular.max()), 1.0)).sum())
+    if rank >= counts.shape[1]:
+        return None
+    return [[float(v) for v in row] for row in vt[:rank]]
+
+
+def energy_determined(basis: Sequence[Sequence[float]] | None, species: Sequence[int],
+                      numbers: Sequence[int] | np.ndarray) -> bool:
+    """Whether the reference energy of a structure of atomic ``numbers`` is determined by
+    training compositions spanned by ``basis`` (True for ``basis`` None; False for an element
+    outside ``species``)."""
+    if basis is None:
+        return True
+    counts = composition_counts(numbers, species)
+    if counts is None:
+        return False
+    rows = np.asarray(basis, dtype=np.float64).reshape(-1, len(species))
+    residual = counts - rows.T @ (rows @ counts)
+    return float(np.linalg.norm(residual)) <= TOLERANCE * max(float(np.linalg.norm(counts)), 1.0)
+
+
+def formula_of(numbers: Sequence[int] | np.ndarray) -> str:
+    """Hill formula of atomic ``numbers`` (``C2H6O``)."""
+    from ase.formula import Formula
+    from ase.data import chemical_symbols
+
+    return Formula("".join(chemical_symbols[int(z)] for z in np.asarray(numbers).ravel())).format("hill")
+
+
+def undetermined_note(formula: str, basis: Sequence[Sequence[float]], species: Sequence[int]) -> str:
+    """Why the total energy of ``formula`` is not comparable across compositions, in words."""
+    from ase.data import chemical_symbols
+
+    spanned = " ".join("(" + " ".join(f"{v:+.2f} {chemical_symbols[int(z)]}" for v, z in zip(row, species)
+                                      if abs(v) > 1e-9) + ")" for row in basis)
+    return (f"the total energy of {formula} rests on per-element reference energies the training data did not "
+            f"determine (they fix only the combinations {spanned}): compare it only with energies of the same "
+            "composition")
