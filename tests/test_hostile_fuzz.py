@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 from ase.build import molecule
 from ase.io import write
 
