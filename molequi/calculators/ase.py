@@ -65,6 +65,7 @@ class MolequiCalculator(Calculator):
         self.neighbors = SkinNeighborList(self.potential.cutoff, skin)
         self._numbers: np.ndarray | None = None  # atomic numbers the device tensors were made for
         self._graph: GraphBatch | None = None
+        self._reference_warned: set[str] = set()  # compositions already warned about (see _check_reference)
 
     def calculate(
         self, atoms: Atoms | None = None, properties: Sequence[str] = ("energy",), system_changes=all_changes
@@ -78,7 +79,6 @@ class MolequiCalculator(Calculator):
                 f"{atoms.pbc.tolist()} (stress is undefined for a molecule in open space)"
             )
         graph = self._prepare(atoms)
-        self._check_reference(atoms)
         outputs = self.potential(graph, compute_stress=compute_stress)
         # .cpu() on a CPU tensor is the tensor itself and .numpy() shares its memory: copy.
         energy = float(outputs["energy"][0])
@@ -103,10 +103,9 @@ class MolequiCalculator(Calculator):
         if all(model.model.config.e0s_basis is None for model in self.potential.models):
             return  # every composition of its elements is determined (the common case)
         formula = formula_of(atoms.numbers)
-        warned = self.__dict__.setdefault("_reference_warned", set())
-        if formula in warned:
+        if formula in self._reference_warned:
             return
-        warned.add(formula)
+        self._reference_warned.add(formula)
         for model in self.potential.models:
             config = model.model.config
             if not energy_determined(config.e0s_basis, config.species, atoms.numbers):
@@ -120,6 +119,7 @@ class MolequiCalculator(Calculator):
             validate_atoms(atoms, "structure", check_contacts=False)  # empty, atomic numbers, coordinates
             numbers_tensor = torch.as_tensor(numbers, dtype=torch.long, device=self.device)
             self.potential.check_species(numbers_tensor)  # before any computation, once
+            self._check_reference(atoms)  # once per new set of atoms, not per MD step
             self._numbers = numbers.copy()
             self.neighbors.reference = None  # force a rebuild
             self._graph = GraphBatch(
