@@ -488,3 +488,15 @@ def test_learn_refuses_a_start_file_it_would_replace(tmp_path, capsys):
     start = out / "round_000" / "train.extxyz"  # a previous round's training set as the new start
     write(start, [labelled(molecule("H2O"), -10.0)])
     refused(capsys, ["learn", "--start", start, "--out", out, "--device", "cpu"], tmp_path, "--start", "round_000")
+
+
+def test_an_outlier_without_a_unit_ratio_is_not_blamed_on_units():
+    """A strongly distorted structure whose force is far above the rest, by no known unit factor,
+    is named without claiming a unit mix-up."""
+    from molequi.data.quality import outliers_message
+
+    message = outliers_message([(2, "largest force 76.6 eV/Å, 14.8× the median structure's")], ["a", "b", "c"], 3)
+    assert "unit mix-up" not in message.split("no unit mix-up")[0] and "check whether" in message
+    guessed = outliers_message([(2, "energy -1 eV, 23.1× what the others give: a label in kcal/mol among eV labels?")],
+                               ["a", "b", "c"], 3)
+    assert "likely a unit mix-up" in guessed

@@ -84,10 +84,13 @@ def force_outliers(graphs: Sequence[Data]) -> list[tuple[int, str]]:
 def outliers_message(found: Sequence[tuple[int, str]], names: Sequence[str], total: int) -> str:
     """One line naming the outlying structures (at most five), why, and what to do."""
     shown = "; ".join(f"{names[k]} ({why})" for k, why in list(found)[:5]) + ("; ..." if len(found) > 5 else "")
+    # a unit mix-up is named only where a ratio matched one; otherwise the labels may be right
+    # (a strongly distorted structure) and only the user can tell
+    cause = ("likely a unit mix-up (1 eV = 23.06 kcal/mol, 1 Hartree = 27.21 eV)" if any("?" in why for _, why in found)
+             else "no unit mix-up matches their ratios: check whether they are broken or merely far from the rest")
     return (f"{len(found)} of {total} training structures have labels far outside the rest (more than "
-            f"{OUTLIER_MADS:g} MADs from the median after the per-element reference energies), likely a unit "
-            f"mix-up (1 eV = 23.06 kcal/mol, 1 Hartree = 27.21 eV): {shown}; fix or remove them, or pass "
-            "--allow-outliers (allow_outliers: true) to train on them")
+            f"{OUTLIER_MADS:g} MADs from the median after the per-element reference energies), {cause}: {shown}; "
+            "fix or remove them, or pass --allow-outliers (allow_outliers: true) to train on them")
 
 
 def structure_groups(graphs: Sequence[Data]) -> np.ndarray:
