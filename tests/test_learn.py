@@ -471,3 +471,13 @@ def test_rank_by_picks_by_the_largest_or_the_mean_spread_under_the_largest_ceili
     labelers.label_round(round_dir, candidates, settings, EMT, lambda m: None)
     (picked,) = [int(a.info["candidate"]) for a in read(round_dir / "labelled.extxyz", ":")]
     assert picked == {"max": 0, "mean": 1}[rank_by]  # frame 3 leads both but is over the ceiling
+
+
+def test_members_train_on_the_far_frames_the_loop_picks():
+    """The frames a round labels lie far from the others by design: a member's training must not
+    refuse them as unit mix-ups."""
+    from molequi.learn.loop import _member_config
+    from molequi.training import TrainingConfig
+
+    config = _member_config(TrainingConfig(), LearnSettings(**SETTINGS), r=1, m=0, n_labels=7)
+    assert config.allow_outliers and not TrainingConfig().allow_outliers

@@ -215,6 +215,9 @@ def _member_config(config, settings: LearnSettings, r: int, m: int, n_labels: in
     values = config.to_dict()
     values["seed"] = config.seed + m + 100 * r
     values["progress"] = False
+    # the loop labels frames where its committee disagrees: far from the other labels by design,
+    # and labelled by its own labeler, so the unit mix-up check of training data does not apply
+    values["allow_outliers"] = True
     if settings.ensemble_heads >= 2:
         values["model"] = {**values["model"], "ensemble_heads": settings.ensemble_heads}
     validation = values["validation"]
