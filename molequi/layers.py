@@ -17,6 +17,7 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("data",),  # Atoms -> GraphBatch: readers, neighbor lists, splits, statistics
     ("nn",),  # e3nn blocks on plain tensors; forces and stress from any energy model
     ("models",),  # config + weights + normalisation; load/save/export; heads; committees, calibration
+    ("pretrained",),  # the models shipped in the package, by name
     ("calculators",),  # the ASE (and torch-sim) adapters of a model or committee
     ("md", "training"),  # batched and ASE molecular dynamics; the trainer
     ("learn", "search"),  # the active-learning loop (trains and runs MD); screening
