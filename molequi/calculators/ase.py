@@ -24,6 +24,7 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
 from molequi.data.graph import check_close_contacts, validate_atoms
+from molequi.data.labels import total_charge
 from molequi.data.skin import SkinNeighborList
 from molequi.data.batch import GraphBatch
 from molequi.models.uncertainty.committee import ModelSpec, Potential, load_models
@@ -64,8 +65,17 @@ class MolequiCalculator(Calculator):
         self.device = self.potential.device
         self.neighbors = SkinNeighborList(self.potential.cutoff, skin)
         self._numbers: np.ndarray | None = None  # atomic numbers the device tensors were made for
+        self._charge = 0.0  # total charge (e) they were made for
         self._graph: GraphBatch | None = None
         self._reference_warned: set[str] = set()  # compositions already warned about (see _check_reference)
+
+    def check_state(self, atoms: Atoms, tol: float = 1e-15) -> list[str]:
+        """ASE's changes since the last call, plus ``"charge"`` when ``atoms.info["charge"]`` changed
+        (ASE compares positions, numbers, cell and per-atom charges, not the total charge)."""
+        changes = super().check_state(atoms, tol)
+        if self.atoms is not None and self.atoms.info.get("charge", 0) != atoms.info.get("charge", 0):
+            changes = [*changes, "charge"]
+        return changes
 
     def calculate(
         self, atoms: Atoms | None = None, properties: Sequence[str] = ("energy",), system_changes=all_changes
@@ -115,12 +125,13 @@ class MolequiCalculator(Calculator):
     def _prepare(self, atoms: Atoms) -> GraphBatch:
         """The model inputs for ``atoms``, reusing whatever did not change since the last call."""
         numbers = atoms.get_atomic_numbers()
-        if self._numbers is None or not np.array_equal(numbers, self._numbers):
+        charge = total_charge(atoms)
+        if self._numbers is None or not np.array_equal(numbers, self._numbers) or charge != self._charge:
             validate_atoms(atoms, "structure", check_contacts=False)  # empty, atomic numbers, coordinates
             numbers_tensor = torch.as_tensor(numbers, dtype=torch.long, device=self.device)
             self.potential.check_species(numbers_tensor)  # before any computation, once
             self._check_reference(atoms)  # once per new set of atoms, not per MD step
-            self._numbers = numbers.copy()
+            self._numbers, self._charge = numbers.copy(), charge
             self.neighbors.reference = None  # force a rebuild
             self._graph = GraphBatch(
                 pos=torch.empty(len(atoms), 3, dtype=torch.float64, device=self.device),
@@ -130,6 +141,7 @@ class MolequiCalculator(Calculator):
                 cell=torch.zeros(1, 3, 3, dtype=torch.float64, device=self.device),
                 edge_index=torch.empty(2, 0, dtype=torch.long, device=self.device),
                 shifts=torch.empty(0, 3, dtype=torch.float64, device=self.device),
+                charge=torch.tensor([charge], dtype=torch.float64, device=self.device),
             )
         graph = self._graph
         positions = atoms.get_positions()

@@ -90,6 +90,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="train on structures whose energy per atom (after the per-element reference energies) or "
                         "largest force lies more than 20 MADs from the median; without it they are refused, named, "
                         "with the likely unit mix-up (kcal/mol or Hartree among eV)")
+    parser.add_argument("--charge-input", action="store_true",
+                        help="give the network each structure's total charge (atoms.info['charge'], e; 0 when absent), "
+                        "so one set of atoms in two charge states gets two energies")
     for flag, (key, kind, text) in OVERRIDES.items():
         default = TRAINING_DEFAULTS[key]
         parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, metavar=METAVARS.get(flag, flag.strip("-").split("-")[-1].upper()),
@@ -110,6 +113,8 @@ def overrides_from(args: argparse.Namespace) -> dict:
         overrides["progress"] = False
     if getattr(args, "allow_outliers", False):
         overrides["allow_outliers"] = True
+    if getattr(args, "charge_input", False):
+        overrides["model.charge_input"] = True
     return overrides
 
 
