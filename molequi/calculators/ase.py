@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,10 +25,26 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
 from molequi.data.graph import check_close_contacts, validate_atoms
+from molequi import pretrained
 from molequi.data.labels import total_charge
 from molequi.data.skin import SkinNeighborList
 from molequi.data.batch import GraphBatch
 from molequi.models.uncertainty.committee import ModelSpec, Potential, load_models
+
+
+def shipped_or_given(model: ModelSpec | Sequence[ModelSpec] | None) -> ModelSpec | list[ModelSpec]:
+    """``model`` with each pretrained name (and None: the default one) replaced by its shipped file,
+    announced once per process."""
+    if model is None:
+        model = pretrained.DEFAULT
+    specs = [model] if isinstance(model, (str, Path)) or not isinstance(model, Sequence) else list(model)
+    resolved = []
+    for spec in specs:
+        if pretrained.is_name(spec):
+            pretrained.announce(spec)
+            spec = pretrained.resolve(spec)
+        resolved.append(spec)
+    return resolved
 
 
 class MolequiCalculator(Calculator):
@@ -41,7 +58,9 @@ class MolequiCalculator(Calculator):
     plain model has no uncertainty: :attr:`results` then has no ``*_std`` keys (never a 0).
 
     Args:
-        model: a model file path, a loaded model, or a list of either (a committee).
+        model: a model file path, a pretrained model's name (``"organic-xtb"``), a loaded model,
+            or a list of these (a committee); None runs the pretrained
+            :data:`molequi.pretrained.DEFAULT` (saying so once on stderr).
         device: ``"cpu"``, ``"cuda"``, ...
         dtype: ``torch.float32``/``torch.float64`` (or their names); default: the model's own.
         skin: neighbor-list skin, Å (0 rebuilds the list at every step).
@@ -53,7 +72,7 @@ class MolequiCalculator(Calculator):
 
     def __init__(
         self,
-        model: ModelSpec | Sequence[ModelSpec],
+        model: ModelSpec | Sequence[ModelSpec] | None = None,
         device: str | torch.device = "cpu",
         dtype: torch.dtype | str | None = None,
         skin: float = 1.0,
@@ -61,7 +80,8 @@ class MolequiCalculator(Calculator):
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
-        self.potential = Potential(load_models(model, device=device, dtype=dtype), calibration=calibration)
+        self.potential = Potential(load_models(shipped_or_given(model), device=device, dtype=dtype),
+                                   calibration=calibration)
         self.device = self.potential.device
         self.neighbors = SkinNeighborList(self.potential.cutoff, skin)
         self._numbers: np.ndarray | None = None  # atomic numbers the device tensors were made for
