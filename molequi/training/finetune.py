@@ -95,7 +95,8 @@ def predicted_energies(model: torch.nn.Module, graphs: Sequence[Data], batch_siz
     device = next(potential.parameters()).device
     energies = []
     for start in range(0, len(graphs), batch_size):
-        batch = GraphBatch.of(Batch.from_data_list(list(graphs[start:start + batch_size])).to(device))
+        chunk = [graphs[k] for k in range(start, min(start + batch_size, len(graphs)))]  # a list or a streamed set
+        batch = GraphBatch.of(Batch.from_data_list(chunk).to(device))
         out = potential(batch)
         per_atom = out["residual_energies"].double() + out["reference_energies"]
         energies.append(scatter(per_atom, batch.batch, dim=0, dim_size=batch.num_graphs, reduce="sum").cpu().numpy())
