@@ -100,7 +100,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "with the likely unit mix-up (kcal/mol or Hartree among eV)")
     parser.add_argument("--stream", action="store_true",
                         help="read the training structures from disk as batches need them (one .xyz/.extxyz file, "
-                        "any size: memory does not grow with it); the normalisation is fitted on a sample of 20,000; "
+                        "any size: memory does not grow with it); the normalisation is fitted on a sample of 5,000; "
                         "no outlier check, --baseline or --replay")
     parser.add_argument("--freeze", action="store_true",
                         help="with --init: train only the readout heads; the body keeps the initial model's weights")

@@ -237,7 +237,7 @@ def prepare_data(
     return PreparedData(train, held_out, model_config, statistics, train_indices, validation_indices)
 
 
-STATISTICS_SAMPLE = 20_000
+STATISTICS_SAMPLE = 5_000
 """Structures of a streamed training set that the normalisation is fitted on (a seeded sample)."""
 
 
