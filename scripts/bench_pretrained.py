@@ -89,6 +89,8 @@ def zero_shot(model, test: list) -> dict:
             groups.setdefault(temperature_bin(float(atoms.info["temperature_K"])), []).append(k)
         else:
             groups.setdefault(str(atoms.info.get("kind")), []).append(k)
+        charge = int(atoms.info.get("charge", 0))
+        groups.setdefault("neutral" if charge == 0 else f"charge {charge:+d}", []).append(k)
     table = {}
     for name, members in sorted(groups.items()):
         energy = [abs(results[k]["energy"] - test[k].get_potential_energy()) / len(test[k]) for k in members]
