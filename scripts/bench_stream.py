@@ -25,6 +25,21 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 
 
+def machine() -> str:
+    """CPU model, core count and memory of this machine."""
+    import platform
+
+    name = platform.machine()
+    try:
+        name = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name"))
+        memory = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+                      if line.startswith("MemTotal")) / 1e6
+    except (OSError, StopIteration):
+        memory = float("nan")
+    return f"{name}, {os.cpu_count()} cores, {memory:.0f} GB RAM"
+
+
 def build_file(source: Path, count: int, path: Path) -> Path:
     """``count`` frames: the frames of ``source`` repeated (byte copies) until there are enough."""
     from molequi.data.stream import frame_offsets
@@ -85,7 +100,7 @@ def main() -> int:
                          "peak_rss_GB": round(peak, 2), "wall_s": round(wall, 1), "exit": code})
             print(rows[-1], flush=True)
     (args.out / "stream.json").write_text(json.dumps(rows, indent=1))
-    lines = [f"Command: `python scripts/bench_stream.py {' '.join(sys.argv[1:])}`; peak resident memory of "
+    lines = [f"Machine: {machine()}. Command: `python scripts/bench_stream.py {' '.join(sys.argv[1:])}`; peak resident memory of "
              f"`molequi train` ({args.minutes} min budget each, 32×0e), largest child so far.", "",
              "| mode | structures | file (MB) | peak RSS (GB) | wall (s) |", "|---|---:|---:|---:|---:|"]
     lines += [f"| {r['mode']} | {r['structures']:,} | {r['file_MB']} | {r['peak_rss_GB']:.2f} | {r['wall_s']:.0f} |"
