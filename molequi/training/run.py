@@ -285,6 +285,8 @@ def build_run(
     model = build_model(model_config, dtype).to(device)
     if init_weights is not None:
         load_initial_weights(model, init_weights)
+    if config.compile:
+        model.compile()  # the trained model only: validation and export stay eager
     factory = functools.partial(fresh_model, model_config, dtype, device)
     ema = ExponentialMovingAverage(model, config.ema_decay, factory) if config.ema_decay > 0 else None
     trained = model
