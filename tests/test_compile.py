@@ -31,9 +31,10 @@ def force_loss_gradients(model, graph) -> list[torch.Tensor]:
 
 @pytest.fixture
 def eager_only(monkeypatch):
-    """The shared compiled call replaced by the plain function (no compilation: fast)."""
+    """The compiled path with the plain function in place of its compilation (fast): what
+    torch.compile is given, run as it is."""
     monkeypatch.setattr(compiled, "SHARED", compiled.CompiledGradients())
-    monkeypatch.setattr(compiled.SHARED, "failure", "testing the function itself")
+    compiled.SHARED.compiled = compiled.residual_and_gradients
     return compiled.SHARED
 
 
@@ -53,6 +54,21 @@ def test_the_gradient_function_equals_the_autograd_path(eager_only):
     assert len(eager) == len(through)
     for a, b in zip(eager, through):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-9)
+
+
+def test_training_through_the_compiled_path_logs_structures_per_second(eager_only, tmp_path):
+    import ase.io
+    from test_training import make_structures, tiny_config
+
+    from molequi.training import train
+
+    path = tmp_path / "data.extxyz"
+    ase.io.write(path, make_structures(12))
+    result = train(tiny_config(max_epochs=1, compile=True), path, tmp_path / "run", log=lambda message: None)
+    assert result.history[0]["train_structures_per_s"] > 0
+    header = (tmp_path / "run" / "log.csv").read_text().splitlines()[0].split(",")
+    assert header[-2:] == ["train_structures", "train_structures_per_s"]
+    assert eager_only.active
 
 
 def test_a_compilation_failure_warns_once_and_gives_the_eager_results(monkeypatch):
@@ -97,6 +113,7 @@ def test_a_shallow_ensemble_keeps_its_per_head_forces_eager(eager_only):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # three compilations (evaluation, two sizes share one; training): minutes on a loaded CPU
 def test_compiled_equals_eager_for_molecules_of_any_size():
     """torch.compile (inductor, dynamic shapes): one compilation, equal results within float
     tolerance for two molecule sizes, in evaluation and in training (the force loss's gradients)."""
