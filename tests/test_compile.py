@@ -87,7 +87,7 @@ def test_a_compilation_failure_warns_once_and_gives_the_eager_results(monkeypatc
         warnings.simplefilter("error")  # once only
         assert calculator.get_potential_energy(atoms) == pytest.approx(eager.get_potential_energy(atoms), abs=1e-10)
     assert calls.count == 1
-    assert not model.compiled  # the caller's model is left as it was
+    assert not model.compile_enabled  # the caller's model is left as it was
 
 
 class CompiledCalls:

@@ -4,6 +4,9 @@ The energy model knows nothing about forces: :class:`ForceOutput` turns on gradi
 positions (and a strain for periodic cells), calls it once and differentiates the total energy.
 Forces are therefore exactly conservative, F = -∂E/∂r, and exactly equivariant.
 
+Compiled: :meth:`ForceOutput.compile` routes energy and gradients through one
+``torch.compile``d function (:mod:`molequi.nn.compiled`), with the same outputs.
+
 Precision: every energy leaves here in float64, formed by :func:`energy_outputs` from the
 model's small per-atom residuals (model dtype) and its float64 per-atom references (E0s and
 shift). Forces and stress are returned in the model dtype: they are derivatives of the residual
@@ -102,14 +105,16 @@ class ForceOutput(nn.Module):
         self.baseline = None
         # Whether energy and gradients go through torch.compile (see compile()); off by default:
         # the first call compiles for tens of seconds on a CPU.
-        self.compiled = False
+        self.compile_enabled = False
 
     def compile(self, enabled: bool = True) -> ForceOutput:
         """Evaluate energy and forces (and stress) through one ``torch.compile``d function
         (:mod:`molequi.nn.compiled`): the first call compiles (tens of seconds on a CPU), later
         calls of any atom or edge count reuse it. Falls back to eager, with one warning, where
-        compilation fails. A shallow ensemble's per-head forces stay eager. Returns ``self``."""
-        self.compiled = bool(enabled)
+        compilation fails. A shallow ensemble's per-head forces stay eager. In evaluation mode
+        the outputs carry no autograd graph in the weights (the eager call keeps one for the
+        energy); in training mode they do, forces included. Returns ``self``."""
+        self.compile_enabled = bool(enabled)
         return self
 
     @property
@@ -215,7 +220,7 @@ class ForceOutput(nn.Module):
     def _use_compiled(self, gradients: bool) -> bool:
         """Whether this call goes through the compiled function: compiled on, gradients asked,
         a single-head model (a shallow ensemble's per-head forces stay eager)."""
-        if not (self.compiled and gradients and compiled.SHARED.active):
+        if not (self.compile_enabled and gradients and compiled.SHARED.active):
             return False
         config = getattr(self.model, "config", None)
         return getattr(config, "ensemble_heads", 1) == 1
