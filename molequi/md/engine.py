@@ -218,7 +218,9 @@ class BatchedMD:
                                                  edge_index=edge_index, shifts=shifts))
 
             self.graphed = GraphedForces(call, state.positions, neighbors.edge_index, neighbors.shifts)
-        elif rebuilt and not self.graphed.rebuilt(neighbors.edge_index, neighbors.shifts):
+        elif rebuilt:
+            self.graphed.rebuilt(neighbors.edge_index, neighbors.shifts)
+        if not self.graphed.active:
             warnings.warn(f"CUDA graph replay ended: {self.graphed.fallback}; the MD continues eagerly", stacklevel=3)
             self.cuda_graphs, self.graphed = False, None
             return False

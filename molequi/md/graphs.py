@@ -102,7 +102,11 @@ class GraphedForces:
         self.outputs: dict[str, torch.Tensor] = {}
         self.replays = 0
         if capture if capture is not None else cuda_graphs_available(positions.device):
-            self._capture()
+            try:
+                self._capture()
+            except RuntimeError as error:  # a host sync in the call (e.g. a run-time baseline) cannot be captured
+                self.graph, self.outputs = None, {}
+                self.fallback = f"the force call cannot be captured ({str(error).strip().splitlines()[0][:200]})"
 
     def _capture(self) -> None:
         """Warm up on a side stream (CUDA's rule before a capture), then record one call."""
