@@ -131,3 +131,18 @@ def test_compiled_equals_eager_for_molecules_of_any_size():
         for a, b in zip(force_loss_gradients(model, graph), force_loss_gradients(copy.copy(model).compile(), graph)):
             torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
     assert compiled.SHARED.active, compiled.SHARED.failure  # compiled, not fallen back to eager
+
+
+def test_md_compile_flag_runs_through_the_compiled_call(eager_only, tmp_path):
+    import ase.io
+
+    from molequi.cli.main import main
+    from molequi.models import save_model
+
+    calls = []
+    eager_only.compiled = lambda *args: calls.append(1) or compiled.residual_and_gradients(*args)
+    model_path = save_model(random_model(), tmp_path / "model.molequi")
+    ase.io.write(tmp_path / "ethanol.xyz", make_ethanol())
+    assert main(["md", str(model_path), str(tmp_path / "ethanol.xyz"), "--steps", "3", "--dt", "0.5", "--compile",
+                 "--out", str(tmp_path / "md"), "--no-progress"]) == 0
+    assert len(calls) == 4  # step 0 and three steps

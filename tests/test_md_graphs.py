@@ -100,3 +100,11 @@ def test_captured_graph_replays_the_eager_forces():
         runs.append(engine)
     assert isinstance(runs[1].graphed, GraphedForces) and runs[1].graphed.graph is not None
     torch.testing.assert_close(runs[1].state.positions, runs[0].state.positions, atol=1e-9, rtol=0)
+
+
+def test_cuda_graphs_without_a_gpu_is_a_clear_error(potential, tmp_path):
+    from molequi.errors import ConfigError
+    from molequi.md.runner import MDSettings, run_md
+
+    with pytest.raises(ConfigError, match="--cuda-graphs needs the batched engine on a CUDA device"):
+        run_md(potential, molecules(1), MDSettings(steps=2, dt=0.5), tmp_path / "md", cuda_graphs=True)
