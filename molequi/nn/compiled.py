@@ -86,6 +86,8 @@ class CompiledGradients:
                 if self.compiled is None:
                     self.compiled = torch.compile(self.function, **COMPILE_OPTIONS)
                 return self.compiled(*args)
+            except torch.OutOfMemoryError:
+                raise  # the eager call would not fit either: not a compiler failure
             except Exception as error:  # noqa: BLE001 - any compiler failure falls back to eager
                 self.fall_back(error)
         return self.function(*args)
