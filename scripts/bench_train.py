@@ -3,7 +3,8 @@
 The step is the trainer's (:func:`molequi.training.trainer.take_step` without the EMA): energy
 and forces, the weighted loss, its backward (through the force pass), clipping and Adam. On
 rMD17 aspirin with random initial weights, for each architecture, batch size and mode, after
-warm-up steps (the first compiled step compiles; its seconds are reported apart).
+warm-up steps (the first compiled step compiles; its seconds are reported apart). The modes take turns over
+the same batches, a few steps each, so a shared machine's load weighs on both alike.
 
 Times are CPU seconds of this process (``time.process_time``) with ``--threads`` torch threads
 (1 by default): on a shared machine the load slows the wall clock, not the work done. On a GPU
@@ -50,14 +51,13 @@ def batches(architecture: str, batch_size: int, count: int, device: str):
     return taken, prepared.model_config, config
 
 
-def measure(architecture: str, batch_size: int, mode: str, args) -> dict:
-    """One row: structures/s (CPU or GPU seconds), ms per step, and the first step's seconds."""
+def stepper(model_config, config, mode: str, device: str):
+    """The trainer's step for a fresh model (same initial weights in every mode)."""
     from molequi.models.io import build_model
     from molequi.training.metrics import loss_terms, weighted_loss
 
-    data, model_config, config = batches(architecture, batch_size, args.warmup + args.steps, args.device)
     torch.manual_seed(0)
-    model = build_model(model_config, torch.float32).to(args.device).train()
+    model = build_model(model_config, torch.float32).to(device).train()
     if mode == "compiled":
         model.compile()
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
@@ -71,24 +71,39 @@ def measure(architecture: str, batch_size: int, mode: str, args) -> dict:
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
 
-    clock = time.process_time if args.device == "cpu" else time.perf_counter
-    first = time.perf_counter()
-    for batch in data[: args.warmup]:
-        step(batch)
-    sync(args.device)
-    warmup_s = time.perf_counter() - first
-    started = clock()
-    for batch in data[args.warmup:]:
-        step(batch)
-    sync(args.device)
-    seconds = clock() - started
+    return step
+
+
+def measure(architecture: str, batch_size: int, args) -> list[dict]:
+    """One row per mode: structures/s (CPU or GPU seconds), ms per step, and the warm-up steps'
+    seconds (the first compiled step compiles). The modes take turns, a few steps each, so that
+    a shared machine's changing load weighs on them alike."""
     from molequi.nn import compiled
 
-    return {
-        "architecture": architecture, "batch_size": batch_size, "mode": mode, "steps": args.steps,
-        "ms_per_step": 1e3 * seconds / args.steps, "structures_per_s": batch_size * args.steps / seconds,
-        "warmup_s": warmup_s, "fell_back": mode == "compiled" and not compiled.SHARED.active,
-    }
+    data, model_config, config = batches(architecture, batch_size, args.warmup + args.steps, args.device)
+    steps = {mode: stepper(model_config, config, mode, args.device) for mode in args.modes}
+    clock = time.process_time if args.device == "cpu" else time.perf_counter
+    warmup, seconds = {}, dict.fromkeys(args.modes, 0.0)
+    for mode, step in steps.items():
+        first = time.perf_counter()
+        for batch in data[: args.warmup]:
+            step(batch)
+        sync(args.device)
+        warmup[mode] = time.perf_counter() - first
+    timed = data[args.warmup:]
+    turn = max(1, args.steps // args.rounds)
+    for start in range(0, len(timed), turn):
+        for mode, step in steps.items():
+            started = clock()
+            for batch in timed[start : start + turn]:
+                step(batch)
+            sync(args.device)
+            seconds[mode] += clock() - started
+    return [{
+        "architecture": architecture, "batch_size": batch_size, "mode": mode, "steps": len(timed),
+        "ms_per_step": 1e3 * seconds[mode] / len(timed), "structures_per_s": batch_size * len(timed) / seconds[mode],
+        "warmup_s": warmup[mode], "fell_back": mode == "compiled" and not compiled.SHARED.active,
+    } for mode in args.modes]
 
 
 def sync(device: str) -> None:
@@ -126,7 +141,8 @@ def main() -> None:
     parser.add_argument("--architectures", nargs="+", default=list(ARCHITECTURES), choices=list(ARCHITECTURES))
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[16, 64])
     parser.add_argument("--modes", nargs="+", default=["eager", "compiled"], choices=["eager", "compiled"])
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per row")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per row")
+    parser.add_argument("--rounds", type=int, default=5, help="turns the modes take over the timed steps")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (the first compiled one compiles)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--out", default="bench_train", help="output folder (bench_train.json, bench_train.md)")
@@ -140,8 +156,7 @@ def main() -> None:
     rows = []
     for architecture in args.architectures:
         for batch_size in args.batch_sizes:
-            for mode in args.modes:
-                row = measure(architecture, batch_size, mode, args)
+            for row in measure(architecture, batch_size, args):
                 print(json.dumps(row), flush=True)
                 rows.append(row)
     command = "python scripts/bench_train.py " + " ".join(sys.argv[1:])
