@@ -9,6 +9,15 @@ each MACE configuration, and at molequi's default (quickstart) configuration.
     python scripts/bench_md.py --device cpu --seconds 5            # what runs on a laptop
     python scripts/bench_md.py --device cuda                       # the GPU side, one command
 
+Eager against compiled (``torch.compile``, :meth:`molequi.nn.forces.ForceOutput.compile`): ``--modes
+eager compiled`` times both for every molequi model (the compilation itself is not timed); on
+one CPU thread, with ``--cpu-time``, the times are CPU seconds (a shared machine's load slows
+the wall clock, not the work), and ``--readme`` writes the eager-vs-compiled table into
+docs/benchmarks.md (block ``compiled-md``)::
+
+    OMP_NUM_THREADS=1 python scripts/bench_md.py --threads 1 --cpu-time --dtypes float32 --molequi-models molequi-64x0e molequi-quickstart --mace-models --copies 128 --modes eager compiled --readme
+    python scripts/bench_md.py --device cuda --dtypes float32 --mace-models --modes eager compiled graphs
+
 Writes ``bench_md.json`` and ``bench_md.md`` (table with molequi/MACE ratios, the machine and
 the command) into ``--out``.
 """
@@ -16,6 +25,7 @@ the command) into ``--out``.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import subprocess
@@ -28,6 +38,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 ASPIRIN = ROOT.parent / "shared" / "data" / "rmd17" / "rmd17_aspirin_test_01.npz"
 SPACING = 25.0  # Å between copies: far beyond any cutoff
+DRUG_LIKE = "C[C@H]1C[C@H]2[C@@H]3CC[C@@]([C@]3(C[C@@H]([C@@H]2[C@@]4(C1=CC(=O)C=C4)C)O)C)(C(=O)CO)O"
+"""Methylprednisolone, C22H30O5: a 57-atom drug-like molecule of the elements H, C, O."""
+CLOCK = {"clock": time.perf_counter}  # time.process_time with --cpu-time (one thread: CPU seconds)
 
 # MACE configuration -> molequi configuration of matched size (channels, l_max; 2 layers, correlation 3)
 MACE_CONFIGS = {"mace-64x0e": {"channels": 64, "L": 0}, "mace-128x1o": {"channels": 128, "L": 1}}
@@ -41,6 +54,19 @@ MATCHED = {"mace-64x0e": "molequi-64x0e", "mace-128x1o": "molequi-128x1o"}
 
 
 # ---------------------------------------------------------------- shared helpers (both environments)
+def drug_like():
+    """Methylprednisolone (57 atoms), embedded by RDKit (ETKDG, fixed seed) and MMFF-relaxed."""
+    from ase import Atoms
+    from rdkit import Chem
+    from rdkit.Chem import AllChem
+
+    molecule = Chem.AddHs(Chem.MolFromSmiles(DRUG_LIKE))
+    AllChem.EmbedMolecule(molecule, randomSeed=0)
+    AllChem.MMFFOptimizeMolecule(molecule)
+    numbers = [atom.GetAtomicNum() for atom in molecule.GetAtoms()]
+    return Atoms(numbers=numbers, positions=molecule.GetConformer().GetPositions())
+
+
 def aspirin():
     from ase import Atoms
 
@@ -70,14 +96,15 @@ def rate(step, device: str, seconds: float, warmup: int = 3, min_steps: int = 3,
     for _ in range(warmup):
         step()
     sync(device)
-    start, count = time.perf_counter(), 0
-    while count < min_steps or (time.perf_counter() - start < seconds and count < max_steps):
+    clock = CLOCK["clock"]
+    start, count = clock(), 0
+    while count < min_steps or (clock() - start < seconds and count < max_steps):
         step()
         count += 1
         if count % 10 == 0 or count < 10:
             sync(device)
     sync(device)
-    return count / (time.perf_counter() - start)
+    return count / (clock() - start)
 
 
 def peak_memory(device: str) -> float | None:
@@ -104,6 +131,21 @@ def ase_rate(atoms, calculator, device: str, seconds: float, dt_fs: float = 0.5,
     MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(0))
     dynamics = VelocityVerlet(atoms, timestep=dt_fs * units.fs)
     return rate(lambda: dynamics.run(1), device, seconds, **kwargs)
+
+
+def call_rate(atoms, calculator, device: str, seconds: float) -> float:
+    """ASE force calls per second on ``atoms``, each after a small back-and-forth move (±1e-4 Å:
+    a new structure for the calculator, no drift; random weights would tear a molecule apart in MD)."""
+    atoms = atoms.copy()
+    atoms.calc = calculator
+    sign = [1.0]
+
+    def call() -> None:
+        sign[0] = -sign[0]
+        atoms.positions[0, 0] += sign[0] * 1e-4
+        atoms.get_forces()
+
+    return rate(call, device, seconds)
 
 
 # ---------------------------------------------------------------- MACE (runs inside .venv-mace)
@@ -177,11 +219,11 @@ def molequi_model(name: str, dtype: str, device: str):
     return build_model(config, getattr(torch, dtype)).to(device).eval()
 
 
-def calculator_overhead(model, device: str, seconds: float) -> dict:
+def calculator_overhead(model, device: str, seconds: float, compile: bool = False) -> dict:
     """ms per ASE step spent outside the model call (positions in, results out, neighbor check)."""
     from molequi.calculators import MolequiCalculator
 
-    calculator = MolequiCalculator(model, device=device)
+    calculator = MolequiCalculator(model, device=device, compile=compile)
     atoms = aspirin()
     calculator.get_forces(atoms)
     graph = calculator._graph
@@ -196,32 +238,71 @@ def molequi_rows(args) -> list[dict]:
     from molequi.calculators import MolequiCalculator
     from molequi.md import BatchedMD, Potential, load_models, state_from_atoms
 
+    from molequi.nn import compiled
+
     rows = []
-    for name in args.molequi_models:
-        for dtype in args.dtypes:
-            model = molequi_model(name, dtype, args.device)
-            row = {"model": name, "dtype": dtype}
+    for name, dtype, mode in itertools.product(args.molequi_models, args.dtypes, args.modes):
+        if mode == "graphs" and not args.device.startswith("cuda"):
+            continue  # CUDA graphs replay on a GPU only
+        model = molequi_model(name, dtype, args.device)
+        compile = mode in ("compiled", "graphs")
+        row = {"model": name, "dtype": dtype, "mode": mode}
+        reset_memory(args.device)
+        if mode != "graphs":
+            calculator = MolequiCalculator(model, device=args.device, compile=compile)
+            row["ase_aspirin_steps_per_s"] = ase_rate(aspirin(), calculator, args.device, args.seconds)
+            row["ase_drug_like_steps_per_s"] = call_rate(drug_like(), calculator, args.device, args.seconds)
+            row.update(calculator_overhead(model, args.device, min(args.seconds, 2.0), compile))
+        members = load_models(model, device=args.device)
+        potential = Potential([m.compile() for m in members] if compile else members)
+        for count in [1, *args.copies]:
             reset_memory(args.device)
-            row["ase_aspirin_steps_per_s"] = ase_rate(aspirin(), MolequiCalculator(model, device=args.device), args.device, args.seconds)
-            row.update(calculator_overhead(model, args.device, min(args.seconds, 2.0)))
-            potential = Potential(load_models(model, device=args.device))
-            for count in [1, *args.copies]:
-                reset_memory(args.device)
-                try:
-                    state = state_from_atoms([aspirin()] * count, temperature=300.0, seed=0)
-                    # random weights: keep every system running (the safety checks still run and cost their time)
-                    engine = BatchedMD(potential, state, dt=0.5, ensemble="nve", max_temperature=float("inf"), min_distance=0.0)
-                    steps = rate(engine.step, args.device, args.seconds, warmup=2, min_steps=2)
-                    key = "batched_aspirin_steps_per_s" if count == 1 else f"batched_{count}_atom_steps_per_s"
-                    row[key] = steps if count == 1 else steps * 21 * count
-                    row[f"batched_{count}_peak_gb"] = peak_memory(args.device)
-                except torch.cuda.OutOfMemoryError:
-                    row[f"batched_{count}_atom_steps_per_s"] = "out of memory"
-                finally:
-                    engine = state = None
-            print(json.dumps(row), flush=True)
-            rows.append(row)
+            try:
+                state = state_from_atoms([aspirin()] * count, temperature=300.0, seed=0)
+                # random weights: keep every system running (the safety checks still run and cost their time)
+                engine = BatchedMD(potential, state, dt=0.5, ensemble="nve", max_temperature=float("inf"), min_distance=0.0,
+                                   cuda_graphs=mode == "graphs")
+                steps = rate(engine.step, args.device, args.seconds, warmup=2, min_steps=2)
+                key = "batched_aspirin_steps_per_s" if count == 1 else f"batched_{count}_atom_steps_per_s"
+                row[key] = steps if count == 1 else steps * 21 * count
+                row[f"batched_{count}_peak_gb"] = peak_memory(args.device)
+            except torch.cuda.OutOfMemoryError:
+                row[f"batched_{count}_atom_steps_per_s"] = "out of memory"
+            finally:
+                engine = state = None
+        row["fell_back"] = compile and not compiled.SHARED.active
+        print(json.dumps(row), flush=True)
+        rows.append(row)
     return rows
+
+
+def compiled_table(args, info: dict, rows: list[dict], command: str) -> str:
+    """Eager against compiled (and CUDA graphs): ms per step and atom·steps/s, for the docs."""
+    clock = "CPU" if CLOCK["clock"] is time.process_time else "wall"
+    load = os.getloadavg()
+    lines = [
+        f"Machine: {info['cpu']}, {info['cpu_count']} cores" + (f", GPU {info['gpu']}" if info.get("gpu") else "")
+        + f"; {info['torch_threads']} torch thread(s); torch {info['torch']}; device `{args.device}`; {clock} seconds; "
+        f"load average {load[0]:.1f} at the end (the machine is shared). Random weights; steps of 0.5 fs. "
+        f"Command: `{command}`",
+        "",
+        "| model | dtype | mode | ASE MD step, aspirin 21 atoms (ms) | ASE call, methylprednisolone 57 atoms (ms) | "
+        "batched step, 1 aspirin (ms) |" + "".join(f" batched, {c} aspirins (atom·steps/s) |" for c in args.copies),
+        "|---|---|---|---|---|---|" + "---|" * len(args.copies),
+    ]
+    for row in rows:
+        def ms(key):
+            value = row.get(key)
+            return f"{1e3 / value:.2f}" if isinstance(value, (int, float)) and value else "–"
+
+        mode = row.get("mode", "eager") + (" (fell back to eager)" if row.get("fell_back") else "")
+        line = f"| {row['model']} | {row['dtype']} | {mode} | {ms('ase_aspirin_steps_per_s')} | {ms('ase_drug_like_steps_per_s')} |"
+        line += f" {ms('batched_aspirin_steps_per_s')} |"
+        line += "".join(f" {fmt(row.get(f'batched_{c}_atom_steps_per_s'))} |" for c in args.copies)
+        lines.append(line)
+    lines += ["", "compiled: `torch.compile` (inductor, dynamic shapes) of energy and forces, the first call's compilation "
+              "not timed; graphs: compiled and replayed as a CUDA graph with fixed-capacity neighbor buffers (GPU only)."]
+    return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------- report
@@ -248,8 +329,8 @@ def report(args, info: dict, molequi: list[dict], mace: list[dict], command: str
         "Aspirin (21 atoms, rMD17 test frame 0); copies placed 25 Å apart. Random weights. Steps of 0.5 fs.",
         "",
     ]
-    head = "| model | dtype | ASE calc, aspirin (steps/s) | batched, aspirin (steps/s) |"
-    sep = "|---|---|---|---|"
+    head = "| model | dtype | mode | ASE calc, aspirin (steps/s) | batched, aspirin (steps/s) |"
+    sep = "|---|---|---|---|---|"
     for count in args.copies:
         head += f" {count} copies (atom·steps/s) |"
         sep += "---|"
@@ -257,11 +338,11 @@ def report(args, info: dict, molequi: list[dict], mace: list[dict], command: str
     sep += "---|"
     lines += ["### molequi", "", head, sep]
     for row in molequi:
-        line = f"| {row['model']} | {row['dtype']} | {fmt(row['ase_aspirin_steps_per_s'])} | {fmt(row['batched_aspirin_steps_per_s'])} |"
+        line = f"| {row['model']} | {row['dtype']} | {row.get('mode', 'eager')} | {fmt(row.get('ase_aspirin_steps_per_s'))} | {fmt(row['batched_aspirin_steps_per_s'])} |"
         for count in args.copies:
             peak = row.get(f"batched_{count}_peak_gb")
             line += f" {fmt(row.get(f'batched_{count}_atom_steps_per_s'))}" + (f" ({peak:.1f} GB)" if peak else "") + " |"
-        line += f" {row['overhead_ms']:.2f} of {row['ase_step_ms']:.1f} |"
+        line += f" {row['overhead_ms']:.2f} of {row['ase_step_ms']:.1f} |" if "overhead_ms" in row else " – |"
         lines.append(line)
     if mace:
         lines += ["", "### MACE 0.3.16 (ASE calculator) and ratios molequi/MACE", ""]
@@ -276,7 +357,7 @@ def report(args, info: dict, molequi: list[dict], mace: list[dict], command: str
             head += f" ratio {count} copies batched (matched) |"
             sep += "---|"
         lines += [head, sep]
-        by_key = {(r["model"], r["dtype"]): r for r in molequi}
+        by_key = {(r["model"], r["dtype"]): r for r in molequi if r.get("mode", "eager") == "eager"}
         for row in mace:
             matched = by_key.get((MATCHED[row["model"]], row["dtype"]), {})
             quick = by_key.get(("molequi-quickstart", row["dtype"]), {})
@@ -305,6 +386,11 @@ def main() -> None:
     parser.add_argument("--mace-models", nargs="*", default=list(MACE_CONFIGS), choices=list(MACE_CONFIGS))
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--out", default="bench_md", help="output folder")
+    parser.add_argument("--modes", nargs="+", default=["eager"], choices=["eager", "compiled", "graphs"],
+                        help="molequi evaluation: eager, compiled (torch.compile), graphs (compiled + CUDA graphs, GPU)")
+    parser.add_argument("--cpu-time", action="store_true", help="time in CPU seconds of this process (one thread)")
+    parser.add_argument("--readme", action="store_true",
+                        help="write the eager-vs-compiled table into docs/benchmarks.md (block 'compiled-md')")
     parser.add_argument("--mace-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     Path(args.out).mkdir(parents=True, exist_ok=True)
@@ -315,6 +401,8 @@ def main() -> None:
     if args.mace_worker:
         mace_worker(args)
         return
+    if args.cpu_time:
+        CLOCK["clock"] = time.process_time
     command = "python scripts/bench_md.py " + " ".join(sys.argv[1:])
     from molequi.utils import machine_info  # here: the MACE venv runs this file without molequi
 
@@ -326,6 +414,11 @@ def main() -> None:
     table = report(args, info, molequi, mace, command)
     (Path(args.out) / "bench_md.md").write_text(table)
     print(table)
+    if args.readme:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from readme_section import update_readme_section
+
+        update_readme_section("compiled-md", compiled_table(args, info, molequi, command))
 
 
 if __name__ == "__main__":

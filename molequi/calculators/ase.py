@@ -15,6 +15,7 @@ numbers, cell and edge tensors stay on the device until they change.
 
 from __future__ import annotations
 
+import copy
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -72,6 +73,10 @@ class MolequiCalculator(Calculator):
         skin: neighbor-list skin, Å (0 rebuilds the list at every step).
         calibration: a :class:`~molequi.models.uncertainty.Calibration` or the JSON file
             written by ``molequi calibrate`` (scales ``energy_std`` and ``forces_std``).
+        compile: evaluate through ``torch.compile`` (:meth:`~molequi.nn.forces.ForceOutput.compile`):
+            the first call compiles (tens of seconds on a CPU), later ones cost a fraction of an
+            eager call (``scripts/bench_md.py``); eager, with one warning, where compilation fails.
+            The caller's model objects are not changed (they share the weights).
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "energies", "stress"]
@@ -83,13 +88,16 @@ class MolequiCalculator(Calculator):
         dtype: torch.dtype | str | None = None,
         skin: float = 1.0,
         calibration=None,
+        compile: bool = False,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         if calibration is None:
             calibration = shipped_calibration(model)
-        self.potential = Potential(load_models(shipped_or_given(model), device=device, dtype=dtype),
-                                   calibration=calibration)
+        models = load_models(shipped_or_given(model), device=device, dtype=dtype)
+        if compile:
+            models = [copy.copy(member).compile() for member in models]  # a shallow copy shares the weights
+        self.potential = Potential(models, calibration=calibration)
         self.device = self.potential.device
         self.neighbors = SkinNeighborList(self.potential.cutoff, skin)
         self._numbers: np.ndarray | None = None  # atomic numbers the device tensors were made for

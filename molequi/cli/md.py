@@ -80,6 +80,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="stop a system when two atoms come closer than this, Å")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch CPU threads (0: torch's default; 1 is often fastest for small molecules)")
+    parser.add_argument("--compile", action="store_true",
+                        help="evaluate the model through torch.compile: the first step compiles (tens of seconds on "
+                        "a CPU), later steps are faster (scripts/bench_md.py); eager, with one warning, where it fails")
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="replay the batched engine's force call as a CUDA graph over fixed-capacity neighbor "
+                        "buffers (CUDA only; best with --compile; eager again if the neighbor list outgrows them)")
     parser.add_argument("--no-progress", action="store_true", help="no progress (a bar on a terminal, a line every 30 s in a log file)")
     parser.add_argument("--calibration", metavar="JSON", default=None,
                         help="calibration of the committee/ensemble spread from 'molequi calibrate': the logged "
@@ -148,7 +154,8 @@ def run(args: argparse.Namespace) -> int:
                   folders=[("--out", args.out, MD_OUTPUTS)])
     result = run_md_files(models, structures, settings, args.out, replicas=args.replicas,
                           device=args.device, dtype=args.dtype, resume=args.resume, overwrite=args.overwrite,
-                          calibration=args.calibration)
+                          calibration=args.calibration, compile=args.compile,
+                          cuda_graphs=args.cuda_graphs)
     print("\n".join(result.summary_lines()))
     print(f"output: {Path(args.out).resolve()}")
     if result.stopped:

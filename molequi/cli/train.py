@@ -94,6 +94,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         " (default: dipole for dipole*, else intensive). Sets --forces-weight 0 and, without an energy target, --energy-weight 0 unless given. "
                         "QM9 example: --data 'qm9:train?n=20000' --target gap")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (one line per epoch only)")
+    parser.add_argument("--compile", action="store_true",
+                        help="train through torch.compile: the first step compiles (about a minute on a CPU), later "
+                        "steps are faster (scripts/bench_train.py); eager, with one warning, where compilation fails")
     parser.add_argument("--allow-outliers", action="store_true",
                         help="train on structures whose energy per atom (after the per-element reference energies) or "
                         "largest force lies more than 20 MADs from the median; without it they are refused, named, "
@@ -133,6 +136,8 @@ def overrides_from(args: argparse.Namespace) -> dict:
         overrides["freeze"] = True
     if getattr(args, "stream", False):
         overrides["stream"] = True
+    if getattr(args, "compile", False):
+        overrides["compile"] = True
     return overrides
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from safetensors.torch import save_file
 
 from molequi.errors import ModelFileError
 from molequi.md.ensembles import ENSEMBLES
+from molequi.md.graphs import GraphedForces
 from molequi.data.skin import BatchedNeighborList
 from molequi.data.batch import GraphBatch
 from molequi.models.uncertainty.committee import Potential
@@ -139,6 +141,10 @@ class BatchedMD:
         max_temperature: a system whose temperature exceeds this (K) is stopped; default
             ``max(10 × its target temperature, 100 K)``.
         min_distance: a system with two atoms closer than this (Å) is stopped.
+        cuda_graphs: replay the force call as a CUDA graph over fixed-capacity neighbor buffers
+            (:mod:`molequi.md.graphs`; best with a compiled potential); on a CPU the same padded
+            buffers are used without a capture. Ends, with one warning, when a rebuilt list
+            exceeds the capacity; the graph is captured again when systems are removed.
 
     A system is also stopped when its forces or positions become non-finite. Stopped systems
     are removed from the batch (listed in :attr:`stopped`); the others continue unchanged.
@@ -154,6 +160,7 @@ class BatchedMD:
         max_temperature: float | None = None,
         min_distance: float = 0.5,
         initial_forces: bool = True,
+        cuda_graphs: bool = False,
     ) -> None:
         if ensemble not in ENSEMBLES:
             raise ValueError(f"ensemble must be one of {', '.join(ENSEMBLES)}, got {ensemble!r}")
@@ -171,6 +178,8 @@ class BatchedMD:
         self.stopped: list[StopEvent] = []
         self.outputs: dict[str, torch.Tensor] = {}
         self.in_step = False  # True while a step is being taken (see :meth:`step`)
+        self.cuda_graphs = bool(cuda_graphs)
+        self.graphed: GraphedForces | None = None  # made at the first force call (cuda_graphs)
         self._new_neighbor_list()
         self.energy_reference = torch.zeros_like(self.state.energy)  # [S] total energy at step 0, eV
         self.max_deviation = torch.zeros_like(self.state.energy)  # [S] max |E_tot − E_ref|, eV
@@ -182,8 +191,11 @@ class BatchedMD:
     # ------------------------------------------------------------------ stepping
     def compute(self, state: MDState) -> None:
         """Set ``state.forces`` and ``state.energy`` (rebuilding the neighbor list if needed)."""
-        if bool(self.neighbors.needs_rebuild(state.positions)):
+        rebuilt = bool(self.neighbors.needs_rebuild(state.positions))
+        if rebuilt:
             self.neighbors.build(state.positions)
+        if self.cuda_graphs and self._graphed_compute(state, rebuilt):
+            return
         graph = GraphBatch(
             pos=state.positions,
             numbers=state.numbers,
@@ -196,6 +208,27 @@ class BatchedMD:
         )
         self.outputs = self.potential(graph)
         state.forces, state.energy = self.outputs["forces"], self.outputs["energy"]
+
+    def _graphed_compute(self, state: MDState, rebuilt: bool) -> bool:
+        """:meth:`compute` through :attr:`graphed`; False when replay has ended (then eager)."""
+        neighbors = self.neighbors
+        if self.graphed is None:
+            def call(positions: torch.Tensor, edge_index: torch.Tensor, shifts: torch.Tensor) -> dict[str, torch.Tensor]:
+                return self.potential(GraphBatch(pos=positions, numbers=state.numbers, batch=state.batch,
+                                                 num_graphs=state.num_systems, cell=state.cell,
+                                                 edge_index=edge_index, shifts=shifts))
+
+            self.graphed = GraphedForces(call, state.positions, neighbors.edge_index, neighbors.shifts)
+        elif rebuilt:
+            self.graphed.rebuilt(neighbors.edge_index, neighbors.shifts)
+        if not self.graphed.active:
+            warnings.warn(f"CUDA graph replay ended: {self.graphed.fallback}; the MD continues eagerly", stacklevel=3)
+            self.cuda_graphs, self.graphed = False, None
+            return False
+        # the graph's outputs are overwritten by the next replay: the state keeps copies
+        self.outputs = {key: value.clone() for key, value in self.graphed(state.positions).items()}
+        state.forces, state.energy = self.outputs["forces"], self.outputs["energy"]
+        return True
 
     def step(self) -> None:
         """One time step of every running system, then the safety checks (nothing if none runs)."""
@@ -246,6 +279,7 @@ class BatchedMD:
             self.neighbors.build(self.state.positions)
 
     def _new_neighbor_list(self) -> None:
+        self.graphed = None  # other atoms: a new capture at the next force call
         s = self.state
         self.neighbors = BatchedNeighborList(s.batch, s.cell, s.pbc, self.potential.cutoff, self.skin)
 

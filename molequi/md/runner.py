@@ -202,6 +202,7 @@ def run_md(
     out: str | Path,
     resume: bool = False,
     overwrite: bool = False,
+    cuda_graphs: bool = False,
 ) -> MDResult:
     """Run MD of ``systems`` with ``potential`` and write logs, trajectories, restarts and
     ``energy.png`` to ``out`` (see :mod:`molequi.md.output`).
@@ -210,11 +211,15 @@ def run_md(
     ``out`` (or ``overwrite``, which deletes only :data:`MD_OUTPUTS`); ``resume`` continues the
     run there from its restart file, refused when the settings that shape the trajectory, the
     models or the structures differ (compared by content, see :func:`md_identity`).
+    ``cuda_graphs``: the batched engine replays its force call as a CUDA graph (a CUDA device
+    only; see :mod:`molequi.md.graphs`).
     """
     from molequi.utils import claim_run_directory
 
     settings.validate()
     out = Path(out)
+    if cuda_graphs and (torch.device(potential.device).type != "cuda" or settings.engine != "batched"):
+        raise ConfigError("--cuda-graphs needs the batched engine on a CUDA device (--device cuda)")
     if resume and settings.engine != "batched":
         raise ConfigError("resume needs the batched engine (the ASE engine writes no restart files)")
     if resume and overwrite:
@@ -226,7 +231,7 @@ def run_md(
     with claim_run_directory(out, "md", MD_OUTPUTS, resume=resume, overwrite=overwrite,
                              resume_marker="restart.safetensors"):
         if settings.engine == "batched":
-            return _run_batched(potential, systems, settings, out, resume, identity)
+            return _run_batched(potential, systems, settings, out, resume, identity, cuda_graphs)
         return _run_ase(potential, systems, settings, out)
 
 
@@ -277,18 +282,25 @@ def run_md_files(
     resume: bool = False,
     overwrite: bool = False,
     calibration: str | Path | None = None,
+    compile: bool = False,
+    cuda_graphs: bool = False,
 ) -> MDResult:
     """:func:`run_md` from model files or pretrained names (several: a committee; none: the
     pretrained default) and structure specs (see :func:`read_systems`); ``calibration``: the JSON
-    of ``molequi calibrate`` (logged stds are calibrated)."""
+    of ``molequi calibrate`` (logged stds are calibrated); ``cuda_graphs``: see :func:`run_md`;
+    ``compile``: evaluate through ``torch.compile`` (:meth:`~molequi.nn.forces.ForceOutput.compile`;
+    the trajectory equals the eager one within float round-off)."""
     from molequi.calculators.ase import shipped_or_given
     from molequi.models.uncertainty.committee import load_models
 
     settings.validate()
     systems = read_systems(structures, replicas)
     specs = shipped_or_given(list(models) or None)
-    potential = Potential(load_models(specs, device=device, dtype=dtype), calibration=calibration)
-    return run_md(potential, systems, settings, out, resume=resume, overwrite=overwrite)
+    loaded = load_models(specs, device=device, dtype=dtype)
+    if compile:
+        loaded = [model.compile() for model in loaded]  # loaded here from files: no caller's object to keep
+    potential = Potential(loaded, calibration=calibration)
+    return run_md(potential, systems, settings, out, resume=resume, overwrite=overwrite, cuda_graphs=cuda_graphs)
 
 
 def _output(potential: Potential, count: int, settings: MDSettings, out: Path, resume: bool = False,
@@ -332,11 +344,12 @@ def _record(engine, records: list[SystemResult], dt: float) -> None:
 
 
 def _run_batched(potential: Potential, systems: list[Atoms], settings: MDSettings, out: Path, resume: bool,
-                 identity: dict) -> MDResult:
+                 identity: dict, cuda_graphs: bool = False) -> MDResult:
     from molequi.md.state import state_from_atoms
 
     if resume:
         engine, extra = BatchedMD.from_restart(out / "restart.safetensors", potential)
+        engine.cuda_graphs = cuda_graphs
         check_resume_identity(extra.get("identity"), identity, out)
         output = _output(potential, len(systems), settings, out, resume=True)
         _describe(output, settings, systems)
@@ -347,7 +360,8 @@ def _run_batched(potential: Potential, systems: list[Atoms], settings: MDSetting
         state = state_from_atoms(systems, temperature=settings.temperature, friction=settings.friction,
                                  seed=settings.seed)
         engine = BatchedMD(potential, state, dt=settings.dt, ensemble=settings.ensemble, skin=settings.skin,
-                           max_temperature=settings.max_temperature, min_distance=settings.min_distance)
+                           max_temperature=settings.max_temperature, min_distance=settings.min_distance,
+                           cuda_graphs=cuda_graphs)
         output = _output(potential, len(systems), settings, out)
         _describe(output, settings, systems)
         output.restart_metadata = {"identity": identity}

@@ -4,6 +4,9 @@ The energy model knows nothing about forces: :class:`ForceOutput` turns on gradi
 positions (and a strain for periodic cells), calls it once and differentiates the total energy.
 Forces are therefore exactly conservative, F = -∂E/∂r, and exactly equivariant.
 
+Compiled: :meth:`ForceOutput.compile` routes energy and gradients through one
+``torch.compile``d function (:mod:`molequi.nn.compiled`), with the same outputs.
+
 Precision: every energy leaves here in float64, formed by :func:`energy_outputs` from the
 model's small per-atom residuals (model dtype) and its float64 per-atom references (E0s and
 shift). Forces and stress are returned in the model dtype: they are derivatives of the residual
@@ -12,12 +15,15 @@ alone, so the reference energies cannot round them.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 from torch_geometric.utils import scatter
 
 from molequi.data.batch import GraphBatch
 from molequi.errors import ConfigError, UnknownElementError
+from molequi.nn import compiled
 
 
 def energy_outputs(
@@ -97,6 +103,19 @@ class ForceOutput(nn.Module):
         # eV/Å; load_model sets one for a model trained with it. Training leaves it None: its
         # labels already have the baseline taken off.
         self.baseline = None
+        # Whether energy and gradients go through torch.compile (see compile()); off by default:
+        # the first call compiles for tens of seconds on a CPU.
+        self.compile_enabled = False
+
+    def compile(self, enabled: bool = True) -> ForceOutput:
+        """Evaluate energy and forces (and stress) through one ``torch.compile``d function
+        (:mod:`molequi.nn.compiled`): the first call compiles (tens of seconds on a CPU), later
+        calls of any atom or edge count reuse it. Falls back to eager, with one warning, where
+        compilation fails. A shallow ensemble's per-head forces stay eager. In evaluation mode
+        the outputs carry no autograd graph in the weights (the eager call keeps one for the
+        energy); in training mode they do, forces included. Returns ``self``."""
+        self.compile_enabled = bool(enabled)
+        return self
 
     @property
     def species(self) -> list[int]:
@@ -151,12 +170,16 @@ class ForceOutput(nn.Module):
         pos = graph.pos.detach().to(dtype=position_dtype, copy=True).requires_grad_(compute_forces or compute_stress)
         shifts = graph.shifts.to(position_dtype)
         inputs = [pos]
+        strain = None
         if compute_stress:
             strain = torch.zeros(num_graphs, 3, 3, dtype=position_dtype, device=pos.device, requires_grad=True)
-            symmetric = 0.5 * (strain + strain.transpose(1, 2))
-            pos = pos + torch.einsum("ni,nij->nj", pos, symmetric[batch])
-            shifts = shifts + torch.einsum("ei,eij->ej", shifts, symmetric[batch[graph.edge_index[0]]])
             inputs.append(strain)
+        if self._use_compiled(compute_forces or compute_stress):
+            outputs = self._compiled_outputs(graph, pos.detach(), strain, compute_forces, dtype)
+            if self.baseline is not None:
+                self._add_baseline(outputs, graph, compute_stress)
+            return outputs
+        pos, shifts = compiled.strained(graph, pos, shifts, strain)
         with torch.set_grad_enabled(torch.is_grad_enabled() or compute_forces or compute_stress):
             outputs = self.model(graph.replace(pos=pos, shifts=shifts))
             members = outputs.pop("residual_energies_members", None)  # [n_atoms, K], shallow ensembles
@@ -192,6 +215,40 @@ class ForceOutput(nn.Module):
                     outputs["stress"] = (gradients[-1] / volume.view(-1, 1, 1)).to(dtype)
         if self.baseline is not None:
             self._add_baseline(outputs, graph, compute_stress)
+        return outputs
+
+    def _use_compiled(self, gradients: bool) -> bool:
+        """Whether this call goes through the compiled function: compiled on, gradients asked,
+        a single-head model (a shallow ensemble's per-head forces stay eager)."""
+        if not (self.compile_enabled and gradients and compiled.SHARED.active):
+            return False
+        config = getattr(self.model, "config", None)
+        return getattr(config, "ensemble_heads", 1) == 1
+
+    def _compiled_outputs(
+        self, graph: GraphBatch, pos: torch.Tensor, strain: torch.Tensor | None, compute_forces: bool, dtype: torch.dtype
+    ) -> dict[str, torch.Tensor]:
+        """:meth:`forward`'s outputs through :data:`molequi.nn.compiled.SHARED` (positions
+        ``pos`` [N, 3] Å in the position dtype, ``strain`` [S, 3, 3] or None)."""
+        if strain is not None:
+            strain = strain.detach()
+        # In evaluation no graph in the weights is kept (the gradients in positions and strain
+        # are taken inside the function either way): a leaner compiled graph, no saved activations.
+        with torch.no_grad() if not self.training else contextlib.nullcontext():
+            outputs, gradients = compiled.SHARED(self.model, graph, pos, strain)
+        outputs = dict(outputs)
+        residual = compiled.residual_of(outputs)
+        outputs.pop("energies", None)
+        outputs.pop("residual_energies", None)
+        reference = outputs.pop("reference_energies", None)
+        if reference is None:
+            reference = torch.zeros(residual.shape, dtype=torch.float64, device=residual.device)
+        outputs.update(energy_outputs(residual, reference, graph.batch, graph.num_graphs))
+        if compute_forces:
+            outputs["forces"] = -gradients[0].to(dtype)
+        if strain is not None:
+            volume = torch.linalg.det(graph.cell.to(pos.dtype)).abs()  # [num_graphs], Å³
+            outputs["stress"] = (gradients[-1] / volume.view(-1, 1, 1)).to(dtype)
         return outputs
 
     def _add_baseline(self, outputs: dict, graph: GraphBatch, compute_stress: bool) -> None:

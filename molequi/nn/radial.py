@@ -43,18 +43,22 @@ class PolynomialCutoff(nn.Module):
     def __init__(self, cutoff: float, p: int = 6) -> None:
         super().__init__()
         self.cutoff = float(cutoff)
-        self.p = float(p)
+        self.p = int(p)
+        # The coefficients are plain numbers fixed here, and the exponents integers: a float
+        # exponent becomes a traced scalar under torch.compile, and its derivative then needs a
+        # host read (.item()) in the backward.
+        self.coefficients = (
+            (p + 1.0) * (p + 2.0) / 2.0,
+            p * (p + 2.0),
+            p * (p + 1.0) / 2.0,
+        )
 
     def forward(self, lengths: torch.Tensor) -> torch.Tensor:
         """[n_edges, 1] lengths in Å -> [n_edges, 1] envelope in [0, 1]."""
         x = lengths / self.cutoff
-        p = self.p
-        envelope = (
-            1.0
-            - (p + 1.0) * (p + 2.0) / 2.0 * x**p
-            + p * (p + 2.0) * x ** (p + 1.0)
-            - p * (p + 1.0) / 2.0 * x ** (p + 2.0)
-        )
+        a, b, c = self.coefficients
+        x_p = x**self.p
+        envelope = 1.0 - a * x_p + b * x_p * x - c * x_p * x * x
         return envelope * (x < 1.0)
 
 

@@ -44,7 +44,7 @@ RESERVED_PROPERTY_NAMES = (
 SCHEDULERS = ("plateau", "cosine", "budget")
 """Learning-rate schedules (see :class:`TrainingConfig`)."""
 
-RESUMABLE_KEYS = ("max_epochs", "max_minutes", "device", "num_workers", "progress", "eval_batch_size")
+RESUMABLE_KEYS = ("max_epochs", "max_minutes", "device", "num_workers", "progress", "eval_batch_size", "compile")
 """Settings that may change when a run is resumed (the rest would break exact continuation)."""
 
 
@@ -118,6 +118,10 @@ class TrainingConfig:
             (``scripts/bench_precision.py``). float64 for bit-exact comparisons.
         eval_interval: validate every this many epochs (the last epoch is always validated).
         num_workers: DataLoader worker processes (0 = load in the training process).
+        compile: train through ``torch.compile`` (energy, forces and the force loss's gradients
+            as one compiled graph, :mod:`molequi.nn.compiled`): the first step compiles (about a
+            minute on a CPU), later steps are faster (``scripts/bench_train.py``); eager, with one
+            warning, where compilation fails. Results equal the eager ones within float round-off.
         progress: show a tqdm progress bar per epoch (rank 0 only).
         ensemble_loss: how a shallow ensemble (``model.ensemble_heads`` ≥ 2) is trained:
             ``"heads"`` (the mean over heads of each head's usual loss) or ``"nll"`` (the
@@ -174,6 +178,7 @@ class TrainingConfig:
     dtype: str = "float32"
     eval_interval: int = 1
     num_workers: int = 0
+    compile: bool = False
     progress: bool = True
     ensemble_loss: str = "heads"
     energy_key: str = "energy"

@@ -81,6 +81,8 @@ def progress_fields(metrics: dict[str, Any]) -> dict[str, str]:
 
 def epoch_line(row: dict[str, Any], improved: bool) -> str:
     line = f"epoch {row['epoch']:4d}  {row['time_s']:8.1f} s  lr {row['lr']:.2e}  train loss {row['train_loss']:.4g}"
+    if math.isfinite(row.get("train_structures_per_s", math.nan)):
+        line += f"  {row['train_structures_per_s']:.1f} structures/s"
     if "val_loss" in row:
         line += f"  val loss {row['val_loss']:.4g}"
         for key, label, unit in (("val_energy_mae_meV", "E", "meV"), ("val_forces_mae_meV_per_A", "F", "meV/Å")):

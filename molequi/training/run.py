@@ -307,6 +307,8 @@ def build_run(
         from molequi.training.finetune import freeze_body
 
         freeze_body(model)
+    if config.compile:
+        model.compile()  # the trained model only: validation and export stay eager
     factory = functools.partial(fresh_model, model_config, dtype, device)
     ema = ExponentialMovingAverage(model, config.ema_decay, factory) if config.ema_decay > 0 else None
     trained = model

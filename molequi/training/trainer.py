@@ -34,7 +34,9 @@ Files in the output directory (each written atomically)::
 ``val_energy_rmse_meV`` (total energy, meV), ``val_forces_mae_meV_per_A``,
 ``val_forces_rmse_meV_per_A`` (per component, meV/Å) of the EMA weights; ``val_<property>_mae``
 per property head (its unit); ``train_structures`` (structures processed in the epoch, summed
-over processes: each once, plus DistributedSampler's padding to a multiple of the world size).
+over processes: each once, plus DistributedSampler's padding to a multiple of the world size);
+``train_structures_per_s`` (those structures over the epoch's training wall time, s, without
+validation: the throughput ``compile`` and ``batch_size`` move).
 Validation columns are empty in epochs without validation (``eval_interval``).
 
 Progress: each epoch line ends with the run's ETA (this session's mean epoch time against
@@ -122,6 +124,7 @@ LOG_COLUMNS = [
     "val_forces_mae_meV_per_A",
     "val_forces_rmse_meV_per_A",
     "train_structures",
+    "train_structures_per_s",
 ]
 
 VALIDATION_KEYS = ("loss", "energy_mae_meV", "energy_rmse_meV", "forces_mae_meV_per_A", "forces_rmse_meV_per_A")
@@ -397,7 +400,7 @@ def _train(
             f"resuming {out_dir} after epoch {progress.epoch} "
             f"(best validation loss {progress.best_loss:.6g} at epoch {progress.best_epoch})"
         )
-    columns = LOG_COLUMNS[:-1] + [f"val_{name}_mae" for name in run.properties] + LOG_COLUMNS[-1:]
+    columns = LOG_COLUMNS[:-2] + [f"val_{name}_mae" for name in run.properties] + LOG_COLUMNS[-2:]
     files = _output_files(out_dir)
     if ddp.is_main:
         files["last"].parent.mkdir(parents=True, exist_ok=True)
@@ -419,8 +422,10 @@ def _train(
     try:
         while not progress.stop_reason and progress.epoch < config.epoch_limit:
             progress.epoch += 1
+            epoch_started = time.monotonic()
             result = train_one_epoch(run, progress.epoch, deadline, eta=eta)
             row = _train_row(run, progress.epoch, result)
+            row["train_structures_per_s"] = row["train_structures"] / max(time.monotonic() - epoch_started, 1e-9)
             last_epoch = progress.epoch >= config.epoch_limit or result.out_of_time
             improved = False
             if progress.epoch % config.eval_interval == 0 or last_epoch:
