@@ -481,3 +481,32 @@ def test_members_train_on_the_far_frames_the_loop_picks():
 
     config = _member_config(TrainingConfig(), LearnSettings(**SETTINGS), r=1, m=0, n_labels=7)
     assert config.allow_outliers and not TrainingConfig().allow_outliers
+
+
+def test_loop_starts_from_a_model(tmp_path, test_file):
+    """--init: round 0's members start from the given model, with its architecture and its
+    reference energies (not those a fresh fit to the few start labels would give); a missing
+    file or other heads are one-line errors; a rerun with another initial model is refused."""
+    from molequi.errors import ModelFileError
+    from molequi.models.io import read_config
+    from molequi.training import load_config, train
+
+    base = load_config(None, {"max_epochs": 2, "validation": 1, "device": "cpu", "progress": False, "batch_size": 4,
+                              "model.channels": 12, "model.num_layers": 1, "model.radial_hidden": [8],
+                              "model.readout_hidden": 8})
+    train(base, str(test_file), tmp_path / "base", log=lambda m: None)
+    model = tmp_path / "base" / "model.molequi"
+    settings = LearnSettings(**{**SETTINGS, "rounds": 0, "init": str(model)})
+    result = run_learning(settings, ["CH3CH2OH"], tmp_path / "run", config=_config(), log=lambda m: None)
+    member, initial = read_config(result.models[0]), read_config(model)
+    assert member.channels == 12 and member.e0s == initial.e0s and member.energy_shift == initial.energy_shift
+    with pytest.raises(ModelFileError, match="no such model file"):
+        run_learning(LearnSettings(**{**SETTINGS, "init": str(tmp_path / "none.molequi")}), ["CH3CH2OH"],
+                     tmp_path / "x", config=_config(), log=lambda m: None)
+    with pytest.raises(ConfigError, match="differs from the 1 head"):
+        run_learning(LearnSettings(**{**SETTINGS, "init": str(model), "ensemble_heads": 3}), ["CH3CH2OH"],
+                     tmp_path / "y", config=_config(), log=lambda m: None)
+    other = dataclasses.replace(base, seed=1)
+    train(other, str(test_file), tmp_path / "base", log=lambda m: None, overwrite=True)  # other weights, same path
+    with pytest.raises(ConfigError, match="--init model"):
+        run_learning(settings, ["CH3CH2OH"], tmp_path / "run", config=_config(), log=lambda m: None)

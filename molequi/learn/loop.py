@@ -79,9 +79,11 @@ def run_learning(
         structures = read_structures(path)
         require_labels(structures, path)
         test_structures.extend(structures)
+    init = initial_model(settings)
     identity = {
         "format": FORMAT,
         "settings": asdict(settings),
+        "init_sha256": files_digest([str(init)]) if init is not None else None,
         "training": {k: v for k, v in config.to_dict().items() if k not in IGNORED_TRAINING_KEYS},
         "start_sha256": structures_sha256(starts),
         "test_sha256": files_digest(test_paths) if test_paths else None,
@@ -106,15 +108,18 @@ def run_learning(
     md_starts = [Atoms(numbers=a.numbers, positions=a.positions) for a in starts]
     rows: list[dict[str, Any]] = []
     models: list[Path] = []
+    if init is not None:
+        config = _config_from_init(config, settings, init)
     for r in range(settings.rounds + 1):
-        row, models = _run_round(r, settings, config, out_dir, md_starts, test_structures, device, get_labeler, say)
+        row, models = _run_round(r, settings, config, out_dir, md_starts, test_structures, device, get_labeler, say,
+                                 init)
         rows.append(row)
         write_rounds(rows, out_dir)
     say(f"done: {settings.rounds + 1} rounds, {rows[-1]['n_labels']} labels; committee: {' '.join(f'--model {m}' for m in models)}")
     return LearnResult(out_dir, rows, models)
 
 
-def _run_round(r, settings, config, out_dir, md_starts, test_structures, device, get_labeler, say):
+def _run_round(r, settings, config, out_dir, md_starts, test_structures, device, get_labeler, say, init=None):
     from ase.io import read
 
     from molequi.training import train
@@ -149,9 +154,9 @@ def _run_round(r, settings, config, out_dir, md_starts, test_structures, device,
             member_dir = model_path.parent
             member_config = _member_config(config, settings, r, m, n_labels)
             resume = (member_dir / "checkpoints" / "last.pt").exists()
-            previous = out_dir / f"round_{r - 1:03d}" / f"member_{m}" / "model.molequi"
+            previous = out_dir / f"round_{r - 1:03d}" / f"member_{m}" / "model.molequi" if r > 0 else init
             train(member_config, str(train_file), member_dir, resume=resume, log=lambda message: None,
-                  init_weights=previous if r > 0 and not resume else None,
+                  init_weights=previous if not resume else None,
                   overwrite=not resume)  # a member killed before its first epoch starts again
     say(f"round {r}/{settings.rounds}: trained {settings.committee} members on {n_labels} labels "
         f"({timings['train']:.1f} s)")
@@ -192,6 +197,42 @@ def _run_round(r, settings, config, out_dir, md_starts, test_structures, device,
     row["n_new"] = n_new
     write_json({"row": row, "wall_s": timings, "stopped": stopped}, done)
     return row, members
+
+
+def initial_model(settings: LearnSettings) -> Path | None:
+    """The model file ``settings.init`` names (a path, or a shipped model's name), or None.
+
+    Raises:
+        ModelFileError: an unknown shipped name, or a file that does not exist.
+    """
+    from molequi.errors import ModelFileError
+    from molequi.pretrained import resolve
+
+    if settings.init is None:
+        return None
+    path = resolve(settings.init)
+    if not path.is_file():
+        raise ModelFileError(f"--init {settings.init}: no such model file (nor a shipped model's name)")
+    return path
+
+
+def _config_from_init(config, settings: LearnSettings, init: Path):
+    """The members' training config with the architecture of the model ``init`` (its weights
+    only fit that one); its ensemble heads unless ``settings.ensemble_heads`` asks for others,
+    which is refused (:class:`ConfigError`: new heads would have no weights to start from)."""
+    from molequi.errors import ConfigError
+    from molequi.models.io import read_config
+    from molequi.training import TrainingConfig
+    from molequi.training.config import architecture_dict
+
+    architecture = architecture_dict(read_config(init))
+    heads = int(architecture.get("ensemble_heads") or 1)
+    if settings.ensemble_heads >= 2 and settings.ensemble_heads != heads:
+        raise ConfigError(f"--ensemble-heads {settings.ensemble_heads} differs from the {heads} head(s) of --init "
+                          f"{settings.init}: leave --ensemble-heads out to keep the model's")
+    values = config.to_dict()
+    values["model"] = architecture
+    return TrainingConfig.from_dict(values)
 
 
 class _Clock:

@@ -87,6 +87,10 @@ class LearnSettings:
         dt: MD time step, fs.
         friction: Langevin friction, 1/fs.
         seed: base seed of the perturbations, the members and the MD.
+        init: a model file or a shipped model's name (``"organic-xtb"``) whose weights start
+            every member of round 0 (later rounds start from the previous round's members, as
+            always): the members take its architecture and reference energies, so a handful
+            of labels adapts it to a new molecule. None: round 0 starts from random weights.
     """
 
     rounds: int
@@ -110,6 +114,7 @@ class LearnSettings:
     dt: float = 0.5
     friction: float = 0.01
     seed: int = 0
+    init: str | None = None
 
     def validate(self) -> None:
         checks = [

@@ -95,7 +95,8 @@ def _compared(identity: dict[str, Any]) -> dict[str, Any]:
         values = {**_flat(_defaults(key)), **_flat(identity[key])}
         compared[key] = {name: value for name, value in values.items()
                          if not (key == "settings" and name in RESUMABLE_SETTINGS)}
-    return {**compared, "start": identity["start_sha256"], "test": identity["test_sha256"]}
+    return {**compared, "start": identity["start_sha256"], "test": identity["test_sha256"],
+            "init": identity.get("init_sha256")}
 
 
 def _identity_name(path: str) -> str:
@@ -104,6 +105,8 @@ def _identity_name(path: str) -> str:
         return "the start structures (content)"
     if path == "test":
         return "the test data (content)"
+    if path == "init":
+        return "the --init model (content)"
     return path.partition(".")[2]
 
 
