@@ -510,3 +510,41 @@ def test_loop_starts_from_a_model(tmp_path, test_file):
     train(other, str(test_file), tmp_path / "base", log=lambda m: None, overwrite=True)  # other weights, same path
     with pytest.raises(ConfigError, match="--init model"):
         run_learning(settings, ["CH3CH2OH"], tmp_path / "run", config=_config(), log=lambda m: None)
+
+
+def test_composition_offsets_are_robust_medians():
+    from molequi.learn.energies import composition_offsets
+
+    counts = np.array([[6, 2, 1]] * 5 + [[4, 2, 0]] * 3, dtype=float)  # ethanol, ethylene (H, C, O)
+    residuals = np.array([1.0, 1.0, 1.0, 1.0, 50.0, -2.0, -2.0, -2.0])  # one wild frame
+    delta = composition_offsets(residuals, counts)
+    np.testing.assert_allclose(counts[[0, 5]] @ delta, [1.0, -2.0], atol=1e-9)
+
+
+def test_refit_reference_energies_removes_the_offset_and_keeps_forces(tmp_path):
+    """The refit sets the median energy error on the labelled structures to zero by moving the
+    E0s only: forces are unchanged, the header's extra is kept and a second refit does nothing."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    from conftest import random_model
+    from molequi.learn.energies import refit_reference_energies
+    from molequi.models import load_model, predict, read_header, save_model
+
+    path = save_model(random_model(l_max=1, num_layers=1, seed=0), tmp_path / "m.molequi", extra={"minutes": 1.5})
+    before = load_model(path)
+    rng = np.random.default_rng(0)
+    structures = []
+    for k in range(5):
+        atoms = molecule("CH3CH2OH")
+        atoms.positions += rng.normal(0.0, 0.05, atoms.positions.shape)
+        energy = predict(before, atoms)["energy"] + 3.0 + 0.01 * k + (40.0 if k == 4 else 0.0)
+        atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=np.zeros((len(atoms), 3)))
+        structures.append(atoms)
+    change = refit_reference_energies(path, structures)
+    assert change == pytest.approx(3.02, abs=1e-6)  # the median, not the mean the wild frame would pull
+    after = load_model(path)
+    new, old = predict(after, structures[0]), predict(before, structures[0])
+    assert new["energy"] - old["energy"] == pytest.approx(3.02, abs=1e-6)
+    np.testing.assert_allclose(new["forces"], old["forces"], atol=1e-6)
+    assert read_header(path)["extra"] == {"minutes": 1.5}
+    assert refit_reference_energies(path, structures) == 0.0

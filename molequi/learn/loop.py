@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from ase import Atoms
 
+from molequi.learn.energies import refit_reference_energies
 from molequi.learn.explore import explore, md_seeds, predict_committee, test_errors
 from molequi.learn.labelers import (
     label_round,
@@ -158,14 +159,18 @@ def _run_round(r, settings, config, out_dir, md_starts, test_structures, device,
             train(member_config, str(train_file), member_dir, resume=resume, log=lambda message: None,
                   init_weights=previous if not resume else None,
                   overwrite=not resume)  # a member killed before its first epoch starts again
+        # idempotent: a rerun after an interruption refits again and changes nothing more
+        labelled = read(train_file, ":")
+        offsets = [refit_reference_energies(path, labelled, device) for path in members]
     say(f"round {r}/{settings.rounds}: trained {settings.committee} members on {n_labels} labels "
-        f"({timings['train']:.1f} s)")
+        f"({timings['train']:.1f} s; energy offset refitted by {1000 * max(map(abs, offsets)):.0f} meV at most)")
     row: dict[str, Any] = {"round": r, "n_labels": n_labels}
     if test_structures:
         with clock("test"):
             row.update(test_errors(predict_committee(members, test_structures, device), test_structures))
         say(f"round {r}/{settings.rounds}: test force MAE {row['test_forces_mae_meV_per_A']:.1f} meV/Å, "
-            f"energy MAE {row['test_energy_mae_meV']:.1f} meV ({len(test_structures)} structures)")
+            f"energy MAE {row['test_energy_mae_meV']:.1f} meV (mean error {row['test_energy_bias_meV']:+.1f} meV; "
+            f"{len(test_structures)} structures)")
 
     candidates_file = round_dir / "candidates.extxyz"
     stopped_file = round_dir / "md_stopped.json"

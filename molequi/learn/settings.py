@@ -15,7 +15,7 @@ IGNORED_TRAINING_KEYS = ("device", "num_workers", "progress", "eval_batch_size")
 """Training settings that do not change results, so they may differ on a rerun."""
 ROUND_COLUMNS = [
     "round", "n_labels", "n_new", "md_frames", "md_stopped", "max_std", "mean_std",
-    "test_energy_mae_meV", "test_forces_mae_meV_per_A", "test_forces_rmse_meV_per_A",
+    "test_energy_mae_meV", "test_energy_bias_meV", "test_forces_mae_meV_per_A", "test_forces_rmse_meV_per_A",
 ]
 SELECTIONS = ("uncertain", "clustered", "random")
 TRUST_SCOPES = ("frame", "trajectory")
