@@ -63,6 +63,8 @@ PROFILES = {
                     scans=8, ttf_replicas=4, ttf_steps=600, per_round=5),
     "full": dict(seeds=5, labels=(10, 20, 40, 80), committee=4, epochs=100, md_steps=400, pool=600, test_frames=60,
                  scans=36, ttf_replicas=8, ttf_steps=40000, per_round=5),
+    "smoke": dict(seeds=1, labels=(10,), committee=4, epochs=2, md_steps=20, pool=10, test_frames=4, scans=2,
+                  ttf_replicas=2, ttf_steps=40, per_round=5),  # a check that every stage runs (minutes)
 }
 MODEL = {"model.channels": 32, "model.l_max": 1, "model.num_layers": 2, "model.radial_hidden": [32, 32],
          "model.readout_hidden": 16, "model.edge_l_max": None}
@@ -527,13 +529,14 @@ def plot(results: dict, path: Path) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--full", action="store_true", help="the full settings (see above) instead of the reduced ones")
+    parser.add_argument("--smoke", action="store_true", help="tiny settings: check that every stage runs")
     parser.add_argument("--molecules", nargs="+", default=["ethanol"], help="rMD17 molecules (the issue: ethanol aspirin)")
     parser.add_argument("--seeds", type=int, default=None, help="override the profile's seed count")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA, help="rMD17 .npz directory (geometries only)")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench_learning")
     parser.add_argument("--readme", action="store_true", help="write the Markdown block and the plot into the docs")
     args = parser.parse_args(argv)
-    name = "full" if args.full else "reduced"
+    name = "full" if args.full else ("smoke" if args.smoke else "reduced")
     profile = dict(PROFILES[name])
     if args.seeds is not None:
         profile["seeds"] = args.seeds
