@@ -150,7 +150,10 @@ class Calibration:
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise ConfigError(f"{path}: corrupt calibration ({error})") from None
         info = {key: value for key, value in values.items() if key not in ("format", "format_version")}
-        return cls(fits, info, source=str(path))
+        calibration = cls(fits, info, source=str(path))
+        for line in calibration.warnings():  # a fallback is said wherever the file is used, not only when fitted
+            warnings.warn(f"{path}: {line}", CalibrationWarning, stacklevel=2)
+        return calibration
 
 
 def models_identity(models) -> dict[str, list]:
