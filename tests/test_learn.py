@@ -552,3 +552,22 @@ def test_refit_reference_energies_removes_the_offset_and_keeps_forces(tmp_path):
     np.testing.assert_allclose(new["forces"], old["forces"], atol=1e-6)
     assert read_header(path)["extra"] == {"minutes": 1.5}
     assert refit_reference_energies(path, structures) == 0.0
+
+
+def test_md_frames_carry_the_calibrated_sigma_and_the_domain_verdict():
+    from ase import Atoms
+
+    from molequi.learn.domain import calibration_columns, mark_domain
+    from molequi.models.uncertainty import Calibration, Fit
+
+    calibration = Calibration({"forces": Fit("scale", 2.0), "energy": Fit("scale", 1.0)},
+                              {"domain": {"threshold": 1.0},
+                               "outputs": {"forces": {"spearman": 0.6, "warnings": []},
+                                           "energy": {"spearman": 0.1, "warnings": ["the fitted power law is flat"]}}})
+    frames = [Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.74]], info={"std_max": s}) for s in (0.2, 0.49, 0.8)]
+    assert mark_domain(frames, calibration) == 1
+    assert [a.info["sigma_forces"] for a in frames] == pytest.approx([0.4, 0.98, 1.6])
+    assert [a.info["in_domain"] for a in frames] == [1, 1, 0]
+    assert calibration_columns(calibration) == {"energy_spearman": 0.1, "energy_calibration_fallback": 1,
+                                                "forces_spearman": 0.6, "forces_calibration_fallback": 0,
+                                                "domain_threshold": 1.0}

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from ase import Atoms
 
+from molequi.learn.domain import calibration_columns, mark_domain, round_calibration
 from molequi.learn.energies import refit_reference_energies
 from molequi.learn.explore import explore, md_seeds, predict_committee, test_errors
 from molequi.learn.labelers import (
@@ -165,12 +166,17 @@ def _run_round(r, settings, config, out_dir, md_starts, test_structures, device,
     say(f"round {r}/{settings.rounds}: trained {settings.committee} members on {n_labels} labels "
         f"({timings['train']:.1f} s; energy offset refitted by {1000 * max(map(abs, offsets)):.0f} meV at most)")
     row: dict[str, Any] = {"round": r, "n_labels": n_labels}
+    calibration = None
     if test_structures:
         with clock("test"):
             row.update(test_errors(predict_committee(members, test_structures, device), test_structures))
+            calibration, notes = round_calibration(members, test_structures, round_dir / "calibration.json", device)
+            row.update(calibration_columns(calibration))
         say(f"round {r}/{settings.rounds}: test force MAE {row['test_forces_mae_meV_per_A']:.1f} meV/Å, "
             f"energy MAE {row['test_energy_mae_meV']:.1f} meV (mean error {row['test_energy_bias_meV']:+.1f} meV; "
             f"{len(test_structures)} structures)")
+        for note in notes:
+            say(f"round {r}/{settings.rounds}: calibration on the test data: {note}")
 
     candidates_file = round_dir / "candidates.extxyz"
     stopped_file = round_dir / "md_stopped.json"
@@ -182,9 +188,13 @@ def _run_round(r, settings, config, out_dir, md_starts, test_structures, device,
             seeds, replicas = md_seeds(r, settings, out_dir, md_starts)
             candidates, stopped = explore(members, seeds, settings, seed=settings.seed + 7919 * (r + 1), device=device,
                                           replicas=replicas)
+            if calibration is not None:
+                mark_domain(candidates, calibration)
             write_extxyz(candidates, candidates_file)
             write_json(stopped, stopped_file)
     stds = np.array([a.info["std_max"] for a in candidates])
+    if any("in_domain" in a.info for a in candidates):
+        row["md_out_of_domain"] = int(sum(1 - int(a.info.get("in_domain", 1)) for a in candidates))
     row.update({
         "md_frames": len(candidates), "md_stopped": len(stopped),
         "max_std": float(stds.max()) if len(stds) else math.nan,

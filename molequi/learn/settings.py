@@ -14,8 +14,10 @@ RESUMABLE_SETTINGS = ("rounds",)
 IGNORED_TRAINING_KEYS = ("device", "num_workers", "progress", "eval_batch_size")
 """Training settings that do not change results, so they may differ on a rerun."""
 ROUND_COLUMNS = [
-    "round", "n_labels", "n_new", "md_frames", "md_stopped", "max_std", "mean_std",
+    "round", "n_labels", "n_new", "md_frames", "md_stopped", "md_out_of_domain", "max_std", "mean_std",
     "test_energy_mae_meV", "test_energy_bias_meV", "test_forces_mae_meV_per_A", "test_forces_rmse_meV_per_A",
+    "energy_spearman", "energy_calibration_fallback", "forces_spearman", "forces_calibration_fallback",
+    "domain_threshold",
 ]
 SELECTIONS = ("uncertain", "clustered", "random")
 TRUST_SCOPES = ("frame", "trajectory")
