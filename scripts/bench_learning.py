@@ -70,6 +70,7 @@ MODEL = {"model.channels": 32, "model.l_max": 1, "model.num_layers": 2, "model.r
          "model.readout_hidden": 16, "model.edge_l_max": None}
 PERTURBED = 4  # noisy copies labelled beside the loop's start geometry
 TTF_TEMPERATURE, TTF_DT, BOND_TOLERANCE = 500.0, 0.5, 0.5  # K, fs, Å
+PROFILES_USED: dict = {}  # the profile of this run (for the Markdown)
 
 
 def log(message: str) -> None:
@@ -258,16 +259,25 @@ def loop_committees(molecule: str, files, profile, args, seed: int) -> tuple[dic
     return committees, result.rows
 
 
-def ensemble_on_loop_labels(molecule: str, profile, args, seed: int, committee: list[Path]) -> Path:
-    """One shallow ensemble (``committee`` heads) trained on the labels the loop's ``committee`` had."""
-    from molequi.training import train
+ENSEMBLES = {"ensemble heads": {}, "ensemble heads, bootstrap + NLL": {"ensemble_bootstrap": True,
+                                                                      "ensemble_nll_weight": 1.0}}
+"""The shallow ensembles of C, by name: their training options beside the heads loss."""
+
+
+def ensemble_on_loop_labels(molecule: str, profile, args, seed: int, committee: list[Path], name: str) -> Path:
+    """One shallow ensemble (``committee`` heads, trained as ``ENSEMBLES[name]`` says) on the
+    labels the loop's ``committee`` had."""
+    from molequi.training import TrainingConfig, train
 
     data = committee[0].parent.parent / "train.extxyz"
-    out = args.out / "ensemble" / molecule / f"seed_{seed}" / data.parent.name
+    variant = "heads" if not ENSEMBLES[name] else "bootstrap_nll"
+    out = args.out / "ensemble" / molecule / variant / f"seed_{seed}" / data.parent.name
     if not (out / "model.molequi").exists():
         if out.exists():
             shutil.rmtree(out)
-        train(training_config(profile, 1000 * seed, heads=profile["committee"]), str(data), out, log=lambda m: None)
+        config = training_config(profile, 1000 * seed, heads=profile["committee"])
+        config = TrainingConfig.from_dict({**config.to_dict(), **ENSEMBLES[name]})
+        train(config, str(data), out, log=lambda m: None)
     return out / "model.molequi"
 
 
@@ -385,6 +395,32 @@ def energy_and_force_calibration(models, frames) -> dict:
 # --- the run ----------------------------------------------------------------------------------
 
 
+def cached(args, key: str, models, compute):
+    """``compute()``'s result, reused from ``--out``/evaluations.json while the model files are
+    those it was computed with (same sizes and modification times)."""
+    path = args.out / "evaluations.json"
+    store = json.loads(path.read_text()) if path.exists() else {}
+    stamp = [[str(m), m.stat().st_size, m.stat().st_mtime] for m in map(Path, models)]
+    if key in store and store[key]["models"] == stamp:
+        return store[key]["result"]
+    result = compute()
+    store[key] = {"models": stamp, "result": result}
+    path.write_text(json.dumps(store))
+    return result
+
+
+def provenance(argv) -> str:
+    import os
+    import platform
+    import subprocess
+
+    commit = subprocess.run(["git", "rev-parse", "--short=10", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    load = os.getloadavg()[0]
+    return (f"Measured with `python scripts/bench_learning.py {' '.join(argv)}` at commit {commit or '?'} on "
+            f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores shared with other jobs, load "
+            f"{load:.1f} at the end), one torch thread.")
+
+
 def run_molecule(molecule: str, profile: dict, args) -> dict:
     from ase.io import read
 
@@ -401,19 +437,22 @@ def run_molecule(molecule: str, profile: dict, args) -> dict:
             for kind, models in (("loop", committees[n]), ("random", random_committee(molecule, files, profile, args,
                                                                                         seed, n))):
                 started = time.monotonic()
-                result = shifted_test(models, tests)
-                result["ttf"] = time_to_failure(models, reference, profile, seed)
+                result = cached(args, f"{molecule}/{kind}/{seed}/{n}/{profile['ttf_steps']}", models,
+                                lambda: {**shifted_test(models, tests),
+                                         "ttf": time_to_failure(models, reference, profile, seed)})
                 entry[kind][n] = result
                 log(f"{molecule} seed {seed} {kind} {n} labels: force mean {result['mean']:.0f}, p99 {result['p99']:.0f}, "
                     f"max {result['max']:.0f} meV/Å, 300 K {result['mean_300K']:.0f} meV/Å; time to failure "
                     f"{result['ttf']['mean_fs']:.0f} fs, {100 * result['ttf']['surviving']:.0f} % survive "
                     f"({time.monotonic() - started:.0f} s)")
         last = max(profile["labels"])
-        ensemble = ensemble_on_loop_labels(molecule, profile, args, seed, committees[last])
         entry["ranking"] = {}
-        for name, models in (("committee", committees[last]), ("ensemble heads", [ensemble])):
+        variants = [("committee", committees[last])] + [
+            (name, [ensemble_on_loop_labels(molecule, profile, args, seed, committees[last], name)]) for name in ENSEMBLES]
+        for name, models in variants:
             entry["ranking"][name] = {key: spearman_with_ceiling(models, frames)
                                       for key, frames in tests.items() if key.startswith("md_")}
+            entry["ranking"][name]["test force MAE"] = shifted_test(models, tests)["mean"]
         entry["calibration"] = energy_and_force_calibration(committees[last], tests["md_300K"])
         log(f"{molecule} seed {seed}: ranking {json.dumps(entry['ranking'])}; calibration {json.dumps(entry['calibration'])}")
         report["seeds"].append(entry)
@@ -447,8 +486,8 @@ def targets(report: dict) -> list[tuple[str, bool | None]]:
             loop_t, random_t = (mean_sd([s[k][n]["ttf"]["mean_fs"] for s in seeds])[0] for k in ("loop", "random"))
             checks.append((f"{n} labels: loop survives ≥ 2 × longer ({loop_t:.0f} vs {random_t:.0f} fs)",
                            loop_t >= 2 * random_t))
-    for name in ("committee", "ensemble heads"):
-        for key in seeds[0]["ranking"][name]:
+    for name in seeds[0]["ranking"]:
+        for key in [k for k in seeds[0]["ranking"][name] if k.startswith("md_")]:
             measured = mean_sd([s["ranking"][name][key][0] for s in seeds])[0]
             ceiling = mean_sd([s["ranking"][name][key][1] for s in seeds])[0]
             checks.append((f"{name} {key.removeprefix('md_')}: Spearman ≥ 0.9 × ceiling ({measured:.2f} vs {ceiling:.2f})",
@@ -460,8 +499,8 @@ def targets(report: dict) -> list[tuple[str, bool | None]]:
     return checks
 
 
-def markdown(results: dict, profile_name: str, wall: float) -> str:
-    lines = [f"Settings: `{profile_name}` ({', '.join(f'{k} {v}' for k, v in PROFILES[profile_name].items())}); "
+def markdown(results: dict, profile_name: str, wall: float, argv=()) -> str:
+    lines = [provenance(argv), "", f"Settings: `{profile_name}` ({', '.join(f'{k} {v}' for k, v in PROFILES[profile_name].items())}); "
              f"wall {wall / 60:.0f} min. Mean ± sd over seeds; force errors per component, meV/Å.", ""]
     for molecule, report in results.items():
         seeds = report["seeds"]
@@ -475,14 +514,15 @@ def markdown(results: dict, profile_name: str, wall: float) -> str:
                              f"{cell([r['max'] for r in rows])} | {cell([r['mean_300K'] for r in rows])} | "
                              f"{cell([r['energy_mae_meV'] for r in rows])} | {cell([r['ttf']['mean_fs'] for r in rows])} | "
                              f"{cell([100 * r['ttf']['surviving'] for r in rows])} % |")
-        lines += ["", "C (ranking: Spearman of per-structure force std vs error, and the split-half ceiling)", "",
-                  "| members | " + " | ".join(k.removeprefix("md_") for k in seeds[0]["ranking"]["committee"]) + " |",
-                  "|---|" + "---|" * len(seeds[0]["ranking"]["committee"])]
-        for name in ("committee", "ensemble heads"):
-            keys = seeds[0]["ranking"][name]
+        keys = [k for k in seeds[0]["ranking"]["committee"] if k.startswith("md_")]
+        lines += ["", f"C (ranking on the loop's last labels: Spearman of per-structure force std vs error, and the "
+                  f"split-half ceiling; {PROFILES_USED.get('committee', 4)} members each)", "",
+                  "| members | " + " | ".join(k.removeprefix("md_") for k in keys) + " | test force mean (meV/Å) |",
+                  "|---|" + "---|" * (len(keys) + 1)]
+        for name in seeds[0]["ranking"]:
             lines.append(f"| {name} | " + " | ".join(
                 f"{cell([s['ranking'][name][k][0] for s in seeds], 2)} (ceiling {cell([s['ranking'][name][k][1] for s in seeds], 2)})"
-                for k in keys) + " |")
+                for k in keys) + f" | {cell([s['ranking'][name].get('test force MAE') for s in seeds])} |")
         lines += ["", "Loop per round (energy MAE, mean energy error, force MAE on the MD test frames):", "",
                   "| labels | energy MAE (meV) | energy mean error (meV) | force MAE (meV/Å) |", "|---|---|---|---|"]
         for r, row in enumerate(seeds[0]["rounds"]):
@@ -540,11 +580,12 @@ def main(argv=None) -> int:
     profile = dict(PROFILES[name])
     if args.seeds is not None:
         profile["seeds"] = args.seeds
+    PROFILES_USED.update(profile)
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     results = {molecule: run_molecule(molecule, profile, args) for molecule in args.molecules}
     (args.out / "learning.json").write_text(json.dumps(results, indent=1))
-    text = markdown(results, name, time.monotonic() - started)
+    text = markdown(results, name, time.monotonic() - started, sys.argv[1:] if argv is None else argv)
     (args.out / "learning.md").write_text(text)
     plot(results, args.out / "learning.png")
     print(text)
