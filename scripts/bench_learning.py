@@ -205,7 +205,8 @@ def training_config(profile: dict, seed: int, heads: int = 0):
     extra = {"model.ensemble_heads": heads} if heads else {}
     return load_config(None, {**MODEL, **extra, "max_epochs": profile["epochs"], "validation": 0.1, "device": "cpu",
                               "batch_size": 4, "seed": seed, "progress": False,
-                              "allow_outliers": True})  # the loop's labels lie far from each other by design
+                              # the loop's labels lie far from each other by design (the loop sets it itself)
+                              "allow_outliers": bool(heads)})
 
 
 def random_committee(molecule: str, files, profile, args, seed: int, n_labels: int) -> list[Path]:
