@@ -485,9 +485,8 @@ def test_members_train_on_the_far_frames_the_loop_picks():
 
 def test_loop_starts_from_a_model(tmp_path, test_file):
     """--init: round 0's members start from the given model, with its architecture and its
-    reference energies (not those a fresh fit to the few start labels would give); a missing
-    file or other heads are one-line errors; a rerun with another initial model is refused."""
-    from molequi.errors import ModelFileError
+    normalisation (not those a fresh fit to the few start labels would give); a missing file or
+    other heads are one-line errors; a rerun with another initial model is refused."""
     from molequi.models.io import read_config
     from molequi.training import load_config, train
 
@@ -496,11 +495,12 @@ def test_loop_starts_from_a_model(tmp_path, test_file):
                               "model.readout_hidden": 8})
     train(base, str(test_file), tmp_path / "base", log=lambda m: None)
     model = tmp_path / "base" / "model.molequi"
-    settings = LearnSettings(**{**SETTINGS, "rounds": 0, "init": str(model)})
+    settings = LearnSettings(**{**SETTINGS, "rounds": 1, "init": str(model)})  # round 1 fine-tunes round 0
     result = run_learning(settings, ["CH3CH2OH"], tmp_path / "run", config=_config(), log=lambda m: None)
     member, initial = read_config(result.models[0]), read_config(model)
-    assert member.channels == 12 and member.e0s == initial.e0s and member.energy_shift == initial.energy_shift
-    with pytest.raises(ModelFileError, match="no such model file"):
+    assert member.channels == 12 and member.energy_scale == initial.energy_scale
+    assert member.avg_num_neighbors == initial.avg_num_neighbors  # the model's normalisation, not the start labels'
+    with pytest.raises(ConfigError, match="no such model file"):
         run_learning(LearnSettings(**{**SETTINGS, "init": str(tmp_path / "none.molequi")}), ["CH3CH2OH"],
                      tmp_path / "x", config=_config(), log=lambda m: None)
     with pytest.raises(ConfigError, match="differs from the 1 head"):

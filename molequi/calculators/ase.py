@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,6 +25,8 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
 from molequi.data.graph import check_close_contacts, validate_atoms
+from molequi import pretrained
+from molequi.data.labels import total_charge
 from molequi.data.skin import SkinNeighborList
 from molequi.data.batch import GraphBatch
 from molequi.models.uncertainty.committee import ModelSpec, Potential, load_models
@@ -36,6 +39,21 @@ def in_domain_of(outputs: dict[str, torch.Tensor], system: int) -> bool | None:
     if verdict is None or not torch.isfinite(verdict[system]):
         return None
     return bool(verdict[system] > 0.5)
+
+
+def shipped_or_given(model: ModelSpec | Sequence[ModelSpec] | None) -> ModelSpec | list[ModelSpec]:
+    """``model`` with each pretrained name (and None: the default one) replaced by its shipped file,
+    announced once per process."""
+    if model is None:
+        model = pretrained.DEFAULT
+    specs = [model] if isinstance(model, (str, Path)) or not isinstance(model, Sequence) else list(model)
+    resolved = []
+    for spec in specs:
+        if pretrained.is_name(spec):
+            pretrained.announce(spec)
+            spec = pretrained.resolve(spec)
+        resolved.append(spec)
+    return resolved
 
 
 class MolequiCalculator(Calculator):
@@ -52,7 +70,9 @@ class MolequiCalculator(Calculator):
     then has no ``*_std`` keys (never a 0) and ``in_domain`` is None.
 
     Args:
-        model: a model file path, a loaded model, or a list of either (a committee).
+        model: a model file path, a pretrained model's name (``"organic-xtb"``), a loaded model,
+            or a list of these (a committee); None runs the pretrained
+            :data:`molequi.pretrained.DEFAULT` (saying so once on stderr).
         device: ``"cpu"``, ``"cuda"``, ...
         dtype: ``torch.float32``/``torch.float64`` (or their names); default: the model's own.
         skin: neighbor-list skin, Å (0 rebuilds the list at every step).
@@ -64,7 +84,7 @@ class MolequiCalculator(Calculator):
 
     def __init__(
         self,
-        model: ModelSpec | Sequence[ModelSpec],
+        model: ModelSpec | Sequence[ModelSpec] | None = None,
         device: str | torch.device = "cpu",
         dtype: torch.dtype | str | None = None,
         skin: float = 1.0,
@@ -72,12 +92,22 @@ class MolequiCalculator(Calculator):
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
-        self.potential = Potential(load_models(model, device=device, dtype=dtype), calibration=calibration)
+        self.potential = Potential(load_models(shipped_or_given(model), device=device, dtype=dtype),
+                                   calibration=calibration)
         self.device = self.potential.device
         self.neighbors = SkinNeighborList(self.potential.cutoff, skin)
         self._numbers: np.ndarray | None = None  # atomic numbers the device tensors were made for
+        self._charge = 0.0  # total charge (e) they were made for
         self._graph: GraphBatch | None = None
         self._reference_warned: set[str] = set()  # compositions already warned about (see _check_reference)
+
+    def check_state(self, atoms: Atoms, tol: float = 1e-15) -> list[str]:
+        """ASE's changes since the last call, plus ``"charge"`` when ``atoms.info["charge"]`` changed
+        (ASE compares positions, numbers, cell and per-atom charges, not the total charge)."""
+        changes = super().check_state(atoms, tol)
+        if self.atoms is not None and self.atoms.info.get("charge", 0) != atoms.info.get("charge", 0):
+            changes = [*changes, "charge"]
+        return changes
 
     def calculate(
         self, atoms: Atoms | None = None, properties: Sequence[str] = ("energy",), system_changes=all_changes
@@ -129,12 +159,13 @@ class MolequiCalculator(Calculator):
     def _prepare(self, atoms: Atoms) -> GraphBatch:
         """The model inputs for ``atoms``, reusing whatever did not change since the last call."""
         numbers = atoms.get_atomic_numbers()
-        if self._numbers is None or not np.array_equal(numbers, self._numbers):
+        charge = total_charge(atoms)
+        if self._numbers is None or not np.array_equal(numbers, self._numbers) or charge != self._charge:
             validate_atoms(atoms, "structure", check_contacts=False)  # empty, atomic numbers, coordinates
             numbers_tensor = torch.as_tensor(numbers, dtype=torch.long, device=self.device)
             self.potential.check_species(numbers_tensor)  # before any computation, once
             self._check_reference(atoms)  # once per new set of atoms, not per MD step
-            self._numbers = numbers.copy()
+            self._numbers, self._charge = numbers.copy(), charge
             self.neighbors.reference = None  # force a rebuild
             self._graph = GraphBatch(
                 pos=torch.empty(len(atoms), 3, dtype=torch.float64, device=self.device),
@@ -144,6 +175,7 @@ class MolequiCalculator(Calculator):
                 cell=torch.zeros(1, 3, 3, dtype=torch.float64, device=self.device),
                 edge_index=torch.empty(2, 0, dtype=torch.long, device=self.device),
                 shifts=torch.empty(0, 3, dtype=torch.float64, device=self.device),
+                charge=torch.tensor([charge], dtype=torch.float64, device=self.device),
             )
         graph = self._graph
         positions = atoms.get_positions()

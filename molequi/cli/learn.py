@@ -99,9 +99,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "the flags below override it")
     parser.add_argument("--seed", type=int, default=0, help="base seed (members, perturbations, MD)")
     parser.add_argument("--init", metavar="MODEL", default=None,
-                        help="start round 0's members from this model (a .molequi file or a shipped model's name, "
-                        "e.g. organic-xtb) instead of random weights: its architecture and reference energies are "
-                        "kept, so a handful of labels adapts it to a new molecule")
+                        help="fine-tune this model (a .molequi file or a shipped model's name, e.g. organic-xtb) "
+                        "instead of training from random weights: its architecture and elements are kept, so a "
+                        "handful of labels adapts it to a new molecule")
     for flag, (_, kind, text) in TRAINING_FLAGS.items():
         parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, metavar=METAVARS.get(flag, flag.strip("-").split("-")[-1].upper()),
                             help=f"{text} (default: the training default or --config)")

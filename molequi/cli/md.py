@@ -37,7 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("structures", metavar="STRUCTURE", nargs="+",
                         help="structure file(s), any format ase.io.read knows (or an rMD17 .npz); the last frame "
                              "is used, 'file.xyz@:' takes every frame and 'file.xyz@0' the first; each frame is a "
-                             "system. Without --model the first argument is the model file")
+                             "system. Without --model the first argument is the model file (a .molequi file or a "
+                             "pretrained name); without any model, the pretrained organic-xtb model runs")
     add_model_option(parser)
     parser.add_argument("--steps", type=int, required=True, help="number of MD steps (with --resume: the total to reach)")
     parser.add_argument("--dt", type=float, required=True, help="time step, fs (0.5 fs suits molecules with hydrogens)")
@@ -107,9 +108,14 @@ def models_and_structures(args: argparse.Namespace) -> tuple[list[str], list[str
     """The model files (every ``--model``, else the first positional argument) and the structures."""
     from molequi.errors import ConfigError
 
+    from molequi import pretrained
+
     structures = list(args.structures)
-    args.model = None if args.models else structures.pop(0)
-    models = model_paths(args, getattr(args, "argv", None))
+    first = structures[0]
+    takes_model = not args.models and (first.endswith(".molequi") or pretrained.is_name(first) or len(structures) > 1
+                                        and not _looks_like_structure(first))
+    args.model = structures.pop(0) if takes_model else None
+    models = model_paths(args, getattr(args, "argv", None), default=pretrained.DEFAULT)
     if not structures:
         raise ConfigError(f"no structure given: molequi md {models[0]} STRUCTURE --steps N --dt FS "
                           "(or molequi md --model FILE STRUCTURE ...)")
@@ -118,6 +124,19 @@ def models_and_structures(args: argparse.Namespace) -> tuple[list[str], list[str
         raise ConfigError(f"{stray[0]} is a model file, not a structure: give every committee member with --model "
                           f"({' '.join(f'--model {path}' for path in [*models, *stray])})")
     return models, structures
+
+
+def _looks_like_structure(path: str) -> bool:
+    """Whether ``path`` (maybe with an ``@frames`` tail) names a structure file ASE can read, by its suffix."""
+    from ase.io.formats import filetype, ioformats
+
+    name = path.partition("@")[0]
+    if name.endswith(".npz"):
+        return True
+    try:
+        return filetype(name, read=False) in ioformats
+    except Exception:  # ASE raises a bare UnknownFileTypeError (a ValueError) or others for odd names
+        return False
 
 
 def run(args: argparse.Namespace) -> int:

@@ -26,8 +26,9 @@ def add_device_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
 
 
-MODEL_OPTION_HELP = ("trained model file (model.molequi); repeat for a committee: --model A --model B "
-                     "(its mean is used, its spread is the uncertainty)")
+MODEL_OPTION_HELP = ("trained model file (model.molequi) or the name of a pretrained model shipped with molequi "
+                     "(organic-xtb); repeat for a committee: --model A --model B (its mean is used, its spread is "
+                     "the uncertainty)")
 """Help text of ``--model``, the one way every command takes a committee."""
 
 
@@ -69,13 +70,21 @@ def _looks_like_models(token: str) -> bool:
     return len(parts) > 1 and all(part.endswith(".molequi") or Path(part).is_file() for part in parts)
 
 
-def model_paths(args: argparse.Namespace, argv: Sequence[str] | None) -> list[str]:
+def model_paths(args: argparse.Namespace, argv: Sequence[str] | None, default: str | None = None) -> list[str]:
     """The model files of a command: the positional ``MODEL`` (when the command has one) and every
-    ``--model``. A comma-joined list (the older committee syntax) is refused with the command line
-    to type instead."""
+    ``--model``; a pretrained model's name (``organic-xtb``) becomes its shipped file, said once on
+    stderr with its level of theory, and so does ``default`` when no model is given. A comma-joined
+    list (the older committee syntax) is refused with the command line to type instead."""
+    from molequi import pretrained
     from molequi.errors import ConfigError
 
     paths = ([args.model] if getattr(args, "model", None) else []) + list(args.models)
+    if not paths and default is not None:
+        paths = [default]
+    named = [path for path in paths if pretrained.is_name(path)]
+    for name in named:
+        pretrained.announce(name)
+    paths = [str(pretrained.resolve(path)) for path in paths]
     joined = [path for path in paths if "," in path and not Path(path).is_file()]
     if joined:
         fix = comma_committee_fix(argv if argv is not None else [args.command, *paths], args.command)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from molequi.cli.choices import DEFAULT_MAX_EPOCHS, DTYPES, HEAD_KINDS, TRAINING_DEFAULTS
 from molequi.cli.options import LABEL_KEY_HELP
@@ -43,6 +44,13 @@ OVERRIDES = {
     "--stress-key": ("stress_key", str, LABEL_KEY_HELP["stress"]),
     "--e0s": ("e0s", str, "per-element reference energies: fit (least squares on the training energies), average "
               "(MACE's name for the same fit) or FILE.json {symbol or Z: eV}"),
+    "--init": ("init", str, "fine-tune: start from this model file or pretrained model (organic-xtb): its "
+               "architecture and normalisation are kept, its per-element reference energies refitted by least "
+               "squares on --data, and --lr defaults to 0.003; architecture flags that differ are refused"),
+    "--replay": ("replay", float, "with --init: mix this fraction (of the training set's size) of --replay-data "
+                 "structures into training, energies moved by the refitted reference shift, against forgetting"),
+    "--replay-data": ("replay_data", str, "with --replay: the pretraining data (extxyz with energies and forces), "
+                      "e.g. data/organic_xtb/train.extxyz from datasets/organic_xtb.py"),
     "--channels": ("model.channels", int, "feature channels per irrep"),
     "--l-max": ("model.l_max", int, "highest rotation order of the features passed between layers (0-3)"),
     "--edge-l-max": ("model.edge_l_max", int_or_none, "highest rotation order of the edge harmonics and messages "
@@ -58,7 +66,7 @@ OVERRIDES = {
                          "spread of the heads) to predict, evaluate, md, screen and the calculator"),
 }
 
-METAVARS = {"--baseline": "xtb", "--ensemble-heads": "K", "--energy-key": "KEY", "--forces-key": "KEY", "--stress-key": "KEY", "--e0s": "fit|average|FILE.json", "--l-max": "L", "--edge-l-max": "L", "--lr": "LR", "--validation": "N_OR_FRACTION", "--max-epochs": "N", "--max-minutes": "MINUTES"}
+METAVARS = {"--init": "MODEL", "--replay": "FRACTION", "--replay-data": "FILE", "--baseline": "xtb", "--ensemble-heads": "K", "--energy-key": "KEY", "--forces-key": "KEY", "--stress-key": "KEY", "--e0s": "fit|average|FILE.json", "--l-max": "L", "--edge-l-max": "L", "--lr": "LR", "--validation": "N_OR_FRACTION", "--max-epochs": "N", "--max-minutes": "MINUTES"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -90,6 +98,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="train on structures whose energy per atom (after the per-element reference energies) or "
                         "largest force lies more than 20 MADs from the median; without it they are refused, named, "
                         "with the likely unit mix-up (kcal/mol or Hartree among eV)")
+    parser.add_argument("--freeze", action="store_true",
+                        help="with --init: train only the readout heads; the body keeps the initial model's weights")
+    parser.add_argument("--charge-input", action="store_true",
+                        help="give the network each structure's total charge (atoms.info['charge'], e; 0 when absent), "
+                        "so one set of atoms in two charge states gets two energies")
     for flag, (key, kind, text) in OVERRIDES.items():
         default = TRAINING_DEFAULTS[key]
         parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, metavar=METAVARS.get(flag, flag.strip("-").split("-")[-1].upper()),
@@ -110,6 +123,32 @@ def overrides_from(args: argparse.Namespace) -> dict:
         overrides["progress"] = False
     if getattr(args, "allow_outliers", False):
         overrides["allow_outliers"] = True
+    if getattr(args, "charge_input", False):
+        overrides["model.charge_input"] = True
+    if getattr(args, "freeze", False):
+        overrides["freeze"] = True
+    return overrides
+
+
+def fine_tune_overrides(overrides: dict, config_path: str | None) -> dict:
+    """``overrides`` of a run with ``--init``: architecture flags must match the initial model
+    (refused otherwise) and the learning rate defaults to the fine-tuning one."""
+    from molequi.training.finetune import (FINE_TUNE_LEARNING_RATE, check_architecture_overrides,
+                                           initial_model_config, resolve_model)
+
+    initial = initial_model_config(resolve_model(overrides["init"]))
+    check_architecture_overrides(initial, {k: v for k, v in overrides.items() if k.startswith("model.")},
+                                 overrides["init"])
+    in_file = False
+    if config_path is not None:
+        import yaml
+
+        try:
+            in_file = "learning_rate" in (yaml.safe_load(Path(config_path).read_text()) or {})
+        except (OSError, yaml.YAMLError, TypeError):
+            in_file = False  # load_config reports an unreadable file
+    if "learning_rate" not in overrides and not in_file:
+        overrides = {**overrides, "learning_rate": FINE_TUNE_LEARNING_RATE}
     return overrides
 
 
@@ -127,6 +166,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         if not hasattr(args, "data"):
             raise ConfigError("--data is required (the training file(s))")
+        if overrides.get("init") is not None:
+            overrides = fine_tune_overrides(overrides, args.config)
         config = load_config(args.config, overrides, targets=args.target)
         data = args.data
     from molequi.cli.paths import guard_outputs

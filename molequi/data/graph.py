@@ -15,6 +15,7 @@ field              shape               meaning, unit
 ``pbc``            [1, 3]              periodicity flags (bool)
 ``edge_index``     [2, n_edges]        row 0 = centre atom i, row 1 = neighbor j
 ``shifts``         [n_edges, 3]        r_ij = pos[j] - pos[i] + shifts, Å
+``charge``         [1]                 total charge, e (``atoms.info["charge"]``, else 0)
 ``energy``         [1]                 total energy label, eV (optional)
 ``forces``         [n_atoms, 3]        force labels, eV/Å (optional)
 ``<property>``     [1, k]              graph-level labels such as ``gap`` (eV) or ``dipole`` (e·Å)
@@ -30,7 +31,7 @@ import torch
 from ase import Atoms
 from torch_geometric.data import Batch, Data
 
-from molequi.data.labels import structure_labels  # re-exported: graphs carry these labels
+from molequi.data.labels import structure_labels, total_charge  # re-exported: graphs carry these labels
 from molequi.data.neighbors import check_cell, dense_candidate_pairs, neighbor_list
 from molequi.errors import DataFormatError, InvalidStructureError
 
@@ -121,6 +122,7 @@ def atoms_to_graph(
         pbc=torch.tensor(np.asarray(atoms.pbc, dtype=bool)).unsqueeze(0),
         edge_index=torch.from_numpy(edge_index),
         shifts=torch.from_numpy(shifts),
+        charge=torch.tensor([total_charge(atoms, name)], dtype=torch.float64),
     )
     if with_labels:
         energy, forces = structure_labels(atoms)

@@ -15,7 +15,7 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 
-from molequi.errors import DataFormatError
+from molequi.errors import DataFormatError, InvalidStructureError
 
 
 def labelled_atoms(
@@ -149,3 +149,19 @@ def require_labels(
             )
         if f is not None and f.shape != (len(atoms), 3):
             raise DataFormatError(f"{path}: structure {k} has forces of shape {f.shape}, expected ({len(atoms)}, 3)")
+
+
+def total_charge(atoms: Atoms, name: str = "structure") -> float:
+    """The total charge of ``atoms``, e: ``atoms.info["charge"]`` (ASE's and tblite's key), 0 when absent.
+
+    Raises:
+        InvalidStructureError: the value is not a finite whole number.
+    """
+    value = atoms.info.get("charge", 0)
+    try:
+        charge = float(value)
+    except (TypeError, ValueError):
+        raise InvalidStructureError(f"{name}: info['charge'] must be a whole number of e, got {value!r}") from None
+    if not np.isfinite(charge) or charge != round(charge):
+        raise InvalidStructureError(f"{name}: info['charge'] must be a whole number of e, got {value!r}")
+    return charge

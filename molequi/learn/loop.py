@@ -111,7 +111,7 @@ def run_learning(
     rows: list[dict[str, Any]] = []
     models: list[Path] = []
     if init is not None:
-        config = _config_from_init(config, settings, init)
+        _check_init_heads(settings, init)
     for r in range(settings.rounds + 1):
         row, models = _run_round(r, settings, config, out_dir, md_starts, test_structures, device, get_labeler, say,
                                  init)
@@ -154,11 +154,14 @@ def _run_round(r, settings, config, out_dir, md_starts, test_structures, device,
             if model_path.exists():
                 continue
             member_dir = model_path.parent
-            member_config = _member_config(config, settings, r, m, n_labels)
+            previous = out_dir / f"round_{r - 1:03d}" / f"member_{m}" / "model.molequi"
+            # from --init, every round is a fine-tuning run (training's init: the model's architecture and
+            # elements, its reference energies refitted), of the given model first, then of the last round's
+            start = None if init is None else (init if r == 0 else previous)
+            member_config = _member_config(config, settings, r, m, n_labels, start)
             resume = (member_dir / "checkpoints" / "last.pt").exists()
-            previous = out_dir / f"round_{r - 1:03d}" / f"member_{m}" / "model.molequi" if r > 0 else init
             train(member_config, str(train_file), member_dir, resume=resume, log=lambda message: None,
-                  init_weights=previous if not resume else None,
+                  init_weights=previous if r > 0 and start is None and not resume else None,
                   overwrite=not resume)  # a member killed before its first epoch starts again
         # idempotent: a rerun after an interruption refits again and changes nothing more
         labelled = read(train_file, ":")
@@ -215,39 +218,26 @@ def _run_round(r, settings, config, out_dir, md_starts, test_structures, device,
 
 
 def initial_model(settings: LearnSettings) -> Path | None:
-    """The model file ``settings.init`` names (a path, or a shipped model's name), or None.
+    """The model file ``settings.init`` names (a path, or a shipped model's name, announced), or None.
 
     Raises:
-        ModelFileError: an unknown shipped name, or a file that does not exist.
+        ConfigError: neither a shipped model's name nor an existing file.
     """
-    from molequi.errors import ModelFileError
-    from molequi.pretrained import resolve
+    from molequi.training.finetune import resolve_model
 
-    if settings.init is None:
-        return None
-    path = resolve(settings.init)
-    if not path.is_file():
-        raise ModelFileError(f"--init {settings.init}: no such model file (nor a shipped model's name)")
-    return path
+    return None if settings.init is None else resolve_model(settings.init)
 
 
-def _config_from_init(config, settings: LearnSettings, init: Path):
-    """The members' training config with the architecture of the model ``init`` (its weights
-    only fit that one); its ensemble heads unless ``settings.ensemble_heads`` asks for others,
-    which is refused (:class:`ConfigError`: new heads would have no weights to start from)."""
+def _check_init_heads(settings: LearnSettings, init: Path) -> None:
+    """Refuse (:class:`ConfigError`) ``--ensemble-heads`` other than the ``--init`` model's: new
+    heads would have no weights to start from (the members take the model's architecture)."""
     from molequi.errors import ConfigError
     from molequi.models.io import read_config
-    from molequi.training import TrainingConfig
-    from molequi.training.config import architecture_dict
 
-    architecture = architecture_dict(read_config(init))
-    heads = int(architecture.get("ensemble_heads") or 1)
+    heads = int(read_config(init).ensemble_heads or 1)
     if settings.ensemble_heads >= 2 and settings.ensemble_heads != heads:
         raise ConfigError(f"--ensemble-heads {settings.ensemble_heads} differs from the {heads} head(s) of --init "
                           f"{settings.init}: leave --ensemble-heads out to keep the model's")
-    values = config.to_dict()
-    values["model"] = architecture
-    return TrainingConfig.from_dict(values)
 
 
 class _Clock:
@@ -265,10 +255,12 @@ class _Clock:
             self.timings[name] = self.timings.get(name, 0.0) + time.monotonic() - started
 
 
-def _member_config(config, settings: LearnSettings, r: int, m: int, n_labels: int):
+def _member_config(config, settings: LearnSettings, r: int, m: int, n_labels: int, init: Path | None = None):
     from molequi.training import TrainingConfig
 
     values = config.to_dict()
+    if init is not None:
+        values["init"] = str(init)
     values["seed"] = config.seed + m + 100 * r
     values["progress"] = False
     # the loop labels frames where its committee disagrees: far from the other labels by design,

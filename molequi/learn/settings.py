@@ -89,10 +89,11 @@ class LearnSettings:
         dt: MD time step, fs.
         friction: Langevin friction, 1/fs.
         seed: base seed of the perturbations, the members and the MD.
-        init: a model file or a shipped model's name (``"organic-xtb"``) whose weights start
-            every member of round 0 (later rounds start from the previous round's members, as
-            always): the members take its architecture and reference energies, so a handful
-            of labels adapts it to a new molecule. None: round 0 starts from random weights.
+        init: a model file or a shipped model's name (``"organic-xtb"``): every member of
+            round 0 fine-tunes it (training's ``init``: its architecture and elements, its
+            reference energies refitted), later rounds fine-tune the previous round's members,
+            so a handful of labels adapts it to a new molecule. None: round 0 starts from
+            random weights.
     """
 
     rounds: int

@@ -192,6 +192,7 @@ class BatchedMD:
             cell=state.cell,
             edge_index=self.neighbors.edge_index,
             shifts=self.neighbors.shifts,
+            charge=state.charge,
         )
         self.outputs = self.potential(graph)
         state.forces, state.energy = self.outputs["forces"], self.outputs["energy"]
@@ -302,7 +303,10 @@ class BatchedMD:
             extra = json.loads(metadata.get("extra", "{}"))
             if ensemble not in ENSEMBLES or not isinstance(extra, dict):
                 raise ValueError(f"ensemble {ensemble!r}")
-            state = MDState(**{k.removeprefix("state."): v for k, v in tensors.items() if k.startswith("state.")}, step=step)
+            fields = {k.removeprefix("state."): v for k, v in tensors.items() if k.startswith("state.")}
+            if "charge" not in fields and "cell" in fields:  # a restart written before states carried charges
+                fields["charge"] = torch.zeros(fields["cell"].shape[0], dtype=torch.float64)
+            state = MDState(**fields, step=step)
             check_state(state)
             missing = [key for key in ("stop_temperature", "energy_reference", "max_deviation", "neighbors.reference",
                                        "neighbors.edge_index", "neighbors.shifts") if key not in tensors]

@@ -295,16 +295,16 @@ def run_md_files(
     overwrite: bool = False,
     calibration: str | Path | None = None,
 ) -> MDResult:
-    """:func:`run_md` from model files (several: a committee) and structure specs (see
-    :func:`read_systems`); ``calibration``: the JSON of ``molequi calibrate`` (logged stds are
-    calibrated)."""
+    """:func:`run_md` from model files or pretrained names (several: a committee; none: the
+    pretrained default) and structure specs (see :func:`read_systems`); ``calibration``: the JSON
+    of ``molequi calibrate`` (logged stds are calibrated)."""
+    from molequi.calculators.ase import shipped_or_given
     from molequi.models.uncertainty.committee import load_models
 
     settings.validate()
-    if not models:
-        raise ConfigError("no model file given")
     systems = read_systems(structures, replicas)
-    potential = Potential(load_models(list(models), device=device, dtype=dtype), calibration=calibration)
+    specs = shipped_or_given(list(models) or None)
+    potential = Potential(load_models(specs, device=device, dtype=dtype), calibration=calibration)
     return run_md(potential, systems, settings, out, resume=resume, overwrite=overwrite)
 
 

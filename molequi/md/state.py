@@ -14,6 +14,8 @@ from dataclasses import dataclass, fields
 import torch
 from ase import Atoms, units
 
+from molequi.data.labels import total_charge
+
 ACCELERATION = units.fs**2
 """(eV/Å)/amu → Å/fs²: a = ACCELERATION · F / m."""
 KINETIC = 1.0 / units.fs**2
@@ -22,7 +24,7 @@ BOLTZMANN = units.kB
 """Boltzmann constant, eV/K."""
 
 
-PER_SYSTEM = {"energy", "cell", "pbc", "temperature", "friction", "seeds", "system_ids"}
+PER_SYSTEM = {"energy", "cell", "pbc", "temperature", "friction", "seeds", "system_ids", "charge"}
 """Fields of :class:`MDState` with one entry per system; the others have one per atom."""
 
 
@@ -49,6 +51,7 @@ class MDState:
         seeds: [S] random seed of each system (int64): the Langevin noise is a function of
             (seed, step, atom, component) only, see :func:`molequi.md.integrators.gaussian_noise`.
         system_ids: [S] index of each system in the original input (int64).
+        charge: [S] total charge, e (float64; ``atoms.info["charge"]``, else 0).
         step: number of steps taken.
     """
 
@@ -65,6 +68,7 @@ class MDState:
     friction: torch.Tensor
     seeds: torch.Tensor
     system_ids: torch.Tensor
+    charge: torch.Tensor
     step: int = 0
 
     @property
@@ -100,7 +104,7 @@ def check_state(state: MDState) -> None:
         "energy": ((s,), torch.float64), "masses": ((n,), torch.float64), "numbers": ((n,), torch.long),
         "batch": ((n,), torch.long), "cell": ((s, 3, 3), torch.float64), "pbc": ((s, 3), torch.bool),
         "temperature": ((s,), torch.float64), "friction": ((s,), torch.float64), "seeds": ((s,), torch.long),
-        "system_ids": ((s,), torch.long),
+        "system_ids": ((s,), torch.long), "charge": ((s,), torch.float64),
     }
     for name, (shape, dtype) in expected.items():
         value = getattr(state, name)
@@ -170,6 +174,7 @@ def state_from_atoms(
         friction=per_system(friction, count, "friction"),
         seeds=torch.arange(count, dtype=torch.long) + int(seed),
         system_ids=torch.arange(count, dtype=torch.long),
+        charge=torch.tensor([total_charge(a, f"structure {i}") for i, a in enumerate(structures)], dtype=torch.float64),
     )
     if velocities == "maxwell-boltzmann":
         state.velocities = maxwell_boltzmann(state.masses, state.batch, state.temperature, state.seeds)

@@ -51,6 +51,10 @@ class ModelConfig:
         ensemble_heads: readouts per output on the one shared body (a shallow ensemble). With
             K ≥ 2 every output is the mean of K heads and comes with their spread (an
             uncertainty from one model); 1 is a plain model.
+        charge_input: feed each structure's total charge (e) to the network: a learned scalar
+            per channel times the charge is added to every atom's first features, so one set of
+            atoms in two charge states gets two energies. The charge comes from
+            ``atoms.info["charge"]`` (0 when absent). Off for models saved before this setting.
         baseline: a physical model the network corrects (Δ-learning), or None: ``"xtb"``
             (GFN2-xTB through tblite). The network is trained on ``label − baseline`` and a
             loaded model adds the baseline back (energies eV, forces eV/Å), so tblite is needed
@@ -85,6 +89,7 @@ class ModelConfig:
     readout_hidden: int = 16
     trainable_radial: bool = False
     ensemble_heads: int = 1
+    charge_input: bool = False
     properties: dict[str, str] = field(default_factory=dict)
     baseline: str | None = None
     avg_num_neighbors: float = 1.0
@@ -214,7 +219,7 @@ def _check_types(config: ModelConfig) -> None:
     for name in _REALS:
         if not real(getattr(config, name)):
             raise ConfigError(f"{name} must be a finite number, got {getattr(config, name)!r}")
-    for name in ("trainable_radial", "species_product"):
+    for name in ("trainable_radial", "species_product", "charge_input"):
         if not isinstance(getattr(config, name), bool):
             raise ConfigError(f"{name} must be true or false, got {getattr(config, name)!r}")
     lists = {"species": config.species, "radial_hidden": config.radial_hidden}

@@ -73,6 +73,13 @@ class ScalarReadout(nn.Module):
         return out
 
 
+def atom_charges(graph: GraphBatch, dtype: torch.dtype) -> torch.Tensor:
+    """[n_atoms, 1] the total charge (e) of each atom's structure; 0 where the batch carries none."""
+    if graph.charge is None:
+        return torch.zeros(graph.numbers.shape[0], 1, dtype=dtype, device=graph.numbers.device)
+    return graph.charge.to(dtype)[graph.batch].unsqueeze(-1)
+
+
 class MolequiPotential(nn.Module):
     """E(3)-equivariant message-passing potential (see :class:`ModelConfig` for the knobs).
 
@@ -102,6 +109,8 @@ class MolequiPotential(nn.Module):
         self.spherical_harmonics = o3.SphericalHarmonics(irreps_edge, normalize=True, normalization="component")
         irreps_scalars = o3.Irreps(f"{config.channels}x0e")
         self.embedding = o3.Linear(o3.Irreps(f"{num_species}x0e"), irreps_scalars)
+        # the total charge enters as one more scalar input, added to every atom's first features
+        self.charge_embedding = o3.Linear(o3.Irreps("1x0e"), irreps_scalars) if config.charge_input else None
 
         self.layers = nn.ModuleList()
         self.readouts = nn.ModuleList()
@@ -187,6 +196,8 @@ class MolequiPotential(nn.Module):
         radial = self.radial(lengths)
 
         features = self.embedding(one_hot)
+        if self.charge_embedding is not None:
+            features = features + self.charge_embedding(atom_charges(graph, dtype))
         # summed from the first readout, not from zeros of len(numbers): a Python-int size would
         # be frozen into a traced export (molequi.models.export) for one molecule size
         raw_energy = None

@@ -142,6 +142,13 @@ class TrainingConfig:
         allow_outliers: train on structures whose energy per atom (after the E0s) or largest
             force lies more than 20 MADs from the median (refused otherwise, naming them: a label
             in kcal/mol or Hartree among eV labels).
+        init: a model file, or a pretrained model's name (``organic-xtb``), that starts the run
+            (fine-tuning, see :mod:`molequi.training.finetune`): its architecture and
+            normalisation are kept, its reference energies refitted on the data.
+        freeze: with ``init``, train only the readout heads (the body keeps its weights).
+        replay: with ``init`` and ``replay_data``, add this fraction (of the training set's size)
+            of pretraining structures to the training set, against forgetting.
+        replay_data: the pretraining data file replayed (extxyz with energies and forces).
         model: the architecture (a ``model:`` section of :class:`ModelConfig` keys; species,
             E0s, energy shift/scale and average neighbor count come from the training data).
     """
@@ -179,6 +186,10 @@ class TrainingConfig:
     stress_key: str = "stress"
     e0s: str = "fit"
     allow_outliers: bool = False
+    init: str | None = None
+    freeze: bool = False
+    replay: float = 0.0
+    replay_data: str | None = None
     model: ModelConfig = field(default_factory=default_model)
 
     def __post_init__(self) -> None:
@@ -206,6 +217,10 @@ class TrainingConfig:
             (self.scheduler in SCHEDULERS, f"scheduler must be one of {', '.join(SCHEDULERS)}, got '{self.scheduler}'"),
             (self.ensemble_loss in ("heads", "nll"), f"ensemble_loss must be 'heads' or 'nll', got '{self.ensemble_loss}'"),
             (self.dtype in ("float32", "float64"), f"dtype must be 'float32' or 'float64', got '{self.dtype}'"),
+            (0 <= self.replay <= 1, f"replay must be a fraction in [0, 1], got {self.replay}"),
+            (self.init is not None or not (self.freeze or self.replay), "freeze and replay need init (--init MODEL)"),
+            ((self.replay > 0) == (self.replay_data is not None),
+             "replay needs replay_data (--replay-data FILE) and replay_data needs replay > 0"),
             (self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}"),
             (self.weight_decay >= 0, f"weight_decay must be ≥ 0, got {self.weight_decay}"),
             (self.batch_size >= 1, f"batch_size must be ≥ 1, got {self.batch_size}"),

@@ -7,6 +7,7 @@ The loop itself (a step, an epoch, a validation) is in :mod:`molequi.training.tr
 from __future__ import annotations
 
 import functools
+import sys
 import math
 import random
 from dataclasses import dataclass, field
@@ -152,6 +153,18 @@ def load_run_inputs(
     )
     if state is not None:
         model_config = ModelConfig(**state["model_config"])
+        if config.replay > 0:  # the same replayed structures as the run's start, for an exact continuation
+            from molequi.training.finetune import add_replay, applied_shift
+
+            add_replay(config, prepared, applied_shift(config, model_config), model_config.species)
+    elif config.init is not None:
+        from molequi.training.finetune import add_replay, fine_tuned_config
+
+        model_config, shift = fine_tuned_config(config, prepared, outputs_trained)
+        if config.replay > 0:
+            added = add_replay(config, prepared, shift, model_config.species)
+            print(f"replay: {added} structures of {config.replay_data} join the {len(prepared.train) - added} "
+                  "training structures", file=sys.stderr)
     elif init_weights is not None:
         model_config = prepared.model_config.with_normalisation_of(initial_config(init_weights, prepared.model_config))
     else:
@@ -285,6 +298,10 @@ def build_run(
     model = build_model(model_config, dtype).to(device)
     if init_weights is not None:
         load_initial_weights(model, init_weights)
+    if config.freeze:
+        from molequi.training.finetune import freeze_body
+
+        freeze_body(model)
     factory = functools.partial(fresh_model, model_config, dtype, device)
     ema = ExponentialMovingAverage(model, config.ema_decay, factory) if config.ema_decay > 0 else None
     trained = model

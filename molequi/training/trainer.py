@@ -71,6 +71,7 @@ from molequi.training.evaluate import (
     reported_metrics,
     resolve_device,
 )
+from molequi.training.finetune import resolve_model, with_initial_architecture
 from molequi.training.finish import TrainResult, finish_run
 from molequi.training.metrics import MetricSums, loss_terms, weighted_loss
 from molequi.training.plots import learning_curve
@@ -167,6 +168,9 @@ def train(
         device = torch.device("cuda", ddp.local_rank)
     say = log if log is not None else (lambda message: print(message, flush=True))
     say = say if ddp.is_main else (lambda message: None)
+    if config.init is not None and not resume:
+        config = with_initial_architecture(config)
+        init_weights = resolve_model(config.init)
     try:
         inputs = load_run_inputs(config, paths, out_dir, test_paths, resume, overwrite=overwrite,
                                  init_weights=init_weights)

@@ -1,0 +1,243 @@
+"""Fine-tuning: a run that starts from a trained model (``molequi train --init MODEL``).
+
+What a fine-tuning run keeps and what it changes, and why:
+
+- The architecture and the normalisation (energy scale, mean neighbour count) are the initial
+  model's: its weights mean something only with them. The training data's own statistics are not
+  recomputed (recomputing them is the usual way a fine-tuned model breaks).
+- The per-element reference energies are refitted by least squares on the new data: a new level
+  of theory (DFT instead of GFN2-xTB) shifts every atom's energy by an element-wise constant that
+  the network should not have to learn. The fit is on ``label − initial model``, so only the
+  offset moves, not the learned interactions.
+- Optionally the body is frozen (only the readout heads train) and a fraction of the pretraining
+  data is replayed, with its energies moved by the same reference shift, against forgetting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch_geometric.data import Data
+
+from molequi.errors import ConfigError, UnknownElementError
+from molequi.models.config import ModelConfig
+
+FINE_TUNE_LEARNING_RATE = 3e-3
+"""Default learning rate of a run started with ``--init`` (a tenth of a fresh run's): large steps
+would first undo what the initial model learned."""
+
+ARCHITECTURE_FIELDS = ("cutoff", "channels", "l_max", "edge_l_max", "num_layers", "num_radial", "cutoff_p",
+                       "radial_hidden", "correlation", "species_product", "readout_hidden", "trainable_radial",
+                       "ensemble_heads", "charge_input", "properties")
+"""Model settings a fine-tuning run takes from the initial model (the weights' shapes depend on them)."""
+
+
+def initial_model_config(path: str | Path) -> ModelConfig:
+    """The configuration stored in the model file ``path`` (read without building the model)."""
+    from molequi.models.io import read_config
+
+    return read_config(path)
+
+
+def check_architecture_overrides(initial: ModelConfig, overrides: dict, source: str) -> None:
+    """Refuse architecture settings given beside ``--init`` that differ from the initial model's.
+
+    Args:
+        initial: the initial model's configuration.
+        overrides: dotted ``model.KEY`` settings the user gave (flags or config file).
+        source: how to name the initial model in the message.
+
+    Raises:
+        ConfigError: naming each differing setting and both values.
+    """
+    differing = []
+    for key, value in overrides.items():
+        name = key.removeprefix("model.")
+        if name in ARCHITECTURE_FIELDS and getattr(initial, name) != value:
+            differing.append(f"{name} {value!r} (the model has {getattr(initial, name)!r})")
+    if differing:
+        raise ConfigError(f"cannot fine-tune {source} with another architecture: {'; '.join(differing)}; "
+                          "drop these settings (the architecture comes from the initial model)")
+
+
+def fine_tune_architecture(requested: ModelConfig, initial: ModelConfig) -> ModelConfig:
+    """The architecture of a fine-tuning run: the initial model's, with ``requested``'s baseline
+    (Δ-learning on top of a pretrained model composes) and its ensemble heads kept."""
+    return dataclasses.replace(initial, baseline=requested.baseline)
+
+
+def check_fine_tune_species(data_species: Sequence[int], initial: ModelConfig, source: str) -> None:
+    """Raise :class:`UnknownElementError` when the data hold an element the initial model never saw."""
+    unknown = sorted(set(data_species) - set(initial.species))
+    if unknown:
+        from ase.data import chemical_symbols
+
+        raise UnknownElementError(
+            f"cannot fine-tune {source}: the data contain {', '.join(chemical_symbols[z] for z in unknown)}, which "
+            f"it was never trained on (it knows {', '.join(chemical_symbols[z] for z in initial.species)}); "
+            "train from scratch instead")
+
+
+@torch.no_grad()
+def predicted_energies(model: torch.nn.Module, graphs: Sequence[Data], batch_size: int = 64) -> np.ndarray:
+    """[G] total energies (eV) the model predicts for ``graphs`` (no forces: only the offset is fitted)."""
+    from torch_geometric.data import Batch
+
+    from torch_geometric.utils import scatter
+
+    from molequi.data.batch import GraphBatch
+
+    potential = model.model
+    device = next(potential.parameters()).device
+    energies = []
+    for start in range(0, len(graphs), batch_size):
+        batch = GraphBatch.of(Batch.from_data_list(list(graphs[start:start + batch_size])).to(device))
+        out = potential(batch)
+        per_atom = out["residual_energies"].double() + out["reference_energies"]
+        energies.append(scatter(per_atom, batch.batch, dim=0, dim_size=batch.num_graphs, reduce="sum").cpu().numpy())
+    return np.concatenate(energies) if energies else np.zeros(0)
+
+
+def reference_shift(model: torch.nn.Module, graphs: Sequence[Data], species: Sequence[int]) -> dict[int, float]:
+    """Per-element energy shifts (eV) that best map the model's energies onto the labels of ``graphs``.
+
+    Least squares of ``E_label − E_model`` on the element counts; where the data do not determine
+    every element's shift (one molecule: only the total of its composition), the minimum-norm
+    solution spreads it. Elements absent from ``graphs`` keep their reference energy (shift 0).
+    """
+    present = sorted({int(z) for graph in graphs for z in graph.numbers.tolist()})
+    column = {z: k for k, z in enumerate(present)}
+    counts = np.zeros((len(graphs), len(present)))
+    for row, graph in enumerate(graphs):
+        for z, n in zip(*np.unique(graph.numbers.numpy(), return_counts=True)):
+            counts[row, column[int(z)]] = n
+    labels = np.array([float(graph.energy) for graph in graphs])
+    residual = labels - predicted_energies(model, graphs)
+    solution, *_ = np.linalg.lstsq(counts, residual, rcond=None)
+    return {int(z): float(solution[column[z]]) if z in column else 0.0 for z in species}
+
+
+def refitted_config(initial: ModelConfig, shift: dict[int, float]) -> ModelConfig:
+    """``initial`` with each element's reference energy moved by ``shift`` (eV)."""
+    e0s = {str(z): float(initial.e0s.get(str(z), 0.0)) + shift.get(int(z), 0.0) for z in initial.species}
+    return dataclasses.replace(initial, e0s=e0s)
+
+
+def shift_energies(graphs: Sequence[Data], shift: dict[int, float]) -> list[Data]:
+    """Copies of ``graphs`` whose energy labels (eV) are moved by the per-element ``shift``: the
+    pretraining data replayed at the new level of theory's reference energies."""
+    moved = []
+    for graph in graphs:
+        copy = graph.clone()
+        if "energy" in copy:
+            offset = sum(shift.get(int(z), 0.0) for z in graph.numbers.tolist())
+            copy.energy = copy.energy + offset
+        moved.append(copy)
+    return moved
+
+
+def replay_sample(graphs: Sequence[Data], fraction: float, n_train: int, seed: int) -> list[Data]:
+    """``round(fraction · n_train)`` structures of the pretraining data, drawn with ``seed``
+    (without replacement; all of them when there are fewer)."""
+    if not 0 < fraction <= 1:
+        raise ConfigError(f"replay must be a fraction in (0, 1], got {fraction}")
+    count = min(len(graphs), max(1, round(fraction * n_train)))
+    order = np.random.default_rng(seed).permutation(len(graphs))[:count]
+    return [graphs[k] for k in sorted(order)]
+
+
+def freeze_body(model: torch.nn.Module) -> int:
+    """Stop gradients to everything but the readout heads (energy and property heads).
+
+    Returns:
+        the number of parameters left trainable.
+    """
+    trainable = 0
+    for name, parameter in model.named_parameters():
+        head = ".readouts." in f".{name}" or ".property_heads." in f".{name}"
+        parameter.requires_grad_(head)
+        trainable += parameter.numel() if head else 0
+    if trainable == 0:
+        raise ConfigError("--freeze left no trainable parameter (the model has no readout heads)")
+    return trainable
+
+
+def resolve_model(spec: str | Path) -> Path:
+    """The model file of ``spec``: a pretrained model's name (said once on stderr) or a path.
+
+    Raises:
+        ConfigError: ``spec`` is neither a shipped name nor an existing file.
+    """
+    from molequi import pretrained
+
+    if pretrained.is_name(spec):
+        pretrained.announce(str(spec))
+        return pretrained.resolve(spec)
+    path = Path(spec)
+    if not path.is_file():
+        raise ConfigError(f"--init {spec}: no such model file, and no pretrained model of that name "
+                          f"(shipped: {', '.join(pretrained.names())})")
+    return path
+
+
+def with_initial_architecture(config):
+    """``config`` (a :class:`~molequi.training.config.TrainingConfig` with ``init``) with the
+    initial model's architecture (see :func:`fine_tune_architecture`)."""
+    initial = initial_model_config(resolve_model(config.init))
+    return dataclasses.replace(config, model=fine_tune_architecture(config.model, initial))
+
+
+def fine_tuned_config(config, prepared, outputs_trained: Sequence[str]) -> tuple[ModelConfig, dict[int, float]]:
+    """The model configuration of a fine-tuning run and the reference shift it applied.
+
+    The initial model's architecture and normalisation with its reference energies refitted on
+    ``prepared.train`` (see :func:`reference_shift`), unless the run trains no energy.
+
+    Raises:
+        UnknownElementError: the data hold an element the initial model never saw.
+    """
+    from molequi.models.io import load_model
+
+    path = resolve_model(config.init)
+    initial = initial_model_config(path)
+    check_fine_tune_species(prepared.model_config.species, initial, str(config.init))
+    tuned = dataclasses.replace(initial, baseline=config.model.baseline,
+                                trained_outputs=prepared.model_config.trained_outputs)
+    shift: dict[int, float] = {}
+    if "energy" in outputs_trained:
+        # the network alone (no baseline): with --baseline the labels are already relative to it
+        model = load_model(path, dtype=config.dtype)
+        shift = reference_shift(model, prepared.train, initial.species)
+        tuned = refitted_config(tuned, shift)
+    return tuned, shift
+
+
+def add_replay(config, prepared, shift: dict[int, float], species: Sequence[int]) -> int:
+    """Append ``config.replay`` × (training-set size) pretraining structures from
+    ``config.replay_data`` to ``prepared.train``, their energies moved by ``shift`` (eV).
+
+    Returns:
+        how many structures were added.
+    """
+    from molequi.training.data import load_graphs
+
+    replayed = load_graphs([config.replay_data], config.model.cutoff, keys=config.label_keys,
+                           baseline=config.model.baseline)
+    unknown = sorted({int(z) for graph in replayed for z in graph.numbers.tolist()} - set(species))
+    if unknown:
+        raise UnknownElementError(f"--replay-data {config.replay_data} holds atomic numbers {unknown} that the "
+                                  "initial model does not know")
+    sample = shift_energies(replay_sample(replayed, config.replay, len(prepared.train), config.seed), shift)
+    prepared.train.extend(sample)
+    return len(sample)
+
+
+def applied_shift(config, tuned: ModelConfig) -> dict[int, float]:
+    """The per-element reference shift (eV) a fine-tuning run applied: its reference energies minus
+    the initial model's (read again on resume, so the replayed energies move the same way)."""
+    initial = initial_model_config(resolve_model(config.init))
+    return {int(z): float(tuned.e0s.get(str(z), 0.0)) - float(initial.e0s.get(str(z), 0.0)) for z in initial.species}

@@ -1,0 +1,250 @@
+"""Fine-tuning from a trained model, the total-charge input, reproducible budgets and the
+pretrained-model registry."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from ase.build import molecule
+from ase.calculators.singlepoint import SinglePointCalculator
+from ase.io import write
+
+from molequi.cli.main import main
+from molequi.errors import InvalidStructureError, ModelFileError
+
+from conftest import SPECIES
+
+FIT = ["--dtype", "float64", "--device", "cpu", "--no-progress", "--batch-size", "4", "--validation", "2"]
+TINY = ["--channels", "8", "--l-max", "0", "--edge-l-max", "1", "--num-layers", "2", *FIT]
+SHIFT = {1: 0.37, 6: -1.25, 8: 2.1}
+"""A per-element offset (eV) standing for a change of level of theory."""
+
+
+def labelled(model, structures: list[Atoms], shift: dict[int, float] | None = None) -> list[Atoms]:
+    """``structures`` labelled by ``model`` (energies eV, forces eV/Å), energies moved by ``shift``."""
+    from molequi.calculators.ase import MolequiCalculator
+
+    calculator = MolequiCalculator(model)
+    out = []
+    for atoms in structures:
+        atoms = atoms.copy()
+        atoms.calc = calculator
+        energy, forces = atoms.get_potential_energy(), atoms.get_forces()
+        energy += sum((shift or {}).get(int(z), 0.0) for z in atoms.numbers)
+        atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=forces)
+        out.append(atoms)
+    return out
+
+
+def mixed_molecules(count: int, seed: int = 0) -> list[Atoms]:
+    """Rattled copies of small H/C/O molecules of different compositions (a full-rank count matrix)."""
+    rng = np.random.default_rng(seed)
+    names = ["CH4", "H2O", "CH3OH", "CH3CH2OH", "H2CO", "C2H6", "CO2"]
+    out = []
+    for k in range(count):
+        atoms = molecule(names[k % len(names)])
+        atoms.positions += rng.normal(scale=0.04, size=atoms.positions.shape)
+        out.append(atoms)
+    return out
+
+
+@pytest.fixture(scope="module")
+def initial(tmp_path_factory):
+    """A trained-looking starting model (random weights, float64) saved to a file."""
+    from molequi.models import ModelConfig, build_model
+    from molequi.models.io import save_model
+
+    config = ModelConfig(species=list(SPECIES), channels=8, l_max=0, edge_l_max=1, radial_hidden=[16],
+                         readout_hidden=8, avg_num_neighbors=3.0, energy_scale=0.7, ensemble_heads=2,
+                         e0s={"1": -13.0, "6": -1030.0, "8": -2040.0})
+    torch.manual_seed(3)
+    model = build_model(config, torch.float64).eval()
+    path = tmp_path_factory.mktemp("init") / "initial.molequi"
+    save_model(model, path)
+    return model, path
+
+
+@pytest.fixture(scope="module")
+def shifted_data(initial, tmp_path_factory) -> str:
+    """Structures labelled by the initial model at a 'new level of theory' (energies + SHIFT)."""
+    model, _ = initial
+    path = tmp_path_factory.mktemp("data") / "shifted.extxyz"
+    write(path, labelled(model, mixed_molecules(14), SHIFT))
+    return str(path)
+
+
+def test_reference_refit_recovers_a_per_element_shift(initial, shifted_data):
+    from molequi.training.data import load_graphs
+    from molequi.training.finetune import reference_shift
+
+    model, _ = initial
+    graphs = load_graphs([shifted_data], model.model.config.cutoff)
+    fitted = reference_shift(model, graphs, list(SPECIES))
+    for z, value in SHIFT.items():
+        assert fitted[z] == pytest.approx(value, abs=1e-6)
+
+
+def test_fine_tuning_keeps_normalisation_and_moves_references(initial, shifted_data, tmp_path):
+    from molequi.models.io import load_model
+
+    model, path = initial
+    out = tmp_path / "ft"
+    code = main(["train", "--init", str(path), "--data", shifted_data, "--out", str(out), "--max-epochs", "1",
+                 "--lr", "1e-12", *FIT])
+    assert code == 0
+    tuned = load_model(out / "model.molequi").model.config
+    start = model.model.config
+    assert tuned.energy_scale == start.energy_scale and tuned.avg_num_neighbors == start.avg_num_neighbors
+    assert tuned.channels == start.channels and tuned.ensemble_heads == start.ensemble_heads
+    for z, value in SHIFT.items():
+        assert float(tuned.e0s[str(z)]) - float(start.e0s[str(z)]) == pytest.approx(value, abs=1e-5)
+    # with a vanishing learning rate the fine-tuned model reproduces the shifted labels
+    from ase.io import read
+
+    from molequi.calculators.ase import MolequiCalculator
+
+    atoms = read(shifted_data, index=3)
+    reference = atoms.get_potential_energy()
+    atoms.calc = MolequiCalculator(out / "model.molequi")
+    assert atoms.get_potential_energy() == pytest.approx(reference, abs=1e-4)
+
+
+def test_freeze_trains_only_the_heads(initial, shifted_data, tmp_path):
+    from molequi.models.io import load_model
+
+    model, path = initial
+    out = tmp_path / "frozen"
+    assert main(["train", "--init", str(path), "--freeze", "--data", shifted_data, "--out", str(out),
+                 "--max-epochs", "2", "--lr", "0.05", "--no-progress", "--validation", "2", "--batch-size", "4",
+                 "--dtype", "float64"]) == 0
+    tuned = load_model(out / "model.molequi").state_dict()
+    start = model.state_dict()
+    heads = [k for k in start if ".readouts." in k and start[k].is_floating_point()]
+    body = [k for k in start if k not in heads and "e0" not in k and start[k].is_floating_point()]
+    assert heads and body
+    assert all(torch.equal(tuned[k], start[k]) for k in body)
+    assert any(not torch.equal(tuned[k], start[k]) for k in heads)
+
+
+def test_replay_adds_shifted_pretraining_structures(initial, shifted_data, tmp_path, capsys):
+    _, path = initial
+    out = tmp_path / "replay"
+    assert main(["train", "--init", str(path), "--replay", "0.5", "--replay-data", shifted_data, "--data",
+                 shifted_data, "--out", str(out), "--max-epochs", "1", "--no-progress", "--validation", "2",
+                 "--dtype", "float64"]) == 0
+    assert "replay: 6 structures" in capsys.readouterr().err
+
+
+def test_fine_tuning_refuses_what_cannot_work(initial, shifted_data, tmp_path, capsys):
+    model, path = initial
+    nitrogen = tmp_path / "n.extxyz"
+    write(nitrogen, labelled(model, mixed_molecules(4)) + [_labelled_nh3()])
+    cases = [
+        (["--init", str(path), "--channels", "16", "--data", shifted_data], "channels 16 (the model has 8)"),
+        (["--freeze", "--data", shifted_data], "freeze and replay need init"),
+        (["--init", str(tmp_path / "missing.molequi"), "--data", shifted_data], "no such model file"),
+        (["--init", str(path), "--data", str(nitrogen), "--validation", "1"], "contain N, which it was never trained"),
+    ]
+    for k, (args, message) in enumerate(cases):
+        assert main(["train", *args, "--out", str(tmp_path / f"run{k}"), "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def _labelled_nh3() -> Atoms:
+    atoms = molecule("NH3")
+    atoms.calc = SinglePointCalculator(atoms, energy=-10.0, forces=np.zeros((4, 3)))
+    return atoms
+
+
+def test_same_seed_and_epoch_budget_give_the_same_model(shifted_data, tmp_path):
+    from molequi.models.io import content_digest, load_model
+
+    digests = []
+    for name in ("one", "two"):
+        out = tmp_path / name
+        assert main(["train", "--data", shifted_data, "--out", str(out), "--max-epochs", "2", "--seed", "5",
+                     *TINY]) == 0
+        digests.append(content_digest(load_model(out / "model.molequi")))
+    assert digests[0] == digests[1]
+
+
+# ---------------------------------------------------------------- total charge
+
+
+def charged_model():
+    from molequi.models import ModelConfig, build_model
+
+    torch.manual_seed(0)
+    config = ModelConfig(species=list(SPECIES), channels=8, l_max=1, radial_hidden=[16], readout_hidden=8,
+                         charge_input=True)
+    return build_model(config, torch.float64).eval()
+
+
+def test_charge_changes_the_energy_only_with_charge_input(ethanol):
+    from molequi.calculators.ase import MolequiCalculator
+
+    for model, differs in ((charged_model(), True), (__import__("conftest").random_model(), False)):
+        atoms = ethanol.copy()
+        atoms.calc = MolequiCalculator(model)
+        neutral = atoms.get_potential_energy()
+        atoms.info["charge"] = -1
+        anion = atoms.get_potential_energy()  # the calculator notices the new total charge
+        assert (abs(anion - neutral) > 1e-6) == differs
+
+
+def test_charged_energies_stay_invariant_and_forces_match_the_gradient(ethanol):
+    from molequi.calculators.ase import MolequiCalculator
+    from scipy.spatial.transform import Rotation
+
+    atoms = ethanol.copy()
+    atoms.info["charge"] = 1
+    atoms.calc = MolequiCalculator(charged_model())
+    energy, forces = atoms.get_potential_energy(), atoms.get_forces()
+    rotation = Rotation.random(random_state=4).as_matrix()
+    turned = atoms.copy()
+    turned.positions = atoms.positions @ rotation.T
+    turned.calc = MolequiCalculator(charged_model())
+    assert turned.get_potential_energy() == pytest.approx(energy, abs=1e-9)
+    assert np.allclose(turned.get_forces(), forces @ rotation.T, atol=1e-8)
+    step = 1e-5
+    moved = atoms.copy()
+    moved.calc = MolequiCalculator(charged_model())
+    moved.positions[2, 0] += step
+    plus = moved.get_potential_energy()
+    moved.positions[2, 0] -= 2 * step
+    minus = moved.get_potential_energy()
+    assert -(plus - minus) / (2 * step) == pytest.approx(forces[2, 0], abs=1e-5)
+
+
+def test_a_fractional_charge_is_refused(ethanol):
+    from molequi.data.labels import total_charge
+
+    ethanol.info["charge"] = 0.5
+    with pytest.raises(InvalidStructureError, match="whole number"):
+        total_charge(ethanol)
+
+
+def test_md_states_carry_the_charge(ethanol):
+    from molequi.md.state import state_from_atoms
+
+    charged = ethanol.copy()
+    charged.info["charge"] = 1
+    state = state_from_atoms([ethanol, charged], temperature=300.0)
+    assert state.charge.tolist() == [0.0, 1.0]
+    assert state.select(torch.tensor([False, True])).charge.tolist() == [1.0]
+
+
+# ---------------------------------------------------------------- the registry
+
+
+def test_pretrained_names_resolve_and_unknown_names_are_refused(tmp_path):
+    from molequi import pretrained
+
+    assert "organic-xtb" in pretrained.names()
+    assert pretrained.resolve("organic-xtb").name == "organic_xtb.molequi"
+    assert pretrained.resolve(tmp_path / "mine.molequi") == tmp_path / "mine.molequi"
+    with pytest.raises(ModelFileError, match="no pretrained model named 'orgnic-xtb'; shipped: organic-xtb"):
+        pretrained.get("orgnic-xtb")
