@@ -248,3 +248,23 @@ def test_pretrained_names_resolve_and_unknown_names_are_refused(tmp_path):
     assert pretrained.resolve(tmp_path / "mine.molequi") == tmp_path / "mine.molequi"
     with pytest.raises(ModelFileError, match="no pretrained model named 'orgnic-xtb'; shipped: organic-xtb"):
         pretrained.get("orgnic-xtb")
+
+
+def test_md_and_the_calculator_run_the_shipped_model_when_none_is_given(tmp_path, capsys, ethanol):
+    from molequi import pretrained
+    from molequi.calculators.ase import MolequiCalculator
+
+    structure = tmp_path / "ethanol.xyz"
+    write(structure, ethanol)
+    assert main(["md", str(structure), "--steps", "5", "--dt", "0.5", "--out", str(tmp_path / "md"),
+                 "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "pretrained model 'organic-xtb'" in err and "GFN2-xTB" in err
+    ethanol.calc = MolequiCalculator()
+    assert np.isfinite(ethanol.get_potential_energy())
+    assert "energy_std" in ethanol.calc.results  # its ensemble heads give a σ
+    model = pretrained.load("organic-xtb")
+    assert sorted(model.model.config.species) == [1, 6, 7, 8, 9, 16, 17, 35]
+    assert model.model.config.charge_input
+    assert pretrained.get("organic-xtb").path.stat().st_size <= 10 * 1024 * 1024
+    assert pretrained.get("organic-xtb").card.is_file()

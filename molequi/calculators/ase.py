@@ -56,6 +56,12 @@ def shipped_or_given(model: ModelSpec | Sequence[ModelSpec] | None) -> ModelSpec
     return resolved
 
 
+def shipped_calibration(model: ModelSpec | Sequence[ModelSpec] | None) -> Path | None:
+    """The calibration shipped with a pretrained model given by name (or None: the default), else None."""
+    name = pretrained.DEFAULT if model is None else model
+    return pretrained.get(name).calibration if pretrained.is_name(name) else None
+
+
 class MolequiCalculator(Calculator):
     """ASE calculator: ``energy``/``free_energy`` (eV), ``forces`` (eV/Å), per-atom ``energies``
     (eV) and ``stress`` (eV/Å³, Voigt order xx yy zz yz xz xy, fully periodic cells only).
@@ -92,6 +98,8 @@ class MolequiCalculator(Calculator):
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
+        if calibration is None:
+            calibration = shipped_calibration(model)
         self.potential = Potential(load_models(shipped_or_given(model), device=device, dtype=dtype),
                                    calibration=calibration)
         self.device = self.potential.device

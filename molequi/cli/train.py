@@ -98,6 +98,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="train on structures whose energy per atom (after the per-element reference energies) or "
                         "largest force lies more than 20 MADs from the median; without it they are refused, named, "
                         "with the likely unit mix-up (kcal/mol or Hartree among eV)")
+    parser.add_argument("--stream", action="store_true",
+                        help="read the training structures from disk as batches need them (one .xyz/.extxyz file, "
+                        "any size: memory does not grow with it); the normalisation is fitted on a sample of 5,000; "
+                        "no outlier check, --baseline or --replay")
     parser.add_argument("--freeze", action="store_true",
                         help="with --init: train only the readout heads; the body keeps the initial model's weights")
     parser.add_argument("--charge-input", action="store_true",
@@ -127,6 +131,8 @@ def overrides_from(args: argparse.Namespace) -> dict:
         overrides["model.charge_input"] = True
     if getattr(args, "freeze", False):
         overrides["freeze"] = True
+    if getattr(args, "stream", False):
+        overrides["stream"] = True
     return overrides
 
 

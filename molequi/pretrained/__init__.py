@@ -46,6 +46,12 @@ class Pretrained:
         return HERE / self.file
 
     @property
+    def calibration(self) -> Path | None:
+        """The σ calibration fitted on the model's held-out test data (``molequi calibrate``), if shipped."""
+        path = self.path.with_suffix(".calibration.json")
+        return path if path.is_file() else None
+
+    @property
     def card(self) -> Path:
         """The model card (Markdown) beside the file."""
         return self.path.with_suffix(".md")
@@ -124,4 +130,6 @@ def load(name: str = DEFAULT, device: "str | torch.device" = "cpu",
     """
     from molequi.models.io import load_model
 
-    return load_model(get(name).path, device=device, dtype=dtype)
+    model = load_model(get(name).path, device=device, dtype=dtype)
+    announce(name)
+    return model

@@ -149,6 +149,9 @@ class TrainingConfig:
         replay: with ``init`` and ``replay_data``, add this fraction (of the training set's size)
             of pretraining structures to the training set, against forgetting.
         replay_data: the pretraining data file replayed (extxyz with energies and forces).
+        stream: read the training structures from disk as batches need them (one .xyz/.extxyz
+            file; memory does not grow with its size), fitting the normalisation on a sample;
+            no outlier check, no baseline, no replay.
         model: the architecture (a ``model:`` section of :class:`ModelConfig` keys; species,
             E0s, energy shift/scale and average neighbor count come from the training data).
     """
@@ -190,6 +193,7 @@ class TrainingConfig:
     freeze: bool = False
     replay: float = 0.0
     replay_data: str | None = None
+    stream: bool = False
     model: ModelConfig = field(default_factory=default_model)
 
     def __post_init__(self) -> None:
@@ -219,6 +223,8 @@ class TrainingConfig:
             (self.dtype in ("float32", "float64"), f"dtype must be 'float32' or 'float64', got '{self.dtype}'"),
             (0 <= self.replay <= 1, f"replay must be a fraction in [0, 1], got {self.replay}"),
             (self.init is not None or not (self.freeze or self.replay), "freeze and replay need init (--init MODEL)"),
+            (not (self.stream and (self.model.baseline or self.replay)),
+             "stream reads structures from disk as they are needed: it works without baseline and replay"),
             ((self.replay > 0) == (self.replay_data is not None),
              "replay needs replay_data (--replay-data FILE) and replay_data needs replay > 0"),
             (self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}"),

@@ -218,6 +218,10 @@ def prepare_data(
         print(f"note: {duplicates}", file=sys.stderr)
     train = [graphs[k] for k in train_indices]
     held_out = [graphs[k] for k in validation_indices]
+    charged = sum(1 for graph in graphs if "charge" in graph and float(graph.charge) != 0)
+    if charged and not architecture.charge_input:
+        print(f"note: {charged} of {len(graphs)} structures carry a nonzero total charge (info['charge']) that the "
+              "model will not see: pass --charge-input to give it to the network", file=sys.stderr)
     statistics = compute_statistics(train, species, e0s)
     model_config = dataclasses.replace(
         architecture,
@@ -230,4 +234,52 @@ def prepare_data(
         property_stats=property_statistics(train, architecture.properties),
         trained_outputs=list(outputs),
     )
+    return PreparedData(train, held_out, model_config, statistics, train_indices, validation_indices)
+
+
+STATISTICS_SAMPLE = 5_000
+"""Structures of a streamed training set that the normalisation is fitted on (a seeded sample)."""
+
+
+def prepare_streamed(
+    paths: str | Path | Sequence[str | Path],
+    architecture: ModelConfig,
+    validation: int | float,
+    seed: int,
+    keys: LabelKeys | None = None,
+    e0s: str = "fit",
+) -> PreparedData:
+    """:func:`prepare_data` for a training file larger than memory (``molequi train --stream``).
+
+    The file is indexed (see :mod:`molequi.data.stream`); the training structures are read and
+    turned into graphs when a batch needs them, so memory does not grow with the file. The
+    validation structures are held in memory; the normalisation (E0s, energy shift and scale,
+    mean neighbour count) is fitted on a seeded sample of at most :data:`STATISTICS_SAMPLE`
+    training structures. Energies and forces are required.
+    """
+    from molequi.data.stream import FrameGraphs, frame_offsets
+
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    if len(paths) != 1:
+        raise DataFormatError(f"--stream reads one training file, got {len(paths)}: concatenate them (cat a.extxyz "
+                              "b.extxyz > all.extxyz)")
+    path = paths[0]
+    offsets, species = frame_offsets(path)
+    train_indices, validation_indices = train_validation_split(len(offsets), validation, seed)
+    train = FrameGraphs(path, offsets, train_indices, architecture.cutoff, keys)
+    held_out = FrameGraphs(path, offsets, validation_indices, architecture.cutoff, keys).load(range(len(validation_indices)))
+    rng = np.random.default_rng(seed)
+    sample = train.load(np.sort(rng.permutation(len(train))[:STATISTICS_SAMPLE]))
+    statistics = compute_statistics(sample, species, e0s)
+    model_config = dataclasses.replace(
+        architecture,
+        species=species,
+        e0s={str(z): e for z, e in statistics.e0s.items()},
+        e0s_basis=determined_compositions(sample, species) if e0s in E0S_METHODS else None,
+        energy_shift=statistics.shift,
+        energy_scale=statistics.scale,
+        avg_num_neighbors=statistics.avg_num_neighbors,
+        trained_outputs=["energy", "forces"],
+    )
+    del sample
     return PreparedData(train, held_out, model_config, statistics, train_indices, validation_indices)

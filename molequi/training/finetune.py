@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,6 +26,10 @@ from torch_geometric.data import Data
 
 from molequi.errors import ConfigError, UnknownElementError
 from molequi.models.config import ModelConfig
+
+if TYPE_CHECKING:
+    from molequi.training.config import TrainingConfig
+    from molequi.training.data import PreparedData
 
 FINE_TUNE_LEARNING_RATE = 3e-3
 """Default learning rate of a run started with ``--init`` (a tenth of a fresh run's): large steps
@@ -95,7 +100,8 @@ def predicted_energies(model: torch.nn.Module, graphs: Sequence[Data], batch_siz
     device = next(potential.parameters()).device
     energies = []
     for start in range(0, len(graphs), batch_size):
-        batch = GraphBatch.of(Batch.from_data_list(list(graphs[start:start + batch_size])).to(device))
+        chunk = [graphs[k] for k in range(start, min(start + batch_size, len(graphs)))]  # a list or a streamed set
+        batch = GraphBatch.of(Batch.from_data_list(chunk).to(device))
         out = potential(batch)
         per_atom = out["residual_energies"].double() + out["reference_energies"]
         energies.append(scatter(per_atom, batch.batch, dim=0, dim_size=batch.num_graphs, reduce="sum").cpu().numpy())
@@ -184,14 +190,14 @@ def resolve_model(spec: str | Path) -> Path:
     return path
 
 
-def with_initial_architecture(config):
+def with_initial_architecture(config: TrainingConfig) -> TrainingConfig:
     """``config`` (a :class:`~molequi.training.config.TrainingConfig` with ``init``) with the
     initial model's architecture (see :func:`fine_tune_architecture`)."""
     initial = initial_model_config(resolve_model(config.init))
     return dataclasses.replace(config, model=fine_tune_architecture(config.model, initial))
 
 
-def fine_tuned_config(config, prepared, outputs_trained: Sequence[str]) -> tuple[ModelConfig, dict[int, float]]:
+def fine_tuned_config(config: TrainingConfig, prepared: PreparedData, outputs_trained: Sequence[str]) -> tuple[ModelConfig, dict[int, float]]:
     """The model configuration of a fine-tuning run and the reference shift it applied.
 
     The initial model's architecture and normalisation with its reference energies refitted on
@@ -216,7 +222,7 @@ def fine_tuned_config(config, prepared, outputs_trained: Sequence[str]) -> tuple
     return tuned, shift
 
 
-def add_replay(config, prepared, shift: dict[int, float], species: Sequence[int]) -> int:
+def add_replay(config: TrainingConfig, prepared: PreparedData, shift: dict[int, float], species: Sequence[int]) -> int:
     """Append ``config.replay`` × (training-set size) pretraining structures from
     ``config.replay_data`` to ``prepared.train``, their energies moved by ``shift`` (eV).
 
@@ -236,7 +242,7 @@ def add_replay(config, prepared, shift: dict[int, float], species: Sequence[int]
     return len(sample)
 
 
-def applied_shift(config, tuned: ModelConfig) -> dict[int, float]:
+def applied_shift(config: TrainingConfig, tuned: ModelConfig) -> dict[int, float]:
     """The per-element reference shift (eV) a fine-tuning run applied: its reference energies minus
     the initial model's (read again on resume, so the replayed energies move the same way)."""
     initial = initial_model_config(resolve_model(config.init))

@@ -32,6 +32,7 @@ from molequi.training.data import (
     PreparedData,
     load_graphs,
     prepare_data,
+    prepare_streamed,
     trained_outputs,
 )
 from molequi.training.distributed import Distributed
@@ -147,10 +148,14 @@ def load_run_inputs(
     outputs_trained = trained_outputs(
         config.energy_weight, config.forces_weight, config.property_weights, config.model.properties
     )
-    prepared = prepare_data(
-        paths, config.model, config.validation, config.seed, outputs_trained, keys=config.label_keys, e0s=config.e0s,
-        cache_dir=out_dir / "baseline_cache", allow_outliers=config.allow_outliers,
-    )
+    if config.stream:
+        prepared = prepare_streamed(paths, config.model, config.validation, config.seed, keys=config.label_keys,
+                                    e0s=config.e0s)
+    else:
+        prepared = prepare_data(
+            paths, config.model, config.validation, config.seed, outputs_trained, keys=config.label_keys,
+            e0s=config.e0s, cache_dir=out_dir / "baseline_cache", allow_outliers=config.allow_outliers,
+        )
     if state is not None:
         model_config = ModelConfig(**state["model_config"])
         if config.replay > 0:  # the same replayed structures as the run's start, for an exact continuation
