@@ -42,6 +42,7 @@ energy MAE ≤ its first round's; no flat energy calibration without a warning.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import shutil
@@ -253,16 +254,20 @@ def loop_committees(molecule: str, files, profile, args, seed: int,
     start = read(files["start"])
     start.calc = None  # labelled with its perturbed copies by the loop itself
     started = time.monotonic()
-    result = run_learning(settings, [start], folder, config=training_config(profile, 1000 * seed),
-                          test_data=[files[f"md_{t:g}K"] for t in TEMPERATURES],
-                          log=lambda message: log(f"{molecule} loop seed {seed}: {message}"))
+    for extra in range(4):  # under a ceiling a round may label fewer frames: more rounds reach the labels
+        settings = dataclasses.replace(settings, rounds=rounds + extra)
+        result = run_learning(settings, [start], folder, config=training_config(profile, 1000 * seed),
+                              test_data=[files[f"md_{t:g}K"] for t in TEMPERATURES],
+                              log=lambda message: log(f"{molecule} loop seed {seed}: {message}"))
+        stuck = len(result.rows) > 1 and result.rows[-2]["n_new"] == 0  # the ceiling left nothing to label
+        if result.rows[-1]["n_labels"] >= max(profile["labels"]) or stuck:
+            break
     log(f"{molecule} loop seed {seed}: done ({time.monotonic() - started:.0f} s)")
     committees = {}
-    for r, row in enumerate(result.rows):
-        if row["n_labels"] in profile["labels"]:
-            committees[row["n_labels"]] = [folder / f"round_{r:03d}" / f"member_{m}" / "model.molequi"
-                                           for m in range(profile["committee"])]
-    return committees, result.rows
+    for n in profile["labels"]:  # the last committee with at most n labels (fewer under a ceiling: a handicap)
+        r = max(k for k, row in enumerate(result.rows) if row["n_labels"] <= n)
+        committees[n] = [folder / f"round_{r:03d}" / f"member_{m}" / "model.molequi" for m in range(profile["committee"])]
+    return committees, result.rows[:max(k for k, row in enumerate(result.rows) if row["n_labels"] <= max(profile["labels"])) + 1]
 
 
 ENSEMBLES = {"ensemble heads": {}, "ensemble heads, bootstrap + NLL": {"ensemble_bootstrap": True,
