@@ -538,6 +538,15 @@ def markdown(results: dict, profile_name: str, wall: float, argv=()) -> str:
                              f"{cell([r['max'] for r in rows])} | {cell([r['mean_300K'] for r in rows])} | "
                              f"{cell([r['energy_mae_meV'] for r in rows])} | {cell([r['ttf']['mean_fs'] for r in rows])} | "
                              f"{cell([100 * r['ttf']['surviving'] for r in rows])} % |")
+        last = max(report["labels"])
+        kinds = list(seeds[0]["random"][last]["by_kind"])
+        lines += ["", f"Mean force error per kind of test frame at {last} labels (meV/Å): where each selection's "
+                  "labels help, and what sets the 99th percentile", "",
+                  "| selection | " + " | ".join(k.removeprefix("md_") for k in kinds) + " |",
+                  "|---|" + "---|" * len(kinds)]
+        for kind in selections(report):
+            lines.append(f"| {kind} | " + " | ".join(cell([s[kind][last]["by_kind"][k] for s in seeds]) for k in kinds)
+                         + " |")
         keys = [k for k in seeds[0]["ranking"]["committee"] if k.startswith("md_")]
         lines += ["", f"C (ranking on the loop's last labels: Spearman of per-structure force std vs error, and the "
                   f"split-half ceiling; {PROFILES_USED.get('committee', 4)} members each)", "",
