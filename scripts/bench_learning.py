@@ -254,6 +254,8 @@ def loop_committees(molecule: str, files, profile, args, seed: int,
     start = read(files["start"])
     start.calc = None  # labelled with its perturbed copies by the loop itself
     started = time.monotonic()
+    if (folder / "learn.json").exists():  # a rerun continues from the rounds the run already took
+        rounds = max(rounds, int(json.loads((folder / "learn.json").read_text())["settings"]["rounds"]))
     for extra in range(4):  # under a ceiling a round may label fewer frames: more rounds reach the labels
         settings = dataclasses.replace(settings, rounds=rounds + extra)
         result = run_learning(settings, [start], folder, config=training_config(profile, 1000 * seed),
