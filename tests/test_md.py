@@ -405,6 +405,7 @@ def test_md_leaves_the_domain_warns_once_and_can_stop(random_model, tmp_path, en
         result = run_md(potential(1e-9), [ethanol(0), ethanol(1)], MDSettings(**settings, stop_out_of_domain=True),
                         tmp_path / "stop")
     assert len(result.stopped) == 2 and all("left the domain" in event.reason for event in result.stopped)
+    assert read_log(tmp_path / "stop" / "system_0000.csv")["in_domain"].tolist() == [0]  # the step it left
     frames = ase.io.read(tmp_path / "stop" / "out_of_domain.extxyz", ":")
     assert sorted(a.info["system"] for a in frames) == [0, 1] and all(a.info["sigma_forces"] > 1e-9 for a in frames)
     with pytest.raises(ConfigError, match="needs a committee"):

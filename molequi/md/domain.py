@@ -23,7 +23,8 @@ OUT_OF_DOMAIN_FILE = "out_of_domain.extxyz"
 
 
 class DomainWatch:
-    """An MD observer (call it after each step, before the output writer).
+    """An MD observer (call it after each step, after the output writer: the log then shows the
+    step a system left the domain, with ``in_domain`` 0).
 
     Args:
         threshold: the in-domain threshold, eV/Å (None: no verdict, the watch does nothing).

@@ -371,11 +371,12 @@ def _run_batched(potential: Potential, systems: list[Atoms], settings: MDSetting
         output = _output(potential, len(systems), settings, out)
         _describe(output, settings, systems)
         output.restart_metadata = {"identity": identity}
-        watch(engine)
         output(engine)  # step 0
+        watch(engine)
     progress = MDProgress(settings.steps, settings.dt, not settings.progress, initial=engine.state.step)
     try:
-        engine.run(max(settings.steps - engine.state.step, 0), [watch, output], callback=_stop_reporter(engine, progress))
+        # the watch after the writer: the log and trajectory show the step a system left the domain
+        engine.run(max(settings.steps - engine.state.step, 0), [output, watch], callback=_stop_reporter(engine, progress))
     finally:
         progress.close()
         if settings.restart_every and not engine.in_step:  # never a restart from a half-taken step
@@ -402,10 +403,10 @@ def _run_ase(potential: Potential, systems: list[Atoms], settings: MDSettings, o
                                settings.min_distance)
             for event in engine.stopped:
                 progress.write(str(event))
-            watch(engine)
             if engine.state.num_systems:
                 output(engine)  # step 0
-            engine.run(settings.steps, [watch, output], callback=_stop_reporter(engine, progress))
+            watch(engine)
+            engine.run(settings.steps, [output, watch], callback=_stop_reporter(engine, progress))
             _record(engine, records, settings.dt, watch)
     finally:
         progress.close()
