@@ -580,7 +580,8 @@ def markdown(results: dict, profile_name: str, wall: float, argv=()) -> str:
                          + " |")
         keys = [k for k in seeds[0]["ranking"]["committee"] if k.startswith("md_")]
         lines += ["", f"C (ranking on the loop's last labels: Spearman of per-structure force std vs error, and the "
-                  f"split-half ceiling; {PROFILES_USED.get('committee', 4)} members each)", "",
+                  f"split-half ceiling; {PROFILES_USED.get('committee', 4)} members or heads unless named; the ensembles "
+                  "train one model, 1/4 of a committee of 4's CPU time, but the last, which trains 4 × the epochs)", "",
                   "| members | " + " | ".join(k.removeprefix("md_") for k in keys) + " | test force mean (meV/Å) |",
                   "|---|" + "---|" * (len(keys) + 1)]
         for name in seeds[0]["ranking"]:
