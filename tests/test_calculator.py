@@ -241,3 +241,30 @@ def test_cuda_matches_cpu(model):
     assert gpu.get_potential_energy(atoms) == pytest.approx(cpu.get_potential_energy(atoms), abs=1e-8)
     np.testing.assert_allclose(gpu.get_forces(atoms), cpu.get_forces(atoms), atol=1e-8)
     np.testing.assert_allclose(gpu.get_stress(atoms), cpu.get_stress(atoms), atol=1e-8)
+
+
+def test_domain_verdict_per_structure(model, tmp_path):
+    """A committee reports the per-structure calibrated force std and, against the threshold the
+    calibration stores, whether the structure is in the domain; without a threshold (or with one
+    model) the verdict is unknown (None), never a guess."""
+    import ase.io
+
+    from molequi.models.uncertainty import Calibration, Fit
+
+    atoms = ethanol()
+    unknown = MolequiCalculator([model, tiny_model(seed=1)])
+    unknown.get_forces(atoms)
+    sigma = unknown.results["sigma_forces"]
+    assert sigma == pytest.approx(unknown.results["forces_std"].max()) and unknown.results["in_domain"] is None
+    single = MolequiCalculator(model)
+    single.get_forces(atoms)
+    assert single.results["in_domain"] is None and "sigma_forces" not in single.results
+    for threshold, verdict in ((2.0 * 3.0 * sigma, True), (0.5 * 3.0 * sigma, False)):
+        calibration = Calibration({"forces": Fit("scale", 3.0)}, {"domain": {"threshold": threshold}})
+        calculator = MolequiCalculator([model, tiny_model(seed=1)], calibration=calibration)
+        calculator.get_forces(atoms)
+        assert calculator.results["sigma_forces"] == pytest.approx(3.0 * sigma)
+        assert calculator.results["in_domain"] is verdict
+    atoms.calc = unknown
+    ase.io.write(tmp_path / "frame.extxyz", atoms)  # the verdict keys do not break writing
+    assert len(ase.io.read(tmp_path / "frame.extxyz")) == len(atoms)

@@ -100,7 +100,7 @@ def test_batched_member_gradients_match_the_loop(monkeypatch):
         np.testing.assert_allclose(a["forces_members"], b["forces_members"], atol=1e-10)
 
 
-@pytest.mark.parametrize("loss", ["heads", "nll"])
+@pytest.mark.parametrize("loss", ["heads", "nll", "heads+bootstrap+nll"])
 def test_training_an_ensemble_end_to_end(tmp_path, loss):
     from molequi.training import load_config, train
 
@@ -117,7 +117,9 @@ def test_training_an_ensemble_end_to_end(tmp_path, loss):
     config = load_config(None, {"model": {"channels": 8, "l_max": 1, "num_layers": 1, "correlation": 2, "radial_hidden": [16],
                                           "readout_hidden": 8, "ensemble_heads": 3},
                                 "batch_size": 4, "validation": 4, "progress": False, "device": "cpu", "dtype": "float64",
-                                "max_epochs": 3, "ensemble_loss": loss})
+                                "max_epochs": 3, "ensemble_loss": loss.split("+")[0],
+                                "ensemble_bootstrap": "bootstrap" in loss,
+                                "ensemble_nll_weight": 0.5 if loss.endswith("+nll") else 0.0})
     ase.io.write(tmp_path / "test.extxyz", structures[:6])
     result = train(config, tmp_path / "train.extxyz", tmp_path / "run", test_data=tmp_path / "test.extxyz",
                    log=lambda message: None)
@@ -143,3 +145,47 @@ def test_training_an_ensemble_end_to_end(tmp_path, loss):
         tested = json.loads((tmp_path / "run" / "test_metrics.json").read_text())
         for key in ("forces_std_spearman", "forces_rmse_over_std", "miscalibration_area"):
             assert tested[key] == pytest.approx(evaluated[key], rel=1e-9), key
+
+
+def test_bootstrap_weights_are_per_head_fixed_per_structure_and_weigh_the_loss():
+    """Each head reweighs the structures with its own Exp(1) weights, the same at every call (a
+    function of the coordinates); weights of 1 give the plain per-head loss; the force NLL term
+    is the Gaussian NLL of the labels under the heads' mean and variance."""
+    from types import SimpleNamespace
+
+    from molequi.training.metrics import bootstrap_weights, forces_nll_term, loss_terms
+
+    rng = np.random.default_rng(0)
+    n_graphs, atoms = 400, 3
+    pos = torch.tensor(rng.normal(size=(n_graphs * atoms, 3)))
+    batch = SimpleNamespace(pos=pos, batch=torch.arange(n_graphs).repeat_interleave(atoms), num_graphs=n_graphs)
+    weights = bootstrap_weights(batch, 4, seed=0)
+    assert weights.shape == (4, n_graphs) and torch.all(weights > 0)
+    assert abs(float(weights.mean()) - 1.0) < 0.1 and abs(float(weights.std()) - 1.0) < 0.15  # Exp(1)
+    assert torch.equal(weights, bootstrap_weights(batch, 4, seed=0))
+    assert not torch.allclose(weights[0], weights[1]) and not torch.equal(weights, bootstrap_weights(batch, 4, seed=1))
+    shuffled = torch.randperm(n_graphs)
+    moved = SimpleNamespace(pos=pos.reshape(n_graphs, atoms, 3)[shuffled].reshape(-1, 3), batch=batch.batch,
+                            num_graphs=n_graphs)
+    torch.testing.assert_close(bootstrap_weights(moved, 4), weights[:, shuffled])  # follows the structure, not its place
+
+    members = torch.tensor(rng.normal(size=(4, n_graphs * atoms, 3)))
+    outputs = {"forces": members.mean(0), "forces_members": members}
+
+    class Batch(SimpleNamespace):
+        def __contains__(self, key):
+            return getattr(self, key, None) is not None
+
+        def __getitem__(self, key):
+            return getattr(self, key)
+
+    labelled = Batch(pos=pos, batch=batch.batch, num_graphs=n_graphs, forces=torch.zeros(n_graphs * atoms, 3))
+    plain = loss_terms(outputs, labelled)["forces"]
+    ones = loss_terms(outputs, labelled, head_weights=torch.ones(4, n_graphs))["forces"]
+    weighted = loss_terms(outputs, labelled, head_weights=weights)["forces"]
+    torch.testing.assert_close(plain, ones)
+    expected = ((members**2) * weights[:, batch.batch][..., None]).mean()
+    torch.testing.assert_close(weighted, expected)
+    variance = members.var(0, correction=1)
+    torch.testing.assert_close(forces_nll_term(outputs, labelled),
+                               0.5 * (variance.log() + members.mean(0) ** 2 / variance).mean())

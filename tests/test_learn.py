@@ -481,3 +481,93 @@ def test_members_train_on_the_far_frames_the_loop_picks():
 
     config = _member_config(TrainingConfig(), LearnSettings(**SETTINGS), r=1, m=0, n_labels=7)
     assert config.allow_outliers and not TrainingConfig().allow_outliers
+
+
+def test_loop_starts_from_a_model(tmp_path, test_file):
+    """--init: round 0's members start from the given model, with its architecture and its
+    normalisation (not those a fresh fit to the few start labels would give); a missing file or
+    other heads are one-line errors; a rerun with another initial model is refused."""
+    from molequi.models.io import read_config
+    from molequi.training import load_config, train
+
+    base = load_config(None, {"max_epochs": 2, "validation": 1, "device": "cpu", "progress": False, "batch_size": 4,
+                              "model.channels": 12, "model.num_layers": 1, "model.radial_hidden": [8],
+                              "model.readout_hidden": 8})
+    train(base, str(test_file), tmp_path / "base", log=lambda m: None)
+    model = tmp_path / "base" / "model.molequi"
+    settings = LearnSettings(**{**SETTINGS, "rounds": 1, "init": str(model)})  # round 1 fine-tunes round 0
+    result = run_learning(settings, ["CH3CH2OH"], tmp_path / "run", config=_config(), log=lambda m: None)
+    member, initial = read_config(result.models[0]), read_config(model)
+    assert member.channels == 12 and member.energy_scale == initial.energy_scale
+    assert member.avg_num_neighbors == initial.avg_num_neighbors  # the model's normalisation, not the start labels'
+    with pytest.raises(ConfigError, match="no such model file"):
+        run_learning(LearnSettings(**{**SETTINGS, "init": str(tmp_path / "none.molequi")}), ["CH3CH2OH"],
+                     tmp_path / "x", config=_config(), log=lambda m: None)
+    with pytest.raises(ConfigError, match="differs from the 1 head"):
+        run_learning(LearnSettings(**{**SETTINGS, "init": str(model), "ensemble_heads": 3}), ["CH3CH2OH"],
+                     tmp_path / "y", config=_config(), log=lambda m: None)
+    other = dataclasses.replace(base, seed=1)
+    train(other, str(test_file), tmp_path / "base", log=lambda m: None, overwrite=True)  # other weights, same path
+    with pytest.raises(ConfigError, match="--init model"):
+        run_learning(settings, ["CH3CH2OH"], tmp_path / "run", config=_config(), log=lambda m: None)
+
+
+def test_composition_offsets_are_robust_medians():
+    from molequi.learn.energies import composition_offsets
+
+    counts = np.array([[6, 2, 1]] * 5 + [[4, 2, 0]] * 3, dtype=float)  # ethanol, ethylene (H, C, O)
+    residuals = np.array([1.0, 1.0, 1.0, 1.0, 50.0, -2.0, -2.0, -2.0])  # one wild frame
+    delta = composition_offsets(residuals, counts)
+    np.testing.assert_allclose(counts[[0, 5]] @ delta, [1.0, -2.0], atol=1e-9)
+    # high-energy picks are half of the labels: only the lower half in energy sets the offset
+    residuals, energies = np.array([1.0, 1.0, 9.0, 9.0]), np.array([0.0, 0.1, 20.0, 25.0])
+    delta = composition_offsets(residuals, counts[:4], energies)
+    assert counts[0] @ delta == pytest.approx(1.0)
+
+
+def test_refit_reference_energies_removes_the_offset_and_keeps_forces(tmp_path):
+    """The refit sets the median energy error on the labelled structures to zero by moving the
+    E0s only: forces are unchanged, the header's extra is kept and a second refit does nothing."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    from conftest import random_model
+    from molequi.learn.energies import refit_reference_energies
+    from molequi.models import load_model, predict, read_header, save_model
+
+    path = save_model(random_model(l_max=1, num_layers=1, seed=0), tmp_path / "m.molequi", extra={"minutes": 1.5})
+    before = load_model(path)
+    rng = np.random.default_rng(0)
+    structures = []
+    for k in range(5):
+        atoms = molecule("CH3CH2OH")
+        atoms.positions += rng.normal(0.0, 0.05, atoms.positions.shape)
+        energy = predict(before, atoms)["energy"] + 3.0 + (40.0 if k == 4 else 0.0)  # k = 4: far above
+        atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=np.zeros((len(atoms), 3)))
+        structures.append(atoms)
+    change = refit_reference_energies(path, structures)
+    assert change == pytest.approx(3.0, abs=1e-6)  # the frame far above does not move it
+    after = load_model(path)
+    new, old = predict(after, structures[0]), predict(before, structures[0])
+    assert new["energy"] - old["energy"] == pytest.approx(3.0, abs=1e-6)
+    np.testing.assert_allclose(new["forces"], old["forces"], atol=1e-6)
+    assert read_header(path)["extra"] == {"minutes": 1.5}
+    assert refit_reference_energies(path, structures) == 0.0
+
+
+def test_md_frames_carry_the_calibrated_sigma_and_the_domain_verdict():
+    from ase import Atoms
+
+    from molequi.learn.domain import calibration_columns, mark_domain
+    from molequi.models.uncertainty import Calibration, Fit
+
+    calibration = Calibration({"forces": Fit("scale", 2.0), "energy": Fit("scale", 1.0)},
+                              {"domain": {"threshold": 1.0},
+                               "outputs": {"forces": {"spearman": 0.6, "warnings": []},
+                                           "energy": {"spearman": 0.1, "warnings": ["the fitted power law is flat"]}}})
+    frames = [Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.74]], info={"std_max": s}) for s in (0.2, 0.49, 0.8)]
+    assert mark_domain(frames, calibration) == 1
+    assert [a.info["sigma_forces"] for a in frames] == pytest.approx([0.4, 0.98, 1.6])
+    assert [a.info["in_domain"] for a in frames] == [1, 1, 0]
+    assert calibration_columns(calibration) == {"energy_spearman": 0.1, "energy_calibration_fallback": 1,
+                                                "forces_spearman": 0.6, "forces_calibration_fallback": 0,
+                                                "domain_threshold": 1.0}

@@ -25,6 +25,7 @@ from molequi.md import (
     read_log,
     state_from_atoms,
 )
+from molequi.errors import ConfigError
 from molequi.md.state import kinetic_energy
 from molequi.models import ModelConfig, build_model, save_model
 
@@ -260,7 +261,7 @@ def test_one_model_logs_empty_spread_columns(random_model, tmp_path):
     engine.run(5, [output])
     output.close(plot=False)
     header, first = (tmp_path / "system_0000.csv").read_text().splitlines()[:2]
-    assert header.endswith("energy_std_eV,forces_std_max_eV_per_A") and first.endswith(",,")
+    assert header.endswith("energy_std_eV,forces_std_max_eV_per_A,in_domain") and first.endswith(",,,")
     assert np.all(np.isnan(read_log(tmp_path / "system_0000.csv")["energy_std_eV"]))
 
 
@@ -371,3 +372,41 @@ def test_one_runner_both_engines_write_the_same_log(random_model, tmp_path):
         assert batched["step"].tolist() == ase["step"].tolist() == [0, 2, 4, 6]
         np.testing.assert_allclose(ase["total_eV"], batched["total_eV"], atol=1e-9)
         np.testing.assert_allclose(ase["temperature_K"], batched["temperature_K"], rtol=1e-9)
+
+
+@pytest.mark.parametrize("engine", ["batched", "ase"])
+def test_md_leaves_the_domain_warns_once_and_can_stop(random_model, tmp_path, engine):
+    """With a calibration threshold every system is judged at each logged step: in the domain
+    (1) under a generous threshold, out (0) under a tiny one, warned once for the run; with
+    stop_out_of_domain the systems stop at their first step out and their last frames are written."""
+    import ase.io
+
+    from molequi.md import MDSettings, run_md
+    from molequi.models.uncertainty import Calibration, Fit, OutOfDomainWarning
+
+    torch.manual_seed(4)
+    other = build_model(random_model.model.config, torch.float64).eval()
+
+    def potential(threshold):
+        calibration = Calibration({"forces": Fit("scale", 1.0)}, {"domain": {"threshold": threshold}})
+        return Potential(load_models([random_model, other]), calibration=calibration)
+
+    settings = dict(steps=6, dt=0.5, engine=engine, log_every=2, traj_every=0, restart_every=0, progress=False)
+    result = run_md(potential(1e6), [ethanol(0), ethanol(1)], MDSettings(**settings), tmp_path / "in")
+    assert read_log(tmp_path / "in" / "system_0000.csv")["in_domain"].tolist() == [1, 1, 1, 1]
+    assert all(r.left_domain_step is None for r in result.systems)
+    with pytest.warns(OutOfDomainWarning, match="left the domain at step 0") as caught:
+        result = run_md(potential(1e-9), [ethanol(0), ethanol(1)], MDSettings(**settings), tmp_path / "out")
+    assert len([w for w in caught if issubclass(w.category, OutOfDomainWarning)]) == 1
+    assert read_log(tmp_path / "out" / "system_0001.csv")["in_domain"].tolist() == [0, 0, 0, 0]
+    assert [r.left_domain_step for r in result.systems] == [0, 0] and not result.stopped
+    assert "out of the domain: 2 of 2" in "\n".join(result.summary_lines())
+    with pytest.warns(OutOfDomainWarning):
+        result = run_md(potential(1e-9), [ethanol(0), ethanol(1)], MDSettings(**settings, stop_out_of_domain=True),
+                        tmp_path / "stop")
+    assert len(result.stopped) == 2 and all("left the domain" in event.reason for event in result.stopped)
+    assert read_log(tmp_path / "stop" / "system_0000.csv")["in_domain"].tolist() == [0]  # the step it left
+    frames = ase.io.read(tmp_path / "stop" / "out_of_domain.extxyz", ":")
+    assert sorted(a.info["system"] for a in frames) == [0, 1] and all(a.info["sigma_forces"] > 1e-9 for a in frames)
+    with pytest.raises(ConfigError, match="needs a committee"):
+        run_md(potential_of(random_model), [ethanol(0)], MDSettings(**settings, stop_out_of_domain=True), tmp_path / "x")

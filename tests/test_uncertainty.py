@@ -181,3 +181,56 @@ def test_screening_scorer_uses_ensemble_heads_and_a_calibration(tmp_path):
     assert _calibrated(config, [calibrated], None, 0.95).std_threshold == {"gap": 0.123}
     given = dataclasses.replace(config, std_threshold=0.5)
     assert _calibrated(given, [calibrated], None, 0.95).std_threshold == 0.5  # an explicit threshold wins
+
+
+def test_a_flat_power_law_falls_back_to_a_scale_and_says_so():
+    """Errors that do not grow with the std: the power law would fit σ' ≈ constant; the fit falls
+    back to σ' = a·σ and records why (flat exponent, ranking not significant)."""
+    rng = np.random.default_rng(3)
+    std = np.exp(rng.uniform(np.log(0.01), np.log(1.0), 4000))
+    errors = rng.normal(0.0, 0.1, 4000)  # unrelated to std
+    fit, info = fit_calibration(errors, std)
+    assert fit.form == "scale" and info["fell_back_to_scale"]
+    assert any("flat" in note for note in info["warnings"]) and any("does not rank" in note for note in info["warnings"])
+    assert abs(info["spearman"]) < 0.1 and info["spearman_p"] > 0.05
+
+
+def test_a_weak_but_ranked_power_law_is_flagged_as_flat_only():
+    errors, std = synthetic(20000, 0.1, 0.15, seed=4)
+    fit, info = fit_calibration(errors, std)
+    assert fit.form == "scale" and info["fell_back_to_scale"]
+    assert len(info["warnings"]) == 1 and "flat" in info["warnings"][0]
+    assert info["spearman"] > 0 and info["spearman_p"] < 0.05
+
+
+def test_a_sound_calibration_has_no_warning():
+    errors, std = synthetic(5000, 0.5, 0.8, seed=5)
+    fit, info = fit_calibration(errors, std)
+    assert info["warnings"] == [] and not info["fell_back_to_scale"] and info["spearman"] > 0.3
+
+
+def test_committee_calibration_warns_per_output_and_stores_a_domain_threshold(tmp_path):
+    """Energy and forces are fitted and judged apart: a flat energy calibration warns (and its
+    file says so) while the forces' does not; the in-domain threshold is the 99th percentile
+    of the per-structure largest calibrated force std."""
+    from molequi.models.uncertainty import CalibrationWarning
+    from molequi.models.uncertainty.evaluation import OutputErrors, fit_committee_calibration
+
+    rng = np.random.default_rng(6)
+    n, atoms = 300, 5
+    energy_std = np.exp(rng.uniform(-5, -1, n))
+    energy = OutputErrors(rng.normal(0, 0.05, n), energy_std, np.arange(n), "eV", np.zeros(n))
+    atom_std = np.exp(rng.uniform(-4, 0, (n, atoms)))
+    force_std = np.repeat(atom_std, 3, axis=1).ravel()
+    forces = OutputErrors(rng.normal(0, 2.0 * force_std), force_std, np.repeat(np.arange(n), 3 * atoms), "eV/Å",
+                          np.zeros(n * atoms * 3))
+    with pytest.warns(CalibrationWarning, match="energy calibration: the fitted power law is flat"):
+        calibration = fit_committee_calibration({"energy": energy, "forces": forces})
+    assert calibration.fits["energy"].form == "scale"
+    assert calibration.info["outputs"]["forces"]["warnings"] == []
+    expected = np.quantile(calibration.fits["forces"](atom_std).max(axis=1), 0.99)
+    assert calibration.domain_threshold == pytest.approx(expected)
+    with pytest.warns(CalibrationWarning, match="c.json: energy: the fitted power law is flat"):
+        loaded = Calibration.load(calibration.save(tmp_path / "c.json"))
+    assert loaded.domain_threshold == pytest.approx(expected)
+    assert loaded.warnings() and all(line.startswith("energy: ") for line in loaded.warnings())

@@ -33,6 +33,15 @@ from molequi.data.batch import GraphBatch
 from molequi.models.uncertainty.committee import ModelSpec, Potential, load_models
 
 
+def in_domain_of(outputs: dict[str, torch.Tensor], system: int) -> bool | None:
+    """The domain verdict of one structure of :class:`Potential`'s outputs: True, False or None
+    (unknown: one model, or no threshold)."""
+    verdict = outputs.get("in_domain")
+    if verdict is None or not torch.isfinite(verdict[system]):
+        return None
+    return bool(verdict[system] > 0.5)
+
+
 def shipped_or_given(model: ModelSpec | Sequence[ModelSpec] | None) -> ModelSpec | list[ModelSpec]:
     """``model`` with each pretrained name (and None: the default one) replaced by its shipped file,
     announced once per process."""
@@ -61,8 +70,11 @@ class MolequiCalculator(Calculator):
     A committee (``model`` a list) or a shallow ensemble (a model trained with
     ``--ensemble-heads K``) gives the mean energy and forces and adds ``energy_std`` (eV) and
     ``forces_std`` ([n_atoms] eV/Å, per atom sqrt of the mean over x, y, z of the unbiased
-    variance over members) to :attr:`results`, calibrated when ``calibration`` is given. One
-    plain model has no uncertainty: :attr:`results` then has no ``*_std`` keys (never a 0).
+    variance over members) to :attr:`results`, calibrated when ``calibration`` is given, with the
+    per-structure verdict: ``sigma_forces`` (eV/Å, the largest per-atom ``forces_std``) and
+    ``in_domain`` (True/False against the calibration's threshold, None when unknown: no
+    calibration, or one without a threshold). One plain model has no uncertainty: :attr:`results`
+    then has no ``*_std`` keys (never a 0) and ``in_domain`` is None.
 
     Args:
         model: a model file path, a pretrained model's name (``"organic-xtb"``), a loaded model,
@@ -140,6 +152,8 @@ class MolequiCalculator(Calculator):
         if "energy_std" in outputs:
             self.results["energy_std"] = float(outputs["energy_std"][0])
             self.results["forces_std"] = outputs["forces_std"].cpu().numpy().copy()
+            self.results["sigma_forces"] = float(outputs["sigma_forces"][0])
+        self.results["in_domain"] = in_domain_of(outputs, 0)
 
     def _check_reference(self, atoms: Atoms) -> None:
         """Warn once per composition whose total energy rests on reference energies a member's

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+import warnings
 
 from molequi.cli.options import add_device_option, add_label_key_options, add_model_option, model_paths
 
@@ -31,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from molequi.cli.paths import JSON_SUFFIXES, guard_outputs
     from molequi.errors import ConfigError
     from molequi.devices import resolve_device
-    from molequi.models.uncertainty.calibration import models_identity
+    from molequi.models.uncertainty.calibration import CalibrationWarning, models_identity
     from molequi.models.uncertainty.evaluation import (committee_errors, fit_committee_calibration, load_committee,
                                                        member_count)
 
@@ -49,21 +51,33 @@ def run(args: argparse.Namespace) -> int:
     provenance = {"models": paths, **models_identity(models), "data": str(args.data), "n_structures": len(structures),
                   "n_members": sum(m.model.config.ensemble_heads for m in models),
                   "std": "unbiased (ddof 1) spread over members; forces per atom, applied to each component"}
-    calibration = fit_committee_calibration(errors, provenance)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CalibrationWarning)  # printed below, once each, with the summary
+        calibration = fit_committee_calibration(errors, provenance)
     calibration.save(args.out)
     print(json.dumps(calibration_summary(calibration), indent=2))
+    for line in calibration.warnings():
+        print(f"warning: {line}", file=sys.stderr)
     print(f"calibration: {args.out}")
     return 0
 
 
 def calibration_summary(calibration) -> dict[str, dict]:
-    """What ``molequi calibrate`` prints per output: the fitted form σ' = a·σ^b (a in the
-    output's unit^(1−b), b unitless) and RMSE ÷ std (unitless, 1 when the stds are the right
-    size) before and after calibration, each under a name that says which it is."""
+    """What ``molequi calibrate`` prints per output (energy and forces apart): the fitted form
+    σ' = a·σ^b (a in the output's unit^(1−b), b unitless), RMSE ÷ std (unitless, 1 when the stds
+    are the right size) before and after calibration, the Spearman ranking of the structures
+    (mean |error| vs mean std) with its one-sided p-value, and the fit's warnings; then
+    ``domain``, the in-domain threshold of the per-structure force std (eV/Å)."""
     summary = {}
     for name, fit in calibration.fits.items():
         outputs = calibration.info["outputs"][name]
         summary[name] = {"form": fit.form, "a": fit.a, "b": fit.b,
                          "rmse_over_std_before": outputs["before"].get("rmse_over_std"),
-                         "rmse_over_std_after": outputs["after"].get("rmse_over_std")}
+                         "rmse_over_std_after": outputs["after"].get("rmse_over_std"),
+                         "spearman": outputs.get("spearman"), "spearman_p": outputs.get("spearman_p"),
+                         "warnings": outputs.get("warnings", [])}
+    if calibration.domain_threshold is not None:
+        summary["domain"] = {"threshold_eV_per_A": calibration.domain_threshold,
+                             "quantile": calibration.info["domain"].get("quantile"),
+                             "statistic": calibration.info["domain"].get("statistic")}
     return summary

@@ -98,6 +98,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="training config of every member (molequi/training/default.yaml lists the keys); "
                         "the flags below override it")
     parser.add_argument("--seed", type=int, default=0, help="base seed (members, perturbations, MD)")
+    parser.add_argument("--init", metavar="MODEL", default=None,
+                        help="fine-tune this model (a .molequi file or a shipped model's name, e.g. organic-xtb) "
+                        "instead of training from random weights: its architecture and elements are kept, so a "
+                        "handful of labels adapts it to a new molecule")
     for flag, (_, kind, text) in TRAINING_FLAGS.items():
         parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, metavar=METAVARS.get(flag, flag.strip("-").split("-")[-1].upper()),
                             help=f"{text} (default: the training default or --config)")
@@ -108,7 +112,8 @@ def run(args: argparse.Namespace) -> int:
     from molequi.learn import LearnSettings, run_learning
     from molequi.cli.paths import guard_outputs
 
-    guard_outputs({"--start": args.start, "--config": args.config, "--test-data": args.test_data},
+    guard_outputs({"--start": args.start, "--config": args.config, "--test-data": args.test_data,
+                   "--init": [args.init] if args.init else None},
                   folders=[("--out", args.out, LEARN_OUTPUTS)])
 
     try:
@@ -129,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
         labeler_kwargs=labeler_kwargs, perturbed=args.perturbed, perturb_sigma=args.perturb_sigma,
         replicas=args.replicas, sample_every=args.sample_every, pool_factor=args.pool_factor, selection=args.selection, max_std=args.max_std,
         trust_scope=args.trust_scope, md_from=args.md_from, rank_by=args.rank_by,
-        dt=args.dt, friction=args.friction, seed=args.seed,
+        dt=args.dt, friction=args.friction, seed=args.seed, init=args.init,
     )
     result = run_learning(settings, args.start, args.out, config=config, test_data=args.test_data)
     if result.models:

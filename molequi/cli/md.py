@@ -89,7 +89,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress (a bar on a terminal, a line every 30 s in a log file)")
     parser.add_argument("--calibration", metavar="JSON", default=None,
                         help="calibration of the committee/ensemble spread from 'molequi calibrate': the logged "
-                             "energy_std_eV and forces_std_max_eV_per_A are calibrated stds")
+                             "energy_std_eV and forces_std_max_eV_per_A are calibrated stds, and in_domain (1/0) "
+                             "judges each logged step against its in-domain threshold (warned once when a system "
+                             "leaves the domain)")
+    parser.add_argument("--stop-out-of-domain", action="store_true",
+                        help="stop a system at its first step out of the --calibration's domain, writing its last "
+                             "frame to OUT/out_of_domain.extxyz (exit status 3)")
 
 
 def settings_from_args(args: argparse.Namespace) -> MDSettings:
@@ -101,7 +106,7 @@ def settings_from_args(args: argparse.Namespace) -> MDSettings:
         engine=args.engine, seed=args.seed, skin=args.skin, max_temperature=args.max_temperature,
         min_distance=args.min_distance, traj_every=args.traj_every, log_every=args.log_every,
         restart_every=args.restart_every, progress=not args.no_progress,
-        traj_format=args.traj_format, traj_single=args.traj_single,
+        traj_format=args.traj_format, traj_single=args.traj_single, stop_out_of_domain=args.stop_out_of_domain,
     )
 
 

@@ -40,7 +40,8 @@ def predict_committee(models: Sequence[str | Path], structures: Sequence[Atoms],
 
 
 def test_errors(prediction: CommitteePrediction, structures: Sequence[Atoms]) -> dict[str, float]:
-    """Energy MAE (meV, total energy) and force MAE/RMSE (meV/Å, per component) of the committee mean."""
+    """Energy MAE and mean signed error (meV, total energy: the bias a drift of the energy's
+    constant shows as) and force MAE/RMSE (meV/Å, per component) of the committee mean."""
     from molequi.data.graph import structure_labels
 
     labels = [structure_labels(atoms) for atoms in structures]
@@ -48,6 +49,7 @@ def test_errors(prediction: CommitteePrediction, structures: Sequence[Atoms]) ->
     force_errors = np.concatenate([(prediction.forces[k] - f).ravel() for k, (_, f) in enumerate(labels)])
     return {
         "test_energy_mae_meV": 1000.0 * float(np.abs(energy_errors).mean()),
+        "test_energy_bias_meV": 1000.0 * float(energy_errors.mean()),
         "test_forces_mae_meV_per_A": 1000.0 * float(np.abs(force_errors).mean()),
         "test_forces_rmse_meV_per_A": 1000.0 * float(np.sqrt((force_errors**2).mean())),
     }

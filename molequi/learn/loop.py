@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 from ase import Atoms
 
+from molequi.learn.domain import calibration_columns, mark_domain, round_calibration
+from molequi.learn.energies import refit_reference_energies
 from molequi.learn.explore import explore, md_seeds, predict_committee, test_errors
 from molequi.learn.labelers import (
     label_round,
@@ -79,9 +81,11 @@ def run_learning(
         structures = read_structures(path)
         require_labels(structures, path)
         test_structures.extend(structures)
+    init = initial_model(settings)
     identity = {
         "format": FORMAT,
         "settings": asdict(settings),
+        "init_sha256": files_digest([str(init)]) if init is not None else None,
         "training": {k: v for k, v in config.to_dict().items() if k not in IGNORED_TRAINING_KEYS},
         "start_sha256": structures_sha256(starts),
         "test_sha256": files_digest(test_paths) if test_paths else None,
@@ -106,15 +110,18 @@ def run_learning(
     md_starts = [Atoms(numbers=a.numbers, positions=a.positions) for a in starts]
     rows: list[dict[str, Any]] = []
     models: list[Path] = []
+    if init is not None:
+        _check_init_heads(settings, init)
     for r in range(settings.rounds + 1):
-        row, models = _run_round(r, settings, config, out_dir, md_starts, test_structures, device, get_labeler, say)
+        row, models = _run_round(r, settings, config, out_dir, md_starts, test_structures, device, get_labeler, say,
+                                 init)
         rows.append(row)
         write_rounds(rows, out_dir)
     say(f"done: {settings.rounds + 1} rounds, {rows[-1]['n_labels']} labels; committee: {' '.join(f'--model {m}' for m in models)}")
     return LearnResult(out_dir, rows, models)
 
 
-def _run_round(r, settings, config, out_dir, md_starts, test_structures, device, get_labeler, say):
+def _run_round(r, settings, config, out_dir, md_starts, test_structures, device, get_labeler, say, init=None):
     from ase.io import read
 
     from molequi.training import train
@@ -147,20 +154,32 @@ def _run_round(r, settings, config, out_dir, md_starts, test_structures, device,
             if model_path.exists():
                 continue
             member_dir = model_path.parent
-            member_config = _member_config(config, settings, r, m, n_labels)
-            resume = (member_dir / "checkpoints" / "last.pt").exists()
             previous = out_dir / f"round_{r - 1:03d}" / f"member_{m}" / "model.molequi"
+            # from --init, every round is a fine-tuning run (training's init: the model's architecture and
+            # elements, its reference energies refitted), of the given model first, then of the last round's
+            start = None if init is None else (init if r == 0 else previous)
+            member_config = _member_config(config, settings, r, m, n_labels, start)
+            resume = (member_dir / "checkpoints" / "last.pt").exists()
             train(member_config, str(train_file), member_dir, resume=resume, log=lambda message: None,
-                  init_weights=previous if r > 0 and not resume else None,
+                  init_weights=previous if r > 0 and start is None and not resume else None,
                   overwrite=not resume)  # a member killed before its first epoch starts again
+        # idempotent: a rerun after an interruption refits again and changes nothing more
+        labelled = read(train_file, ":")
+        offsets = [refit_reference_energies(path, labelled, device) for path in members]
     say(f"round {r}/{settings.rounds}: trained {settings.committee} members on {n_labels} labels "
-        f"({timings['train']:.1f} s)")
+        f"({timings['train']:.1f} s; energy offset refitted by {1000 * max(map(abs, offsets)):.0f} meV at most)")
     row: dict[str, Any] = {"round": r, "n_labels": n_labels}
+    calibration = None
     if test_structures:
         with clock("test"):
             row.update(test_errors(predict_committee(members, test_structures, device), test_structures))
+            calibration, notes = round_calibration(members, test_structures, round_dir / "calibration.json", device)
+            row.update(calibration_columns(calibration))
         say(f"round {r}/{settings.rounds}: test force MAE {row['test_forces_mae_meV_per_A']:.1f} meV/Å, "
-            f"energy MAE {row['test_energy_mae_meV']:.1f} meV ({len(test_structures)} structures)")
+            f"energy MAE {row['test_energy_mae_meV']:.1f} meV (mean error {row['test_energy_bias_meV']:+.1f} meV; "
+            f"{len(test_structures)} structures)")
+        for note in notes:
+            say(f"round {r}/{settings.rounds}: calibration on the test data: {note}")
 
     candidates_file = round_dir / "candidates.extxyz"
     stopped_file = round_dir / "md_stopped.json"
@@ -172,9 +191,13 @@ def _run_round(r, settings, config, out_dir, md_starts, test_structures, device,
             seeds, replicas = md_seeds(r, settings, out_dir, md_starts)
             candidates, stopped = explore(members, seeds, settings, seed=settings.seed + 7919 * (r + 1), device=device,
                                           replicas=replicas)
+            if calibration is not None:
+                mark_domain(candidates, calibration)
             write_extxyz(candidates, candidates_file)
             write_json(stopped, stopped_file)
     stds = np.array([a.info["std_max"] for a in candidates])
+    if any("in_domain" in a.info for a in candidates):
+        row["md_out_of_domain"] = int(sum(1 - int(a.info.get("in_domain", 1)) for a in candidates))
     row.update({
         "md_frames": len(candidates), "md_stopped": len(stopped),
         "max_std": float(stds.max()) if len(stds) else math.nan,
@@ -194,6 +217,29 @@ def _run_round(r, settings, config, out_dir, md_starts, test_structures, device,
     return row, members
 
 
+def initial_model(settings: LearnSettings) -> Path | None:
+    """The model file ``settings.init`` names (a path, or a shipped model's name, announced), or None.
+
+    Raises:
+        ConfigError: neither a shipped model's name nor an existing file.
+    """
+    from molequi.training.finetune import resolve_model
+
+    return None if settings.init is None else resolve_model(settings.init)
+
+
+def _check_init_heads(settings: LearnSettings, init: Path) -> None:
+    """Refuse (:class:`ConfigError`) ``--ensemble-heads`` other than the ``--init`` model's: new
+    heads would have no weights to start from (the members take the model's architecture)."""
+    from molequi.errors import ConfigError
+    from molequi.models.io import read_config
+
+    heads = int(read_config(init).ensemble_heads or 1)
+    if settings.ensemble_heads >= 2 and settings.ensemble_heads != heads:
+        raise ConfigError(f"--ensemble-heads {settings.ensemble_heads} differs from the {heads} head(s) of --init "
+                          f"{settings.init}: leave --ensemble-heads out to keep the model's")
+
+
 class _Clock:
     """Wall seconds per stage, accumulated into a dict."""
 
@@ -209,10 +255,12 @@ class _Clock:
             self.timings[name] = self.timings.get(name, 0.0) + time.monotonic() - started
 
 
-def _member_config(config, settings: LearnSettings, r: int, m: int, n_labels: int):
+def _member_config(config, settings: LearnSettings, r: int, m: int, n_labels: int, init: Path | None = None):
     from molequi.training import TrainingConfig
 
     values = config.to_dict()
+    if init is not None:
+        values["init"] = str(init)
     values["seed"] = config.seed + m + 100 * r
     values["progress"] = False
     # the loop labels frames where its committee disagrees: far from the other labels by design,

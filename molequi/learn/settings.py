@@ -14,8 +14,10 @@ RESUMABLE_SETTINGS = ("rounds",)
 IGNORED_TRAINING_KEYS = ("device", "num_workers", "progress", "eval_batch_size")
 """Training settings that do not change results, so they may differ on a rerun."""
 ROUND_COLUMNS = [
-    "round", "n_labels", "n_new", "md_frames", "md_stopped", "max_std", "mean_std",
-    "test_energy_mae_meV", "test_forces_mae_meV_per_A", "test_forces_rmse_meV_per_A",
+    "round", "n_labels", "n_new", "md_frames", "md_stopped", "md_out_of_domain", "max_std", "mean_std",
+    "test_energy_mae_meV", "test_energy_bias_meV", "test_forces_mae_meV_per_A", "test_forces_rmse_meV_per_A",
+    "energy_spearman", "energy_calibration_fallback", "forces_spearman", "forces_calibration_fallback",
+    "domain_threshold",
 ]
 SELECTIONS = ("uncertain", "clustered", "random")
 TRUST_SCOPES = ("frame", "trajectory")
@@ -87,6 +89,11 @@ class LearnSettings:
         dt: MD time step, fs.
         friction: Langevin friction, 1/fs.
         seed: base seed of the perturbations, the members and the MD.
+        init: a model file or a shipped model's name (``"organic-xtb"``): every member of
+            round 0 fine-tunes it (training's ``init``: its architecture and elements, its
+            reference energies refitted), later rounds fine-tune the previous round's members,
+            so a handful of labels adapts it to a new molecule. None: round 0 starts from
+            random weights.
     """
 
     rounds: int
@@ -110,6 +117,7 @@ class LearnSettings:
     dt: float = 0.5
     friction: float = 0.01
     seed: int = 0
+    init: str | None = None
 
     def validate(self) -> None:
         checks = [

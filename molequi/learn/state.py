@@ -95,7 +95,8 @@ def _compared(identity: dict[str, Any]) -> dict[str, Any]:
         values = {**_flat(_defaults(key)), **_flat(identity[key])}
         compared[key] = {name: value for name, value in values.items()
                          if not (key == "settings" and name in RESUMABLE_SETTINGS)}
-    return {**compared, "start": identity["start_sha256"], "test": identity["test_sha256"]}
+    return {**compared, "start": identity["start_sha256"], "test": identity["test_sha256"],
+            "init": identity.get("init_sha256")}
 
 
 def _identity_name(path: str) -> str:
@@ -104,6 +105,8 @@ def _identity_name(path: str) -> str:
         return "the start structures (content)"
     if path == "test":
         return "the test data (content)"
+    if path == "init":
+        return "the --init model (content)"
     return path.partition(".")[2]
 
 
@@ -139,7 +142,7 @@ def write_rounds(rows: list[dict[str, Any]], out_dir: Path) -> None:
 
 
 def plot_rounds(rows: list[dict[str, Any]], path: Path) -> Path:
-    """Test force error and the MD's largest force spread against the number of labels."""
+    """Test force and energy errors and the MD's largest force spread against the number of labels."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -151,10 +154,12 @@ def plot_rounds(rows: list[dict[str, Any]], path: Path) -> Path:
     panels = list(axes[0])
     if with_test:
         ax = panels.pop(0)
-        ax.plot(labels, [row.get("test_forces_mae_meV_per_A", math.nan) for row in rows], "o-")
+        ax.plot(labels, [row.get("test_forces_mae_meV_per_A", math.nan) for row in rows], "o-", label="forces (meV/Å)")
+        ax.plot(labels, [row.get("test_energy_mae_meV", math.nan) for row in rows], "s--", label="energy (meV)")
         ax.set_xlabel("labelled structures")
-        ax.set_ylabel("test force MAE (meV/Å)")
+        ax.set_ylabel("test MAE")
         ax.set_yscale("log")
+        ax.legend()
         ax.grid(alpha=0.3)
     ax = panels[0]
     ax.plot(labels, [row["max_std"] for row in rows], "o-", label="max")

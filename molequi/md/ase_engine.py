@@ -11,6 +11,8 @@ copied into a one-system :class:`~molequi.md.state.MDState`, which the log, the 
 
 from __future__ import annotations
 
+import math
+
 import torch
 from ase import Atoms, units
 
@@ -87,6 +89,10 @@ class ASEEngine:
         if "energy_std" in results:
             self.outputs["energy_std"] = torch.tensor([results["energy_std"]], dtype=torch.float64)
             self.outputs["forces_std"] = torch.tensor(results["forces_std"], dtype=torch.float64)
+            self.outputs["sigma_forces"] = torch.tensor([results["sigma_forces"]], dtype=torch.float64)
+            verdict = results.get("in_domain")
+            self.outputs["in_domain"] = torch.tensor([math.nan if verdict is None else float(verdict)],
+                                                     dtype=torch.float64)
 
     @property
     def time(self) -> float:
@@ -124,11 +130,15 @@ class ASEEngine:
         shifts = torch.from_numpy(neighbors.shifts) if neighbors.shifts is not None else torch.empty(0, 3, dtype=torch.float64)
         bad, events = safety_stops(self.state, edge_index, shifts, self.stop_temperature, self.min_distance)
         if events:
-            keep = ~bad
-            self.state = self.state.select(keep)
-            self.stop_temperature = self.stop_temperature[keep]
-            self.energy_reference = self.energy_reference[keep]
-            self.max_deviation = self.max_deviation[keep]
-            self.outputs = {}
-            self.stopped.extend(events)
+            self.stop_systems(bad, events)
         return events
+
+    def stop_systems(self, mask: torch.Tensor, events: list[StopEvent]) -> None:
+        """Take the system out of the run when ``mask`` [1] is set, recording ``events``."""
+        keep = ~mask
+        self.state = self.state.select(keep)
+        self.stop_temperature = self.stop_temperature[keep]
+        self.energy_reference = self.energy_reference[keep]
+        self.max_deviation = self.max_deviation[keep]
+        self.outputs = {}
+        self.stopped.extend(events)

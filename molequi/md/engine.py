@@ -260,9 +260,13 @@ class BatchedMD:
         bad, events = safety_stops(self.state, self.neighbors.edge_index, self.neighbors.shifts,
                                    self.stop_temperature, self.min_distance)
         if events:
-            self._remove(~bad)
-            self.stopped.extend(events)
+            self.stop_systems(bad, events)
         return events
+
+    def stop_systems(self, mask: torch.Tensor, events: list[StopEvent]) -> None:
+        """Take the systems of the [S] bool ``mask`` out of the run, recording ``events``."""
+        self._remove(~mask)
+        self.stopped.extend(events)
 
     def _remove(self, keep: torch.Tensor) -> None:
         atom_keep = keep[self.state.batch]

@@ -4,13 +4,15 @@ Layout of the output folder::
 
     system_0000.csv      time_fs, step, potential_eV, kinetic_eV, total_eV, temperature_K
                          energy_std_eV, forces_std_max_eV_per_A (committee or ensemble
-                         spread; empty cells for one model, which has no estimate)
+                         spread; empty cells for one model, which has no estimate),
+                         in_domain (1/0 against the calibration's threshold; empty: unknown)
     system_0000.extxyz   frames every traj_every steps: positions Å, velocities (ASE units),
                          energy eV and forces eV/Å, ``info`` system, step, time_fs (readable
                          back with ase.io.read); ``traj_format="traj"``: ASE's binary
                          ``system_0000.traj`` instead; ``traj_single``: one file
                          ``trajectory.extxyz`` / ``trajectory.traj`` for every system, frames
                          in time order and tagged with ``atoms.info["system"]``
+    out_of_domain.extxyz the last frame of each system stopped by ``stop_out_of_domain``
     restart.safetensors  the latest restart point (with the file sizes at that point, so a
                          resumed run cuts the logs back and appends exactly where it was)
     energy.png           total-energy change and temperature against time, per system
@@ -40,7 +42,7 @@ from molequi.md.state import instantaneous_temperature, kinetic_energy
 
 TRAJ_FORMATS = ("extxyz", "traj")
 LOG_COLUMNS = ["time_fs", "step", "potential_eV", "kinetic_eV", "total_eV", "temperature_K"]
-COMMITTEE_COLUMNS = ["energy_std_eV", "forces_std_max_eV_per_A"]
+COMMITTEE_COLUMNS = ["energy_std_eV", "forces_std_max_eV_per_A", "in_domain"]
 FLUSH_ROWS = 2000
 
 
@@ -188,15 +190,20 @@ class MDOutput:
         state = engine.state
         kinetic = kinetic_energy(state)
         values = [state.energy, kinetic, state.energy + kinetic, instantaneous_temperature(state, kinetic)]
+        verdict = None
         if "energy_std" in engine.outputs:
             forces_std = engine.outputs["forces_std"]
             worst = torch.zeros_like(state.energy).scatter_reduce(0, state.batch, forces_std, "amax", include_self=False)
             values += [engine.outputs["energy_std"], worst]
+            verdict = engine.outputs.get("in_domain")
         table = torch.stack(values, dim=1).cpu().numpy()  # [S, k], one transfer
-        for system, row in zip(state.system_ids.tolist(), table):
+        verdicts = verdict.cpu().numpy() if verdict is not None else [math.nan] * len(table)
+        for system, row, inside in zip(state.system_ids.tolist(), table, verdicts):
             # repr: the shortest string that reads back as the same float64, so the log keeps a
             # 10^4–10^6 eV total to the last bit (10 digits would round it to 10–100 µeV)
             cells = [f"{engine.time:.6g}", str(state.step)] + [repr(float(v)) for v in row]
+            if len(cells) < len(self.columns):  # in_domain: 1, 0, or empty when unknown
+                cells.append("" if not math.isfinite(inside) else str(int(inside)))
             self.add_row(system, cells + [""] * (len(self.columns) - len(cells)))
 
     def add_row(self, system: int, cells: list[str]) -> None:

@@ -23,6 +23,7 @@ import torch
 from ase import Atoms
 
 from molequi.errors import ConfigError
+from molequi.md.domain import DomainWatch
 from molequi.md.engine import BatchedMD, StopEvent
 from molequi.md.ensembles import ENSEMBLES
 from molequi.md.output import TRAJ_FORMATS, MDOutput
@@ -53,6 +54,10 @@ class MDSettings:
         min_distance: stop a system whose closest two atoms come nearer than this, Å.
         traj_every, log_every, restart_every: output intervals in steps (0: never).
         progress: show a progress bar.
+        stop_out_of_domain: stop a system at its first step out of the domain of the committee's
+            calibration (its calibrated per-structure force std above the calibration's
+            threshold), writing its last frame to ``out_of_domain.extxyz``; needs a committee
+            (or ensemble heads) and a calibration with a threshold.
     """
 
     steps: int
@@ -71,6 +76,7 @@ class MDSettings:
     progress: bool = True
     traj_format: str = "extxyz"
     traj_single: bool = False
+    stop_out_of_domain: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -121,6 +127,8 @@ class SystemResult:
     max_deviation: float | None = None
     stopped: StopEvent | None = None
     duration_fs: float | None = None
+    left_domain_step: int | None = None
+    """The first step out of the calibration's domain (None: never left, or no verdict)."""
 
 
 @dataclass
@@ -145,7 +153,13 @@ class MDResult:
         records = [{"system": r.system, "n_atoms": r.n_atoms, "drift": r.drift, "max_deviation": r.max_deviation,
                     "duration_fs": r.duration_fs} | ({"stopped": str(r.stopped)} if r.stopped is not None else {})
                    for r in self.systems if r.stopped is not None or r.drift is not None]
-        return summary_lines(records, self.ensemble)
+        lines = summary_lines(records, self.ensemble)
+        left = [r for r in self.systems if r.left_domain_step is not None]
+        if left:
+            shown = ", ".join(f"system {r.system} at step {r.left_domain_step}" for r in left[:8])
+            lines.append(f"out of the domain: {len(left)} of {len(self.systems)} system(s) left it ({shown}"
+                         + (", …" if len(left) > 8 else "") + ")")
+        return lines
 
     def stop_message(self) -> str:
         """One line naming the systems that a safety stop took out ('' if none)."""
@@ -191,7 +205,7 @@ def read_systems(specs: Sequence[str], replicas: int = 1) -> list[Atoms]:
 
 
 MD_OUTPUTS = ("system_*.csv", "system_*.extxyz", "system_*.traj", "trajectory.extxyz", "trajectory.traj",
-              "restart.safetensors", "energy.png")
+              "restart.safetensors", "energy.png", "out_of_domain.extxyz")
 """Glob patterns of the files an MD run writes in its output folder (what ``overwrite`` deletes)."""
 
 
@@ -227,6 +241,9 @@ def run_md(
     systems = list(systems)
     for atoms in systems:  # unknown elements are the input's fault: say so before touching ``out``
         potential.check_species(torch.as_tensor(atoms.numbers, dtype=torch.long, device=potential.device))
+    if settings.stop_out_of_domain and (not potential.is_committee or potential.domain_threshold is None):
+        raise ConfigError("stop_out_of_domain (--stop-out-of-domain) needs a committee or ensemble heads and a "
+                          "calibration with an in-domain threshold (write one with molequi calibrate)")
     identity = md_identity(potential, systems, settings)
     with claim_run_directory(out, "md", MD_OUTPUTS, resume=resume, overwrite=overwrite,
                              resume_marker="restart.safetensors"):
@@ -330,9 +347,11 @@ def _stop_reporter(engine, progress: MDProgress):
     return after_step
 
 
-def _record(engine, records: list[SystemResult], dt: float) -> None:
-    """Copy an engine's end state (energy change since step 0 and the time it took, fs; stops)
-    into the per-system records."""
+def _record(engine, records: list[SystemResult], dt: float, watch: DomainWatch | None = None) -> None:
+    """Copy an engine's end state (energy change since step 0 and the time it took, fs; stops;
+    the first step out of the domain) into the per-system records."""
+    for system, step in (watch.first_left.items() if watch is not None else ()):
+        records[system].left_domain_step = step
     for event in engine.stopped:
         records[event.system].stopped = event
     if engine.state.num_systems:
@@ -347,6 +366,7 @@ def _run_batched(potential: Potential, systems: list[Atoms], settings: MDSetting
                  identity: dict, cuda_graphs: bool = False) -> MDResult:
     from molequi.md.state import state_from_atoms
 
+    watch = DomainWatch(potential.domain_threshold, settings.stop_out_of_domain, out)
     if resume:
         engine, extra = BatchedMD.from_restart(out / "restart.safetensors", potential)
         engine.cuda_graphs = cuda_graphs
@@ -366,16 +386,18 @@ def _run_batched(potential: Potential, systems: list[Atoms], settings: MDSetting
         _describe(output, settings, systems)
         output.restart_metadata = {"identity": identity}
         output(engine)  # step 0
+        watch(engine)
     progress = MDProgress(settings.steps, settings.dt, not settings.progress, initial=engine.state.step)
     try:
-        engine.run(max(settings.steps - engine.state.step, 0), [output], callback=_stop_reporter(engine, progress))
+        # the watch after the writer: the log and trajectory show the step a system left the domain
+        engine.run(max(settings.steps - engine.state.step, 0), [output, watch], callback=_stop_reporter(engine, progress))
     finally:
         progress.close()
         if settings.restart_every and not engine.in_step:  # never a restart from a half-taken step
             output.checkpoint(engine)
         output.close()
     records = [SystemResult(k, len(a)) for k, a in enumerate(systems)]
-    _record(engine, records, settings.dt)
+    _record(engine, records, settings.dt, watch)
     return MDResult(out, settings.ensemble, records)
 
 
@@ -385,6 +407,7 @@ def _run_ase(potential: Potential, systems: list[Atoms], settings: MDSettings, o
 
     output = _output(potential, len(systems), settings, out, restart_every=0)
     _describe(output, settings, systems)
+    watch = DomainWatch(potential.domain_threshold, settings.stop_out_of_domain, out)
     progress = MDProgress(settings.steps * len(systems), settings.dt, not settings.progress)
     records = [SystemResult(k, len(a)) for k, a in enumerate(systems)]
     try:
@@ -396,8 +419,9 @@ def _run_ase(potential: Potential, systems: list[Atoms], settings: MDSettings, o
                 progress.write(str(event))
             if engine.state.num_systems:
                 output(engine)  # step 0
-            engine.run(settings.steps, [output], callback=_stop_reporter(engine, progress))
-            _record(engine, records, settings.dt)
+            watch(engine)
+            engine.run(settings.steps, [output, watch], callback=_stop_reporter(engine, progress))
+            _record(engine, records, settings.dt, watch)
     finally:
         progress.close()
         output.close()

@@ -130,6 +130,12 @@ class TrainingConfig:
             its spread ranks force errors better and its mean is more accurate; its raw spread
             is far too small, which ``molequi calibrate`` corrects, while ``nll`` sizes the
             spread about right uncalibrated but ranks errors worse.
+        ensemble_bootstrap: with ``ensemble_loss: heads``, weigh each head's errors per structure
+            by its own Bayesian-bootstrap weights (Exp(1), fixed per structure and head), so the
+            heads of one body differ in the data they fit as a committee's members do.
+        ensemble_nll_weight: with ``ensemble_loss: heads``, add this weight × the Gaussian NLL of
+            the force labels under the heads' mean and variance (nats per component), so the
+            spread is trained as well as each head; 0: none.
         energy_key: key of the energy label (eV) in the data: calculator results or
             ``atoms.info`` (MACE-style files: ``REF_energy``).
         forces_key: key of the forces label (eV/Å): calculator results or ``atoms.arrays``.
@@ -181,6 +187,8 @@ class TrainingConfig:
     compile: bool = False
     progress: bool = True
     ensemble_loss: str = "heads"
+    ensemble_bootstrap: bool = False
+    ensemble_nll_weight: float = 0.0
     energy_key: str = "energy"
     forces_key: str = "forces"
     stress_key: str = "stress"
@@ -241,6 +249,7 @@ class TrainingConfig:
             (0 <= self.ema_decay < 1, f"ema_decay must be in [0, 1) (0 disables), got {self.ema_decay}"),
             (self.early_stopping_patience >= 0, f"early_stopping_patience must be ≥ 0, got {self.early_stopping_patience}"),
             (self.energy_weight >= 0, f"energy_weight must be ≥ 0, got {self.energy_weight}"),
+            (self.ensemble_nll_weight >= 0, f"ensemble_nll_weight must be ≥ 0, got {self.ensemble_nll_weight}"),
             (self.forces_weight >= 0, f"forces_weight must be ≥ 0, got {self.forces_weight}"),
             (self.eval_interval >= 1, f"eval_interval must be ≥ 1, got {self.eval_interval}"),
             (self.num_workers >= 0, f"num_workers must be ≥ 0, got {self.num_workers}"),

@@ -64,9 +64,36 @@ def energy_errors(outputs: Mapping[str, torch.Tensor], batch) -> torch.Tensor:
     return outputs["energy"].to(torch.float64) - label
 
 
+def bootstrap_weights(batch, heads: int, seed: int = 0) -> torch.Tensor:
+    """[heads, num_graphs] float64 Bayesian-bootstrap weights of the structures of ``batch``, one
+    set per head of a shallow ensemble: Exp(1) draws (mean 1) that are a fixed function of the
+    structure's coordinates, the head and ``seed``, so each head sees its own reweighting of the
+    training data, the same at every epoch (no structure index is needed)."""
+    pos = batch.pos.detach().to(torch.float64)
+    mix = torch.tensor([0.7548776662, 0.5698402910, 0.3819660113], dtype=torch.float64, device=pos.device)
+    num_graphs = int(batch.num_graphs) if hasattr(batch, "num_graphs") else 1
+    graph = batch.batch if getattr(batch, "batch", None) is not None else torch.zeros(len(pos), dtype=torch.long)
+    key = torch.zeros(num_graphs, dtype=torch.float64, device=pos.device).index_add_(0, graph.to(pos.device), pos @ mix)
+    head = torch.arange(1, heads + 1, dtype=torch.float64, device=pos.device)[:, None]
+    uniform = torch.frac(torch.abs(torch.sin(key[None] * 12.9898 * head + 78.233 * (seed + 1) * head) * 43758.5453))
+    return -torch.log(uniform.clamp(1e-6, 1.0))
+
+
+def forces_nll_term(outputs: Mapping[str, torch.Tensor], batch) -> torch.Tensor | None:
+    """The Gaussian NLL of the force labels under the heads' mean and unbiased variance (per
+    component, eV/Å; see :func:`ensemble_nll_terms`), or None without heads or force labels:
+    added to the per-head loss with ``ensemble_nll_weight`` so that the spread is trained too."""
+    if "forces_members" not in outputs or not has_label(batch, "forces"):
+        return None
+    members = outputs["forces_members"]
+    variance = members.var(0, correction=1).clamp_min(NLL_MIN_VARIANCE)
+    label = batch.forces.to(members.dtype)
+    return 0.5 * (torch.log(variance) + (label - members.mean(0)) ** 2 / variance).mean()
+
+
 def loss_terms(
     outputs: Mapping[str, torch.Tensor], batch, properties: Mapping[str, str] | Sequence[str] = (),
-    ensemble_loss: str = "heads",
+    ensemble_loss: str = "heads", head_weights: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Mean squared errors: ``energy`` per atom (eV²/atom², float64, from the residual
     energies: see :func:`energy_errors`), ``forces`` per component ((eV/Å)², the model dtype),
@@ -77,7 +104,8 @@ def loss_terms(
     each head's squared error, so that every head is a model of its own (the loss of the mean
     alone would leave the heads free to disagree). ``ensemble_loss="nll"`` trains it instead on
     the Gaussian negative log-likelihood of the labels under N(mean, variance) over its heads
-    (see :func:`ensemble_nll_terms`)."""
+    (see :func:`ensemble_nll_terms`). ``head_weights`` [K, G] (see :func:`bootstrap_weights`)
+    weigh each head's errors per structure in the ``heads`` loss."""
     if ensemble_loss == "nll" and "energy_members" in outputs:
         return ensemble_nll_terms(outputs, batch, properties)
     terms = {}
@@ -86,12 +114,16 @@ def loss_terms(
         if "energy_members" in outputs:
             label = batch.energy.to(device=n_atoms.device, dtype=torch.float64) - outputs["energy_reference"].to(torch.float64)
             residuals = outputs["energy_members"] - outputs["energy_reference"].to(torch.float64)  # [K, G]
-            terms["energy"] = (((residuals - label) / n_atoms) ** 2).mean()
+            squared = ((residuals - label) / n_atoms) ** 2
+            terms["energy"] = (squared if head_weights is None else head_weights * squared).mean()
         else:
             terms["energy"] = ((energy_errors(outputs, batch) / n_atoms) ** 2).mean()
     if "forces" in outputs and has_label(batch, "forces"):
         predicted = outputs.get("forces_members", outputs["forces"])
-        terms["forces"] = ((predicted - batch.forces.to(predicted.dtype)) ** 2).mean()
+        squared = (predicted - batch.forces.to(predicted.dtype)) ** 2
+        if head_weights is not None and "forces_members" in outputs:  # [K, G] -> [K, atoms, 1]
+            squared = squared * head_weights[:, batch.batch].to(squared.dtype)[..., None]
+        terms["forces"] = squared.mean()
     for name, kind in property_kinds(properties).items():
         predicted = outputs.get(f"{name}_members", outputs[name])
         label = batch[name].to(predicted.dtype)

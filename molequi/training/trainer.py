@@ -194,11 +194,30 @@ def _as_paths(data: str | Path | Sequence[str | Path]) -> list[str]:
 # --- a step, an epoch, a validation -------------------------------------------------------------
 
 
+def ensemble_terms(run: TrainingRun, outputs, batch) -> tuple[dict, dict]:
+    """The loss terms of a step and their weights: :func:`loss_terms`, for a shallow ensemble
+    with per-head bootstrap weights (``ensemble_bootstrap``) and the force NLL term
+    (``ensemble_nll_weight``) when asked."""
+    from molequi.training.metrics import bootstrap_weights, forces_nll_term
+
+    config, weights = run.config, run.weights
+    heads = "energy_members" in outputs
+    head_weights = None
+    if heads and config.ensemble_bootstrap and config.ensemble_loss == "heads":
+        head_weights = bootstrap_weights(batch, outputs["energy_members"].shape[0], config.seed)
+    terms = loss_terms(outputs, batch, run.properties, config.ensemble_loss, head_weights=head_weights)
+    if heads and config.ensemble_nll_weight > 0 and config.ensemble_loss == "heads":
+        nll = forces_nll_term(outputs, batch)
+        if nll is not None:
+            terms["forces_nll"], weights = nll, {**weights, "forces_nll": config.ensemble_nll_weight}
+    return terms, weights
+
+
 def take_step(run: TrainingRun, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One optimizer step on ``batch`` (already on the device): loss, backward, clipping,
     update, EMA. Returns the detached loss (a device tensor: no host sync) and the outputs."""
     outputs = run.trained(batch, compute_forces=run.with_forces)
-    loss = weighted_loss(loss_terms(outputs, batch, run.properties, run.config.ensemble_loss), run.weights)
+    loss = weighted_loss(*ensemble_terms(run, outputs, batch))
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if run.config.grad_clip > 0:

@@ -25,18 +25,23 @@ and :mod:`~.evaluation` (a committee on labelled structures: ``molequi evaluate`
 from molequi.models.uncertainty.calibration import (
     CALIBRATION_FORMAT,
     CALIBRATION_VERSION,
+    FLAT_EXPONENT,
     Calibration,
+    CalibrationWarning,
     Fit,
     as_calibration,
     fit_calibration,
     fit_power,
     fit_scale,
+    OutOfDomainWarning,
+    structure_ranking,
 )
 from molequi.models.uncertainty.metrics import gaussian_nll, miscalibration_area, reliability_bins, uncertainty_metrics
 from molequi.models.uncertainty.spread import MEMBERS, MIN_STD, forces_spread, members_of, spread
 
 __all__ = [
-    "CALIBRATION_FORMAT", "CALIBRATION_VERSION", "MEMBERS", "MIN_STD", "Calibration", "Fit", "as_calibration",
+    "CALIBRATION_FORMAT", "CALIBRATION_VERSION", "FLAT_EXPONENT", "MEMBERS", "MIN_STD", "Calibration",
+    "CalibrationWarning", "Fit", "OutOfDomainWarning", "as_calibration", "structure_ranking",
     "fit_calibration", "fit_power", "fit_scale", "forces_spread", "gaussian_nll", "members_of",
     "miscalibration_area", "reliability_bins", "spread", "uncertainty_metrics",
 ]

@@ -23,6 +23,29 @@ CALIBRATION_FORMAT = "molequi-calibration"
 CALIBRATION_VERSION = 1
 
 
+FLAT_EXPONENT = 0.3
+"""A power law ``σ' = a σ^b`` with b below this is nearly a constant: it no longer follows the
+spread, so a calibration that fits one falls back to ``σ' = a σ`` and says so."""
+
+
+RANKING_ALPHA = 0.05
+"""One-sided significance level of the Spearman ranking (structure mean |error| vs mean std)
+below which a calibration's std is reported not to rank the errors."""
+
+
+DOMAIN_QUANTILE = 0.99
+"""The quantile of the calibrated per-structure force std over held-out data that is stored as
+the in-domain threshold (a structure above it is out of the domain)."""
+
+
+class CalibrationWarning(UserWarning):
+    """A calibration that fell back to a scale, or whose std does not rank the errors."""
+
+
+class OutOfDomainWarning(UserWarning):
+    """A structure whose calibrated force std is above the calibration's in-domain threshold."""
+
+
 @dataclass
 class Fit:
     """``σ' = a · σ^b`` for one output (``form`` ``"scale"`` has b = 1)."""
@@ -75,6 +98,18 @@ class Calibration:
                               f"than these ({len(identity['heads'])} with heads {identity['heads']}, sha256 {given}); "
                               "fit one for them with molequi calibrate")
 
+    def warnings(self) -> list[str]:
+        """The fit's warnings, one line each, naming their output (empty for a sound calibration)."""
+        return [f"{name}: {text}" for name, entry in self.info.get("outputs", {}).items()
+                for text in (entry.get("warnings") or []) if isinstance(entry, dict)]
+
+    @property
+    def domain_threshold(self) -> float | None:
+        """The in-domain threshold of the per-structure calibrated force std (eV/Å; the largest
+        calibrated per-atom std of a structure), or None when the file records none."""
+        value = (self.info.get("domain") or {}).get("threshold") if isinstance(self.info.get("domain"), dict) else None
+        return float(value) if isinstance(value, (int, float)) and math.isfinite(value) and value > 0 else None
+
     def apply(self, name: str, std):
         """The calibrated std of output ``name`` (unchanged when it has no fit; None stays None)."""
         fit = self.fits.get(name)
@@ -115,7 +150,10 @@ class Calibration:
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise ConfigError(f"{path}: corrupt calibration ({error})") from None
         info = {key: value for key, value in values.items() if key not in ("format", "format_version")}
-        return cls(fits, info, source=str(path))
+        calibration = cls(fits, info, source=str(path))
+        for line in calibration.warnings():  # a fallback is said wherever the file is used, not only when fitted
+            warnings.warn(f"{path}: {line}", CalibrationWarning, stacklevel=2)
+        return calibration
 
 
 def models_identity(models) -> dict[str, list]:
@@ -188,11 +226,43 @@ def fit_calibration(errors: np.ndarray, std: np.ndarray, groups: np.ndarray | No
         held_out[name] = float(np.mean(scores)) if scores else math.nan
     form = "power" if held_out["power"] < held_out["scale"] else "scale"
     fit = (fit_power if form == "power" else fit_scale)(errors, std)
+    ranking = structure_ranking(errors, std, groups)
+    notes = []
+    if fit.form == "power" and fit.b < FLAT_EXPONENT:
+        notes.append(f"the fitted power law is flat (σ' = {fit.a:.3g}·σ^{fit.b:.2f}, exponent < {FLAT_EXPONENT}): "
+                     "it would give nearly one std to every structure; fell back to a scale σ' = a·σ")
+    if not ranking["significant"]:
+        notes.append(f"the std does not rank the errors (Spearman {ranking['spearman']:.2f} over "
+                     f"{ranking['n_structures']} structures, one-sided p = {ranking['p_value']:.2g} ≥ {RANKING_ALPHA}): "
+                     "the calibrated std gives the size of the errors only, not which structure is worse"
+                     + ("; fell back to a scale σ' = a·σ" if fit.form == "power" and not notes else ""))
+    if notes and fit.form == "power":
+        fit = fit_scale(errors, std)
     info = {
         "held_out_nll": held_out,
         "chosen_by": "held-out Gaussian NLL (two halves of the structures, each fitted on the other)",
+        "spearman": ranking["spearman"], "spearman_p": ranking["p_value"], "n_structures": ranking["n_structures"],
+        "warnings": notes, "fell_back_to_scale": bool(notes and form == "power"),
         "n_values": int(len(errors)),
         "before": uncertainty_metrics(np.abs(errors), std, errors=errors),
         "after": uncertainty_metrics(np.abs(errors), fit(std), errors=errors),
     }
     return fit, info
+
+
+def structure_ranking(errors: np.ndarray, std: np.ndarray, groups: np.ndarray) -> dict[str, Any]:
+    """How well ``std`` ranks the errors, per structure (``groups``): Spearman of each structure's
+    mean |error| and mean std, its one-sided p-value (H0: no positive ranking), the count of
+    structures, and ``significant`` (p < :data:`RANKING_ALPHA`)."""
+    from scipy import stats
+
+    _, index = np.unique(groups, return_inverse=True)
+    count = np.bincount(index)
+    mean_error = np.bincount(index, np.abs(errors)) / count
+    mean_std = np.bincount(index, std) / count
+    if len(count) < 3 or np.ptp(mean_std) == 0 or np.ptp(mean_error) == 0:
+        return {"spearman": math.nan, "p_value": 1.0, "n_structures": int(len(count)), "significant": False}
+    result = stats.spearmanr(mean_error, mean_std, alternative="greater")
+    rho, p = float(result.statistic), float(result.pvalue)
+    return {"spearman": rho, "p_value": p, "n_structures": int(len(count)),
+            "significant": bool(math.isfinite(p) and p < RANKING_ALPHA)}

@@ -106,6 +106,9 @@ class Potential:
             [S] eV and ``forces_std`` [N] eV/Å, the per-atom spread sqrt(mean over x, y, z of
             the variance over members): unbiased (ddof 1), calibrated if a calibration is set.
             With one member there are no ``*_std`` keys (no estimate is not a zero estimate).
+            With a spread also ``sigma_forces`` [S] eV/Å (per structure: its largest per-atom
+            ``forces_std``) and ``in_domain`` [S] (1.0 in, 0.0 out of the domain, NaN unknown:
+            no calibration or no threshold in it; see :meth:`domain_verdict`).
         """
         keys = ["energy", "energies", "forces"] + (["stress"] if compute_stress else [])
         outputs = [
@@ -126,4 +129,20 @@ class Potential:
             energy_std = self.calibration.apply("energy", energy_std)
             forces_std = self.calibration.apply("forces", forces_std)
         results["energy_std"], results["forces_std"] = energy_std, forces_std
+        results["sigma_forces"] = torch.zeros_like(results["energy"]).scatter_reduce(
+            0, graph.batch, forces_std, "amax", include_self=False)
+        results["in_domain"] = self.domain_verdict(results["sigma_forces"])
         return results
+
+    @property
+    def domain_threshold(self) -> float | None:
+        """The calibration's in-domain threshold of the per-structure force std (eV/Å), or None."""
+        return None if self.calibration is None else self.calibration.domain_threshold
+
+    def domain_verdict(self, sigma_forces: torch.Tensor) -> torch.Tensor:
+        """[S] 1.0 where the per-structure calibrated force std (eV/Å) is at most the threshold,
+        0.0 above it, NaN (unknown) without a threshold."""
+        threshold = self.domain_threshold
+        if threshold is None:
+            return torch.full_like(sigma_forces, float("nan"))
+        return (sigma_forces <= threshold).to(sigma_forces.dtype)

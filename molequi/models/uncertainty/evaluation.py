@@ -16,6 +16,7 @@ Definitions (units of the output: eV for energies, eV/Å for forces, the label's
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,8 @@ from molequi.data.labels import structure_labels
 from molequi.errors import ConfigError, DataFormatError
 from molequi.models.heads import head, property_unit
 from molequi.models.predict import predict
-from molequi.models.uncertainty.calibration import Calibration, fit_calibration
+from molequi.models.uncertainty.calibration import (DOMAIN_QUANTILE, Calibration, CalibrationWarning,
+                                                    fit_calibration)
 from molequi.models.uncertainty.metrics import uncertainty_metrics
 from molequi.models.uncertainty.spread import forces_spread, spread
 from molequi.nn.forces import ForceOutput
@@ -149,16 +151,43 @@ def uncertainty_report(errors: dict[str, OutputErrors], calibration: Calibration
 
 def fit_committee_calibration(errors: dict[str, OutputErrors], provenance: dict[str, Any] | None = None) -> Calibration:
     """A :class:`Calibration` of every output in ``errors`` (see
-    :func:`~molequi.models.uncertainty.fit_calibration`), with its fit metrics and each output's
-    ``in_domain_std``: the 95th percentile of the calibrated std over the calibration data (the
-    out-of-domain threshold ``molequi screen`` uses by default), in the output's unit."""
+    :func:`~molequi.models.uncertainty.fit_calibration`), with its fit metrics, its Spearman
+    ranking and warnings (a flat power law or a ranking that is not significant, each also
+    issued as a :class:`CalibrationWarning`), each output's ``in_domain_std`` (the 95th
+    percentile of the calibrated std over the calibration data, the out-of-domain threshold
+    ``molequi screen`` uses by default, in the output's unit), and ``domain``: the threshold of
+    the per-structure verdict of the calculator and MD (see :func:`domain_threshold`)."""
     fits, outputs = {}, {}
     for key, value in errors.items():
         fit, info = fit_calibration(value.errors, value.std, value.groups)
         fits[key] = fit
+        for note in info["warnings"]:
+            warnings.warn(f"{key} calibration: {note}", CalibrationWarning, stacklevel=2)
         calibrated = fit(value.std[np.isfinite(value.std)])
         outputs[key] = {"unit": value.unit, "in_domain_std": float(np.quantile(calibrated, 0.95)), **info}
-    return Calibration(fits, {**(provenance or {}), "outputs": outputs})
+    extra = {}
+    if "forces" in errors:
+        extra["domain"] = domain_threshold(errors["forces"], fits["forces"])
+    return Calibration(fits, {**(provenance or {}), **extra, "outputs": outputs})
+
+
+def structure_sigma(std: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Per structure (``groups``), the largest of its values of ``std``: the per-structure force
+    std (eV/Å) from per-component stds, in the order of ``np.unique(groups)``."""
+    _, index = np.unique(groups, return_inverse=True)
+    largest = np.full(index.max() + 1, -np.inf)
+    np.maximum.at(largest, index, std)
+    return largest
+
+
+def domain_threshold(forces: OutputErrors, fit, quantile: float = DOMAIN_QUANTILE) -> dict[str, Any]:
+    """The in-domain threshold: the ``quantile`` of the per-structure calibrated force std (the
+    largest calibrated per-atom std of each structure, eV/Å) over the held-out calibration
+    structures, and what it means."""
+    keep = np.isfinite(forces.std)
+    sigma = structure_sigma(fit(forces.std[keep]), forces.groups[keep])
+    return {"statistic": "largest calibrated per-atom force std of a structure", "unit": "eV/Å",
+            "quantile": quantile, "threshold": float(np.quantile(sigma, quantile)), "n_structures": int(len(sigma))}
 
 
 def load_committee(spec: str | Sequence[str | Path], device: str | torch.device = "cpu") -> list[ForceOutput]:

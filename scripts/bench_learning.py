@@ -1,0 +1,673 @@
+#!/usr/bin/env python
+"""Learning-loop benchmark (CPU): shifted test, time to failure, ranking, energy per round.
+
+Per molecule and seed, two ways to spend the same labels (GFN2-xTB through tblite):
+
+* random: committees trained from scratch on N frames drawn at random from a 300 K xTB MD pool;
+* loop: ``molequi learn`` from one rMD17 geometry (labelled with 4 perturbed copies), committee
+  MD at 300, 600 and 1000 K, the most uncertain and mutually different frames labelled; its
+  committee at N labels.
+
+A. Shifted test: the union of xTB MD frames at 300, 600 and 1000 K (trajectories other than the
+   pool's), torsion scans (each rotatable bond turned through 360°) and stretched bonds (one
+   bond 1.15–1.45 × its length), all labelled with xTB. Per N: the force error per component —
+   mean, 99th percentile and max over the union — and the mean at 300 K alone.
+B. Time to failure: each committee (its mean forces) drives Langevin replicas at 500 K (0.5 fs)
+   from the start geometry; a replica fails when a bonded distance deviates > 0.5 Å from the
+   start structure's, or a safety stop takes it (too hot, atoms collapsed, non-finite). Mean
+   time to failure (runs that survive count their full length: a lower bound) and the fraction
+   surviving.
+C. Ranking: the Spearman of the per-structure mean force std against the per-structure mean
+   |force error| on each temperature's frames, for the loop's last committee and for one
+   shallow ensemble (as many heads as the committee has members) trained on the same labels,
+   beside the split-half ceiling of unlimited members (Spearman–Brown on two interleaved halves).
+   Plus the loop's test energy MAE per round, and the energy and force calibrations of its last
+   committee fitted on the 300 K frames (form, exponent, Spearman, warnings).
+
+    python scripts/bench_learning.py                     # reduced: ethanol, 2 seeds, 10/20 labels, ~25 min on 1 core
+    python scripts/bench_learning.py --full --molecules ethanol aspirin --readme    # the full settings (many hours)
+
+Reduced settings (default) against full (``--full``): seeds 2 / 5, labels 10, 20 / 10, 20, 40, 80,
+committee 4 / 4 members, 25 / 100 epochs per member and round, loop MD 120 / 400 steps per round,
+test 12 / 60 frames per temperature and 8 / 36 torsion and stretch frames each, time to failure
+4 replicas × 0.2 ps / 8 replicas × 20 ps. The xTB data are cached in ``--out``/data and every
+trained committee in ``--out``, so a rerun reuses them. ``--readme`` writes the Markdown into
+docs/benchmarks.md (block ``learning``) and the plot into ``scripts/figures/learning.png``.
+Targets: at equal labels the loop's 99th-percentile force error on the shifted test ≤ 0.7 ×
+random's with its 300 K mean within 10 % of random's; the loop's committees survive ≥ 2 × longer
+at 20 and 40 labels; Spearman ≥ 90 % of the ceiling at every temperature; the loop's last-round
+energy MAE ≤ its first round's; no flat energy calibration without a warning.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import shutil
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "datasets"))  # xtb_md: the xTB MD helpers
+sys.path.insert(0, str(REPO / "scripts"))
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "rmd17"
+FIGURE = REPO / "scripts" / "figures" / "learning.png"
+TEMPERATURES = (300.0, 600.0, 1000.0)
+PROFILES = {
+    "reduced": dict(seeds=2, labels=(10, 20), committee=4, epochs=25, md_steps=120, pool=120, test_frames=12,
+                    scans=8, ttf_replicas=4, ttf_steps=400, per_round=5),
+    "full": dict(seeds=5, labels=(10, 20, 40, 80), committee=4, epochs=100, md_steps=400, pool=600, test_frames=60,
+                 scans=36, ttf_replicas=8, ttf_steps=40000, per_round=5),
+    "smoke": dict(seeds=1, labels=(10,), committee=4, epochs=2, md_steps=20, pool=10, test_frames=4, scans=2,
+                  ttf_replicas=2, ttf_steps=40, per_round=5),  # a check that every stage runs (minutes)
+}
+MODEL = {"model.channels": 32, "model.l_max": 1, "model.num_layers": 2, "model.radial_hidden": [32, 32],
+         "model.readout_hidden": 16, "model.edge_l_max": None}
+PERTURBED = 4  # noisy copies labelled beside the loop's start geometry
+TTF_TEMPERATURE, TTF_DT, BOND_TOLERANCE = 500.0, 0.5, 0.5  # K, fs, Å
+PROFILES_USED: dict = {}  # the profile of this run (for the Markdown)
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+# --- data -------------------------------------------------------------------------------------
+
+
+def bonds_of(atoms) -> list[tuple[int, int]]:
+    """Bonded pairs (ASE natural cutoffs) of a structure, i < j."""
+    from ase.neighborlist import NeighborList, natural_cutoffs
+
+    neighbors = NeighborList(natural_cutoffs(atoms), self_interaction=False, bothways=False)
+    neighbors.update(atoms)
+    return sorted((min(i, j), max(i, j)) for i in range(len(atoms)) for j in neighbors.get_neighbors(i)[0])
+
+
+def side_of(bonds: list[tuple[int, int]], n: int, i: int, j: int) -> np.ndarray | None:
+    """Atoms on j's side of bond i–j (a bool mask), or None when the bond is in a ring."""
+    adjacency = {k: set() for k in range(n)}
+    for a, b in bonds:
+        if {a, b} != {i, j}:
+            adjacency[a].add(b)
+            adjacency[b].add(a)
+    seen, stack = {j}, [j]
+    while stack:
+        for other in adjacency[stack.pop()] - seen:
+            seen.add(other)
+            stack.append(other)
+    if i in seen:
+        return None
+    return np.isin(np.arange(n), sorted(seen))
+
+
+def torsion_scan(reference, count: int, rng) -> list:
+    """``count`` structures: a rotatable bond (both ends bonded elsewhere, not in a ring) turned
+    to an angle spread over 360°, bonds taken in turn."""
+    bonds = bonds_of(reference)
+    degree = np.bincount(np.array(bonds).ravel(), minlength=len(reference))
+    rotatable = []
+    for i, j in bonds:
+        mask = side_of(bonds, len(reference), i, j)
+        if mask is not None and degree[i] > 1 and degree[j] > 1:
+            a = next(b if a == i else a for a, b in bonds if i in (a, b) and j not in (a, b))
+            d = next(b if a == j else a for a, b in bonds if j in (a, b) and i not in (a, b))
+            rotatable.append((a, i, j, d, mask))
+    frames = []
+    for k in range(count):
+        a, i, j, d, mask = rotatable[k % len(rotatable)]
+        atoms = reference.copy()
+        atoms.set_dihedral(a, i, j, d, atoms.get_dihedral(a, i, j, d) + 360.0 * (k + rng.uniform()) / count,
+                           mask=mask.astype(int))
+        frames.append(atoms)
+    return frames
+
+
+def stretched_bonds(reference, count: int, rng) -> list:
+    """``count`` structures with one (non-ring) bond stretched to 1.15–1.45 × its length (the
+    smaller side of the bond moved along it)."""
+    bonds = bonds_of(reference)
+    frames = []
+    candidates = [(i, j, side_of(bonds, len(reference), i, j)) for i, j in bonds]
+    candidates = [(i, j, m if m.sum() <= len(reference) / 2 else ~m) for i, j, m in candidates if m is not None]
+    for k in range(count):
+        i, j, mask = candidates[rng.integers(len(candidates))]
+        atoms = reference.copy()
+        moving, fixed = (j, i) if mask[j] else (i, j)
+        vector = atoms.positions[moving] - atoms.positions[fixed]
+        atoms.positions[mask] += (rng.uniform(1.15, 1.45) - 1.0) * vector
+        frames.append(atoms)
+    return frames
+
+
+def molecule_data(molecule: str, profile: dict, args) -> dict[str, Path]:
+    """xTB-labelled pool (300 K MD), test frames per kind, and the start geometry, cached."""
+    import bench_uncertainty as shared
+    import xtb_md
+
+    folder = args.out / "data" / molecule
+    folder.mkdir(parents=True, exist_ok=True)
+    geometries = shared.rmd17_geometries(args.data_dir, molecule)
+    start = geometries[0]
+    files = {"start": folder / "start.extxyz", "pool": folder / f"pool_300K_{profile['pool']}.extxyz"}
+    n, scans = profile["test_frames"], profile["scans"]
+    files |= {f"md_{t:g}K": folder / f"test_md_{t:g}K_{n}.extxyz" for t in TEMPERATURES}
+    files |= {"torsion": folder / f"test_torsion_{scans}.extxyz", "stretch": folder / f"test_stretch_{scans}.extxyz"}
+    if not files["start"].exists():
+        xtb_md.write_extxyz_atomic([start], files["start"])
+    if not files["pool"].exists():
+        started = time.monotonic()
+        frames = []
+        for k in range(2):  # two trajectories from two geometries: a pool a random pick can spread over
+            frames += shared.xtb_md_frames(geometries[k * len(geometries) // 2], 300.0, profile["pool"] // 2, seed=50 + k,
+                                           trajectory=k)
+        xtb_md.write_extxyz_atomic(frames, files["pool"])
+        log(f"{molecule}: {len(frames)} pool frames, xTB MD at 300 K ({time.monotonic() - started:.0f} s)")
+    for t in TEMPERATURES:
+        if not files[f"md_{t:g}K"].exists():
+            started = time.monotonic()
+            frames = []
+            for k in range(2):
+                geometry = geometries[(2 * k + 1) * len(geometries) // 4]
+                frames += shared.xtb_md_frames(geometry, t, n // 2, seed=70 + k, trajectory=k)
+            for atoms in frames:
+                atoms.info["kind"] = f"{t:g} K"
+            xtb_md.write_extxyz_atomic(frames, files[f"md_{t:g}K"])
+            log(f"{molecule}: {len(frames)} test frames, xTB MD at {t:g} K ({time.monotonic() - started:.0f} s)")
+    rng = np.random.default_rng(11)
+    for kind, make in (("torsion", torsion_scan), ("stretch", stretched_bonds)):
+        if not files[kind].exists():
+            frames = shared.xtb_label(make(start, scans, rng), kind)
+            for atoms in frames:
+                atoms.info["kind"] = kind
+            xtb_md.write_extxyz_atomic(frames, files[kind])
+            log(f"{molecule}: {len(frames)} {kind} test frames labelled")
+    return files
+
+
+def test_sets(files: dict[str, Path]) -> dict[str, list]:
+    from ase.io import read
+
+    return {key: read(path, ":") for key, path in files.items() if key.startswith("md_") or key in ("torsion", "stretch")}
+
+
+# --- committees -------------------------------------------------------------------------------
+
+
+def training_config(profile: dict, seed: int, heads: int = 0):
+    from molequi.training import load_config
+
+    extra = {"model.ensemble_heads": heads} if heads else {}
+    return load_config(None, {**MODEL, **extra, "max_epochs": profile["epochs"], "validation": 0.1, "device": "cpu",
+                              "batch_size": 4, "seed": seed, "progress": False,
+                              # the loop's labels lie far from each other by design (the loop sets it itself)
+                              "allow_outliers": bool(heads)})
+
+
+def random_committee(molecule: str, files, profile, args, seed: int, n_labels: int) -> list[Path]:
+    """A committee trained from scratch on ``n_labels`` frames drawn from the 300 K pool."""
+    from ase.io import read, write
+
+    from molequi.training import train
+
+    folder = args.out / "random" / molecule / f"seed_{seed}" / f"n_{n_labels}"
+    data = folder / "train.extxyz"
+    if not data.exists():
+        pool = read(files["pool"], ":")
+        picks = np.random.default_rng([seed, n_labels]).choice(len(pool), n_labels, replace=False)
+        folder.mkdir(parents=True, exist_ok=True)
+        write(data, [pool[k] for k in picks], format="extxyz")
+    models = []
+    for m in range(profile["committee"]):
+        out = folder / f"member_{m}"
+        if not (out / "model.molequi").exists():
+            if out.exists():
+                shutil.rmtree(out)
+            train(training_config(profile, 1000 * seed + m), str(data), out, log=lambda message: None)
+        models.append(out / "model.molequi")
+    return models
+
+
+def loop_committees(molecule: str, files, profile, args, seed: int,
+                    max_std: float | None = None) -> tuple[dict[int, list[Path]], list[dict]]:
+    """The loop's committee at each label count of the profile, and its rounds table; with
+    ``max_std`` (eV/Å) under a trust ceiling of trajectory scope (``molequi learn --max-std X
+    --trust-scope trajectory``)."""
+    from ase.io import read
+
+    from molequi.learn import LearnSettings, run_learning
+
+    per_round = profile["per_round"]
+    start_labels = 1 + PERTURBED
+    rounds = (max(profile["labels"]) - start_labels) // per_round
+    settings = LearnSettings(rounds=rounds, per_round=per_round, temperatures=list(TEMPERATURES),
+                             md_steps=profile["md_steps"], committee=profile["committee"], replicas=1, sample_every=10,
+                             perturbed=PERTURBED, seed=seed, max_std=max_std,
+                             trust_scope="trajectory" if max_std else "frame")
+    folder = args.out / ("loop" if max_std is None else f"loop_ceiling_{max_std:g}") / molecule / f"seed_{seed}"
+    start = read(files["start"])
+    start.calc = None  # labelled with its perturbed copies by the loop itself
+    started = time.monotonic()
+    if (folder / "learn.json").exists():  # a rerun continues from the rounds the run already took
+        rounds = max(rounds, int(json.loads((folder / "learn.json").read_text())["settings"]["rounds"]))
+    for extra in range(4):  # under a ceiling a round may label fewer frames: more rounds reach the labels
+        settings = dataclasses.replace(settings, rounds=rounds + extra)
+        result = run_learning(settings, [start], folder, config=training_config(profile, 1000 * seed),
+                              test_data=[files[f"md_{t:g}K"] for t in TEMPERATURES],
+                              log=lambda message: log(f"{molecule} loop seed {seed}: {message}"))
+        stuck = len(result.rows) > 1 and result.rows[-2]["n_new"] == 0  # the ceiling left nothing to label
+        if result.rows[-1]["n_labels"] >= max(profile["labels"]) or stuck:
+            break
+    log(f"{molecule} loop seed {seed}: done ({time.monotonic() - started:.0f} s)")
+    committees = {}
+    for n in profile["labels"]:  # the last committee with at most n labels (fewer under a ceiling: a handicap)
+        r = max(k for k, row in enumerate(result.rows) if row["n_labels"] <= n)
+        committees[n] = [folder / f"round_{r:03d}" / f"member_{m}" / "model.molequi" for m in range(profile["committee"])]
+    return committees, result.rows[:max(k for k, row in enumerate(result.rows) if row["n_labels"] <= max(profile["labels"])) + 1]
+
+
+ENSEMBLES = {"ensemble heads": {}, "ensemble heads, bootstrap + NLL": {"ensemble_bootstrap": True,
+                                                                      "ensemble_nll_weight": 1.0},
+             "ensemble heads, bootstrap + NLL, 4 × epochs": {"ensemble_bootstrap": True, "ensemble_nll_weight": 1.0,
+                                                             "epochs_factor": 4}}
+"""The shallow ensembles of C, by name: their training options beside the heads loss (the last
+one trains as many epochs as the committee's members together: the same CPU cost)."""
+
+
+def more_members(molecule: str, profile, args, seed: int, committee: list[Path], count: int) -> list[Path]:
+    """``count`` more members (other seeds) trained like ``committee``'s on the same labels:
+    with them a committee of twice the size."""
+    from molequi.training import TrainingConfig, train
+
+    data = committee[0].parent.parent / "train.extxyz"
+    models = []
+    for m in range(count):
+        out = args.out / "more_members" / molecule / f"seed_{seed}" / data.parent.name / f"member_{m}"
+        if not (out / "model.molequi").exists():
+            if out.exists():
+                shutil.rmtree(out)
+            config = training_config(profile, 1000 * seed + 500 + m)
+            train(TrainingConfig.from_dict({**config.to_dict(), "allow_outliers": True}), str(data), out,
+                  log=lambda message: None)
+        models.append(out / "model.molequi")
+    return models
+
+
+def ensemble_on_loop_labels(molecule: str, profile, args, seed: int, committee: list[Path], name: str) -> Path:
+    """One shallow ensemble (``committee`` heads, trained as ``ENSEMBLES[name]`` says) on the
+    labels the loop's ``committee`` had."""
+    from molequi.training import TrainingConfig, train
+
+    data = committee[0].parent.parent / "train.extxyz"
+    options = dict(ENSEMBLES[name])
+    factor = options.pop("epochs_factor", 1)
+    variant = ("heads" if not options else "bootstrap_nll") + (f"_x{factor}" if factor > 1 else "")
+    out = args.out / "ensemble" / molecule / variant / f"seed_{seed}" / data.parent.name
+    if not (out / "model.molequi").exists():
+        if out.exists():
+            shutil.rmtree(out)
+        config = training_config(profile, 1000 * seed, heads=profile["committee"])
+        config = TrainingConfig.from_dict({**config.to_dict(), **options, "max_epochs": factor * profile["epochs"]})
+        train(config, str(data), out, log=lambda m: None)
+    return out / "model.molequi"
+
+
+# --- A: shifted test --------------------------------------------------------------------------
+
+
+def members_on(models, frames) -> list[dict]:
+    from molequi.models.predict import predict
+    from molequi.models.uncertainty.committee import load_models
+
+    return predict(load_models([str(m) for m in models]), frames)
+
+
+def shifted_test(models, tests: dict[str, list]) -> dict:
+    """Force errors per component of the committee mean on the union of the test sets (mean,
+    99th percentile, max; eV/Å → meV/Å), the 300 K mean, and the energy MAE (meV)."""
+    from molequi.data.labels import structure_labels
+
+    errors, energy, by_kind = [], [], {}
+    for kind, frames in tests.items():
+        results = members_on(models, frames)
+        kind_errors = []
+        for atoms, result in zip(frames, results):
+            e, f = structure_labels(atoms)
+            kind_errors.append(np.abs(np.asarray(result["forces"]) - f).ravel())
+            energy.append(abs(result["energy"] - e))
+        by_kind[kind] = 1000 * float(np.mean(np.concatenate(kind_errors)))
+        errors += kind_errors
+    every = np.concatenate(errors)
+    return {"mean": 1000 * float(every.mean()), "p99": 1000 * float(np.quantile(every, 0.99)),
+            "max": 1000 * float(every.max()), "mean_300K": by_kind["md_300K"], "by_kind": by_kind,
+            "energy_mae_meV": 1000 * float(np.mean(energy))}
+
+
+# --- B: time to failure -----------------------------------------------------------------------
+
+
+def time_to_failure(models, reference, profile, seed: int) -> dict:
+    """Langevin MD of ``ttf_replicas`` replicas at 500 K; the time (fs) each fails, or the run's
+    length for survivors; mean over replicas and the fraction surviving."""
+    import torch
+
+    from molequi.md import BatchedMD, Potential, load_models, state_from_atoms
+    from molequi.md.engine import StopEvent
+
+    bonds = np.array(bonds_of(reference))
+    reference_lengths = np.linalg.norm(reference.positions[bonds[:, 1]] - reference.positions[bonds[:, 0]], axis=1)
+    replicas = profile["ttf_replicas"]
+    potential = Potential(load_models([str(m) for m in models]))
+    state = state_from_atoms([reference] * replicas, temperature=TTF_TEMPERATURE, friction=0.01, seed=10_000 * seed)
+    engine = BatchedMD(potential, state, dt=TTF_DT, ensemble="nvt")
+    failed: dict[int, float] = {}
+    n = len(reference)
+
+    def watch(md) -> None:
+        if md.state.step % 10 or md.state.num_systems == 0:
+            return
+        positions = md.state.positions.detach().cpu().numpy().reshape(md.state.num_systems, n, 3)
+        lengths = np.linalg.norm(positions[:, bonds[:, 1]] - positions[:, bonds[:, 0]], axis=2)
+        broken = np.abs(lengths - reference_lengths).max(axis=1) > BOND_TOLERANCE
+        if broken.any():
+            ids = md.state.system_ids.tolist()
+            events = [StopEvent(ids[k], md.state.step, "bond broken") for k in np.flatnonzero(broken)]
+            md.stop_systems(torch.as_tensor(broken, device=md.state.positions.device), events)
+
+    engine.run(profile["ttf_steps"], [watch])
+    for event in engine.stopped:
+        failed[event.system] = event.step * TTF_DT
+    length = profile["ttf_steps"] * TTF_DT
+    times = [failed.get(k, length) for k in range(replicas)]
+    return {"mean_fs": float(np.mean(times)), "surviving": 1.0 - len(failed) / replicas, "length_fs": length}
+
+
+# --- C: ranking -------------------------------------------------------------------------------
+
+
+def spearman_with_ceiling(models, frames) -> tuple[float, float | None]:
+    """Spearman of per-structure mean force std vs mean |force error|, and its split-half
+    ceiling for unlimited members (Spearman–Brown; None below 4 members)."""
+    from scipy.stats import spearmanr
+
+    from molequi.data.labels import structure_labels
+
+    results = members_on(models, frames)
+    error, std, halves = [], [], ([], [])
+    for atoms, result in zip(frames, results):
+        members = np.asarray(result["forces_members"])  # [M, n, 3]
+        error.append(np.abs(members.mean(0) - structure_labels(atoms)[1]).mean())
+        std.append(np.sqrt(members.var(0, ddof=1).mean(-1)).mean())
+        if len(members) >= 4:
+            for half, part in zip(halves, (members[0::2], members[1::2])):
+                half.append(np.sqrt(part.var(0, ddof=1).mean(-1)).mean())
+    measured = float(spearmanr(error, std).statistic)
+    if not halves[0]:
+        return measured, None
+    r_half = float(spearmanr(*halves).statistic)
+    if not r_half > 0:
+        return measured, None
+    return measured, float(np.clip(measured / math.sqrt(2 * r_half / (1 + r_half)), -1.0, 1.0))
+
+
+def energy_and_force_calibration(models, frames) -> dict:
+    """``molequi calibrate``'s fits of the committee on ``frames``: per output its form, exponent,
+    Spearman and warnings."""
+    from molequi.models.uncertainty.committee import load_models
+    from molequi.models.uncertainty.evaluation import committee_errors, fit_committee_calibration
+
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        calibration = fit_committee_calibration(committee_errors(load_models([str(m) for m in models]), frames))
+    return {name: {"form": fit.form, "b": fit.b, "spearman": calibration.info["outputs"][name]["spearman"],
+                   "warnings": calibration.info["outputs"][name]["warnings"]} for name, fit in calibration.fits.items()}
+
+
+# --- the run ----------------------------------------------------------------------------------
+
+
+def cached(args, key: str, models, compute):
+    """``compute()``'s result, reused from ``--out``/evaluations.json while the model files are
+    those it was computed with (same sizes and modification times)."""
+    path = args.out / "evaluations.json"
+    store = json.loads(path.read_text()) if path.exists() else {}
+    stamp = [[str(m), m.stat().st_size, m.stat().st_mtime] for m in map(Path, models)]
+    if key in store and store[key]["models"] == stamp:
+        return store[key]["result"]
+    result = compute()
+    store[key] = {"models": stamp, "result": result}
+    path.write_text(json.dumps(store))
+    return result
+
+
+def provenance(argv) -> str:
+    import os
+    import platform
+    import subprocess
+
+    commit = subprocess.run(["git", "rev-parse", "--short=10", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    load = os.getloadavg()[0]
+    return (f"Measured with `python scripts/bench_learning.py {' '.join(argv)}` at commit {commit or '?'} on "
+            f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores shared with other jobs, load "
+            f"{load:.1f} at the end), one torch thread.")
+
+
+def run_molecule(molecule: str, profile: dict, args) -> dict:
+    from ase.io import read
+
+    files = molecule_data(molecule, profile, args)
+    tests = test_sets(files)
+    reference = read(files["start"])
+    report: dict = {"seeds": [], "labels": list(profile["labels"])}
+    for seed in range(profile["seeds"]):
+        entry: dict = {"seed": seed, "random": {}}
+        loops = {"loop": loop_committees(molecule, files, profile, args, seed)}
+        if args.loop_max_std:
+            loops[f"loop, ceiling {args.loop_max_std:g} eV/Å"] = loop_committees(molecule, files, profile, args, seed,
+                                                                                 args.loop_max_std)
+        committees, rows = loops["loop"]
+        entry["rounds"] = {kind: [{k: row.get(k) for k in ("n_labels", "test_energy_mae_meV", "test_energy_bias_meV",
+                                                           "test_forces_mae_meV_per_A")} for row in found_rows]
+                           for kind, (_, found_rows) in loops.items()}
+        for n in profile["labels"]:
+            runs = [(kind, found[n]) for kind, (found, _) in loops.items()]
+            runs.append(("random", random_committee(molecule, files, profile, args, seed, n)))
+            for kind, models in runs:
+                entry.setdefault(kind, {})
+                started = time.monotonic()
+                result = cached(args, f"{molecule}/{kind}/{seed}/{n}/{profile['ttf_steps']}", models,
+                                lambda: {**shifted_test(models, tests),
+                                         "ttf": time_to_failure(models, reference, profile, seed)})
+                entry[kind][n] = result
+                log(f"{molecule} seed {seed} {kind} {n} labels: force mean {result['mean']:.0f}, p99 {result['p99']:.0f}, "
+                    f"max {result['max']:.0f} meV/Å, 300 K {result['mean_300K']:.0f} meV/Å; time to failure "
+                    f"{result['ttf']['mean_fs']:.0f} fs, {100 * result['ttf']['surviving']:.0f} % survive "
+                    f"({time.monotonic() - started:.0f} s)")
+        last = max(profile["labels"])
+        entry["ranking"] = {}
+        variants = [("committee", committees[last]),
+                    (f"committee of {2 * len(committees[last])}",
+                     committees[last] + more_members(molecule, profile, args, seed, committees[last],
+                                                     len(committees[last])))] + [
+            (name, [ensemble_on_loop_labels(molecule, profile, args, seed, committees[last], name)]) for name in ENSEMBLES]
+        for name, models in variants:
+            entry["ranking"][name] = {key: spearman_with_ceiling(models, frames)
+                                      for key, frames in tests.items() if key.startswith("md_")}
+            entry["ranking"][name]["test force MAE"] = shifted_test(models, tests)["mean"]
+        entry["calibration"] = energy_and_force_calibration(committees[last], tests["md_300K"])
+        log(f"{molecule} seed {seed}: ranking {json.dumps(entry['ranking'])}; calibration {json.dumps(entry['calibration'])}")
+        report["seeds"].append(entry)
+        (args.out / "learning.json").write_text(json.dumps({molecule: report}, indent=1))
+    return report
+
+
+def mean_sd(values) -> tuple[float, float]:
+    values = np.array([v for v in values if v is not None and math.isfinite(v)], dtype=float)
+    if not len(values):
+        return math.nan, math.nan
+    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
+
+def cell(values, digits: int = 0) -> str:
+    mean, sd = mean_sd(values)
+    return "–" if math.isnan(mean) else f"{mean:.{digits}f} ± {sd:.{digits}f}"
+
+
+def selections(report: dict) -> list[str]:
+    """The ways of picking labels a report holds: random first, then the loops."""
+    return ["random"] + [key for key in report["seeds"][0] if key.startswith("loop")]
+
+
+def targets(report: dict) -> list[tuple[str, bool | None]]:
+    seeds = report["seeds"]
+    checks = []
+    for loop in selections(report)[1:]:
+        for n in report["labels"]:
+            loop_p99, random_p99 = (mean_sd([s[k][n]["p99"] for s in seeds])[0] for k in (loop, "random"))
+            loop_300, random_300 = (mean_sd([s[k][n]["mean_300K"] for s in seeds])[0] for k in (loop, "random"))
+            checks.append((f"{n} labels: {loop} p99 force error ≤ 0.7 × random's ({loop_p99:.0f} vs {random_p99:.0f} "
+                           "meV/Å)", loop_p99 <= 0.7 * random_p99))
+            checks.append((f"{n} labels: {loop} 300 K mean within 10 % of random's ({loop_300:.0f} vs {random_300:.0f} "
+                           "meV/Å)", loop_300 <= 1.1 * random_300))
+            if n in (20, 40):
+                loop_t, random_t = (mean_sd([s[k][n]["ttf"]["mean_fs"] for s in seeds])[0] for k in (loop, "random"))
+                checks.append((f"{n} labels: {loop} survives ≥ 2 × longer ({loop_t:.0f} vs {random_t:.0f} fs)",
+                               loop_t >= 2 * random_t))
+    for name in seeds[0]["ranking"]:
+        for key in [k for k in seeds[0]["ranking"][name] if k.startswith("md_")]:
+            measured = mean_sd([s["ranking"][name][key][0] for s in seeds])[0]
+            ceiling = mean_sd([s["ranking"][name][key][1] for s in seeds])[0]
+            checks.append((f"{name} {key.removeprefix('md_')}: Spearman ≥ 0.9 × ceiling ({measured:.2f} vs {ceiling:.2f})",
+                           None if not ceiling > 0 else measured >= 0.9 * ceiling))  # no ceiling: halves disagree
+    for loop in seeds[0]["rounds"]:
+        first, last = (mean_sd([s["rounds"][loop][k]["test_energy_mae_meV"] for s in seeds])[0] for k in (0, -1))
+        checks.append((f"{loop}: energy MAE last round ≤ first ({last:.0f} vs {first:.0f} meV)", last <= first))
+    silent = [s for s in seeds if s["calibration"].get("energy", {}).get("b", 1.0) < 0.3 and not s["calibration"]["energy"]["warnings"]]
+    checks.append(("no flat energy calibration without a warning", not silent))
+    return checks
+
+
+def markdown(results: dict, profile_name: str, wall: float, argv=()) -> str:
+    lines = [provenance(argv), "", f"Settings: `{profile_name}` ({', '.join(f'{k} {v}' for k, v in PROFILES[profile_name].items())}); "
+             f"wall {wall / 60:.0f} min in this invocation (models, loops and evaluations that earlier runs left in "
+             f"--out are reused, not counted). Mean ± sd over seeds; force errors per component, meV/Å.", ""]
+    for molecule, report in results.items():
+        seeds = report["seeds"]
+        lines += [f"**{molecule}** — A (shifted test) and B (time to failure at {TTF_TEMPERATURE:g} K)", "",
+                  "| labels | selection | mean | p99 | max | 300 K mean | energy MAE (meV) | time to failure (fs) | surviving |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for n in report["labels"]:
+            for kind in selections(report):
+                rows = [s[kind][n] for s in seeds]
+                lines.append(f"| {n} | {kind} | {cell([r['mean'] for r in rows])} | {cell([r['p99'] for r in rows])} | "
+                             f"{cell([r['max'] for r in rows])} | {cell([r['mean_300K'] for r in rows])} | "
+                             f"{cell([r['energy_mae_meV'] for r in rows])} | {cell([r['ttf']['mean_fs'] for r in rows])} | "
+                             f"{cell([100 * r['ttf']['surviving'] for r in rows])} % |")
+        last = max(report["labels"])
+        kinds = list(seeds[0]["random"][last]["by_kind"])
+        lines += ["", f"Mean force error per kind of test frame at {last} labels (meV/Å): where each selection's "
+                  "labels help, and what sets the 99th percentile", "",
+                  "| selection | " + " | ".join(k.removeprefix("md_") for k in kinds) + " |",
+                  "|---|" + "---|" * len(kinds)]
+        for kind in selections(report):
+            lines.append(f"| {kind} | " + " | ".join(cell([s[kind][last]["by_kind"][k] for s in seeds]) for k in kinds)
+                         + " |")
+        keys = [k for k in seeds[0]["ranking"]["committee"] if k.startswith("md_")]
+        lines += ["", f"C (ranking on the loop's last labels: Spearman of per-structure force std vs error, and the "
+                  f"split-half ceiling; {PROFILES_USED.get('committee', 4)} members or heads unless named; the ensembles "
+                  "train one model, 1/4 of a committee of 4's CPU time, but the last, which trains 4 × the epochs)", "",
+                  "| members | " + " | ".join(k.removeprefix("md_") for k in keys) + " | test force mean (meV/Å) |",
+                  "|---|" + "---|" * (len(keys) + 1)]
+        for name in seeds[0]["ranking"]:
+            lines.append(f"| {name} | " + " | ".join(
+                f"{cell([s['ranking'][name][k][0] for s in seeds], 2)} (ceiling {cell([s['ranking'][name][k][1] for s in seeds], 2)})"
+                for k in keys) + f" | {cell([s['ranking'][name].get('test force MAE') for s in seeds])} |")
+        lines += ["", "Per round (energy MAE, mean energy error and force MAE on the MD test frames; labels: mean "
+                  "over seeds):", "", "| selection | round | labels | energy MAE (meV) | energy mean error (meV) | "
+                  "force MAE (meV/Å) |", "|---|---|---|---|---|---|"]
+        for loop in seeds[0]["rounds"]:
+            count = min(len(s["rounds"][loop]) for s in seeds)
+            for r in range(count):
+                rows = [s["rounds"][loop][r] for s in seeds]
+                lines.append(f"| {loop} | {r} | {mean_sd([x['n_labels'] for x in rows])[0]:.0f} | "
+                             f"{cell([x['test_energy_mae_meV'] for x in rows])} | "
+                             f"{cell([x['test_energy_bias_meV'] for x in rows])} | "
+                             f"{cell([x['test_forces_mae_meV_per_A'] for x in rows])} |")
+        calibration = seeds[-1]["calibration"]
+        lines += ["", "Calibration of the loop's last committee on the 300 K frames (last seed): " + "; ".join(
+            f"{name} {c['form']} b = {c['b']:.2f}, Spearman {c['spearman']:.2f}"
+            + (f" — warned: {c['warnings'][0].split(' (')[0]}" if c["warnings"] else "") for name, c in calibration.items()), "",
+                  "Targets:", ""]
+        lines += [f"- {'met' if ok else ('n/a' if ok is None else '**not met**')}: {text}" for text, ok in targets(report)]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(len(results), 2, figsize=(9, 3.4 * len(results)), squeeze=False)
+    for row, (molecule, report) in enumerate(results.items()):
+        labels, seeds = report["labels"], report["seeds"]
+        for kind, style in zip(selections(report), ("s--", "o-", "^-.", "v:")):
+            for key, colour in (("p99", "C3"), ("mean", "C0")):
+                values = [mean_sd([s[kind][n][key] for s in seeds]) for n in labels]
+                axes[row][0].errorbar(labels, [v[0] for v in values], [v[1] for v in values], fmt=style, color=colour,
+                                      label=f"{kind} {key}", capsize=3)
+            values = [mean_sd([s[kind][n]["ttf"]["mean_fs"] for s in seeds]) for n in labels]
+            axes[row][1].errorbar(labels, [v[0] for v in values], [v[1] for v in values], fmt=style, label=kind, capsize=3)
+        axes[row][0].set(xlabel="labels", ylabel="shifted-test force error (meV/Å)", yscale="log", title=molecule)
+        axes[row][1].set(xlabel="labels", ylabel=f"time to failure at {TTF_TEMPERATURE:g} K (fs)", title=molecule)
+        for axis in axes[row]:
+            axis.grid(alpha=0.3)
+            axis.legend(fontsize=8)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--full", action="store_true", help="the full settings (see above) instead of the reduced ones")
+    parser.add_argument("--smoke", action="store_true", help="tiny settings: check that every stage runs")
+    parser.add_argument("--molecules", nargs="+", default=["ethanol"], help="rMD17 molecules (the issue: ethanol aspirin)")
+    parser.add_argument("--seeds", type=int, default=None, help="override the profile's seed count")
+    parser.add_argument("--loop-max-std", type=float, default=None, metavar="EV_PER_A",
+                        help="also run the loop under this trust ceiling (trajectory scope), as a third selection")
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA, help="rMD17 .npz directory (geometries only)")
+    parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench_learning")
+    parser.add_argument("--readme", action="store_true", help="write the Markdown block and the plot into the docs")
+    args = parser.parse_args(argv)
+    name = "full" if args.full else ("smoke" if args.smoke else "reduced")
+    profile = dict(PROFILES[name])
+    if args.seeds is not None:
+        profile["seeds"] = args.seeds
+    PROFILES_USED.update(profile)
+    args.out.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    results = {molecule: run_molecule(molecule, profile, args) for molecule in args.molecules}
+    (args.out / "learning.json").write_text(json.dumps(results, indent=1))
+    text = markdown(results, name, time.monotonic() - started, sys.argv[1:] if argv is None else argv)
+    (args.out / "learning.md").write_text(text)
+    plot(results, args.out / "learning.png")
+    print(text)
+    if args.readme:
+        from readme_section import update_readme_section
+
+        shutil.copy(args.out / "learning.png", FIGURE)
+        update_readme_section("learning", text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
