@@ -17,6 +17,7 @@ import argparse
 import csv
 import hashlib
 import json
+import os
 import platform
 import shutil
 import subprocess
@@ -53,16 +54,17 @@ def training_summary(run: Path) -> dict:
     with open(run / "log.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     last = rows[-1]
-    return {"epochs": int(last["epoch"]), "wall_s": round(sum(float(r["time_s"]) for r in rows), 1),
+    return {"epochs": int(last["epoch"]), "wall_s": round(float(last["time_s"]), 1),  # time_s is cumulative
             "val_forces_mae_meV_per_A": float(last.get("val_forces_mae_meV_per_A", "nan")),
             "val_energy_mae_meV": float(last.get("val_energy_mae_meV", "nan"))}
 
 
 def calibrate(model: Path, test: Path, out: Path) -> bool:
     """``molequi calibrate`` of the shipped model on the held-out test scaffolds (False when it fails)."""
+    # run beside the model so that the file records it by name, not by a path of this machine
     command = [sys.executable, "-c", "import sys; from molequi.cli.main import main; sys.exit(main(sys.argv[1:]))",
-               "calibrate", str(model), str(test), "--out", str(out)]
-    done = subprocess.run(command, capture_output=True, text=True)
+               "calibrate", model.name, os.path.relpath(test.resolve(), model.parent), "--out", out.name]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=model.parent)
     if done.returncode != 0:
         print(f"calibration skipped: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}")
         return False
@@ -110,10 +112,9 @@ def card(run: Path, data: Path, model: Path, calibration: Path | None) -> str:
             "",
             "## Errors on the held-out scaffolds (the test split)",
             "",
-            "| energy MAE | energy MAE / atom | force MAE | force RMSE |",
-            "|---:|---:|---:|---:|",
+            "| energy MAE | force MAE | force RMSE |",
+            "|---:|---:|---:|",
             f"| {metrics.get('energy_mae_meV', float('nan')):.1f} meV | "
-            f"{metrics.get('energy_mae_per_atom_meV', float('nan')):.2f} meV | "
             f"{metrics.get('forces_mae_meV_per_A', float('nan')):.1f} meV/Å | "
             f"{metrics.get('forces_rmse_meV_per_A', float('nan')):.1f} meV/Å |",
             "",
