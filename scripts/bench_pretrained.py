@@ -88,11 +88,12 @@ def temperature_bin(kelvin: float) -> str:
     return f"MD {low}-{high} K"
 
 
-def zero_shot(model, test: list) -> dict:
-    """Energy MAE per atom (meV/atom) and force MAE (meV/Å) against the xTB labels, per group."""
+def zero_shot(model, test: list, calibration=None) -> dict:
+    """Energy MAE per atom (meV/atom), force MAE (meV/Å) against the xTB labels and the mean
+    (calibrated, when ``calibration`` is given) force σ, per group."""
     from molequi.models.predict import predict
 
-    results = predict(model, test, batch_size=32)
+    results = predict(model, test, batch_size=32, calibration=calibration)
     groups: dict[str, list[int]] = {"all": list(range(len(test)))}
     for k, atoms in enumerate(test):
         if atoms.info.get("kind") == "md":
@@ -152,7 +153,8 @@ def stability(model_file: str, molecules: list, temperature: float, ps: float, d
         for slot, system in enumerate(state.system_ids.tolist()):
             xyz = positions[batch == slot]
             b = bonds[system]
-            stretched = np.abs(np.linalg.norm(xyz[b[:, 1]] - xyz[b[:, 0]], axis=1) - lengths[system]).max() > 0.5
+            stretched = len(b) > 0 and np.abs(np.linalg.norm(xyz[b[:, 1]] - xyz[b[:, 0]], axis=1)
+                                              - lengths[system]).max() > 0.5
             distances = np.linalg.norm(xyz[:, None] - xyz[None], axis=-1)
             close = distances < 0.9 * (radii[system][:, None] + radii[system][None])  # tighter than a bond: new one
             close[b[:, 0], b[:, 1]] = close[b[:, 1], b[:, 0]] = False
@@ -245,7 +247,7 @@ def markdown(results: dict) -> str:
     lines = [f"Machine: {results['machine']}; model `{results['model']}`; command: `{results['command']}`.", ""]
     if "zero-shot" in results:
         lines += ["**Zero-shot against GFN2-xTB, held-out scaffolds**", "",
-                  "| structures | n | energy MAE (meV/atom) | force MAE (meV/Å) | mean σ (meV/Å) |", "|---|---:|---:|---:|---:|"]
+                  "| structures | n | energy MAE (meV/atom) | force MAE (meV/Å) | mean calibrated σ (meV/Å) |", "|---|---:|---:|---:|---:|"]
         for name, row in results["zero-shot"].items():
             sigma = f"{row['forces_sigma_meV_per_A']:.0f}" if row["forces_sigma_meV_per_A"] is not None else "–"
             lines.append(f"| {name} | {row['structures']} | {row['energy_mae_meV_per_atom']:.1f} | "
@@ -320,7 +322,8 @@ def main() -> int:
     if "zero-shot" in args.parts:
         from molequi.models.io import load_model
 
-        results["zero-shot"] = zero_shot(load_model(model_file), test)
+        shipped = pretrained.get(args.model).calibration if pretrained.is_name(args.model) else None
+        results["zero-shot"] = zero_shot(load_model(model_file), test, shipped)
         print(json.dumps(results["zero-shot"], indent=1))
     relaxed = {}
     for atoms in test:  # one held-out geometry per molecule
