@@ -268,3 +268,15 @@ def test_md_and_the_calculator_run_the_shipped_model_when_none_is_given(tmp_path
     assert model.model.config.charge_input
     assert pretrained.get("organic-xtb").path.stat().st_size <= 10 * 1024 * 1024
     assert pretrained.get("organic-xtb").card.is_file()
+
+
+def test_a_calculator_without_the_force_spread_gives_the_same_forces(ethanol):
+    from molequi.calculators.ase import MolequiCalculator
+
+    full, lean = ethanol.copy(), ethanol.copy()
+    full.calc, lean.calc = MolequiCalculator(), MolequiCalculator(force_spread=False)
+    assert np.allclose(full.get_forces(), lean.get_forces(), atol=1e-5)
+    assert lean.get_potential_energy() == pytest.approx(full.get_potential_energy(), abs=1e-6)
+    assert lean.calc.results["energy_std"] == pytest.approx(full.calc.results["energy_std"])
+    assert "forces_std" in full.calc.results and "forces_std" not in lean.calc.results
+    assert lean.calc.results["in_domain"] is None  # no force σ, no verdict

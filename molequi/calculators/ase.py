@@ -89,6 +89,9 @@ class MolequiCalculator(Calculator):
             the first call compiles (tens of seconds on a CPU), later ones cost a fraction of an
             eager call (``scripts/bench_md.py``); eager, with one warning, where compilation fails.
             The caller's model objects are not changed (they share the weights).
+        force_spread: compute each member's forces for ``forces_std``, ``sigma_forces`` and
+            ``in_domain``; False keeps ``energy_std`` only and spares a shallow ensemble of K
+            heads K − 1 backward passes a call (faster MD; ``scripts/bench_pretrained.py``).
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "energies", "stress"]
@@ -101,6 +104,7 @@ class MolequiCalculator(Calculator):
         skin: float = 1.0,
         calibration=None,
         compile: bool = False,
+        force_spread: bool = True,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -109,7 +113,7 @@ class MolequiCalculator(Calculator):
         models = load_models(shipped_or_given(model), device=device, dtype=dtype)
         if compile:
             models = [copy.copy(member).compile() for member in models]  # a shallow copy shares the weights
-        self.potential = Potential(models, calibration=calibration)
+        self.potential = Potential(models, calibration=calibration, force_spread=force_spread)
         self.device = self.potential.device
         self.neighbors = SkinNeighborList(self.potential.cutoff, skin)
         self._numbers: np.ndarray | None = None  # atomic numbers the device tensors were made for
@@ -151,6 +155,7 @@ class MolequiCalculator(Calculator):
             self.results["stress"] = np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])
         if "energy_std" in outputs:
             self.results["energy_std"] = float(outputs["energy_std"][0])
+        if "forces_std" in outputs:
             self.results["forces_std"] = outputs["forces_std"].cpu().numpy().copy()
             self.results["sigma_forces"] = float(outputs["sigma_forces"][0])
         self.results["in_domain"] = in_domain_of(outputs, 0)

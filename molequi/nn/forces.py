@@ -146,6 +146,7 @@ class ForceOutput(nn.Module):
         compute_forces: bool = True,
         compute_stress: bool = False,
         check_species: bool = True,
+        member_forces: bool = True,
     ) -> dict[str, torch.Tensor]:
         """Evaluate a :class:`~molequi.data.batch.GraphBatch` or a torch-geometric graph or batch.
 
@@ -156,7 +157,8 @@ class ForceOutput(nn.Module):
         (``ensemble_heads`` K ≥ 2) gives the mean over its heads, and each head's values in
         ``energy_members`` [K, G] eV (float64), ``forces_members`` [K, n_atoms, 3] eV/Å (if
         forces are asked; K backward passes, see :func:`member_gradients`) and
-        ``<property>_members`` [K, G, components].
+        ``<property>_members`` [K, G, components]. ``member_forces=False`` skips the heads' forces
+        (one backward pass for the mean forces instead of K; ``energy_members`` stays).
         """
         graph = GraphBatch.of(graph)
         if check_species:
@@ -193,7 +195,7 @@ class ForceOutput(nn.Module):
             if members is not None:
                 member_sums = scatter(members.to(torch.float64), batch, dim=0, dim_size=num_graphs, reduce="sum")
                 outputs["energy_members"] = (member_sums + outputs["energy_reference"].unsqueeze(-1)).T  # [K, G]
-            if members is not None and compute_forces:
+            if members is not None and compute_forces and member_forces:
                 # each head's forces (the mean forces are their mean: the gradient is linear)
                 member_forces = -member_gradients(members, inputs[0], self.training, MEMBER_GRADIENTS)
                 outputs["forces_members"] = member_forces.to(dtype)

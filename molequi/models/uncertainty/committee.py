@@ -72,8 +72,12 @@ class Potential:
             ``molequi calibrate``) applied to ``energy_std`` and ``forces_std``.
     """
 
-    def __init__(self, models: Sequence[ForceOutput], calibration: Calibration | str | Path | None = None) -> None:
+    def __init__(self, models: Sequence[ForceOutput], calibration: Calibration | str | Path | None = None,
+                 force_spread: bool = True) -> None:
         self.models = list(models)
+        # without it a shallow ensemble takes one backward pass a step instead of one per head:
+        # energy_std stays, forces_std, sigma_forces and the domain verdict go
+        self.force_spread = bool(force_spread)
         for model in self.models:
             trained = model.model.config.trained_outputs
             if "energy" not in trained and "forces" not in trained:
@@ -112,7 +116,8 @@ class Potential:
         """
         keys = ["energy", "energies", "forces"] + (["stress"] if compute_stress else [])
         outputs = [
-            model(graph, compute_forces=True, compute_stress=compute_stress, check_species=False)
+            model(graph, compute_forces=True, compute_stress=compute_stress, check_species=False,
+                  member_forces=self.force_spread)
             for model in self.models
         ]
         if len(outputs) == 1 and not self.is_committee:
@@ -120,9 +125,13 @@ class Potential:
         results = {key: torch.stack([out[key].detach() for out in outputs]).to(torch.float64).mean(0) for key in keys}
         members = {
             key: torch.cat([out.get(f"{key}_members", out[key].unsqueeze(0)).detach() for out in outputs]).to(torch.float64)
-            for key in ("energy", "forces")
+            for key in (("energy", "forces") if self.force_spread else ("energy",))
         }
         results["energy"] = members["energy"].mean(0)
+        if not self.force_spread:
+            energy_std = spread(members["energy"])
+            results["energy_std"] = energy_std if self.calibration is None else self.calibration.apply("energy", energy_std)
+            return results
         results["forces"] = members["forces"].mean(0)
         energy_std, forces_std = spread(members["energy"]), forces_spread(members["forces"])
         if self.calibration is not None:
