@@ -108,3 +108,19 @@ def test_cuda_graphs_without_a_gpu_is_a_clear_error(potential, tmp_path):
 
     with pytest.raises(ConfigError, match="--cuda-graphs needs the batched engine on a CUDA device"):
         run_md(potential, molecules(1), MDSettings(steps=2, dt=0.5), tmp_path / "md", cuda_graphs=True)
+
+
+def test_the_padded_call_gives_a_charged_system_its_charge():
+    torch.manual_seed(5)
+    config = ModelConfig(species=[1, 6, 8], cutoff=4.0, channels=8, l_max=1, correlation=2, radial_hidden=[16],
+                         avg_num_neighbors=8.0, charge_input=True)
+    charged = Potential(load_models(build_model(config, torch.float64).eval()))
+    structures = molecules(2)
+    structures[1].info["charge"] = 1
+    energies = []
+    for graphs in (False, True):
+        engine = BatchedMD(charged, state_from_atoms(structures, temperature=300.0, seed=4), dt=0.5,
+                           cuda_graphs=graphs)
+        engine.run(2)
+        energies.append(engine.state.energy)
+    np.testing.assert_allclose(energies[1], energies[0], atol=1e-10)

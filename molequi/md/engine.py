@@ -216,7 +216,7 @@ class BatchedMD:
             def call(positions: torch.Tensor, edge_index: torch.Tensor, shifts: torch.Tensor) -> dict[str, torch.Tensor]:
                 return self.potential(GraphBatch(pos=positions, numbers=state.numbers, batch=state.batch,
                                                  num_graphs=state.num_systems, cell=state.cell,
-                                                 edge_index=edge_index, shifts=shifts))
+                                                 edge_index=edge_index, shifts=shifts, charge=state.charge))
 
             self.graphed = GraphedForces(call, state.positions, neighbors.edge_index, neighbors.shifts)
         elif rebuilt:
