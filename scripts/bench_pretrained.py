@@ -327,7 +327,7 @@ def main() -> int:
     if "zero-shot" in args.parts:
         from molequi.models.io import load_model
 
-        shipped = pretrained.get(args.model).calibration if pretrained.is_name(args.model) else None
+        shipped = pretrained.calibration_of(args.model)
         results["zero-shot"] = zero_shot(load_model(model_file), test, shipped)
         print(json.dumps(results["zero-shot"], indent=1))
     relaxed = {}

@@ -260,6 +260,8 @@ def test_md_and_the_calculator_run_the_shipped_model_when_none_is_given(tmp_path
                  "--no-progress"]) == 0
     err = capsys.readouterr().err
     assert "pretrained model 'organic-xtb'" in err and "GFN2-xTB" in err
+    log = (tmp_path / "md" / "system_0000.csv").read_text().splitlines()
+    assert log[0].endswith(",in_domain") and log[1].endswith(",1")  # its shipped calibration judged the run
     ethanol.calc = MolequiCalculator()
     assert np.isfinite(ethanol.get_potential_energy())
     assert "energy_std" in ethanol.calc.results  # its ensemble heads give a σ

@@ -42,25 +42,18 @@ def in_domain_of(outputs: dict[str, torch.Tensor], system: int) -> bool | None:
     return bool(verdict[system] > 0.5)
 
 
-def shipped_or_given(model: ModelSpec | Sequence[ModelSpec] | None) -> ModelSpec | list[ModelSpec]:
-    """``model`` with each pretrained name (and None: the default one) replaced by its shipped file,
-    announced once per process."""
+def shipped_or_given(model: ModelSpec | Sequence[ModelSpec] | None) -> list[ModelSpec]:
+    """``model`` as a list with each pretrained name (and None: the default one) replaced by its
+    shipped file (see :func:`molequi.pretrained.file_of`)."""
     if model is None:
         model = pretrained.DEFAULT
     specs = [model] if isinstance(model, (str, Path)) or not isinstance(model, Sequence) else list(model)
-    resolved = []
-    for spec in specs:
-        if pretrained.is_name(spec):
-            pretrained.announce(spec)
-            spec = pretrained.resolve(spec)
-        resolved.append(spec)
-    return resolved
+    return [pretrained.file_of(spec) for spec in specs]
 
 
-def shipped_calibration(model: ModelSpec | Sequence[ModelSpec] | None) -> Path | None:
-    """The calibration shipped with a pretrained model given by name (or None: the default), else None."""
-    name = pretrained.DEFAULT if model is None else model
-    return pretrained.get(name).calibration if pretrained.is_name(name) else None
+def shipped_calibration(specs: Sequence[ModelSpec]) -> Path | None:
+    """The calibration shipped with a lone pretrained model (by name or file), else None."""
+    return pretrained.calibration_of(specs[0]) if len(specs) == 1 else None
 
 
 class MolequiCalculator(Calculator):
@@ -108,9 +101,10 @@ class MolequiCalculator(Calculator):
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
+        specs = shipped_or_given(model)
         if calibration is None:
-            calibration = shipped_calibration(model)
-        models = load_models(shipped_or_given(model), device=device, dtype=dtype)
+            calibration = shipped_calibration(specs)
+        models = load_models(specs, device=device, dtype=dtype)
         if compile:
             models = [copy.copy(member).compile() for member in models]  # a shallow copy shares the weights
         self.potential = Potential(models, calibration=calibration, force_spread=force_spread)

@@ -81,10 +81,7 @@ def model_paths(args: argparse.Namespace, argv: Sequence[str] | None, default: s
     paths = ([args.model] if getattr(args, "model", None) else []) + list(args.models)
     if not paths and default is not None:
         paths = [default]
-    named = [path for path in paths if pretrained.is_name(path)]
-    for name in named:
-        pretrained.announce(name)
-    paths = [str(pretrained.resolve(path)) for path in paths]
+    paths = [str(pretrained.file_of(path)) for path in paths]
     joined = [path for path in paths if "," in path and not Path(path).is_file()]
     if joined:
         fix = comma_committee_fix(argv if argv is not None else [args.command, *paths], args.command)

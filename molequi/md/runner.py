@@ -307,12 +307,14 @@ def run_md_files(
     of ``molequi calibrate`` (logged stds are calibrated); ``cuda_graphs``: see :func:`run_md`;
     ``compile``: evaluate through ``torch.compile`` (:meth:`~molequi.nn.forces.ForceOutput.compile`;
     the trajectory equals the eager one within float round-off)."""
-    from molequi.calculators.ase import shipped_or_given
+    from molequi.calculators.ase import shipped_calibration, shipped_or_given
     from molequi.models.uncertainty.committee import load_models
 
     settings.validate()
     systems = read_systems(structures, replicas)
     specs = shipped_or_given(list(models) or None)
+    if calibration is None:
+        calibration = shipped_calibration(specs)
     loaded = load_models(specs, device=device, dtype=dtype)
     if compile:
         loaded = [model.compile() for model in loaded]  # loaded here from files: no caller's object to keep

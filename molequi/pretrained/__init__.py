@@ -108,6 +108,28 @@ def resolve(spec: str | Path) -> Path:
     return get(spec).path if is_name(spec) else Path(spec)
 
 
+def file_of(spec):
+    """The model file of ``spec``, saying so on stderr (once) when it names a shipped model; a
+    path, or a loaded model, is returned as given."""
+    if is_name(spec):
+        announce(spec)
+        return get(spec).path
+    return spec
+
+
+def calibration_of(spec) -> Path | None:
+    """The σ calibration shipped with the model ``spec`` (a shipped name or the shipped file's
+    path), or None for any other model."""
+    if is_name(spec):
+        return get(spec).calibration
+    if isinstance(spec, (str, Path)):
+        path = Path(spec).resolve()
+        for model in PRETRAINED.values():
+            if model.path == path:
+                return model.calibration
+    return None
+
+
 _ANNOUNCED: set[str] = set()
 
 

@@ -180,10 +180,7 @@ def resolve_model(spec: str | Path) -> Path:
     """
     from molequi import pretrained
 
-    if pretrained.is_name(spec):
-        pretrained.announce(str(spec))
-        return pretrained.resolve(spec)
-    path = Path(spec)
+    path = Path(pretrained.file_of(spec))
     if not path.is_file():
         raise ConfigError(f"--init {spec}: no such model file, and no pretrained model of that name "
                           f"(shipped: {', '.join(pretrained.names())})")
