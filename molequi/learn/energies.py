@@ -21,29 +21,10 @@ from pathlib import Path
 import numpy as np
 from ase import Atoms
 
+from molequi.models.references import composition_offsets, shifted_e0s
+
 MIN_CHANGE_EV = 1e-9
 """A refit that moves no reference energy by more than this (eV) leaves the file untouched."""
-
-
-def composition_offsets(residuals: np.ndarray, counts: np.ndarray, energies: np.ndarray | None = None) -> np.ndarray:
-    """Per-element energy changes (eV, one per column of ``counts``) that remove the median
-    residual (label − prediction, eV) of each composition over its structures lowest in
-    ``energies`` (the labels, eV: the lower half, at least one; all when None): least squares
-    over the compositions (rows of ``counts``: atoms of each element), each weighted by
-    √(its structures), and the minimum-norm solution where compositions leave elements undetermined."""
-    compositions, index = np.unique(counts, axis=0, return_inverse=True)
-    index = np.asarray(index).ravel()
-    energies = np.zeros(len(residuals)) if energies is None else np.asarray(energies, dtype=np.float64)
-    medians = np.array([lower_half_median(residuals[index == k], energies[index == k]) for k in range(len(compositions))])
-    weights = np.sqrt(np.bincount(index))
-    return np.linalg.lstsq(compositions * weights[:, None], medians * weights, rcond=None)[0]
-
-
-def lower_half_median(residuals: np.ndarray, energies: np.ndarray) -> float:
-    """The median of ``residuals`` over the structures in the lower half of ``energies`` (ties
-    and an odd count keep the middle one)."""
-    order = np.argsort(energies, kind="stable")
-    return float(np.median(residuals[order[: (len(order) + 1) // 2]]))
 
 
 def refit_reference_energies(path: str | Path, structures: Sequence[Atoms], device: str = "cpu") -> float:
@@ -68,10 +49,7 @@ def refit_reference_energies(path: str | Path, structures: Sequence[Atoms], devi
     delta = composition_offsets(residuals, counts, labels)
     if not np.all(np.isfinite(delta)) or np.abs(delta).max() < MIN_CHANGE_EV:
         return 0.0
-    e0s = dict(inner.config.e0s)
-    for z, change in zip(species, delta):
-        e0s[str(z)] = float(e0s.get(str(z), 0.0)) + float(change)
-    inner.config.e0s = e0s
+    inner.config.e0s = shifted_e0s(inner.config.e0s, dict(zip(species, delta)))
     inner.e0.copy_(reference_table(inner.config).to(inner.e0.device))
     save_model(model, path, extra=read_header(path)["extra"])
     return float(np.mean(counts @ delta))

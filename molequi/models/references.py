@@ -77,3 +77,41 @@ def undetermined_note(formula: str, basis: Sequence[Sequence[float]], species: S
     return (f"the total energy of {formula} rests on per-element reference energies the training data did not "
             f"determine (they fix only the combinations {spanned}): compare it only with energies of the same "
             "composition")
+
+
+# Refitting the reference energies of a trained model on new labels: a fine-tuning run (a new
+# level of theory shifts every element's energy) and each round of the learning loop (the
+# energy's constant drifts) both fold ``label − prediction`` into the E0s this way.
+
+def composition_offsets(residuals: np.ndarray, counts: np.ndarray, energies: np.ndarray | None = None) -> np.ndarray:
+    """Per-element energy changes (eV, one per column of ``counts``) that remove the median
+    residual (label − prediction, eV) of each composition over its structures lowest in
+    ``energies`` (the labels, eV: the lower half, at least one; all when None): least squares
+    over the compositions (rows of ``counts``: atoms of each element), each weighted by
+    √(its structures), and the minimum-norm solution where compositions leave elements undetermined."""
+    compositions, index = np.unique(counts, axis=0, return_inverse=True)
+    index = np.asarray(index).ravel()
+    if energies is None:
+        medians = np.array([np.median(residuals[index == k]) for k in range(len(compositions))])
+    else:
+        energies = np.asarray(energies, dtype=np.float64)
+        medians = np.array([lower_half_median(residuals[index == k], energies[index == k])
+                            for k in range(len(compositions))])
+    weights = np.sqrt(np.bincount(index))
+    return np.linalg.lstsq(compositions * weights[:, None], medians * weights, rcond=None)[0]
+
+
+def lower_half_median(residuals: np.ndarray, energies: np.ndarray) -> float:
+    """The median of ``residuals`` over the structures in the lower half of ``energies`` (ties
+    and an odd count keep the middle one)."""
+    order = np.argsort(energies, kind="stable")
+    return float(np.median(residuals[order[: (len(order) + 1) // 2]]))
+
+
+def shifted_e0s(e0s: dict[str, float], shift: dict[int, float]) -> dict[str, float]:
+    """Reference energies ``e0s`` (atomic number as str -> eV) with each element in ``shift``
+    (atomic number -> eV) moved by it; the others unchanged."""
+    moved = {key: float(value) for key, value in e0s.items()}
+    for z, change in shift.items():
+        moved[str(int(z))] = moved.get(str(int(z)), 0.0) + float(change)
+    return moved

@@ -111,26 +111,28 @@ def predicted_energies(model: torch.nn.Module, graphs: Sequence[Data], batch_siz
 def reference_shift(model: torch.nn.Module, graphs: Sequence[Data], species: Sequence[int]) -> dict[int, float]:
     """Per-element energy shifts (eV) that best map the model's energies onto the labels of ``graphs``.
 
-    Least squares of ``E_label − E_model`` on the element counts; where the data do not determine
-    every element's shift (one molecule: only the total of its composition), the minimum-norm
-    solution spreads it. Elements absent from ``graphs`` keep their reference energy (shift 0).
+    The median of ``E_label − E_model`` per composition, fitted over the element counts by
+    least squares (:func:`molequi.models.references.composition_offsets`); where the data do not
+    determine every element's shift (one molecule: only the total of its composition), the
+    minimum-norm solution spreads it. Elements absent from ``graphs`` keep their reference
+    energy (shift 0).
     """
+    from molequi.models.references import composition_counts, composition_offsets
+
     present = sorted({int(z) for graph in graphs for z in graph.numbers.tolist()})
-    column = {z: k for k, z in enumerate(present)}
-    counts = np.zeros((len(graphs), len(present)))
-    for row, graph in enumerate(graphs):
-        for z, n in zip(*np.unique(graph.numbers.numpy(), return_counts=True)):
-            counts[row, column[int(z)]] = n
+    counts = np.array([composition_counts(graph.numbers.numpy(), present) for graph in graphs])
     labels = np.array([float(graph.energy) for graph in graphs])
-    residual = labels - predicted_energies(model, graphs)
-    solution, *_ = np.linalg.lstsq(counts, residual, rcond=None)
-    return {int(z): float(solution[column[z]]) if z in column else 0.0 for z in species}
+    delta = composition_offsets(labels - predicted_energies(model, graphs), counts)
+    shift = dict.fromkeys(species, 0.0)
+    shift.update({z: float(change) for z, change in zip(present, delta)})
+    return shift
 
 
 def refitted_config(initial: ModelConfig, shift: dict[int, float]) -> ModelConfig:
     """``initial`` with each element's reference energy moved by ``shift`` (eV)."""
-    e0s = {str(z): float(initial.e0s.get(str(z), 0.0)) + shift.get(int(z), 0.0) for z in initial.species}
-    return dataclasses.replace(initial, e0s=e0s)
+    from molequi.models.references import shifted_e0s
+
+    return dataclasses.replace(initial, e0s=shifted_e0s(initial.e0s, shift))
 
 
 def shift_energies(graphs: Sequence[Data], shift: dict[int, float]) -> list[Data]:
