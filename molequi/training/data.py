@@ -223,18 +223,26 @@ def prepare_data(
         print(f"note: {charged} of {len(graphs)} structures carry a nonzero total charge (info['charge']) that the "
               "model will not see: pass --charge-input to give it to the network", file=sys.stderr)
     statistics = compute_statistics(train, species, e0s)
-    model_config = dataclasses.replace(
+    model_config = fitted_config(architecture, species, train, statistics, e0s, outputs)
+    return PreparedData(train, held_out, model_config, statistics, train_indices, validation_indices)
+
+
+def fitted_config(architecture: ModelConfig, species: list[int], graphs: Sequence[Data], statistics: EnergyStatistics,
+                  e0s: str, outputs: Sequence[str]) -> ModelConfig:
+    """``architecture`` with the normalisation fitted on the training ``graphs`` (all of them, or a
+    sample of a streamed set): E0s, the compositions they determine, energy shift and scale, mean
+    neighbour count and property statistics."""
+    return dataclasses.replace(
         architecture,
         species=species,
         e0s={str(z): e for z, e in statistics.e0s.items()},
-        e0s_basis=determined_compositions(train, species) if "energy" in outputs and e0s in E0S_METHODS else None,
+        e0s_basis=determined_compositions(graphs, species) if "energy" in outputs and e0s in E0S_METHODS else None,
         energy_shift=statistics.shift,
         energy_scale=statistics.scale,
         avg_num_neighbors=statistics.avg_num_neighbors,
-        property_stats=property_statistics(train, architecture.properties),
+        property_stats=property_statistics(graphs, architecture.properties),
         trained_outputs=list(outputs),
     )
-    return PreparedData(train, held_out, model_config, statistics, train_indices, validation_indices)
 
 
 STATISTICS_SAMPLE = 5_000
@@ -271,15 +279,6 @@ def prepare_streamed(
     rng = np.random.default_rng(seed)
     sample = train.load(np.sort(rng.permutation(len(train))[:STATISTICS_SAMPLE]))
     statistics = compute_statistics(sample, species, e0s)
-    model_config = dataclasses.replace(
-        architecture,
-        species=species,
-        e0s={str(z): e for z, e in statistics.e0s.items()},
-        e0s_basis=determined_compositions(sample, species) if e0s in E0S_METHODS else None,
-        energy_shift=statistics.shift,
-        energy_scale=statistics.scale,
-        avg_num_neighbors=statistics.avg_num_neighbors,
-        trained_outputs=["energy", "forces"],
-    )
+    model_config = fitted_config(architecture, species, sample, statistics, e0s, ["energy", "forces"])
     del sample
     return PreparedData(train, held_out, model_config, statistics, train_indices, validation_indices)
