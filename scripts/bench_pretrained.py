@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -41,6 +40,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
+
+from machine_info import cpu_model  # noqa: E402  (scripts/ is on the path only now)
 RMD17 = REPO.parent / "shared" / "data" / "rmd17"
 PARTS = ("zero-shot", "stability", "speed", "finetune")
 VARIANTS = {  # name -> extra train flags
@@ -52,15 +53,7 @@ VARIANTS = {  # name -> extra train flags
 
 
 def machine() -> str:
-    name = platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{name}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f} at start"
+    return f"{cpu_model()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f} at start"
 
 
 def results_command(args: argparse.Namespace) -> str:

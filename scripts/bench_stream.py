@@ -24,20 +24,17 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 
+from machine_info import cpu_model  # noqa: E402  (scripts/ is on the path only now)
+
 
 def machine() -> str:
     """CPU model, core count and memory of this machine."""
-    import platform
-
-    name = platform.machine()
     try:
-        name = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name"))
         memory = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
                       if line.startswith("MemTotal")) / 1e6
     except (OSError, StopIteration):
         memory = float("nan")
-    return f"{name}, {os.cpu_count()} cores, {memory:.0f} GB RAM"
+    return f"{cpu_model()}, {os.cpu_count()} cores, {memory:.0f} GB RAM"
 
 
 def build_file(source: Path, count: int, path: Path) -> Path:

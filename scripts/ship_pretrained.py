@@ -18,7 +18,6 @@ import csv
 import hashlib
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -27,6 +26,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 TARGET = REPO / "molequi" / "pretrained"
 MAX_BYTES = 10 * 1024 * 1024
+sys.path.insert(0, str(REPO / "scripts"))
+
+from machine_info import cpu_model  # noqa: E402  (scripts/ is on the path only now)
 RECIPE = TARGET / "organic_xtb.yaml"
 
 
@@ -36,17 +38,7 @@ def sha256(path: Path) -> str:
 
 def machine() -> str:
     """The CPU model and core count of this machine (where the card's training figures were measured)."""
-    import os
-
-    name = platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{name}, {os.cpu_count()} cores"
+    return f"{cpu_model()}, {os.cpu_count()} cores"
 
 
 def training_summary(run: Path) -> dict:
