@@ -35,6 +35,8 @@ def eager_only(monkeypatch):
     torch.compile is given, run as it is."""
     monkeypatch.setattr(compiled, "SHARED", compiled.CompiledGradients())
     compiled.SHARED.compiled = compiled.residual_and_gradients
+    monkeypatch.setattr(compiled, "SHARED_MEMBERS", compiled.CompiledGradients(compiled.member_residuals_and_gradients))
+    compiled.SHARED_MEMBERS.compiled = compiled.member_residuals_and_gradients
     return compiled.SHARED
 
 
@@ -99,17 +101,51 @@ class CompiledCalls:
         raise RuntimeError("no compiler here")
 
 
-def test_a_shallow_ensemble_keeps_its_per_head_forces_eager(eager_only):
+def ensemble_model(heads: int = 3):
     from molequi.models import ModelConfig, build_model
 
     torch.manual_seed(0)
     config = ModelConfig(species=[1, 6, 8], channels=8, l_max=1, correlation=2, radial_hidden=[16],
-                         avg_num_neighbors=6.0, ensemble_heads=3)
-    model = build_model(config, torch.float64).eval()
+                         avg_num_neighbors=6.0, ensemble_heads=heads)
+    return build_model(config, torch.float64)
+
+
+def member_loss_gradients(model, graph) -> list[torch.Tensor]:
+    """Weight gradients of a per-head force loss (how a shallow ensemble trains)."""
+    model.zero_grad(set_to_none=True)
+    out = model(graph, compute_forces=True)
+    (out["forces_members"].square().sum() + out["energy_members"].square().sum()).backward()
+    return [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+
+def test_a_shallow_ensemble_gets_its_per_head_forces_from_one_jacobian(eager_only):
+    """Per-head forces, their mean, energies and the per-head force loss's weight gradients
+    through the Jacobian function equal the K backward passes of the eager path."""
+    model = ensemble_model().eval()
     graph = graph_of(make_ethanol())
-    out = copy.copy(model).compile()(graph)
-    assert out["forces_members"].shape[0] == 3
-    torch.testing.assert_close(out["forces"], model(graph)["forces"])
+    fast = copy.copy(model).compile()
+    out, reference = fast(graph), model(graph)
+    assert out["forces_members"].shape == (3, 9, 3)
+    for key in ("forces_members", "forces", "energy_members", "energy"):
+        torch.testing.assert_close(out[key].detach(), reference[key].detach(), atol=1e-10, rtol=1e-9, msg=key)
+    lean = fast(graph, member_forces=False)
+    assert "forces_members" not in lean
+    torch.testing.assert_close(lean["energy_members"], reference["energy_members"].detach(), atol=1e-10, rtol=1e-9)
+    torch.testing.assert_close(lean["forces"], reference["forces"].detach(), atol=1e-10, rtol=1e-9)
+    model.train()
+    eager = member_loss_gradients(model, graph)
+    through = member_loss_gradients(copy.copy(model).compile(), graph)
+    assert len(eager) == len(through)
+    for a, b in zip(eager, through):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-9)
+
+
+def test_a_shallow_ensemble_stress_is_the_mean_of_its_heads(eager_only):
+    model = ensemble_model().eval()
+    box = graph_of(make_water_box())
+    out, reference = copy.copy(model).compile()(box, compute_stress=True), model(box, compute_stress=True)
+    torch.testing.assert_close(out["stress"], reference["stress"].detach(), atol=1e-10, rtol=1e-9)
+    torch.testing.assert_close(out["forces_members"], reference["forces_members"].detach(), atol=1e-10, rtol=1e-9)
 
 
 @pytest.mark.slow
@@ -131,6 +167,24 @@ def test_compiled_equals_eager_for_molecules_of_any_size():
         for a, b in zip(force_loss_gradients(model, graph), force_loss_gradients(copy.copy(model).compile(), graph)):
             torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
     assert compiled.SHARED.active, compiled.SHARED.failure  # compiled, not fallen back to eager
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_compiled_jacobian_of_a_shallow_ensemble_equals_eager():
+    """The per-head Jacobian compiled by inductor for real: per-head forces in evaluation and the
+    per-head force loss's weight gradients in training, within float32 tolerance."""
+    model = ensemble_model().to(torch.float32)
+    graph = graph_of(make_ethanol())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.eval()
+        eager, through = model(graph), copy.copy(model).compile()(graph)
+        torch.testing.assert_close(through["forces_members"], eager["forces_members"].detach(), atol=1e-5, rtol=1e-5)
+        model.train()
+        for a, b in zip(member_loss_gradients(model, graph), member_loss_gradients(copy.copy(model).compile(), graph)):
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    assert compiled.SHARED_MEMBERS.active, compiled.SHARED_MEMBERS.failure
 
 
 def test_md_compile_flag_runs_through_the_compiled_call(eager_only, tmp_path):

@@ -8,6 +8,11 @@ gradients as one differentiable function (``torch.func.grad_and_value``), so
 serves MD (no outer graph is kept) and training (the forces stay differentiable in the weights
 for the force loss, without a double backward through the autograd engine).
 
+A shallow ensemble's K heads each need their own forces (its force spread):
+:func:`member_residuals_and_gradients` takes the Jacobian of the K heads' summed energies
+(``torch.func.jacrev``, one vectorised backward), which the compiler fuses like the single
+gradient; eagerly the same costs K backward passes.
+
 Shapes are dynamic: one compiled graph serves every atom and edge count (a molecule of one atom
 or no edge is compiled once more: torch specialises sizes 0 and 1). Where compilation fails
 (no C++ compiler, an unsupported platform or op), :class:`CompiledGradients` warns once and
@@ -62,6 +67,25 @@ def residual_and_gradients(
     return outputs, gradients
 
 
+def member_residuals_and_gradients(
+    model: nn.Module, graph, pos: torch.Tensor, strain: torch.Tensor | None
+) -> tuple[dict[str, torch.Tensor], tuple[torch.Tensor, ...]]:
+    """:func:`residual_and_gradients` for a shallow ensemble, per head: the model's outputs
+    and the gradients of each head's summed residual energy, ∂E_k/∂pos [K, N, 3] eV/Å and,
+    with a ``strain`` [S, 3, 3], ∂E_k/∂strain [K, S, 3, 3] eV (differentiable in the weights).
+    The ensemble's own gradients are their mean over the heads (the mean energy is linear in them)."""
+    shifts = graph.shifts.to(pos.dtype)
+
+    def member_sums(pos: torch.Tensor, strain: torch.Tensor | None):
+        deformed, deformed_shifts = strained(graph, pos, shifts, strain)
+        outputs = model(graph.replace(pos=deformed, shifts=deformed_shifts))
+        return outputs["residual_energies_members"].sum(0), outputs  # [K], eV
+
+    argnums = (0,) if strain is None else (0, 1)
+    gradients, outputs = torch.func.jacrev(member_sums, argnums=argnums, has_aux=True)(pos, strain)
+    return outputs, gradients
+
+
 class CompiledGradients:
     """:func:`residual_and_gradients` compiled by ``torch.compile`` on first use; on a
     compilation failure, one warning and the eager function from then on (same results).
@@ -101,3 +125,6 @@ class CompiledGradients:
 
 SHARED = CompiledGradients()
 """The process's compiled energy-and-gradients call (one compilation cache for all models)."""
+
+SHARED_MEMBERS = CompiledGradients(member_residuals_and_gradients)
+"""The process's compiled call with each head's gradients (shallow ensembles' force spread)."""

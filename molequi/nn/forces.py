@@ -84,6 +84,15 @@ def member_gradients(members: torch.Tensor, positions: torch.Tensor, create_grap
     )
 
 
+def member_energies(
+    members: torch.Tensor, energy_reference: torch.Tensor, batch: torch.Tensor, num_graphs: int
+) -> torch.Tensor:
+    """[K, num_graphs] float64 total energies (eV) of a shallow ensemble's heads from their
+    per-atom residuals ``members`` [n_atoms, K] (eV) and the structures' float64 references."""
+    member_sums = scatter(members.to(torch.float64), batch, dim=0, dim_size=num_graphs, reduce="sum")
+    return (member_sums + energy_reference.unsqueeze(-1)).T
+
+
 class ForceOutput(nn.Module):
     """Wrap an energy model ``model(graph: GraphBatch) -> dict``
     that returns per-atom ``residual_energies`` (eV, its own dtype) and ``reference_energies``
@@ -111,7 +120,7 @@ class ForceOutput(nn.Module):
         """Evaluate energy and forces (and stress) through one ``torch.compile``d function
         (:mod:`molequi.nn.compiled`): the first call compiles (tens of seconds on a CPU), later
         calls of any atom or edge count reuse it. Falls back to eager, with one warning, where
-        compilation fails. A shallow ensemble's per-head forces stay eager. In evaluation mode
+        compilation fails. A shallow ensemble's per-head forces are one compiled Jacobian. In evaluation mode
         the outputs carry no autograd graph in the weights (the eager call keeps one for the
         energy); in training mode they do, forces included. Returns ``self``."""
         self.compile_enabled = bool(enabled)
@@ -177,7 +186,7 @@ class ForceOutput(nn.Module):
             strain = torch.zeros(num_graphs, 3, 3, dtype=position_dtype, device=pos.device, requires_grad=True)
             inputs.append(strain)
         if self._use_compiled(compute_forces or compute_stress):
-            outputs = self._compiled_outputs(graph, pos.detach(), strain, compute_forces, dtype)
+            outputs = self._compiled_outputs(graph, pos.detach(), strain, compute_forces, member_forces, dtype)
             if self.baseline is not None:
                 self._add_baseline(outputs, graph, compute_stress)
             return outputs
@@ -193,8 +202,7 @@ class ForceOutput(nn.Module):
                 reference = torch.zeros(residual.shape, dtype=torch.float64, device=residual.device)
             outputs.update(energy_outputs(residual, reference, batch, num_graphs))
             if members is not None:
-                member_sums = scatter(members.to(torch.float64), batch, dim=0, dim_size=num_graphs, reduce="sum")
-                outputs["energy_members"] = (member_sums + outputs["energy_reference"].unsqueeze(-1)).T  # [K, G]
+                outputs["energy_members"] = member_energies(members, outputs["energy_reference"], batch, num_graphs)
             if members is not None and compute_forces and member_forces:
                 # each head's forces (the mean forces are their mean: the gradient is linear)
                 member_forces = -member_gradients(members, inputs[0], self.training, MEMBER_GRADIENTS)
@@ -221,31 +229,41 @@ class ForceOutput(nn.Module):
 
     def _use_compiled(self, gradients: bool) -> bool:
         """Whether this call goes through the compiled function: compiled on, gradients asked,
-        a single-head model (a shallow ensemble's per-head forces stay eager)."""
-        if not (self.compile_enabled and gradients and compiled.SHARED.active):
+        and the compiler has not failed."""
+        if not (self.compile_enabled and gradients):
             return False
-        config = getattr(self.model, "config", None)
-        return getattr(config, "ensemble_heads", 1) == 1
+        return compiled.SHARED.active and compiled.SHARED_MEMBERS.active
 
     def _compiled_outputs(
-        self, graph: GraphBatch, pos: torch.Tensor, strain: torch.Tensor | None, compute_forces: bool, dtype: torch.dtype
+        self, graph: GraphBatch, pos: torch.Tensor, strain: torch.Tensor | None, compute_forces: bool,
+        member_forces: bool, dtype: torch.dtype,
     ) -> dict[str, torch.Tensor]:
         """:meth:`forward`'s outputs through :data:`molequi.nn.compiled.SHARED` (positions
-        ``pos`` [N, 3] Å in the position dtype, ``strain`` [S, 3, 3] or None)."""
+        ``pos`` [N, 3] Å in the position dtype, ``strain`` [S, 3, 3] or None), or through
+        :data:`~molequi.nn.compiled.SHARED_MEMBERS` for a shallow ensemble's per-head forces."""
         if strain is not None:
             strain = strain.detach()
+        config = getattr(self.model, "config", None)
+        per_head = compute_forces and member_forces and getattr(config, "ensemble_heads", 1) > 1
+        function = compiled.SHARED_MEMBERS if per_head else compiled.SHARED
         # In evaluation no graph in the weights is kept (the gradients in positions and strain
         # are taken inside the function either way): a leaner compiled graph, no saved activations.
         with torch.no_grad() if not self.training else contextlib.nullcontext():
-            outputs, gradients = compiled.SHARED(self.model, graph, pos, strain)
+            outputs, gradients = function(self.model, graph, pos, strain)
         outputs = dict(outputs)
         residual = compiled.residual_of(outputs)
+        members = outputs.pop("residual_energies_members", None)
         outputs.pop("energies", None)
         outputs.pop("residual_energies", None)
         reference = outputs.pop("reference_energies", None)
         if reference is None:
             reference = torch.zeros(residual.shape, dtype=torch.float64, device=residual.device)
         outputs.update(energy_outputs(residual, reference, graph.batch, graph.num_graphs))
+        if members is not None:
+            outputs["energy_members"] = member_energies(members, outputs["energy_reference"], graph.batch, graph.num_graphs)
+        if per_head:  # [K, N, 3] (and [K, S, 3, 3]): the ensemble's gradients are their mean
+            outputs["forces_members"] = -gradients[0].to(dtype)
+            gradients = tuple(gradient.mean(0) for gradient in gradients)
         if compute_forces:
             outputs["forces"] = -gradients[0].to(dtype)
         if strain is not None:
