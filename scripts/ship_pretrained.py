@@ -1,9 +1,10 @@
 #!/usr/bin/env python
 """Put a trained run into the package as the pretrained model 'organic-xtb', with its card.
 
-    python scripts/ship_pretrained.py runs/organic_xtb --data data/organic_xtb
+    python scripts/ship_pretrained.py runs/organic_xtb runs/organic_xtb_stage2 --data data/organic_xtb
 
-Copies ``RUN/model.molequi`` to ``molequi/pretrained/organic_xtb.molequi`` (refused above 10 MB),
+The runs are the recipe's stages in order (each later one started from the one before with
+``molequi train --init``). Copies the last run's ``model.molequi`` to ``molequi/pretrained/organic_xtb.molequi`` (refused above 10 MB),
 fits the committee calibration and the domain threshold on the held-out test scaffolds when
 ``molequi calibrate`` can (``organic_xtb.calibration.json``), and writes the model card
 ``organic_xtb.md`` from the run's own files: the data set card (sources, licences, level of
@@ -29,7 +30,7 @@ MAX_BYTES = 10 * 1024 * 1024
 sys.path.insert(0, str(REPO / "scripts"))
 
 from machine_info import cpu_model  # noqa: E402  (scripts/ is on the path only now)
-RECIPE = TARGET / "organic_xtb.yaml"
+RECIPES = [TARGET / "organic_xtb.yaml", TARGET / "organic_xtb.stage2.yaml"]
 
 
 def sha256(path: Path) -> str:
@@ -63,14 +64,22 @@ def calibrate(model: Path, test: Path, out: Path) -> bool:
     return True
 
 
-def card(run: Path, data: Path, model: Path, calibration: Path | None) -> str:
-    """The Markdown model card."""
+def card(runs: list[Path], data: Path, model: Path, calibration: Path | None) -> str:
+    """The Markdown model card of the last of ``runs`` (the recipe's stages, in order)."""
     from molequi.models.io import read_config
 
+    run = runs[-1]
     config = read_config(model)
     dataset = json.loads((data / "card.json").read_text())
     metrics = json.loads((run / "test_metrics.json").read_text()) if (run / "test_metrics.json").is_file() else {}
-    summary = training_summary(run)
+    stages = [training_summary(stage) for stage in runs]
+    epochs = " + ".join(str(stage["epochs"]) for stage in stages)
+    hours = sum(stage["wall_s"] for stage in stages) / 3600
+    recipes = ", ".join(f"`{path.relative_to(REPO)}`" for path in RECIPES[:len(runs)])
+    charge = ""
+    if config.charge_energies is not None:
+        charge = (f"; charge reference {config.charge_energies[0]:+.3f}·Q {config.charge_energies[1]:+.3f}·Q² eV, "
+                  "fitted with the per-element energies")
     sizes = dataset["sizes"]
     from ase.data import chemical_symbols
 
@@ -86,7 +95,7 @@ def card(run: Path, data: Path, model: Path, calibration: Path | None) -> str:
         f"{dataset['level_of_theory'].get('tblite_version', '')}), gas phase |",
         f"| elements | {' '.join(chemical_symbols[z] for z in config.species)} |",
         f"| total charge | input (`atoms.info['charge']`, e): trained on "
-        f"{', '.join(f'{k}: {v}' for k, v in sizes['train']['by_charge'].items())} structures |",
+        f"{', '.join(f'{k}: {v}' for k, v in sizes['train']['by_charge'].items())} structures{charge} |",
         f"| training data | {sizes['train']['structures']:,} structures of {sizes['train']['molecules']:,} molecules "
         f"(QM9 and MOSES; relaxed, rattled, MD 300–1000 K, torsion scans), `datasets/organic_xtb.py`, "
         f"content sha256 `{dataset.get('content_sha256', '?')[:16]}…` |",
@@ -95,8 +104,8 @@ def card(run: Path, data: Path, model: Path, calibration: Path | None) -> str:
         f"| architecture | {config.num_layers} layers × {config.channels} channels, l_max {config.l_max}, edge "
         f"l_max {config.edge_l_max}, correlation {config.correlation}, cutoff {config.cutoff} Å, "
         f"{config.ensemble_heads} ensemble heads (σ from one model) |",
-        f"| training | {summary['epochs']} epochs, {summary['wall_s'] / 3600:.2f} h wall on {machine()} (no GPU, "
-        "one training thread, machine shared), recipe `molequi/pretrained/organic_xtb.yaml` |",
+        f"| training | {epochs} epochs in {len(runs)} stage(s), {hours:.2f} h wall on {machine()} (no GPU, "
+        f"machine shared), recipe {recipes} |",
         f"| file | `organic_xtb.molequi`, {model.stat().st_size / 1e6:.2f} MB, sha256 `{sha256(model)[:16]}…` |",
     ]
     if metrics:
@@ -121,7 +130,7 @@ def card(run: Path, data: Path, model: Path, calibration: Path | None) -> str:
         "",
         "```bash",
         "python datasets/organic_xtb.py --out data/organic_xtb      # the data set (25-50 min on 2 cores, resumable)",
-        "bash scripts/train_organic_xtb.sh data/organic_xtb runs/organic_xtb   # train (resumable) and ship",
+        "bash scripts/train_organic_xtb.sh data/organic_xtb runs/organic_xtb   # train both stages (resumable), ship",
         "```",
         "",
         "The epoch budget and seed fix the model: two runs of the recipe on the same data give the same weights.",
@@ -139,12 +148,16 @@ def card(run: Path, data: Path, model: Path, calibration: Path | None) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run", type=Path, help="the training run folder (model.molequi, log.csv, test_metrics.json)")
+    parser.add_argument("runs", type=Path, nargs="+",
+                        help="the recipe's training run folders in order (model.molequi, log.csv, test_metrics.json); "
+                             "the last one is shipped")
     parser.add_argument("--data", type=Path, default=REPO / "data" / "organic_xtb",
                         help="the data set folder (card.json, test.extxyz)")
     parser.add_argument("--no-calibration", action="store_true", help="do not fit the σ calibration")
     args = parser.parse_args()
-    source = args.run / "model.molequi"
+    if len(args.runs) > len(RECIPES):
+        sys.exit(f"the recipe has {len(RECIPES)} stages, got {len(args.runs)} runs")
+    source = args.runs[-1] / "model.molequi"
     if not source.is_file():
         sys.exit(f"{source}: no trained model (run scripts/train_organic_xtb.sh first)")
     if source.stat().st_size > MAX_BYTES:
@@ -155,7 +168,7 @@ def main() -> int:
     if args.no_calibration or not calibrate(target, args.data / "test.extxyz", calibration):
         calibration.unlink(missing_ok=True)
         calibration = None
-    (TARGET / "organic_xtb.md").write_text(card(args.run, args.data, target, calibration), encoding="utf-8")
+    (TARGET / "organic_xtb.md").write_text(card(args.runs, args.data, target, calibration), encoding="utf-8")
     print(f"shipped {target} ({target.stat().st_size / 1e6:.2f} MB) and its card {TARGET / 'organic_xtb.md'}")
     return 0
 

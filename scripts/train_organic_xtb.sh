@@ -1,20 +1,36 @@
 #!/usr/bin/env bash
 # Train the shipped pretrained model 'organic-xtb' from the GFN2-xTB data set and copy it into the
-# package. Resumable: run it again after an interruption and it continues from the last epoch.
+# package. Two stages: molequi/pretrained/organic_xtb.yaml from scratch into RUN_DIR, then
+# molequi/pretrained/organic_xtb.stage2.yaml started from it (molequi train --init) into
+# RUN_DIR_stage2. Resumable: run it again after an interruption and it continues from the last
+# epoch of the stage it was in.
 #   bash scripts/train_organic_xtb.sh [DATA_DIR] [RUN_DIR]
 # DATA_DIR is built by: python datasets/organic_xtb.py --out data/organic_xtb  (25-50 min on 2 cores)
 set -euo pipefail
 data=${1:-data/organic_xtb}
 run=${2:-runs/organic_xtb}
+second=${run}_stage2
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 if [ ! -f "$data/train.extxyz" ]; then
     echo "no $data/train.extxyz: build it first with: python datasets/organic_xtb.py --out $data" >&2
     exit 2
 fi
-if [ -f "$run/checkpoints/last.pt" ] && [ ! -f "$run/model.molequi" ]; then
-    molequi train --resume --out "$run" --no-progress
-else
-    molequi train --config molequi/pretrained/organic_xtb.yaml --data "$data/train.extxyz" \
-        --test-data "$data/test.extxyz" --out "$run" --no-progress
+# stage_done RUN: the run wrote its model (a finished stage is not run again)
+stage_done() { [ -f "$1/model.molequi" ] && [ ! -f "$1/checkpoints/last.pt" -o "$1/model.molequi" -nt "$1/checkpoints/last.pt" ]; }
+if ! stage_done "$run"; then
+    if [ -f "$run/checkpoints/last.pt" ]; then
+        molequi train --resume --out "$run" --no-progress
+    else
+        molequi train --config molequi/pretrained/organic_xtb.yaml --data "$data/train.extxyz" \
+            --test-data "$data/test.extxyz" --out "$run" --no-progress
+    fi
 fi
-python scripts/ship_pretrained.py "$run" --data "$data"
+if ! stage_done "$second"; then
+    if [ -f "$second/checkpoints/last.pt" ]; then
+        molequi train --resume --out "$second" --no-progress
+    else
+        molequi train --config molequi/pretrained/organic_xtb.stage2.yaml --init "$run/model.molequi" \
+            --data "$data/train.extxyz" --test-data "$data/test.extxyz" --out "$second" --no-progress
+    fi
+fi
+python scripts/ship_pretrained.py "$run" "$second" --data "$data"

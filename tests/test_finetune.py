@@ -83,7 +83,7 @@ def test_reference_refit_recovers_a_per_element_shift(initial, shifted_data):
     graphs = load_graphs([shifted_data], model.model.config.cutoff)
     fitted = reference_shift(model, graphs, list(SPECIES))
     for z, value in SHIFT.items():
-        assert fitted[z] == pytest.approx(value, abs=1e-6)
+        assert fitted.elements[z] == pytest.approx(value, abs=1e-6)
 
 
 def test_fine_tuning_keeps_normalisation_and_moves_references(initial, shifted_data, tmp_path):
@@ -217,6 +217,77 @@ def test_charged_energies_stay_invariant_and_forces_match_the_gradient(ethanol):
     moved.positions[2, 0] -= 2 * step
     minus = moved.get_potential_energy()
     assert -(plus - minus) / (2 * step) == pytest.approx(forces[2, 0], abs=1e-5)
+
+
+def with_charge(atoms: Atoms, charge: int) -> Atoms:
+    atoms = atoms.copy()
+    atoms.info["charge"] = charge
+    return atoms
+
+
+def test_the_charge_reference_adds_a_q_plus_b_q2_and_leaves_forces(ethanol):
+    """a·Q + b·Q² on the total energy of each structure of a batch, none on the forces."""
+    import dataclasses
+
+    from molequi.calculators.ase import MolequiCalculator
+    from molequi.models import build_model
+
+    plain = charged_model()
+    config = dataclasses.replace(plain.model.config, charge_energies=[-2.5, 0.75])
+    shifted = build_model(config, torch.float64).eval()
+    shifted.load_state_dict(plain.state_dict())
+    for charge in (-1, 0, 1, 2):
+        atoms = with_charge(ethanol, charge)
+        before, after = atoms.copy(), atoms.copy()
+        before.calc, after.calc = MolequiCalculator(plain), MolequiCalculator(shifted)
+        expected = -2.5 * charge + 0.75 * charge**2
+        assert after.get_potential_energy() - before.get_potential_energy() == pytest.approx(expected, abs=1e-9)
+        assert np.allclose(after.get_forces(), before.get_forces(), atol=1e-12)
+
+
+def test_the_charge_reference_is_fitted_with_the_e0s():
+    """Least squares on neutral, anionic and cationic structures recovers E0s and [a, b]."""
+    from torch_geometric.data import Data
+
+    from molequi.data.statistics import compute_statistics
+
+    e0s, terms = {1: -13.5, 6: -1030.25, 8: -2040.75}, (4.5, 1.25)
+    graphs = []
+    for k, (counts, charge) in enumerate([((4, 1, 0), 0), ((2, 0, 1), 0), ((6, 2, 1), 0), ((4, 2, 0), 1),
+                                          ((3, 1, 2), -1), ((2, 1, 2), -1), ((5, 1, 0), 1), ((0, 1, 2), 0)]):
+        numbers = torch.tensor([z for z, n in zip(e0s, counts) for _ in range(n)])
+        energy = sum(e0s[z] * n for z, n in zip(e0s, counts)) + terms[0] * charge + terms[1] * charge**2
+        graphs.append(Data(numbers=numbers, energy=torch.tensor([energy], dtype=torch.float64),
+                           charge=torch.tensor([float(charge)], dtype=torch.float64),
+                           edge_index=torch.zeros((2, 0), dtype=torch.long), num_nodes=len(numbers)))
+    statistics = compute_statistics(graphs, [1, 6, 8], charge_terms=True)
+    assert statistics.charge_energies == pytest.approx(list(terms), abs=1e-8)
+    for z, value in e0s.items():
+        assert statistics.e0s[z] == pytest.approx(value, abs=1e-8)
+    assert statistics.shift == pytest.approx(0.0, abs=1e-8)
+    assert compute_statistics(graphs, [1, 6, 8]).charge_energies is None
+
+
+def test_fine_tuning_refits_the_charge_reference(tmp_path):
+    """Labels of a new level of theory that moves anions by 3 eV and cations by −1 eV: the
+    refit moves [a, b] by (−2, 1), and the fine-tuned file predicts the moved energies."""
+    from molequi.training.data import load_graphs
+    from molequi.training.finetune import reference_shift
+
+    wrapped = charged_model()
+    structures = [with_charge(atoms, charge) for atoms, charge in zip(mixed_molecules(12), [0, -1, 1] * 4)]
+    shifted = labelled(wrapped, structures)
+    for atoms in shifted:
+        charge = atoms.info["charge"]
+        move = 3.0 if charge == -1 else -1.0 if charge == 1 else 0.0
+        energy = atoms.get_potential_energy() + move
+        atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=atoms.get_forces())
+    path = tmp_path / "charged.extxyz"
+    write(path, shifted)
+    graphs = load_graphs([str(path)], wrapped.model.config.cutoff)
+    fitted = reference_shift(wrapped, graphs, list(SPECIES), charge_terms=True)
+    assert fitted.charge == pytest.approx((-2.0, 1.0), abs=1e-6)
+    assert all(abs(v) < 1e-6 for v in fitted.elements.values())
 
 
 def test_a_fractional_charge_is_refused(ethanol):

@@ -28,12 +28,15 @@ class EnergyStatistics:
             of the per-atom residual energies left after the E0s and the shift, eV/atom. 1.0 when
             that is ~0 or there are no energies either.
         avg_num_neighbors: mean number of neighbors within the cutoff; messages are divided by it.
+        charge_energies: ``[a, b]`` of the per-structure reference a·Q + b·Q² (eV, Q the total
+            charge in e), fitted with the E0s (see :func:`fit_references`); None when not asked.
     """
 
     e0s: dict[int, float]
     shift: float
     scale: float
     avg_num_neighbors: float
+    charge_energies: list[float] | None = None
 
 
 def fit_e0s(graphs: Sequence[Data], species: Sequence[int]) -> dict[int, float]:
@@ -43,6 +46,29 @@ def fit_e0s(graphs: Sequence[Data], species: Sequence[int]) -> dict[int, float]:
     ``s`` in structure ``k``. With a single composition (an MD data set) the system is rank
     deficient; ``lstsq`` then returns the minimum-norm solution, which still removes the mean
     energy exactly.
+    """
+    return fit_references(graphs, species, charge_terms=False)[0]
+
+
+def charge_columns(charges: np.ndarray) -> np.ndarray:
+    """[n, 2] the columns ``Q, Q²`` of the charge reference a·Q + b·Q² for total charges ``charges`` (e)."""
+    charges = np.asarray(charges, dtype=np.float64).reshape(-1, 1)
+    return np.hstack([charges, charges**2])
+
+
+def graph_charge(graph: Data) -> float:
+    """A graph's total charge (e); 0 when it carries none."""
+    return float(graph.charge) if "charge" in graph else 0.0
+
+
+def fit_references(graphs: Sequence[Data], species: Sequence[int],
+                   charge_terms: bool) -> tuple[dict[int, float], list[float] | None]:
+    """Least-squares E0s (eV per atom of each element) and, with ``charge_terms``, the charge
+    reference ``[a, b]`` of a·Q + b·Q² (eV; :attr:`ModelConfig.charge_energies`), fitted together.
+
+    The charge columns join the element counts (:func:`fit_e0s`); where the data do not determine
+    them (only neutral structures, or one charge state beside the neutral), the minimum-norm
+    solution gives them what the data ask and 0 elsewhere.
     """
     species = list(species)
     column = {z: c for c, z in enumerate(species)}
@@ -54,8 +80,11 @@ def fit_e0s(graphs: Sequence[Data], species: Sequence[int]) -> dict[int, float]:
         for z, n in zip(*np.unique(graph.numbers.numpy(), return_counts=True)):
             counts[k, column[int(z)]] = n
         energies[k] = float(graph.energy)
+    if charge_terms:
+        counts = np.hstack([counts, charge_columns([graph_charge(graph) for graph in graphs])])
     solution, *_ = np.linalg.lstsq(counts, energies, rcond=None)
-    return {z: float(solution[column[z]]) for z in species}
+    e0s = {z: float(solution[column[z]]) for z in species}
+    return e0s, [float(v) for v in solution[len(species):]] if charge_terms else None
 
 
 E0S_METHODS = ("fit", "average")
@@ -102,8 +131,11 @@ def resolve_e0s(graphs: Sequence[Data], species: Sequence[int], e0s: str = "fit"
     return {int(z): table[int(z)] for z in species}
 
 
-def compute_statistics(graphs: Sequence[Data], species: Sequence[int], e0s: str = "fit") -> EnergyStatistics:
-    """E0s, per-atom shift, energy scale and mean neighbor count of ``graphs``.
+def compute_statistics(graphs: Sequence[Data], species: Sequence[int], e0s: str = "fit",
+                       charge_terms: bool = False) -> EnergyStatistics:
+    """E0s, per-atom shift, energy scale and mean neighbor count of ``graphs``; with
+    ``charge_terms`` (a model given the total charge) and fitted E0s, the charge reference too
+    (:func:`fit_references`).
 
     The scale is the force RMS when the graphs carry forces, else the standard deviation of the
     per-atom residual energies (after the E0s). Without energy labels at all (a model trained
@@ -113,11 +145,19 @@ def compute_statistics(graphs: Sequence[Data], species: Sequence[int], e0s: str 
     if not graphs:
         raise DataFormatError("cannot compute statistics of an empty training set")
     with_energy = all("energy" in graph for graph in graphs)
-    e0s = resolve_e0s(graphs, species, e0s) if with_energy else {int(z): 0.0 for z in species}
+    charge_energies = None
+    if with_energy and charge_terms and e0s in E0S_METHODS:
+        e0s, charge_energies = fit_references(graphs, species, charge_terms=True)
+    elif with_energy:
+        e0s = resolve_e0s(graphs, species, e0s)
+    else:
+        e0s = {int(z): 0.0 for z in species}
     residual_per_atom, force_squares, n_force_components, n_neighbors, n_atoms = [], 0.0, 0, 0, 0
     for graph in graphs:
         if with_energy:
             reference = sum(e0s[int(z)] for z in graph.numbers)
+            if charge_energies is not None:
+                reference += float(charge_columns([graph_charge(graph)])[0] @ np.asarray(charge_energies))
             residual_per_atom.append((float(graph.energy) - reference) / graph.num_nodes)
         if "forces" in graph:
             force_squares += float((graph.forces**2).sum())
@@ -135,6 +175,7 @@ def compute_statistics(graphs: Sequence[Data], species: Sequence[int], e0s: str 
         shift=float(np.mean(residual_per_atom)) if residual_per_atom else 0.0,
         scale=scale if scale > 1e-8 else 1.0,
         avg_num_neighbors=max(n_neighbors / n_atoms, 1.0),
+        charge_energies=charge_energies,
     )
 
 

@@ -31,7 +31,8 @@ def refit_reference_energies(path: str | Path, structures: Sequence[Atoms], devi
     """Fold the median energy offset of the model file ``path`` on labelled ``structures`` into
     its reference energies and rewrite the file (its header's ``extra`` kept); returns the mean
     change of the total energy over the structures, eV (0.0 when nothing changed)."""
-    from molequi.data.labels import structure_labels
+    from molequi.data.labels import structure_labels, total_charge
+    from molequi.data.statistics import charge_columns
     from molequi.models.io import load_model, read_header, save_model
     from molequi.models.potential import reference_table
     from molequi.models.predict import predict
@@ -46,10 +47,15 @@ def refit_reference_energies(path: str | Path, structures: Sequence[Atoms], devi
     residuals = labels - predicted
     species = list(inner.config.species)
     counts = np.array([[np.count_nonzero(a.numbers == z) for z in species] for a, _ in labelled], dtype=np.float64)
+    if inner.config.charge_input:  # the charge reference a·Q + b·Q² moves with the E0s
+        counts = np.hstack([counts, charge_columns([total_charge(a) for a, _ in labelled])])
     delta = composition_offsets(residuals, counts, labels)
     if not np.all(np.isfinite(delta)) or np.abs(delta).max() < MIN_CHANGE_EV:
         return 0.0
     inner.config.e0s = shifted_e0s(inner.config.e0s, dict(zip(species, delta)))
+    if inner.config.charge_input:
+        before = inner.config.charge_energies or (0.0, 0.0)
+        inner.config.charge_energies = [float(before[0] + delta[-2]), float(before[1] + delta[-1])]
     inner.e0.copy_(reference_table(inner.config).to(inner.e0.device))
     save_model(model, path, extra=read_header(path)["extra"])
     return float(np.mean(counts @ delta))

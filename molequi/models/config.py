@@ -64,6 +64,11 @@ class ModelConfig:
         e0s_basis: orthonormal rows (over ``species``) spanning the compositions whose reference
             energy the training data determined (see :mod:`molequi.models.references`); None when
             that is every composition of ``species`` (or for a model saved before this field).
+        charge_energies: ``[a, b]`` of the reference energy a·Q + b·Q² (eV) of a structure of
+            total charge Q (e), beside the E0s, of a ``charge_input`` model (fitted with the E0s
+            by least squares): adding or removing an electron shifts the total energy by an
+            ionisation-sized constant that per-atom readouts would have to spread over the atoms.
+            None (or a model saved before this field): no such term.
         energy_shift: per-atom energy shift, eV.
         energy_scale: per-atom energy scale, eV (the force RMS of the training data).
         property_stats: property name -> ``[shift, scale]`` (set from the training labels) of an
@@ -95,6 +100,7 @@ class ModelConfig:
     avg_num_neighbors: float = 1.0
     e0s: dict[str, float] = field(default_factory=dict)
     e0s_basis: list[list[float]] | None = None
+    charge_energies: list[float] | None = None
     energy_shift: float = 0.0
     energy_scale: float = 1.0
     property_stats: dict[str, list[float]] = field(default_factory=dict)
@@ -169,6 +175,16 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def identity_dict(self) -> dict[str, Any]:
+        """:meth:`to_dict` without the :data:`LATER_FIELDS` still at their defaults: what a model's
+        content digest covers, so that files (and calibrations) written before a field existed
+        keep their identity."""
+        values = self.to_dict()
+        for name, default in LATER_FIELDS.items():
+            if values.get(name) == default:
+                values.pop(name)
+        return values
+
     def with_normalisation_of(self, other: ModelConfig) -> ModelConfig:
         """This config with ``other``'s normalisation (:data:`NORMALISATION`): what a trained model
         carries and a further training keeps, so that its weights mean what they meant."""
@@ -184,7 +200,10 @@ class ModelConfig:
         return cls(**values)
 
 
-NORMALISATION = ("e0s", "e0s_basis", "energy_shift", "energy_scale", "avg_num_neighbors", "property_stats")
+LATER_FIELDS: dict[str, Any] = {"charge_energies": None}
+"""Fields added after model files first recorded their content digest, with their defaults."""
+
+NORMALISATION = ("e0s", "e0s_basis", "charge_energies", "energy_shift", "energy_scale", "avg_num_neighbors", "property_stats")
 """The fields a model learns from its first training data and keeps for life: per-element reference
 energies (eV), the per-atom energy shift (eV) and scale, the mean neighbour count that normalises
 messages, and each property head's ``[shift, scale]``. Loading, evaluating or training a model
@@ -242,6 +261,12 @@ def _check_types(config: ModelConfig) -> None:
             raise ConfigError(f"e0s_basis must be null or rows of {len(config.species)} finite numbers (one per "
                               f"species), got {rows!r}")
         config.e0s_basis = [[float(v) for v in row] for row in rows]
+    if config.charge_energies is not None:
+        terms = config.charge_energies
+        if not isinstance(terms, (list, tuple)) or len(terms) != 2 or not all(real(v) for v in terms):
+            raise ConfigError(f"charge_energies must be null or two finite energies [a, b] (eV per e, eV per e²), "
+                              f"got {terms!r}")
+        config.charge_energies = [float(v) for v in terms]
     for name, stats in config.property_stats.items():
         if not isinstance(stats, (list, tuple)) or not all(real(v) for v in stats):
             raise ConfigError(f"property_stats['{name}'] must be finite numbers, got {stats!r}")

@@ -61,7 +61,7 @@ def model_digest(model: ForceOutput) -> str:
     from molequi.utils import tensors_digest
 
     inner = getattr(model, "module", model)
-    return tensors_digest(inner.state_dict(), {"config": json.dumps(model_config(inner).to_dict(), sort_keys=True)})
+    return tensors_digest(inner.state_dict(), {"config": json.dumps(model_config(inner).identity_dict(), sort_keys=True)})
 
 
 def content_digest(model: ForceOutput) -> str:

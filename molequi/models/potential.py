@@ -169,6 +169,18 @@ class MolequiPotential(nn.Module):
         """[n_atoms] float64 per-atom reference energies ``E0[Z_i] + shift``, eV."""
         return self.e0[numbers] + self.config.energy_shift
 
+    def charge_references(self, graph: GraphBatch) -> torch.Tensor | None:
+        """[n_atoms] float64 each atom's share (eV) of its structure's charge reference a·Q + b·Q²
+        (``config.charge_energies``), split evenly over the structure's atoms; None when the
+        model has no such term or the batch carries no charges."""
+        terms = self.config.charge_energies
+        if terms is None or graph.charge is None:
+            return None
+        charge = graph.charge.to(torch.float64)  # [S], e
+        per_structure = terms[0] * charge + terms[1] * charge * charge  # [S], eV
+        atoms = torch.bincount(graph.batch, minlength=charge.shape[0]).to(torch.float64)
+        return (per_structure / atoms.clamp(min=1.0))[graph.batch]
+
     def forward(self, graph: GraphBatch) -> dict[str, torch.Tensor]:
         """Per-atom residual and reference energies, and property heads.
 
@@ -181,7 +193,8 @@ class MolequiPotential(nn.Module):
 
         Returns:
             ``residual_energies`` [n_atoms] learned per-atom energies, eV (model dtype),
-            ``reference_energies`` [n_atoms] ``E0[Z_i] + shift``, eV (float64), and one
+            ``reference_energies`` [n_atoms] ``E0[Z_i] + shift`` (plus the atom's share of its
+            structure's charge reference, :meth:`charge_references`), eV (float64), and one
             [num_graphs, k] tensor per property head (a dipole in the dtype of ``pos``). With
             ``ensemble_heads`` K ≥ 2 these are means over the heads, and each head's values come
             as ``residual_energies_members`` [n_atoms, K] and ``<property>_members`` [K, G, k].
@@ -206,9 +219,11 @@ class MolequiPotential(nn.Module):
             term = readout(features)
             raw_energy = term if raw_energy is None else raw_energy + term
         residual = self.config.energy_scale * raw_energy  # [n_atoms, K]
+        references = self.reference_energies(numbers)
+        charged = self.charge_references(graph)
         outputs = {
             "residual_energies": residual.mean(-1),
-            "reference_energies": self.reference_energies(numbers),
+            "reference_energies": references if charged is None else references + charged,
         }
         if self.config.ensemble_heads > 1:
             outputs["residual_energies_members"] = residual

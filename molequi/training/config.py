@@ -19,7 +19,7 @@ import yaml
 
 from molequi.data.labels import LabelKeys
 from molequi.errors import ConfigError
-from molequi.models.config import ModelConfig
+from molequi.models.config import LATER_FIELDS, ModelConfig
 from molequi.training.targets import apply_targets
 from molequi.utils import closest_name
 
@@ -27,7 +27,8 @@ DEFAULT_YAML = Path(__file__).with_name("default.yaml")
 """The shipped, commented defaults file."""
 
 DERIVED_MODEL_KEYS = (
-    "species", "e0s", "e0s_basis", "energy_shift", "energy_scale", "avg_num_neighbors", "property_stats",
+    "species", "e0s", "e0s_basis", "charge_energies", "energy_shift", "energy_scale", "avg_num_neighbors",
+    "property_stats",
     "trained_outputs",
 )
 """ModelConfig fields computed from the training data, never set by hand."""
@@ -337,6 +338,9 @@ def model_from_dict(values: dict[str, Any]) -> ModelConfig:
         return values
     if not isinstance(values, dict):
         raise ConfigError(f"the 'model' section must be a mapping of architecture settings, got {values!r}")
+    # a run's config.yaml written while a data-derived field was still listed among the settings
+    # holds it at its default: nothing was set by hand, so it is dropped, not refused
+    values = {key: value for key, value in values.items() if LATER_FIELDS.get(key, ...) != value}
     for key in values:
         if key in DERIVED_MODEL_KEYS:
             raise ConfigError(f"model setting '{key}' is computed from the training data; remove it from the config")

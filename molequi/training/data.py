@@ -222,7 +222,7 @@ def prepare_data(
     if charged and not architecture.charge_input:
         print(f"note: {charged} of {len(graphs)} structures carry a nonzero total charge (info['charge']) that the "
               "model will not see: pass --charge-input to give it to the network", file=sys.stderr)
-    statistics = compute_statistics(train, species, e0s)
+    statistics = compute_statistics(train, species, e0s, charge_terms=architecture.charge_input)
     model_config = fitted_config(architecture, species, train, statistics, e0s, outputs)
     return PreparedData(train, held_out, model_config, statistics, train_indices, validation_indices)
 
@@ -237,6 +237,7 @@ def fitted_config(architecture: ModelConfig, species: list[int], graphs: Sequenc
         species=species,
         e0s={str(z): e for z, e in statistics.e0s.items()},
         e0s_basis=determined_compositions(graphs, species) if "energy" in outputs and e0s in E0S_METHODS else None,
+        charge_energies=statistics.charge_energies,
         energy_shift=statistics.shift,
         energy_scale=statistics.scale,
         avg_num_neighbors=statistics.avg_num_neighbors,
@@ -278,7 +279,7 @@ def prepare_streamed(
     held_out = FrameGraphs(path, offsets, validation_indices, architecture.cutoff, keys).load(range(len(validation_indices)))
     rng = np.random.default_rng(seed)
     sample = train.load(np.sort(rng.permutation(len(train))[:STATISTICS_SAMPLE]))
-    statistics = compute_statistics(sample, species, e0s)
+    statistics = compute_statistics(sample, species, e0s, charge_terms=architecture.charge_input)
     model_config = fitted_config(architecture, species, sample, statistics, e0s, ["energy", "forces"])
     del sample
     return PreparedData(train, held_out, model_config, statistics, train_indices, validation_indices)

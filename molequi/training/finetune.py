@@ -108,42 +108,67 @@ def predicted_energies(model: torch.nn.Module, graphs: Sequence[Data], batch_siz
     return np.concatenate(energies) if energies else np.zeros(0)
 
 
-def reference_shift(model: torch.nn.Module, graphs: Sequence[Data], species: Sequence[int]) -> dict[int, float]:
-    """Per-element energy shifts (eV) that best map the model's energies onto the labels of ``graphs``.
+@dataclasses.dataclass(frozen=True)
+class ReferenceShift:
+    """How a fine-tuning run moved the initial model's reference energies: per element (eV per
+    atom) and, for a model given the total charge, the charge reference a·Q + b·Q² (``[a, b]``,
+    eV per e and per e²; see :attr:`ModelConfig.charge_energies`)."""
 
-    The median of ``E_label − E_model`` per composition, fitted over the element counts by
-    least squares (:func:`molequi.models.references.composition_offsets`); where the data do not
+    elements: dict[int, float] = dataclasses.field(default_factory=dict)
+    charge: tuple[float, float] = (0.0, 0.0)
+
+    def energy_of(self, numbers: Sequence[int], charge: float = 0.0) -> float:
+        """The shift (eV) of a structure of atomic ``numbers`` and total ``charge`` (e)."""
+        return (sum(self.elements.get(int(z), 0.0) for z in numbers)
+                + self.charge[0] * charge + self.charge[1] * charge * charge)
+
+
+def reference_shift(model: torch.nn.Module, graphs: Sequence[Data], species: Sequence[int],
+                    charge_terms: bool = False) -> ReferenceShift:
+    """Reference-energy shifts (eV) that best map the model's energies onto the labels of ``graphs``.
+
+    The median of ``E_label − E_model`` per composition (and total charge, with
+    ``charge_terms``), fitted over the element counts (and the charge columns Q, Q²) by least
+    squares (:func:`molequi.models.references.composition_offsets`); where the data do not
     determine every element's shift (one molecule: only the total of its composition), the
     minimum-norm solution spreads it. Elements absent from ``graphs`` keep their reference
     energy (shift 0).
     """
+    from molequi.data.statistics import charge_columns, graph_charge
     from molequi.models.references import composition_counts, composition_offsets
 
     present = sorted({int(z) for graph in graphs for z in graph.numbers.tolist()})
     counts = np.array([composition_counts(graph.numbers.numpy(), present) for graph in graphs])
+    if charge_terms:
+        counts = np.hstack([counts, charge_columns([graph_charge(graph) for graph in graphs])])
     labels = np.array([float(graph.energy) for graph in graphs])
     delta = composition_offsets(labels - predicted_energies(model, graphs), counts)
-    shift = dict.fromkeys(species, 0.0)
-    shift.update({z: float(change) for z, change in zip(present, delta)})
-    return shift
+    elements = dict.fromkeys(species, 0.0)
+    elements.update({z: float(change) for z, change in zip(present, delta)})
+    charge = (float(delta[len(present)]), float(delta[len(present) + 1])) if charge_terms else (0.0, 0.0)
+    return ReferenceShift(elements, charge)
 
 
-def refitted_config(initial: ModelConfig, shift: dict[int, float]) -> ModelConfig:
-    """``initial`` with each element's reference energy moved by ``shift`` (eV)."""
+def refitted_config(initial: ModelConfig, shift: ReferenceShift) -> ModelConfig:
+    """``initial`` with its reference energies moved by ``shift`` (eV)."""
     from molequi.models.references import shifted_e0s
 
-    return dataclasses.replace(initial, e0s=shifted_e0s(initial.e0s, shift))
+    charge_energies = initial.charge_energies
+    if initial.charge_input:
+        charge_energies = [a + b for a, b in zip(initial.charge_energies or (0.0, 0.0), shift.charge)]
+    return dataclasses.replace(initial, e0s=shifted_e0s(initial.e0s, shift.elements), charge_energies=charge_energies)
 
 
-def shift_energies(graphs: Sequence[Data], shift: dict[int, float]) -> list[Data]:
-    """Copies of ``graphs`` whose energy labels (eV) are moved by the per-element ``shift``: the
-    pretraining data replayed at the new level of theory's reference energies."""
+def shift_energies(graphs: Sequence[Data], shift: ReferenceShift) -> list[Data]:
+    """Copies of ``graphs`` whose energy labels (eV) are moved by ``shift``: the pretraining data
+    replayed at the new level of theory's reference energies."""
+    from molequi.data.statistics import graph_charge
+
     moved = []
     for graph in graphs:
         copy = graph.clone()
         if "energy" in copy:
-            offset = sum(shift.get(int(z), 0.0) for z in graph.numbers.tolist())
-            copy.energy = copy.energy + offset
+            copy.energy = copy.energy + shift.energy_of(graph.numbers.tolist(), graph_charge(graph))
         moved.append(copy)
     return moved
 
@@ -196,7 +221,8 @@ def with_initial_architecture(config: TrainingConfig) -> TrainingConfig:
     return dataclasses.replace(config, model=fine_tune_architecture(config.model, initial))
 
 
-def fine_tuned_config(config: TrainingConfig, prepared: PreparedData, outputs_trained: Sequence[str]) -> tuple[ModelConfig, dict[int, float]]:
+def fine_tuned_config(config: TrainingConfig, prepared: PreparedData,
+                      outputs_trained: Sequence[str]) -> tuple[ModelConfig, ReferenceShift]:
     """The model configuration of a fine-tuning run and the reference shift it applied.
 
     The initial model's architecture and normalisation with its reference energies refitted on
@@ -212,16 +238,16 @@ def fine_tuned_config(config: TrainingConfig, prepared: PreparedData, outputs_tr
     check_fine_tune_species(prepared.model_config.species, initial, str(config.init))
     tuned = dataclasses.replace(initial, baseline=config.model.baseline,
                                 trained_outputs=prepared.model_config.trained_outputs)
-    shift: dict[int, float] = {}
+    shift = ReferenceShift()
     if "energy" in outputs_trained:
         # the network alone (no baseline): with --baseline the labels are already relative to it
         model = load_model(path, dtype=config.dtype)
-        shift = reference_shift(model, prepared.train, initial.species)
+        shift = reference_shift(model, prepared.train, initial.species, charge_terms=initial.charge_input)
         tuned = refitted_config(tuned, shift)
     return tuned, shift
 
 
-def add_replay(config: TrainingConfig, prepared: PreparedData, shift: dict[int, float], species: Sequence[int]) -> int:
+def add_replay(config: TrainingConfig, prepared: PreparedData, shift: ReferenceShift, species: Sequence[int]) -> int:
     """Append ``config.replay`` × (training-set size) pretraining structures from
     ``config.replay_data`` to ``prepared.train``, their energies moved by ``shift`` (eV).
 
@@ -241,8 +267,11 @@ def add_replay(config: TrainingConfig, prepared: PreparedData, shift: dict[int, 
     return len(sample)
 
 
-def applied_shift(config: TrainingConfig, tuned: ModelConfig) -> dict[int, float]:
-    """The per-element reference shift (eV) a fine-tuning run applied: its reference energies minus
-    the initial model's (read again on resume, so the replayed energies move the same way)."""
+def applied_shift(config: TrainingConfig, tuned: ModelConfig) -> ReferenceShift:
+    """The reference shift (eV) a fine-tuning run applied: its reference energies minus the
+    initial model's (read again on resume, so the replayed energies move the same way)."""
     initial = initial_model_config(resolve_model(config.init))
-    return {int(z): float(tuned.e0s.get(str(z), 0.0)) - float(initial.e0s.get(str(z), 0.0)) for z in initial.species}
+    elements = {int(z): float(tuned.e0s.get(str(z), 0.0)) - float(initial.e0s.get(str(z), 0.0))
+                for z in initial.species}
+    before, after = initial.charge_energies or (0.0, 0.0), tuned.charge_energies or (0.0, 0.0)
+    return ReferenceShift(elements, (after[0] - before[0], after[1] - before[1]))
