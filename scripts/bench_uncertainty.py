@@ -324,12 +324,13 @@ def calibration_table(models, files, kind: str, differ: str = DIVERSITIES["seed"
 @dataclasses.dataclass(frozen=True)
 class Loop:
     """The ``molequi learn`` settings a benchmark loop varies (the rest come from the profile);
-    defaults are molequi learn's. Settings a loop ignores are held at their defaults, so loops that
-    differ only in them are one loop (one folder, one learn.json)."""
+    defaults are molequi learn's, but for the trust ceiling: none (frame scope), the loop the
+    tables here were first measured with. Settings a loop ignores are held at their defaults, so
+    loops that differ only in them are one loop (one folder, one learn.json)."""
 
     selection: str = LearnSettings.selection
-    max_std: float | None = LearnSettings.max_std  # eV/Å; None: no trust ceiling
-    trust_scope: str = LearnSettings.trust_scope  # only with a ceiling
+    max_std: float | None = None  # eV/Å; None: no trust ceiling
+    trust_scope: str = "frame"  # only with a ceiling
     pool_factor: int = DEFAULT_POOL_FACTOR  # only for the uncertain pick
     md_from: str = LearnSettings.md_from
     rank_by: str = LearnSettings.rank_by  # not for random selection
@@ -366,10 +367,16 @@ class Loop:
         ])
 
     def flags(self) -> str:
-        """The molequi learn flags of the settings that differ from its defaults (for the tables)."""
+        """The molequi learn flags of the settings that differ from molequi learn's defaults (for the tables)."""
+        learn = {f.name: f.default for f in dataclasses.fields(LearnSettings)}
+        names = ("max_std", "trust_scope", "pool_factor", "md_from", "rank_by")
+        changed = {name: getattr(self, name) for name in names if getattr(self, name) != learn[name]
+                   and not (name == "trust_scope" and self.max_std is None)
+                   and not (name in ("pool_factor", "rank_by") and self.selection == "random")
+                   and not (name == "pool_factor" and self.selection != "uncertain")}
         text = "".join(f", --{name.replace('_', '-')} {value:g}" + (" eV/Å" if name == "max_std" else "")
-                       if isinstance(value, float) else f", --{name.replace('_', '-')} {value}"
-                       for name, value in self._changed().items())
+                       if isinstance(value, float) else f", --{name.replace('_', '-')} {'none' if value is None else value}"
+                       for name, value in changed.items())
         text += f", --selection {self.selection}" if self.selection != LearnSettings.selection else ""
         return text + (", ranked by the true force error (oracle)" if self.oracle else "")
 

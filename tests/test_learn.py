@@ -119,7 +119,7 @@ def test_cli_bad_options_are_one_line_errors(tmp_path, capsys):
 # --- the loop -----------------------------------------------------------------------------------
 
 SETTINGS = dict(rounds=2, per_round=3, temperatures=[300.0, 800.0], md_steps=20, committee=2,
-                perturbed=3, replicas=1, sample_every=5, pool_factor=1, seed=0)
+                perturbed=3, replicas=1, sample_every=5, pool_factor=1, seed=0, max_std=None)
 
 
 def _config():
@@ -324,6 +324,45 @@ def test_trust_ceiling_keeps_wild_frames_out(tmp_path, selection):
         assert picked == {0, 2, 3}
 
 
+def test_a_round_wholly_beyond_the_ceiling_labels_without_it(tmp_path):
+    """The default ceiling must not stall a loop whose committee is still wild everywhere."""
+    from ase.calculators.emt import EMT
+    from ase.io import read
+
+    candidates = []
+    for k, std in enumerate([2.0, 5.0, 3.0, 9.0]):
+        atoms = molecule("CH3CH2OH")
+        atoms.positions += np.random.default_rng(k).normal(0.0, 0.05, atoms.positions.shape)
+        atoms.info["std_max"] = std
+        candidates.append(atoms)
+    said = []
+    settings = LearnSettings(**{**SETTINGS, "per_round": 2, "max_std": 1.0})
+    round_dir = tmp_path / "round_000"
+    round_dir.mkdir()
+    assert labelers.label_round(round_dir, candidates, settings, EMT, said.append) == 2
+    assert {int(a.info["candidate"]) for a in read(round_dir / "labelled.extxyz", ":")} == {1, 3}
+    assert any("beyond the trust ceiling" in line for line in said)
+
+
+def test_the_default_trust_ceiling_and_how_the_cli_turns_it_off():
+    import argparse
+
+    from molequi.cli.learn import add_arguments, ceiling_settings
+    from molequi.learn.settings import DEFAULT_MAX_STD
+
+    settings = LearnSettings(rounds=1, per_round=2, temperatures=[300.0], md_steps=10)
+    assert settings.max_std == DEFAULT_MAX_STD and settings.trust_scope == "trajectory"
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    action = next(action for action in parser._actions if action.dest == "max_std")
+    assert f"default {DEFAULT_MAX_STD:g}" in action.help
+    given = lambda *flags: ceiling_settings(parser.parse_args(["--start", "x", "--out", "o", *flags]).max_std)
+    assert given() == {} and given("--max-std", "none") == {"max_std": None}
+    assert given("--max-std", "0.4") == {"max_std": 0.4}
+    with pytest.raises(SystemExit):
+        given("--max-std", "wild")
+
+
 def test_clustered_pick_labels_every_region_the_md_visited():
     rng = np.random.default_rng(3)
     centres = [np.zeros(4), np.full(4, 10.0), np.full(4, -10.0)]
@@ -442,14 +481,12 @@ def test_loop_md_from_labelled_runs_one_system_per_pick_and_temperature(tmp_path
 def test_a_round_that_labels_nothing_is_read_back_as_empty(tmp_path):
     from ase.calculators.emt import EMT
 
-    atoms = molecule("CH3CH2OH")
-    atoms.info["std_max"] = 5.0
     settings = LearnSettings(**{**SETTINGS, "max_std": 1.0})
     round_dir = tmp_path / "round_000"
     round_dir.mkdir()
-    assert labelers.label_round(round_dir, [atoms], settings, EMT, lambda m: None) == 0
+    assert labelers.label_round(round_dir, [], settings, EMT, lambda m: None) == 0  # the MD gave no frame
     # rerun (resume) and the next round's training set read the empty file back
-    assert labelers.label_round(round_dir, [atoms], settings, EMT, lambda m: None) == 0
+    assert labelers.label_round(round_dir, [], settings, EMT, lambda m: None) == 0
     assert learn.read_labelled(round_dir / "labelled.extxyz") == []
 
 

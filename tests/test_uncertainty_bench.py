@@ -153,8 +153,9 @@ def test_loop_specs_name_the_settings_of_each_loop():
     assert bench.Loop(trust_scope="trajectory") == bench.Loop()
     assert bench.Loop(selection="random", rank_by="mean", pool_factor=2, max_std=0.0) == bench.Loop(selection="random")
     assert bench.Loop(selection="clustered", rank_by="mean").folder(None) == "clustered_rank-mean"
-    assert loop.flags() == ", --max-std 0.6 eV/Å, --trust-scope trajectory, --md-from labelled"
-    assert bench.Loop(selection="clustered", pool_factor=2).flags() == ", --selection clustered"
+    assert loop.flags() == ", --md-from labelled"  # molequi learn's default ceiling and scope
+    assert bench.Loop(max_std=1.0).flags() == ", --max-std 1 eV/Å, --trust-scope frame"
+    assert bench.Loop(selection="clustered", pool_factor=2).flags() == ", --max-std none, --selection clustered"
     oracle = bench.loop_spec("max_std=0.6,trust_scope=trajectory,rank_by=mean,oracle=1")
     assert oracle.folder(None) == "uncertain_max_std0.6_trajectory_rank-mean_oracle"
     assert oracle.flags().endswith("--rank-by mean, ranked by the true force error (oracle)")

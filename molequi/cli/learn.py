@@ -41,6 +41,24 @@ def _floats(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers (K), got '{text}'") from None
 
 
+def ceiling(text: str) -> float | str:
+    """``--max-std``: a positive number of eV/Å, or ``none`` (no trust ceiling)."""
+    if text.strip().lower() == "none":
+        return "none"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a force spread in eV/Å or 'none', got '{text}'") from None
+
+
+def ceiling_settings(value: float | str | None) -> dict:
+    """The :class:`~molequi.learn.LearnSettings` keyword of ``--max-std``: none when not given
+    (the settings' default ceiling), ``max_std=None`` for ``none``."""
+    if value is None:
+        return {}
+    return {"max_std": None if value == "none" else value}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--start", nargs="+", required=True, metavar="STRUCTURES",
                         help="start structures: files (extxyz, xyz, ASE .db …) or ASE G2 names (CH3CH2OH); labelled "
@@ -76,10 +94,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="'uncertain': the above; 'clustered': split the MD frames into K clusters of similar "
                         "geometry and label the most uncertain frame of each; 'random': draw the frames uniformly "
                         "from the same MD instead (a baseline)")
-    parser.add_argument("--max-std", type=float, default=None, metavar="EV_PER_A",
+    parser.add_argument("--max-std", type=ceiling, default=None, metavar="EV_PER_A",
                         help="trust ceiling: frames whose largest per-atom force spread exceeds this (eV/Å) are not "
-                        "labelled (the committee has left physical geometries); default: no ceiling")
-    parser.add_argument("--trust-scope", choices=("frame", "trajectory"), default="frame",
+                        "labelled (the committee has left physical geometries); default 0.6; 'none': no ceiling")
+    parser.add_argument("--trust-scope", choices=("frame", "trajectory"), default="trajectory",
                         help="what a frame over --max-std rules out: 'frame' (that frame) or 'trajectory' (that frame "
                         "and the later frames of its MD trajectory, which has left the trusted region)")
     parser.add_argument("--md-from", choices=("start", "labelled"), default="start",
@@ -132,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
         rounds=args.rounds, per_round=args.per_round, temperatures=args.temperature, md_steps=args.md_steps,
         committee=args.committee, ensemble_heads=args.ensemble_heads, labeler=args.labeler,
         labeler_kwargs=labeler_kwargs, perturbed=args.perturbed, perturb_sigma=args.perturb_sigma,
-        replicas=args.replicas, sample_every=args.sample_every, pool_factor=args.pool_factor, selection=args.selection, max_std=args.max_std,
+        replicas=args.replicas, sample_every=args.sample_every, pool_factor=args.pool_factor, selection=args.selection, **ceiling_settings(args.max_std),
         trust_scope=args.trust_scope, md_from=args.md_from, rank_by=args.rank_by,
         dt=args.dt, friction=args.friction, seed=args.seed, init=args.init,
     )

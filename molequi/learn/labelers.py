@@ -128,8 +128,13 @@ def label_round(round_dir: Path, candidates: list[Atoms], settings: LearnSetting
     stds = np.array([a.info[RANK_KEYS[settings.rank_by]] for a in candidates], dtype=np.float64)
     if settings.max_std is not None:  # beyond the trust ceiling: never labelled
         largest = np.array([a.info["std_max"] for a in candidates], dtype=np.float64)
-        stds[beyond_ceiling(largest, [a.info.get("system", k) for k, a in enumerate(candidates)],
-                            [a.info.get("md_step", 0) for a in candidates], settings.max_std, settings.trust_scope)] = np.nan
+        ruled_out = beyond_ceiling(largest, [a.info.get("system", k) for k, a in enumerate(candidates)],
+                                   [a.info.get("md_step", 0) for a in candidates], settings.max_std, settings.trust_scope)
+        if len(candidates) and ruled_out.all():
+            say(f"every frame of this round's MD is beyond the trust ceiling ({settings.max_std:g} eV/Å): "
+                "picking among all of them this round")
+        else:
+            stds[ruled_out] = np.nan
     round_number = int(round_dir.name.removeprefix("round_"))
     if settings.selection == "random":
         order = np.random.default_rng([settings.seed, round_number]).permutation(len(candidates)).tolist()

@@ -42,6 +42,10 @@ def parse_labeler(spec: str) -> tuple[str, str] | None:
     return module, name
 
 
+DEFAULT_MAX_STD = 0.6
+"""The default trust ceiling, eV/Å: the largest per-atom force spread of a frame still labelled."""
+
+
 @dataclass
 class LearnSettings:
     """Settings of an active-learning run.
@@ -75,7 +79,10 @@ class LearnSettings:
             uniformly from the same MD: the baseline that active learning must beat).
         max_std: frames whose largest per-atom force spread exceeds this (eV/Å) are not labelled:
             a committee that disagrees that much has usually left physical geometries (a trust
-            ceiling, as in DP-GEN); None: no ceiling.
+            ceiling, as in DP-GEN); None: no ceiling. The default (:data:`DEFAULT_MAX_STD`, with
+            ``trust_scope="trajectory"``) is what ``scripts/bench_learning.py`` measured better
+            than no ceiling on a shifted test. A round whose every frame is beyond it labels
+            without it (and says so) rather than not at all.
         trust_scope: what a frame over ``max_std`` rules out: ``"frame"`` (that frame only) or
             ``"trajectory"`` (that frame and every later one of its MD system: a trajectory driven
             by forces the committee disagrees on has left the region its labels describe, and its
@@ -111,8 +118,8 @@ class LearnSettings:
     pool_factor: int = 4
     rank_by: str = "max"
     selection: str = "uncertain"
-    max_std: float | None = None
-    trust_scope: str = "frame"
+    max_std: float | None = DEFAULT_MAX_STD
+    trust_scope: str = "trajectory"
     md_from: str = "start"
     dt: float = 0.5
     friction: float = 0.01
