@@ -644,6 +644,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, default=None, help="override the profile's seed count")
     parser.add_argument("--loop-max-std", type=float, default=None, metavar="EV_PER_A",
                         help="also run the loop under this trust ceiling (trajectory scope), as a third selection")
+    parser.add_argument("--ttf-ps", type=float, default=None, metavar="PS",
+                        help="override the profile's time-to-failure length per replica (ps; reduced: 0.2, full: 20)")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA, help="rMD17 .npz directory (geometries only)")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench_learning")
     parser.add_argument("--readme", action="store_true", help="write the Markdown block and the plot into the docs")
@@ -652,6 +654,8 @@ def main(argv=None) -> int:
     profile = dict(PROFILES[name])
     if args.seeds is not None:
         profile["seeds"] = args.seeds
+    if args.ttf_ps is not None:
+        profile["ttf_steps"] = max(1, round(1000 * args.ttf_ps / TTF_DT))
     PROFILES_USED.update(profile)
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
