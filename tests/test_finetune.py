@@ -353,3 +353,33 @@ def test_a_calculator_without_the_force_spread_gives_the_same_forces(ethanol):
     assert lean.calc.results["energy_std"] == pytest.approx(full.calc.results["energy_std"])
     assert "forces_std" in full.calc.results and "forces_std" not in lean.calc.results
     assert lean.calc.results["in_domain"] is None  # no force σ, no verdict
+
+
+@pytest.mark.parametrize("heads", [1, 3])
+def test_a_delta_run_from_a_whole_energy_model_starts_at_zero_correction(ethanol, heads):
+    """Zeroed energy readouts: no correction at the start (residuals and forces 0), the body kept,
+    and each head of a shallow ensemble still gets a gradient of its own."""
+    import copy
+
+    from molequi.data.batch import GraphBatch
+    from molequi.data.graph import atoms_to_graph
+    from molequi.models import ModelConfig, build_model
+    from molequi.training.finetune import zero_energy_readouts
+
+    torch.manual_seed(0)
+    config = ModelConfig(species=list(SPECIES), channels=8, l_max=1, radial_hidden=[16], readout_hidden=8,
+                         ensemble_heads=heads)
+    model = build_model(config, torch.float64)
+    before = copy.deepcopy(model.model.layers.state_dict())
+    zero_energy_readouts(model)
+    graph = GraphBatch.of(atoms_to_graph(ethanol, config.cutoff))
+    out = model(graph)
+    assert torch.all(out["energy_residual"] == 0) and torch.all(out["forces"] == 0)
+    for key, value in model.model.layers.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    if heads > 1:
+        model.zero_grad()
+        label = torch.tensor([1.0], dtype=torch.float64)
+        ((out["energy_members"] - out["energy_reference"] - label) ** 2).sum().backward()
+        gradient = model.model.readouts[-1].out_weight.grad
+        assert not torch.allclose(gradient[0], gradient[1])

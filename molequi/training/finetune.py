@@ -183,6 +183,31 @@ def replay_sample(graphs: Sequence[Data], fraction: float, n_train: int, seed: i
     return [graphs[k] for k in sorted(order)]
 
 
+def learns_a_correction(config: TrainingConfig) -> bool:
+    """Whether a fine-tuning run learns ``label − baseline`` (``--baseline``) from a model that
+    learned whole energies: its energy readouts then predict the wrong quantity."""
+    if config.init is None or config.model.baseline is None:
+        return False
+    return initial_model_config(resolve_model(config.init)).baseline is None
+
+
+@torch.no_grad()
+def zero_energy_readouts(model: torch.nn.Module) -> None:
+    """Set the output layer of every energy readout to zero, keeping the body and the hidden
+    readout layers: a model that learned whole energies then starts a Δ-learning run predicting
+    no correction (the baseline alone), with the features it learned, instead of first unlearning
+    an energy the baseline already supplies. The heads of a shallow ensemble stay distinct through
+    their own hidden units."""
+    for readout in model.model.readouts:
+        if hasattr(readout, "out_weight"):  # K heads with a hidden layer each
+            readout.out_weight.zero_()
+            readout.out_bias.zero_()
+            continue
+        last = readout.net[-1] if isinstance(readout.net, torch.nn.Sequential) else readout.net
+        last.weight.zero_()
+        last.bias.zero_()
+
+
 def freeze_body(model: torch.nn.Module) -> int:
     """Stop gradients to everything but the readout heads (energy and property heads).
 

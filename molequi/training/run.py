@@ -303,6 +303,10 @@ def build_run(
     model = build_model(model_config, dtype).to(device)
     if init_weights is not None:
         load_initial_weights(model, init_weights)
+        from molequi.training.finetune import learns_a_correction, zero_energy_readouts
+
+        if learns_a_correction(config):
+            zero_energy_readouts(model)
     if config.freeze:
         from molequi.training.finetune import freeze_body
 
