@@ -48,6 +48,16 @@ def test_device_batch_has_the_neighbor_list_edges(cutoff):
     assert fast.num_graphs == len(structures) and fast.shifts.abs().max() == 0
 
 
+def test_device_batch_carries_each_total_charge():
+    """A charge-input model must see each molecule's charge through the fast batch too."""
+    structures = molecules()
+    structures[1].info["charge"] = -1
+    structures[-1].info["charge"] = 2
+    fast = open_structures_batch(structures, 5.0)
+    reference = Batch.from_data_list([atoms_to_graph(a, 5.0, with_labels=False) for a in structures])
+    assert fast.charge.tolist() == reference.charge.tolist() == [a.info.get("charge", 0) for a in structures]
+
+
 @pytest.mark.parametrize("compute_forces", [False, True])
 def test_predictions_through_both_batches_agree(compute_forces):
     model = random_model(properties=(("gap", "intensive"), ("dipole", "dipole")))

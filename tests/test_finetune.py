@@ -383,3 +383,15 @@ def test_a_delta_run_from_a_whole_energy_model_starts_at_zero_correction(ethanol
         ((out["energy_members"] - out["energy_reference"] - label) ** 2).sum().backward()
         gradient = model.model.readouts[-1].out_weight.grad
         assert not torch.allclose(gradient[0], gradient[1])
+
+
+def test_predict_and_the_calculator_agree_on_charged_molecules(ethanol):
+    from molequi.calculators.ase import MolequiCalculator
+    from molequi.models.predict import predict
+
+    model = charged_model()
+    structures = [with_charge(ethanol, charge) for charge in (-1, 0, 1)]
+    for atoms, result in zip(structures, predict(model, structures)):
+        atoms.calc = MolequiCalculator(model)
+        assert result["energy"] == pytest.approx(atoms.get_potential_energy(), abs=1e-9)
+    assert len({round(r["energy"], 6) for r in predict(model, structures)}) == 3

@@ -195,7 +195,9 @@ def open_structures_batch(
         validate_atoms(structures[k], f"structure {first_index + k}")
     edge_index = pairs[:, distance2 < cutoff**2]
     count = len(structures)
+    charges = [total_charge(a, f"structure {first_index + k}") for k, a in enumerate(structures)]
     return Batch(
+        charge=torch.tensor(charges, dtype=torch.float64, device=device),
         pos=pos,
         numbers=torch.as_tensor(numbers, device=device),
         cell=torch.zeros(count, 3, 3, dtype=torch.float64, device=device),
