@@ -174,8 +174,18 @@ def test_compiled_equals_eager_for_molecules_of_any_size():
 def test_compiled_jacobian_of_a_shallow_ensemble_equals_eager():
     """The per-head Jacobian compiled by inductor for real: per-head forces in evaluation and the
     per-head force loss's weight gradients in training, within float32 tolerance."""
-    model = ensemble_model().to(torch.float32)
-    graph = graph_of(make_ethanol())
+    import dataclasses
+
+    from torch._dynamo.utils import counters
+
+    from molequi.models import build_model
+
+    charged = dataclasses.replace(ensemble_model().model.config, charge_input=True, charge_energies=[-1.5, 2.0])
+    model = build_model(charged, torch.float32)  # the charge reference must not break the graph either
+    atoms = make_ethanol()
+    atoms.info["charge"] = -1
+    graph = graph_of(atoms)
+    counters.clear()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model.eval()
@@ -185,6 +195,7 @@ def test_compiled_jacobian_of_a_shallow_ensemble_equals_eager():
         for a, b in zip(member_loss_gradients(model, graph), member_loss_gradients(copy.copy(model).compile(), graph)):
             torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
     assert compiled.SHARED_MEMBERS.active, compiled.SHARED_MEMBERS.failure
+    assert not counters["graph_break"], dict(counters["graph_break"])  # one fused graph, not pieces
 
 
 def test_md_compile_flag_runs_through_the_compiled_call(eager_only, tmp_path):

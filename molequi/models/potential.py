@@ -178,7 +178,10 @@ class MolequiPotential(nn.Module):
             return None
         charge = graph.charge.to(torch.float64)  # [S], e
         per_structure = terms[0] * charge + terms[1] * charge * charge  # [S], eV
-        atoms = torch.bincount(graph.batch, minlength=charge.shape[0]).to(torch.float64)
+        # atoms per structure by index_add, not bincount: its output size depends on the data,
+        # which breaks the compiled graph (molequi.nn.compiled)
+        ones = torch.ones(graph.batch.shape, dtype=torch.float64, device=charge.device)
+        atoms = torch.zeros_like(charge).index_add_(0, graph.batch, ones)
         return (per_structure / atoms.clamp(min=1.0))[graph.batch]
 
     def forward(self, graph: GraphBatch) -> dict[str, torch.Tensor]:
