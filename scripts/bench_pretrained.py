@@ -38,10 +38,10 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts"))
+from molequi.utils import cpu_model
 
-from machine_info import cpu_model  # noqa: E402  (scripts/ is on the path only now)
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))  # readme_section
 RMD17 = REPO.parent / "shared" / "data" / "rmd17"
 PARTS = ("zero-shot", "stability", "speed", "finetune")
 VARIANTS = {  # name -> extra train flags

@@ -21,10 +21,10 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts"))
+from molequi.utils import cpu_model
 
-from machine_info import cpu_model  # noqa: E402  (scripts/ is on the path only now)
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))  # readme_section
 
 
 def machine() -> str:

@@ -24,12 +24,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from molequi.utils import cpu_model
+
 REPO = Path(__file__).resolve().parents[1]
 TARGET = REPO / "molequi" / "pretrained"
 MAX_BYTES = 10 * 1024 * 1024
-sys.path.insert(0, str(REPO / "scripts"))
-
-from machine_info import cpu_model  # noqa: E402  (scripts/ is on the path only now)
 RECIPES = [TARGET / "organic_xtb.yaml", TARGET / "organic_xtb.stage2.yaml"]
 
 

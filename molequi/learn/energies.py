@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from ase import Atoms
 
-from molequi.models.references import composition_offsets, shifted_e0s
+from molequi.models.references import composition_offsets, shifted_charge_energies, shifted_e0s
 
 MIN_CHANGE_EV = 1e-9
 """A refit that moves no reference energy by more than this (eV) leaves the file untouched."""
@@ -54,8 +54,7 @@ def refit_reference_energies(path: str | Path, structures: Sequence[Atoms], devi
         return 0.0
     inner.config.e0s = shifted_e0s(inner.config.e0s, dict(zip(species, delta)))
     if inner.config.charge_input:
-        before = inner.config.charge_energies or (0.0, 0.0)
-        inner.config.charge_energies = [float(before[0] + delta[-2]), float(before[1] + delta[-1])]
+        inner.config.charge_energies = shifted_charge_energies(inner.config.charge_energies, delta[-2:])
     inner.e0.copy_(reference_table(inner.config).to(inner.e0.device))
     save_model(model, path, extra=read_header(path)["extra"])
     return float(np.mean(counts @ delta))

@@ -115,3 +115,8 @@ def shifted_e0s(e0s: dict[str, float], shift: dict[int, float]) -> dict[str, flo
     for z, change in shift.items():
         moved[str(int(z))] = moved.get(str(int(z)), 0.0) + float(change)
     return moved
+
+
+def shifted_charge_energies(current: Sequence[float] | None, change: Sequence[float]) -> list[float]:
+    """A charge reference ``[a, b]`` (eV per e, per e²; None counts as zeros) moved by ``change``."""
+    return [float(a) + float(b) for a, b in zip(current or (0.0, 0.0), change)]

@@ -151,11 +151,11 @@ def reference_shift(model: torch.nn.Module, graphs: Sequence[Data], species: Seq
 
 def refitted_config(initial: ModelConfig, shift: ReferenceShift) -> ModelConfig:
     """``initial`` with its reference energies moved by ``shift`` (eV)."""
-    from molequi.models.references import shifted_e0s
+    from molequi.models.references import shifted_charge_energies, shifted_e0s
 
     charge_energies = initial.charge_energies
     if initial.charge_input:
-        charge_energies = [a + b for a, b in zip(initial.charge_energies or (0.0, 0.0), shift.charge)]
+        charge_energies = shifted_charge_energies(initial.charge_energies, shift.charge)
     return dataclasses.replace(initial, e0s=shifted_e0s(initial.e0s, shift.elements), charge_energies=charge_energies)
 
 
