@@ -29,7 +29,8 @@ from molequi.utils import cpu_model
 REPO = Path(__file__).resolve().parents[1]
 TARGET = REPO / "molequi" / "pretrained"
 MAX_BYTES = 10 * 1024 * 1024
-RECIPES = [TARGET / "organic_xtb.yaml", TARGET / "organic_xtb.stage2.yaml"]
+RECIPES = {name: [TARGET / f"{name}.yaml", TARGET / f"{name}.stage2.yaml"]  # the stages of each recipe
+           for name in ("organic_xtb", "organic_xtb.gpu")}
 
 
 def sha256(path: Path) -> str:
@@ -39,6 +40,19 @@ def sha256(path: Path) -> str:
 def machine() -> str:
     """The CPU model and core count of this machine (where the card's training figures were measured)."""
     return f"{cpu_model()}, {os.cpu_count()} cores"
+
+
+def trained_on(run: Path) -> str:
+    """Where ``run`` trained: this machine's CPU, or the GPU its config names (the card's wording)."""
+    import yaml
+
+    device = str(yaml.safe_load((run / "config.yaml").read_text()).get("device", "cpu"))
+    if device.startswith("cuda"):
+        import torch
+
+        name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "a GPU"
+        return f"{name} ({device})"
+    return f"{machine()} (no GPU, machine shared)"
 
 
 def training_summary(run: Path) -> dict:
@@ -63,8 +77,8 @@ def calibrate(model: Path, test: Path, out: Path) -> bool:
     return True
 
 
-def card(runs: list[Path], data: Path, model: Path, calibration: Path | None) -> str:
-    """The Markdown model card of the last of ``runs`` (the recipe's stages, in order)."""
+def card(runs: list[Path], data: Path, model: Path, calibration: Path | None, recipe: str = "organic_xtb") -> str:
+    """The Markdown model card of the last of ``runs`` (the stages of ``recipe``, in order)."""
     from molequi.models.io import read_config
 
     run = runs[-1]
@@ -74,7 +88,7 @@ def card(runs: list[Path], data: Path, model: Path, calibration: Path | None) ->
     stages = [training_summary(stage) for stage in runs]
     epochs = " + ".join(str(stage["epochs"]) for stage in stages)
     hours = sum(stage["wall_s"] for stage in stages) / 3600
-    recipes = ", ".join(f"`{path.relative_to(REPO)}`" for path in RECIPES[:len(runs)])
+    recipes = ", ".join(f"`{path.relative_to(REPO)}`" for path in RECIPES[recipe][:len(runs)])
     charge = ""
     if config.charge_energies is not None:
         charge = (f"; charge reference {config.charge_energies[0]:+.3f}·Q {config.charge_energies[1]:+.3f}·Q² eV, "
@@ -103,8 +117,8 @@ def card(runs: list[Path], data: Path, model: Path, calibration: Path | None) ->
         f"| architecture | {config.num_layers} layers × {config.channels} channels, l_max {config.l_max}, edge "
         f"l_max {config.edge_l_max}, correlation {config.correlation}, cutoff {config.cutoff} Å, "
         f"{config.ensemble_heads} ensemble heads (σ from one model) |",
-        f"| training | {epochs} epochs in {len(runs)} stage(s), {hours:.2f} h wall on {machine()} (no GPU, "
-        f"machine shared), recipe {recipes} |",
+        f"| training | {epochs} epochs in {len(runs)} stage(s), {hours:.2f} h wall on {trained_on(runs[0])}, "
+        f"recipe {recipes} |",
         f"| file | `organic_xtb.molequi`, {model.stat().st_size / 1e6:.2f} MB, sha256 `{sha256(model)[:16]}…` |",
     ]
     if metrics:
@@ -129,7 +143,9 @@ def card(runs: list[Path], data: Path, model: Path, calibration: Path | None) ->
         "",
         "```bash",
         "python datasets/organic_xtb.py --out data/organic_xtb      # the data set (25-50 min on 2 cores, resumable)",
-        "bash scripts/train_organic_xtb.sh data/organic_xtb runs/organic_xtb   # train both stages (resumable), ship",
+        "bash scripts/train_organic_xtb.sh data/organic_xtb runs/organic_xtb   # train both stages (resumable), ship"
+        if recipe == "organic_xtb" else
+        "bash scripts/train_organic_xtb.sh --gpu data/organic_xtb   # train both stages on a GPU (resumable), ship",
         "```",
         "",
         "The epoch budget and seed fix the model: two runs of the recipe on the same data give the same weights.",
@@ -153,9 +169,14 @@ def main() -> int:
     parser.add_argument("--data", type=Path, default=REPO / "data" / "organic_xtb",
                         help="the data set folder (card.json, test.extxyz)")
     parser.add_argument("--no-calibration", action="store_true", help="do not fit the σ calibration")
+    parser.add_argument("--recipe", choices=sorted(RECIPES), default="organic_xtb",
+                        help="the recipe the runs followed (organic_xtb: the CPU one; organic_xtb.gpu: the GPU one)")
     args = parser.parse_args()
-    if len(args.runs) > len(RECIPES):
-        sys.exit(f"the recipe has {len(RECIPES)} stages, got {len(args.runs)} runs")
+    if len(args.runs) > len(RECIPES[args.recipe]):
+        sys.exit(f"the recipe has {len(RECIPES[args.recipe])} stages, got {len(args.runs)} runs")
+    missing = [path for path in (args.data / "card.json", args.data / "test.extxyz") if not path.is_file()]
+    if missing:  # before anything in the package is touched
+        sys.exit(f"{missing[0]}: not found (build the data set with: python datasets/organic_xtb.py --out {args.data})")
     source = args.runs[-1] / "model.molequi"
     if not source.is_file():
         sys.exit(f"{source}: no trained model (run scripts/train_organic_xtb.sh first)")
@@ -167,7 +188,7 @@ def main() -> int:
     if args.no_calibration or not calibrate(target, args.data / "test.extxyz", calibration):
         calibration.unlink(missing_ok=True)
         calibration = None
-    (TARGET / "organic_xtb.md").write_text(card(args.runs, args.data, target, calibration), encoding="utf-8")
+    (TARGET / "organic_xtb.md").write_text(card(args.runs, args.data, target, calibration, args.recipe), encoding="utf-8")
     print(f"shipped {target} ({target.stat().st_size / 1e6:.2f} MB) and its card {TARGET / 'organic_xtb.md'}")
     return 0
 
