@@ -82,12 +82,10 @@ def log(message: str) -> None:
 
 
 def bonds_of(atoms) -> list[tuple[int, int]]:
-    """Bonded pairs (ASE natural cutoffs) of a structure, i < j."""
-    from ase.neighborlist import NeighborList, natural_cutoffs
+    """Bonded pairs of a structure (:func:`molequi.md.bonds.bonded_pairs`), i < j, sorted."""
+    from molequi.md.bonds import bonded_pairs
 
-    neighbors = NeighborList(natural_cutoffs(atoms), self_interaction=False, bothways=False)
-    neighbors.update(atoms)
-    return sorted((min(i, j), max(i, j)) for i in range(len(atoms)) for j in neighbors.get_neighbors(i)[0])
+    return sorted((int(i), int(j)) for i, j in bonded_pairs(atoms))
 
 
 def side_of(bonds: list[tuple[int, int]], n: int, i: int, j: int) -> np.ndarray | None:
@@ -355,31 +353,15 @@ def shifted_test(models, tests: dict[str, list]) -> dict:
 def time_to_failure(models, reference, profile, seed: int) -> dict:
     """Langevin MD of ``ttf_replicas`` replicas at 500 K; the time (fs) each fails, or the run's
     length for survivors; mean over replicas and the fraction surviving."""
-    import torch
-
     from molequi.md import BatchedMD, Potential, load_models, state_from_atoms
-    from molequi.md.engine import StopEvent
+    from molequi.md.bonds import BondWatch
 
-    bonds = np.array(bonds_of(reference))
-    reference_lengths = np.linalg.norm(reference.positions[bonds[:, 1]] - reference.positions[bonds[:, 0]], axis=1)
     replicas = profile["ttf_replicas"]
     potential = Potential(load_models([str(m) for m in models]))
     state = state_from_atoms([reference] * replicas, temperature=TTF_TEMPERATURE, friction=0.01, seed=10_000 * seed)
     engine = BatchedMD(potential, state, dt=TTF_DT, ensemble="nvt")
     failed: dict[int, float] = {}
-    n = len(reference)
-
-    def watch(md) -> None:
-        if md.state.step % 10 or md.state.num_systems == 0:
-            return
-        positions = md.state.positions.detach().cpu().numpy().reshape(md.state.num_systems, n, 3)
-        lengths = np.linalg.norm(positions[:, bonds[:, 1]] - positions[:, bonds[:, 0]], axis=2)
-        broken = np.abs(lengths - reference_lengths).max(axis=1) > BOND_TOLERANCE
-        if broken.any():
-            ids = md.state.system_ids.tolist()
-            events = [StopEvent(ids[k], md.state.step, "bond broken") for k in np.flatnonzero(broken)]
-            md.stop_systems(torch.as_tensor(broken, device=md.state.positions.device), events)
-
+    watch = BondWatch([reference] * replicas, tolerance=BOND_TOLERANCE, new_bonds=False, every=10)
     engine.run(profile["ttf_steps"], [watch])
     for event in engine.stopped:
         failed[event.system] = event.step * TTF_DT

@@ -95,6 +95,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stop-out-of-domain", action="store_true",
                         help="stop a system at its first step out of the --calibration's domain, writing its last "
                              "frame to OUT/out_of_domain.extxyz (exit status 3)")
+    parser.add_argument("--stop-broken-bonds", action="store_true",
+                        help="stop a molecule when a bond of its start structure is stretched or compressed by more "
+                             "than 0.5 Å or a new bond forms (bonded: closer than the covalent radii plus 0.45 Å), "
+                             "writing its last frame to OUT/broken_bonds.extxyz (exit status 3)")
 
 
 def settings_from_args(args: argparse.Namespace) -> MDSettings:
@@ -107,6 +111,7 @@ def settings_from_args(args: argparse.Namespace) -> MDSettings:
         min_distance=args.min_distance, traj_every=args.traj_every, log_every=args.log_every,
         restart_every=args.restart_every, progress=not args.no_progress,
         traj_format=args.traj_format, traj_single=args.traj_single, stop_out_of_domain=args.stop_out_of_domain,
+        stop_broken_bonds=args.stop_broken_bonds,
     )
 
 

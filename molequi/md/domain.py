@@ -12,10 +12,9 @@ import warnings
 from pathlib import Path
 
 import torch
-from ase import Atoms, units
-from ase.calculators.singlepoint import SinglePointCalculator
 
 from molequi.md.engine import StopEvent
+from molequi.md.output import append_frames
 from molequi.models.uncertainty import OutOfDomainWarning
 
 OUT_OF_DOMAIN_FILE = "out_of_domain.extxyz"
@@ -67,22 +66,7 @@ class DomainWatch:
             engine.stop_systems(out, events)
 
     def write_frames(self, engine, indices: list[int]) -> None:
-        """Append the current frame of the systems ``indices`` (positions Å, velocities, energy
-        eV, forces eV/Å, ``info``: system, step, time_fs, sigma_forces eV/Å) to the file."""
-        import ase.io
-
-        state = engine.state
-        batch = state.batch.cpu()
-        frames = []
-        for k in indices:
-            mask = (batch == k).numpy()
-            atoms = Atoms(numbers=state.numbers.cpu().numpy()[mask], positions=state.positions.cpu().numpy()[mask],
-                          cell=state.cell[k].cpu().numpy(), pbc=state.pbc[k].cpu().numpy(),
-                          velocities=state.velocities.cpu().numpy()[mask] / units.fs)
-            atoms.info.update(system=int(state.system_ids[k]), step=state.step, time_fs=engine.time,
-                              sigma_forces=float(engine.outputs["sigma_forces"][k]), threshold=self.threshold)
-            atoms.calc = SinglePointCalculator(atoms, energy=float(state.energy[k]),
-                                               forces=state.forces.cpu().numpy()[mask].copy())
-            frames.append(atoms)
-        with open(self.path, "a") as handle:
-            ase.io.write(handle, frames, format="extxyz")
+        """Append the current frame of the systems ``indices`` to the file, with their calibrated
+        force std (``info`` sigma_forces, eV/Å) and the threshold."""
+        append_frames(engine, indices, self.path, {k: {"sigma_forces": float(engine.outputs["sigma_forces"][k]),
+                                                       "threshold": self.threshold} for k in indices})

@@ -13,6 +13,7 @@ Layout of the output folder::
                          ``trajectory.extxyz`` / ``trajectory.traj`` for every system, frames
                          in time order and tagged with ``atoms.info["system"]``
     out_of_domain.extxyz the last frame of each system stopped by ``stop_out_of_domain``
+    broken_bonds.extxyz  the last frame of each system stopped by ``stop_broken_bonds``
     restart.safetensors  the latest restart point (with the file sizes at that point, so a
                          resumed run cuts the logs back and appends exactly where it was)
     energy.png           total-energy change and temperature against time, per system
@@ -44,6 +45,28 @@ TRAJ_FORMATS = ("extxyz", "traj")
 LOG_COLUMNS = ["time_fs", "step", "potential_eV", "kinetic_eV", "total_eV", "temperature_K"]
 COMMITTEE_COLUMNS = ["energy_std_eV", "forces_std_max_eV_per_A", "in_domain"]
 FLUSH_ROWS = 2000
+
+
+def append_frames(engine, slots: list[int], path: Path, info: dict[int, dict]) -> None:
+    """Append the current frame of the engine's systems in ``slots`` to the extxyz file ``path``:
+    positions Å, velocities, energy eV, forces eV/Å; ``info`` system, step, time_fs and, per slot,
+    ``info[slot]`` (the reason it is written)."""
+    import ase.io
+
+    state = engine.state
+    batch = state.batch.cpu()
+    frames = []
+    for k in slots:
+        mask = (batch == k).numpy()
+        atoms = Atoms(numbers=state.numbers.cpu().numpy()[mask], positions=state.positions.cpu().numpy()[mask],
+                      cell=state.cell[k].cpu().numpy(), pbc=state.pbc[k].cpu().numpy(),
+                      velocities=state.velocities.cpu().numpy()[mask] / units.fs)
+        atoms.info.update(system=int(state.system_ids[k]), step=state.step, time_fs=engine.time, **info.get(k, {}))
+        atoms.calc = SinglePointCalculator(atoms, energy=float(state.energy[k]),
+                                           forces=state.forces.cpu().numpy()[mask].copy())
+        frames.append(atoms)
+    with open(path, "a") as handle:
+        ase.io.write(handle, frames, format="extxyz")
 
 
 class MDOutput:

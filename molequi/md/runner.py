@@ -23,6 +23,7 @@ import torch
 from ase import Atoms
 
 from molequi.errors import ConfigError
+from molequi.md.bonds import BondWatch
 from molequi.md.domain import DomainWatch
 from molequi.md.engine import BatchedMD, StopEvent
 from molequi.md.ensembles import ENSEMBLES
@@ -58,6 +59,9 @@ class MDSettings:
             calibration (its calibrated per-structure force std above the calibration's
             threshold), writing its last frame to ``out_of_domain.extxyz``; needs a committee
             (or ensemble heads) and a calibration with a threshold.
+        stop_broken_bonds: stop a molecule when a bond of its start structure is off by more than
+            0.5 Å or a new bond forms (:mod:`molequi.md.bonds`), writing its last frame to
+            ``broken_bonds.extxyz``; molecules only (no periodic cell).
     """
 
     steps: int
@@ -77,6 +81,7 @@ class MDSettings:
     traj_format: str = "extxyz"
     traj_single: bool = False
     stop_out_of_domain: bool = False
+    stop_broken_bonds: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -102,8 +107,11 @@ class MDSettings:
 
     def physics(self) -> dict[str, object]:
         """The settings that decide the trajectory (a resume must keep them all)."""
-        return {key: value for key, value in asdict(self).items()
-                if key not in ("steps", "traj_every", "log_every", "restart_every", "progress")}
+        physics = {key: value for key, value in asdict(self).items()
+                   if key not in ("steps", "traj_every", "log_every", "restart_every", "progress")}
+        if not self.stop_broken_bonds:  # added later: runs without it keep the identity they had
+            del physics["stop_broken_bonds"]
+        return physics
 
 
 MAX_TIMESTEP_FS = 20.0
@@ -205,7 +213,7 @@ def read_systems(specs: Sequence[str], replicas: int = 1) -> list[Atoms]:
 
 
 MD_OUTPUTS = ("system_*.csv", "system_*.extxyz", "system_*.traj", "trajectory.extxyz", "trajectory.traj",
-              "restart.safetensors", "energy.png", "out_of_domain.extxyz")
+              "restart.safetensors", "energy.png", "out_of_domain.extxyz", "broken_bonds.extxyz")
 """Glob patterns of the files an MD run writes in its output folder (what ``overwrite`` deletes)."""
 
 
@@ -244,6 +252,8 @@ def run_md(
     if settings.stop_out_of_domain and (not potential.is_committee or potential.domain_threshold is None):
         raise ConfigError("stop_out_of_domain (--stop-out-of-domain) needs a committee or ensemble heads and a "
                           "calibration with an in-domain threshold (write one with molequi calibrate)")
+    if settings.stop_broken_bonds and any(atoms.pbc.any() for atoms in systems):
+        raise ConfigError("stop_broken_bonds (--stop-broken-bonds) is for molecules: a structure has a periodic cell")
     identity = md_identity(potential, systems, settings)
     with claim_run_directory(out, "md", MD_OUTPUTS, resume=resume, overwrite=overwrite,
                              resume_marker="restart.safetensors"):
@@ -364,6 +374,11 @@ def _record(engine, records: list[SystemResult], dt: float, watch: DomainWatch |
             records[system].duration_fs = float(engine.state.step * dt)
 
 
+def _bond_watch(settings: MDSettings, systems: list[Atoms], out: Path) -> list[BondWatch]:
+    """The broken-bond watch of a run that asked for one (after the writer: the log shows the step)."""
+    return [BondWatch(systems, folder=out)] if settings.stop_broken_bonds else []
+
+
 def _run_batched(potential: Potential, systems: list[Atoms], settings: MDSettings, out: Path, resume: bool,
                  identity: dict, cuda_graphs: bool = False) -> MDResult:
     from molequi.md.state import state_from_atoms
@@ -392,7 +407,8 @@ def _run_batched(potential: Potential, systems: list[Atoms], settings: MDSetting
     progress = MDProgress(settings.steps, settings.dt, not settings.progress, initial=engine.state.step)
     try:
         # the watch after the writer: the log and trajectory show the step a system left the domain
-        engine.run(max(settings.steps - engine.state.step, 0), [output, watch], callback=_stop_reporter(engine, progress))
+        engine.run(max(settings.steps - engine.state.step, 0), [output, watch, *_bond_watch(settings, systems, out)],
+                   callback=_stop_reporter(engine, progress))
     finally:
         progress.close()
         if settings.restart_every and not engine.in_step:  # never a restart from a half-taken step
@@ -410,6 +426,7 @@ def _run_ase(potential: Potential, systems: list[Atoms], settings: MDSettings, o
     output = _output(potential, len(systems), settings, out, restart_every=0)
     _describe(output, settings, systems)
     watch = DomainWatch(potential.domain_threshold, settings.stop_out_of_domain, out)
+    bonds = _bond_watch(settings, systems, out)
     progress = MDProgress(settings.steps * len(systems), settings.dt, not settings.progress)
     records = [SystemResult(k, len(a)) for k, a in enumerate(systems)]
     try:
@@ -422,7 +439,7 @@ def _run_ase(potential: Potential, systems: list[Atoms], settings: MDSettings, o
             if engine.state.num_systems:
                 output(engine)  # step 0
             watch(engine)
-            engine.run(settings.steps, [output, watch], callback=_stop_reporter(engine, progress))
+            engine.run(settings.steps, [output, watch, *bonds], callback=_stop_reporter(engine, progress))
             _record(engine, records, settings.dt, watch)
     finally:
         progress.close()
