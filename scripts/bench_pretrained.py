@@ -133,7 +133,15 @@ def stability(model_file: str, molecules: list, temperature: float, ps: float, d
     starts = [m.copy() for m in molecules]
     engine = BatchedMD(potential, state_from_atoms(starts, temperature=temperature, friction=0.01, seed=seed),
                        dt=dt, ensemble="nvt", skin=1.0)
-    engine.run(int(round(ps * 1000 / dt)), [BondWatch(starts, every=check_every)])
+    steps, started = int(round(ps * 1000 / dt)), time.perf_counter()
+
+    def progress() -> None:  # a line every tenth of the run: these runs take tens of minutes
+        done = engine.state.step
+        if done % max(1, steps // 10) == 0:
+            print(f"stability {temperature:g} K: step {done}/{steps}, {engine.state.num_systems} running, "
+                  f"{time.perf_counter() - started:.0f} s", flush=True)
+
+    engine.run(steps, [BondWatch(starts, every=check_every)], progress)
     failed = {event.system: (event.step * dt, event.reason) for event in reversed(engine.stopped)}  # first stop wins
     outcomes = [{"molecule": m.info.get("molecule", str(k)), "failed_ps": failed[k][0] / 1000 if k in failed else None,
                  "reason": failed[k][1] if k in failed else None} for k, m in enumerate(molecules)]
@@ -302,6 +310,7 @@ def stability_markdown(ours: dict, xtb: dict) -> list[str]:
     lines = ["**MD stability** (Langevin, 0.5 fs; failure: a bond off by > 0.5 Å, a new bond, or a safety stop)",
              "", "| T (K) | runs | ps each | stable | mean time to failure (ps) | GFN2-xTB's own MD stable |",
              "|---:|---:|---:|---:|---:|---:|"]
+    ours = dict(sorted(ours.items(), key=lambda item: float(item[0])))  # merged runs may come in any order
     for temperature, row in ours.items():
         reference = xtb.get(temperature)
         cell = f"{100 * reference['stable_fraction']:.0f} % of {reference['runs']}" if reference else "–"
@@ -364,6 +373,8 @@ def main() -> int:
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=[p for p in PARTS if p != "xtb-stability"])
     parser.add_argument("--molecules-md", type=int, default=40, help="held-out molecules per MD temperature")
     parser.add_argument("--ps", type=float, default=2.0, help="MD length per run, ps")
+    parser.add_argument("--temperatures", nargs="+", type=float, default=[300.0, 600.0],
+                        help="MD temperatures of the stability part, K (two processes may split them)")
     parser.add_argument("--xtb-temperatures", nargs="+", type=float, default=[600.0],
                         help="temperatures (K) of the xtb-stability part: GFN2-xTB's own MD of the same molecules "
                              "judged by the same criterion (one core, ~1 min per molecule and ps)")
@@ -410,7 +421,7 @@ def main() -> int:
     molecules = sorted(relaxed.values(), key=lambda a: a.info["molecule"])
     chosen = [molecules[k] for k in sorted(np.random.default_rng(0).permutation(len(molecules))[:args.molecules_md])]
     if "stability" in args.parts:
-        results["stability"] = {str(t): stability(model_file, chosen, t, args.ps) for t in (300.0, 600.0)}
+        results["stability"] = {str(t): stability(model_file, chosen, t, args.ps) for t in args.temperatures}
         print(json.dumps(results["stability"], indent=1))
     if "xtb-stability" in args.parts:
         results["xtb-stability"] = {str(t): xtb_stability(chosen, t, args.ps) for t in args.xtb_temperatures}
@@ -437,6 +448,9 @@ def main() -> int:
                 rows = earlier.get("finetune", {})
                 results["finetune"] = {**rows, **{key: {**rows.get(key, {}), **row}
                                                   for key, row in results["finetune"].items()}}
+            for part in ("stability", "xtb-stability"):  # temperatures run elsewhere stay
+                if part in results:
+                    results[part] = {**earlier.get(part, {}), **results[part]}
             results = {**earlier, **{k: v for k, v in results.items() if k in PARTS}}
             results["command"] = earlier["command"] + "; " + results_command(args)
     saved.write_text(json.dumps(results, indent=1))
