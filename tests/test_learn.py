@@ -608,3 +608,24 @@ def test_md_frames_carry_the_calibrated_sigma_and_the_domain_verdict():
     assert calibration_columns(calibration) == {"energy_spearman": 0.1, "energy_calibration_fallback": 1,
                                                 "forces_spearman": 0.6, "forces_calibration_fallback": 0,
                                                 "domain_threshold": 1.0}
+
+
+def test_cli_init_fine_tunes_at_the_fine_tuning_learning_rate(tmp_path, monkeypatch):
+    """`molequi learn --init` trains its members as `molequi train --init` would: at the
+    fine-tuning learning rate unless --lr says otherwise, and refuses another architecture."""
+    import molequi.learn
+    from molequi.training.finetune import FINE_TUNE_LEARNING_RATE
+
+    configs = []
+    monkeypatch.setattr(molequi.learn, "run_learning",
+                        lambda settings, starts, out, config, test_data: configs.append((settings, config))
+                        or molequi.learn.LearnResult(out, [], []))
+    start = tmp_path / "start.xyz"
+    start.write_text("3\n\nO 0 0 0\nH 0.96 0 0\nH -0.24 0.93 0\n")
+    command = ["learn", "--start", str(start), "--init", "organic-xtb", "--rounds", "1"]
+    assert main([*command, "--out", str(tmp_path / "a")]) == 0
+    assert main([*command, "--out", str(tmp_path / "b"), "--lr", "0.01"]) == 0
+    (settings, tuned), (_, chosen) = configs
+    assert settings.init == "organic-xtb" and tuned.init is None  # the loop sets each member's own init
+    assert tuned.learning_rate == FINE_TUNE_LEARNING_RATE and chosen.learning_rate == 0.01
+    assert main([*command, "--out", str(tmp_path / "c"), "--channels", "8"]) == 2  # not the model's 64 channels

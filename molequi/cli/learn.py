@@ -119,7 +119,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init", metavar="MODEL", default=None,
                         help="fine-tune this model (a .molequi file or a shipped model's name, e.g. organic-xtb) "
                         "instead of training from random weights: its architecture and elements are kept, so a "
-                        "handful of labels adapts it to a new molecule")
+                        "handful of labels adapts it to a new molecule; the learning rate defaults to the fine-tuning "
+                        "one of molequi train --init")
     for flag, (_, kind, text) in TRAINING_FLAGS.items():
         parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, metavar=METAVARS.get(flag, flag.strip("-").split("-")[-1].upper()),
                             help=f"{text} (default: the training default or --config)")
@@ -145,6 +146,11 @@ def run(args: argparse.Namespace) -> int:
         name = flag.removeprefix("--").replace("-", "_")
         if hasattr(args, name):
             overrides[key] = getattr(args, name)
+    if args.init:  # as `molequi train --init`: the initial model's architecture, the fine-tuning learning rate
+        from molequi.cli.train import fine_tune_overrides
+
+        overrides = fine_tune_overrides({**overrides, "init": args.init}, args.config)
+        del overrides["init"]  # each member's init is set by the loop (the model, then the last round's)
     config = load_config(args.config, overrides)
     settings = LearnSettings(
         rounds=args.rounds, per_round=args.per_round, temperatures=args.temperature, md_steps=args.md_steps,
