@@ -198,23 +198,29 @@ def test_sets(files: dict[str, Path]) -> dict[str, list]:
 # --- committees -------------------------------------------------------------------------------
 
 
-def training_config(profile: dict, seed: int, heads: int = 0):
+def training_config(profile: dict, seed: int, heads: int = 0, init: str | None = None):
+    """Every member's training settings; with ``init`` (a pretrained model's name) a fine-tuning
+    run of it: its architecture, the fine-tuning learning rate (as ``molequi train --init``)."""
     from molequi.training import load_config
+    from molequi.training.finetune import FINE_TUNE_LEARNING_RATE
 
     extra = {"model.ensemble_heads": heads} if heads else {}
-    return load_config(None, {**MODEL, **extra, "max_epochs": profile["epochs"], "validation": 0.1, "device": "cpu",
+    architecture = MODEL if init is None else {"init": init, "learning_rate": FINE_TUNE_LEARNING_RATE}
+    return load_config(None, {**architecture, **extra, "max_epochs": profile["epochs"], "validation": 0.1, "device": "cpu",
                               "batch_size": 4, "seed": seed, "progress": False,
                               # the loop's labels lie far from each other by design (the loop sets it itself)
                               "allow_outliers": bool(heads)})
 
 
-def random_committee(molecule: str, files, profile, args, seed: int, n_labels: int) -> list[Path]:
-    """A committee trained from scratch on ``n_labels`` frames drawn from the 300 K pool."""
+def random_committee(molecule: str, files, profile, args, seed: int, n_labels: int,
+                     init: str | None = None) -> list[Path]:
+    """A committee trained on ``n_labels`` frames drawn from the 300 K pool: from scratch, or
+    fine-tuned from the pretrained model ``init`` (one model: its ensemble heads are the members)."""
     from ase.io import read, write
 
     from molequi.training import train
 
-    folder = args.out / "random" / molecule / f"seed_{seed}" / f"n_{n_labels}"
+    folder = args.out / ("random" if init is None else f"random_from_{init}") / molecule / f"seed_{seed}" / f"n_{n_labels}"
     data = folder / "train.extxyz"
     if not data.exists():
         pool = read(files["pool"], ":")
@@ -222,21 +228,34 @@ def random_committee(molecule: str, files, profile, args, seed: int, n_labels: i
         folder.mkdir(parents=True, exist_ok=True)
         write(data, [pool[k] for k in picks], format="extxyz")
     models = []
-    for m in range(profile["committee"]):
+    for m in range(members_from(profile, init)[0]):
         out = folder / f"member_{m}"
         if not (out / "model.molequi").exists():
             if out.exists():
                 shutil.rmtree(out)
-            train(training_config(profile, 1000 * seed + m), str(data), out, log=lambda message: None)
+            train(training_config(profile, 1000 * seed + m, init=init), str(data), out, log=lambda message: None)
         models.append(out / "model.molequi")
     return models
 
 
-def loop_committees(molecule: str, files, profile, args, seed: int,
-                    max_std: float | None = None) -> tuple[dict[int, list[Path]], list[dict]]:
+def members_from(profile: dict, init: str | None) -> tuple[int, int]:
+    """Committee size and ensemble heads per model: the profile's committee from scratch; from a
+    pretrained model with ensemble heads, that one model (how `molequi learn --init` runs it cheaply)."""
+    if init is None:
+        return profile["committee"], 0
+    from molequi.models.io import read_config
+    from molequi.training.finetune import resolve_model
+
+    heads = int(read_config(resolve_model(init)).ensemble_heads or 0)
+    return (1, heads) if heads >= 2 else (profile["committee"], 0)
+
+
+def loop_committees(molecule: str, files, profile, args, seed: int, max_std: float | None = None,
+                    init: str | None = None) -> tuple[dict[int, list[Path]], list[dict]]:
     """The loop's committee at each label count of the profile, and its rounds table; with
     ``max_std`` (eV/Å) under a trust ceiling of trajectory scope (``molequi learn --max-std X
-    --trust-scope trajectory``)."""
+    --trust-scope trajectory``); with ``init`` starting from that pretrained model
+    (``molequi learn --init NAME``)."""
     from ase.io import read
 
     from molequi.learn import LearnSettings, run_learning
@@ -244,11 +263,14 @@ def loop_committees(molecule: str, files, profile, args, seed: int,
     per_round = profile["per_round"]
     start_labels = 1 + PERTURBED
     rounds = (max(profile["labels"]) - start_labels) // per_round
+    committee, heads = members_from(profile, init)
     settings = LearnSettings(rounds=rounds, per_round=per_round, temperatures=list(TEMPERATURES),
-                             md_steps=profile["md_steps"], committee=profile["committee"], replicas=1, sample_every=10,
+                             md_steps=profile["md_steps"], committee=committee, ensemble_heads=heads, replicas=1,
+                             sample_every=10,
                              perturbed=PERTURBED, seed=seed, max_std=max_std,
-                             trust_scope="trajectory" if max_std else "frame")
-    folder = args.out / ("loop" if max_std is None else f"loop_ceiling_{max_std:g}") / molecule / f"seed_{seed}"
+                             trust_scope="trajectory" if max_std else "frame", init=init)
+    name = ("loop" if max_std is None else f"loop_ceiling_{max_std:g}") + ("" if init is None else f"_from_{init}")
+    folder = args.out / name / molecule / f"seed_{seed}"
     start = read(files["start"])
     start.calc = None  # labelled with its perturbed copies by the loop itself
     started = time.monotonic()
@@ -256,7 +278,7 @@ def loop_committees(molecule: str, files, profile, args, seed: int,
         rounds = max(rounds, int(json.loads((folder / "learn.json").read_text())["settings"]["rounds"]))
     for extra in range(4):  # under a ceiling a round may label fewer frames: more rounds reach the labels
         settings = dataclasses.replace(settings, rounds=rounds + extra)
-        result = run_learning(settings, [start], folder, config=training_config(profile, 1000 * seed),
+        result = run_learning(settings, [start], folder, config=training_config(profile, 1000 * seed, init=init),
                               test_data=[files[f"md_{t:g}K"] for t in TEMPERATURES],
                               log=lambda message: log(f"{molecule} loop seed {seed}: {message}"))
         stuck = len(result.rows) > 1 and result.rows[-2]["n_new"] == 0  # the ceiling left nothing to label
@@ -266,7 +288,7 @@ def loop_committees(molecule: str, files, profile, args, seed: int,
     committees = {}
     for n in profile["labels"]:  # the last committee with at most n labels (fewer under a ceiling: a handicap)
         r = max(k for k, row in enumerate(result.rows) if row["n_labels"] <= n)
-        committees[n] = [folder / f"round_{r:03d}" / f"member_{m}" / "model.molequi" for m in range(profile["committee"])]
+        committees[n] = [folder / f"round_{r:03d}" / f"member_{m}" / "model.molequi" for m in range(committee)]
     return committees, result.rows[:max(k for k, row in enumerate(result.rows) if row["n_labels"] <= max(profile["labels"])) + 1]
 
 
@@ -453,6 +475,11 @@ def run_molecule(molecule: str, profile: dict, args) -> dict:
         if args.loop_max_std:
             loops[f"loop, ceiling {args.loop_max_std:g} eV/Å"] = loop_committees(molecule, files, profile, args, seed,
                                                                                  args.loop_max_std)
+        if args.pretrained:  # as `molequi learn --init NAME` runs by default: under the default ceiling
+            from molequi.learn.settings import DEFAULT_MAX_STD
+
+            loops[f"loop from {args.pretrained}, ceiling {DEFAULT_MAX_STD:g} eV/Å"] = loop_committees(
+                molecule, files, profile, args, seed, DEFAULT_MAX_STD, init=args.pretrained)
         committees, rows = loops["loop"]
         entry["rounds"] = {kind: [{k: row.get(k) for k in ("n_labels", "test_energy_mae_meV", "test_energy_bias_meV",
                                                            "test_forces_mae_meV_per_A")} for row in found_rows]
@@ -460,6 +487,9 @@ def run_molecule(molecule: str, profile: dict, args) -> dict:
         for n in profile["labels"]:
             runs = [(kind, found[n]) for kind, (found, _) in loops.items()]
             runs.append(("random", random_committee(molecule, files, profile, args, seed, n)))
+            if args.pretrained:
+                runs.append((f"random from {args.pretrained}",
+                             random_committee(molecule, files, profile, args, seed, n, init=args.pretrained)))
             for kind, models in runs:
                 entry.setdefault(kind, {})
                 started = time.monotonic()
@@ -507,26 +537,33 @@ def cell(values, digits: int = 0) -> str:
 
 
 def selections(report: dict) -> list[str]:
-    """The ways of picking labels a report holds: random first, then the loops."""
-    return ["random"] + [key for key in report["seeds"][0] if key.startswith("loop")]
+    """The ways of picking labels a report holds: random first (from scratch, then from a
+    pretrained model), then the loops."""
+    return ["random"] + [key for key in report["seeds"][0] if key.startswith(("random from", "loop"))]
+
+
+def baseline_of(selection: str) -> str:
+    """The random selection a loop is judged against: the one with the same start."""
+    return f"random from {selection.split(' from ')[1].split(',')[0]}" if " from " in selection else "random"
 
 
 def targets(report: dict) -> list[tuple[str, bool | None]]:
     seeds = report["seeds"]
     checks = []
-    for loop in selections(report)[1:]:
+    for loop in [kind for kind in selections(report) if kind.startswith("loop")]:
+        random = baseline_of(loop)
         for n in report["labels"]:
-            loop_p99, random_p99 = (mean_sd([s[k][n]["p99"] for s in seeds])[0] for k in (loop, "random"))
-            loop_300, random_300 = (mean_sd([s[k][n]["mean_300K"] for s in seeds])[0] for k in (loop, "random"))
-            checks.append((f"{n} labels: {loop} p99 force error ≤ 0.7 × random's ({loop_p99:.0f} vs {random_p99:.0f} "
+            loop_p99, random_p99 = (mean_sd([s[k][n]["p99"] for s in seeds])[0] for k in (loop, random))
+            loop_300, random_300 = (mean_sd([s[k][n]["mean_300K"] for s in seeds])[0] for k in (loop, random))
+            checks.append((f"{n} labels: {loop} p99 force error ≤ 0.7 × {random}'s ({loop_p99:.0f} vs {random_p99:.0f} "
                            "meV/Å)", loop_p99 <= 0.7 * random_p99))
-            checks.append((f"{n} labels: {loop} 300 K mean within 10 % of random's ({loop_300:.0f} vs {random_300:.0f} "
+            checks.append((f"{n} labels: {loop} 300 K mean within 10 % of {random}'s ({loop_300:.0f} vs {random_300:.0f} "
                            "meV/Å)", loop_300 <= 1.1 * random_300))
             if n in (20, 40):
-                ttf = "ttf_long" if all("ttf_long" in s[k][n] for s in seeds for k in (loop, "random")) else "ttf"
-                loop_t, random_t = (mean_sd([s[k][n][ttf]["mean_fs"] for s in seeds])[0] for k in (loop, "random"))
-                length = seeds[0]["random"][n][ttf]["length_fs"] / 1000
-                checks.append((f"{n} labels: {loop} survives ≥ 2 × longer over {length:g} ps ({loop_t:.0f} vs "
+                ttf = "ttf_long" if all("ttf_long" in s[k][n] for s in seeds for k in (loop, random)) else "ttf"
+                loop_t, random_t = (mean_sd([s[k][n][ttf]["mean_fs"] for s in seeds])[0] for k in (loop, random))
+                length = seeds[0][random][n][ttf]["length_fs"] / 1000
+                checks.append((f"{n} labels: {loop} survives ≥ 2 × {random}'s time over {length:g} ps ({loop_t:.0f} vs "
                                f"{random_t:.0f} fs)", loop_t >= 2 * random_t))
     for name in seeds[0]["ranking"]:
         for key in [k for k in seeds[0]["ranking"][name] if k.startswith("md_")]:
@@ -617,7 +654,7 @@ def plot(results: dict, path: Path) -> None:
     figure, axes = plt.subplots(len(results), 2, figsize=(9, 3.4 * len(results)), squeeze=False)
     for row, (molecule, report) in enumerate(results.items()):
         labels, seeds = report["labels"], report["seeds"]
-        for kind, style in zip(selections(report), ("s--", "o-", "^-.", "v:")):
+        for kind, style in zip(selections(report), ("s--", "o-", "^-.", "v:", "D--", "x-")):
             for key, colour in (("p99", "C3"), ("mean", "C0")):
                 values = [mean_sd([s[kind][n][key] for s in seeds]) for n in labels]
                 axes[row][0].errorbar(labels, [v[0] for v in values], [v[1] for v in values], fmt=style, color=colour,
@@ -650,6 +687,10 @@ def main(argv=None) -> int:
                              "label counts), beside the profile's; cached like the rest")
     parser.add_argument("--long-ttf-labels", type=int, nargs="+", default=[20, 40], metavar="N",
                         help="label counts that get the longer time-to-failure run (default: 20 40)")
+    parser.add_argument("--pretrained", metavar="NAME", default=None,
+                        help="also start from this shipped model (e.g. organic-xtb): a random selection fine-tuned "
+                             "from it and its loop (molequi learn --init NAME, default ceiling), judged against it; "
+                             "a model with ensemble heads is its own committee (one model, its heads the members)")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA, help="rMD17 .npz directory (geometries only)")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench_learning")
     parser.add_argument("--readme", action="store_true", help="write the Markdown block and the plot into the docs")
