@@ -694,6 +694,9 @@ def main(argv=None) -> int:
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA, help="rMD17 .npz directory (geometries only)")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench_learning")
     parser.add_argument("--readme", action="store_true", help="write the Markdown block and the plot into the docs")
+    parser.add_argument("--block", default="learning",
+                        help="the docs block --readme writes (default: learning; another name keeps that one and "
+                             "its plot, e.g. learning-pretrained for a --pretrained run)")
     args = parser.parse_args(argv)
     name = "full" if args.full else ("smoke" if args.smoke else "reduced")
     profile = dict(PROFILES[name])
@@ -713,8 +716,9 @@ def main(argv=None) -> int:
     if args.readme:
         from readme_section import update_readme_section
 
-        shutil.copy(args.out / "learning.png", FIGURE)
-        update_readme_section("learning", text)
+        if args.block == "learning":
+            shutil.copy(args.out / "learning.png", FIGURE)
+        update_readme_section(args.block, text)
     return 0
 
 
