@@ -580,7 +580,7 @@ def targets(report: dict) -> list[tuple[str, bool | None]]:
 
 
 def markdown(results: dict, profile_name: str, wall: float, argv=()) -> str:
-    lines = [provenance(argv), "", f"Settings: `{profile_name}` ({', '.join(f'{k} {v}' for k, v in PROFILES[profile_name].items())}); "
+    lines = [provenance(argv), "", f"Settings: `{profile_name}` ({', '.join(f'{k} {v}' for k, v in (PROFILES_USED or PROFILES[profile_name]).items())}); "
              f"wall {wall / 60:.0f} min in this invocation (models, loops and evaluations that earlier runs left in "
              f"--out are reused, not counted). Mean ± sd over seeds; force errors per component, meV/Å.", ""]
     for molecule, report in results.items():
