@@ -629,3 +629,24 @@ def test_cli_init_fine_tunes_at_the_fine_tuning_learning_rate(tmp_path, monkeypa
     assert settings.init == "organic-xtb" and tuned.init is None  # the loop sets each member's own init
     assert tuned.learning_rate == FINE_TUNE_LEARNING_RATE and chosen.learning_rate == 0.01
     assert main([*command, "--out", str(tmp_path / "c"), "--channels", "8"]) == 2  # not the model's 64 channels
+
+
+def test_one_member_of_a_model_with_heads_is_its_own_committee(tmp_path, test_file):
+    """--init a shallow ensemble with --committee 1: its heads give the spread (no --ensemble-heads
+    needed); one member of a single-head model has no spread and is refused in one line."""
+    from molequi.training import load_config, train
+
+    small = {"max_epochs": 1, "validation": 1, "device": "cpu", "progress": False, "batch_size": 4,
+             "model.channels": 8, "model.num_layers": 1, "model.radial_hidden": [8], "model.readout_hidden": 8}
+    train(load_config(None, {**small, "model.ensemble_heads": 2}), str(test_file), tmp_path / "heads",
+          log=lambda m: None)
+    train(load_config(None, small), str(test_file), tmp_path / "plain", log=lambda m: None)
+    one = {**SETTINGS, "rounds": 0, "committee": 1}
+    with pytest.raises(ConfigError, match="has one head"):
+        run_learning(LearnSettings(**{**one, "init": str(tmp_path / "plain" / "model.molequi")}), ["CH3CH2OH"],
+                     tmp_path / "a", config=_config(), log=lambda m: None)
+    with pytest.raises(ConfigError, match="at least two members"):
+        LearnSettings(**one).validate()  # from scratch, one single-head member stays refused up front
+    result = run_learning(LearnSettings(**{**one, "init": str(tmp_path / "heads" / "model.molequi")}), ["CH3CH2OH"],
+                          tmp_path / "b", config=_config(), log=lambda m: None)
+    assert len(result.models) == 1 and result.rows[0]["n_labels"] >= 1

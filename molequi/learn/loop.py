@@ -82,6 +82,8 @@ def run_learning(
         require_labels(structures, path)
         test_structures.extend(structures)
     init = initial_model(settings)
+    if init is not None:
+        _check_init_heads(settings, init)
     identity = {
         "format": FORMAT,
         "settings": asdict(settings),
@@ -110,8 +112,6 @@ def run_learning(
     md_starts = [Atoms(numbers=a.numbers, positions=a.positions) for a in starts]
     rows: list[dict[str, Any]] = []
     models: list[Path] = []
-    if init is not None:
-        _check_init_heads(settings, init)
     for r in range(settings.rounds + 1):
         row, models = _run_round(r, settings, config, out_dir, md_starts, test_structures, device, get_labeler, say,
                                  init)
@@ -229,8 +229,10 @@ def initial_model(settings: LearnSettings) -> Path | None:
 
 
 def _check_init_heads(settings: LearnSettings, init: Path) -> None:
-    """Refuse (:class:`ConfigError`) ``--ensemble-heads`` other than the ``--init`` model's: new
-    heads would have no weights to start from (the members take the model's architecture)."""
+    """Refuse (:class:`ConfigError`) ``--ensemble-heads`` other than the ``--init`` model's (new
+    heads would have no weights to start from: the members take the model's architecture), and a
+    single member of a single-head model (no spread to pick by); ``--committee 1`` with a model
+    of several heads is its own shallow ensemble."""
     from molequi.errors import ConfigError
     from molequi.models.io import read_config
 
@@ -238,6 +240,9 @@ def _check_init_heads(settings: LearnSettings, init: Path) -> None:
     if settings.ensemble_heads >= 2 and settings.ensemble_heads != heads:
         raise ConfigError(f"--ensemble-heads {settings.ensemble_heads} differs from the {heads} head(s) of --init "
                           f"{settings.init}: leave --ensemble-heads out to keep the model's")
+    if settings.committee * heads < 2:
+        raise ConfigError(f"the uncertainty needs at least two members: --init {settings.init} has one head, "
+                          "so --committee 2 or more")
 
 
 class _Clock:

@@ -58,7 +58,8 @@ class LearnSettings:
         md_steps: MD steps per round (Langevin, ``dt`` fs).
         committee: independently initialised models (the spread needs two members in all).
         ensemble_heads: K ≥ 2: each model is a shallow ensemble of K readout heads on one body
-            (``--committee 1 --ensemble-heads 4``: one model, four members); 0: plain models.
+            (``--committee 1 --ensemble-heads 4``: one model, four members); 0: plain models, or
+            with ``init`` the model's own heads (``--init organic-xtb --committee 1``: its four).
         labeler: ``"xtb"`` (GFN2-xTB, tblite) or an ASE calculator class as ``"module:Class"``.
         labeler_kwargs: keyword arguments of that class (JSON-serialisable).
         perturbed: for each unlabelled start structure, how many copies with Gaussian noise of
@@ -137,7 +138,8 @@ class LearnSettings:
             (self.committee >= 1, f"--committee must be ≥ 1, got {self.committee}"),
             (self.ensemble_heads >= 0, f"--ensemble-heads must be ≥ 0, got {self.ensemble_heads}"),
             (self.ensemble_heads != 1, "--ensemble-heads must be 0 (none) or ≥ 2 (heads of a shallow ensemble)"),
-            (self.committee * max(1, self.ensemble_heads) >= 2,
+            # with --init the model's own heads count too: checked when the loop reads it
+            (self.init is not None or self.committee * max(1, self.ensemble_heads) >= 2,
              "the uncertainty needs at least two members: --committee 2 or more, or --ensemble-heads 2 or more"),
             (self.perturbed >= 0, f"--perturbed must be ≥ 0, got {self.perturbed}"),
             (self.perturb_sigma >= 0, f"--perturb-sigma must be ≥ 0 Å, got {self.perturb_sigma}"),
