@@ -539,7 +539,8 @@ def cell(values, digits: int = 0) -> str:
 def selections(report: dict) -> list[str]:
     """The ways of picking labels a report holds: random first (from scratch, then from a
     pretrained model), then the loops."""
-    return ["random"] + [key for key in report["seeds"][0] if key.startswith(("random from", "loop"))]
+    kinds = report["seeds"][0]
+    return ["random"] + [k for k in kinds if k.startswith("random from")] + [k for k in kinds if k.startswith("loop")]
 
 
 def baseline_of(selection: str) -> str:
@@ -694,9 +695,6 @@ def main(argv=None) -> int:
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA, help="rMD17 .npz directory (geometries only)")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench_learning")
     parser.add_argument("--readme", action="store_true", help="write the Markdown block and the plot into the docs")
-    parser.add_argument("--block", default="learning",
-                        help="the docs block --readme writes (default: learning; another name keeps that one and "
-                             "its plot, e.g. learning-pretrained for a --pretrained run)")
     args = parser.parse_args(argv)
     name = "full" if args.full else ("smoke" if args.smoke else "reduced")
     profile = dict(PROFILES[name])
@@ -716,9 +714,8 @@ def main(argv=None) -> int:
     if args.readme:
         from readme_section import update_readme_section
 
-        if args.block == "learning":
-            shutil.copy(args.out / "learning.png", FIGURE)
-        update_readme_section(args.block, text)
+        shutil.copy(args.out / "learning.png", FIGURE)
+        update_readme_section("learning", text)
     return 0
 
 
