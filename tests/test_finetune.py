@@ -321,9 +321,11 @@ def test_pretrained_names_resolve_and_unknown_names_are_refused(tmp_path):
         pretrained.get("orgnic-xtb")
 
 
-def test_md_and_the_calculator_run_the_shipped_model_when_none_is_given(tmp_path, capsys, ethanol):
+def test_md_and_the_calculator_run_the_shipped_model_when_none_is_given(tmp_path, capsys, ethanol, monkeypatch):
     from molequi import pretrained
     from molequi.calculators.ase import MolequiCalculator
+
+    monkeypatch.setattr(pretrained, "_ANNOUNCED", set())  # said once per process: earlier tests may have used it
 
     structure = tmp_path / "ethanol.xyz"
     write(structure, ethanol)

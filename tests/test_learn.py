@@ -631,6 +631,37 @@ def test_cli_init_fine_tunes_at_the_fine_tuning_learning_rate(tmp_path, monkeypa
     assert main([*command, "--out", str(tmp_path / "c"), "--channels", "8"]) == 2  # not the model's 64 channels
 
 
+def test_python_loop_from_a_model_fine_tunes_at_the_fine_tuning_learning_rate(tmp_path, monkeypatch):
+    """run_learning(LearnSettings(init=...)) without a config trains its members at the
+    fine-tuning learning rate, as the command line does; without init at the from-scratch one."""
+    import molequi.learn.loop as loop
+    from molequi.learn import LearnSettings, run_learning
+    from molequi.training import TrainingConfig
+    from molequi.training.finetune import FINE_TUNE_LEARNING_RATE
+
+    seen = []
+
+    def first_round(r, settings, config, *args, **kwargs):
+        seen.append(config.learning_rate)
+        raise StopIteration  # enough: the members' settings are known before anything trains
+
+    monkeypatch.setattr(loop, "_run_round", first_round)
+    starts = []  # labelled: a loop of no rounds labels nothing (this also checks labelled starts are read)
+    for k in range(2):
+        water = molecule("H2O")
+        water.positions[0, 0] += 0.05 * k
+        water.info["energy"] = -1.0 - k
+        water.arrays["forces"] = np.zeros((3, 3))
+        starts.append(water)
+    for k, init in enumerate(("organic-xtb", None)):
+        with pytest.raises(StopIteration):
+            settings = LearnSettings(rounds=0, per_round=1, temperatures=[300.0], md_steps=10, init=init,
+                                     committee=1 if init else 2)
+            run_learning(settings, starts, tmp_path / str(k))
+    assert seen == [FINE_TUNE_LEARNING_RATE, TrainingConfig().learning_rate]
+    assert FINE_TUNE_LEARNING_RATE < TrainingConfig().learning_rate
+
+
 def test_one_member_of_a_model_with_heads_is_its_own_committee(tmp_path, test_file):
     """--init a shallow ensemble with --committee 1: its heads give the spread (no --ensemble-heads
     needed); one member of a single-head model has no spread and is refused in one line."""

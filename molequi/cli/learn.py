@@ -147,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
         if hasattr(args, name):
             overrides[key] = getattr(args, name)
     if args.init:  # as `molequi train --init`: the initial model's architecture, the fine-tuning learning rate
-        from molequi.cli.train import fine_tune_overrides
+        from molequi.training.finetune import fine_tune_overrides
 
         overrides = fine_tune_overrides({**overrides, "init": args.init}, args.config)
         del overrides["init"]  # each member's init is set by the loop (the model, then the last round's)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from molequi.cli.choices import DEFAULT_MAX_EPOCHS, DTYPES, HEAD_KINDS, TRAINING_DEFAULTS
 from molequi.cli.options import LABEL_KEY_HELP
@@ -141,28 +140,6 @@ def overrides_from(args: argparse.Namespace) -> dict:
     return overrides
 
 
-def fine_tune_overrides(overrides: dict, config_path: str | None) -> dict:
-    """``overrides`` of a run with ``--init``: architecture flags must match the initial model
-    (refused otherwise) and the learning rate defaults to the fine-tuning one."""
-    from molequi.training.finetune import (FINE_TUNE_LEARNING_RATE, check_architecture_overrides,
-                                           initial_model_config, resolve_model)
-
-    initial = initial_model_config(resolve_model(overrides["init"]))
-    check_architecture_overrides(initial, {k: v for k, v in overrides.items() if k.startswith("model.")},
-                                 overrides["init"])
-    in_file = False
-    if config_path is not None:
-        import yaml
-
-        try:
-            in_file = "learning_rate" in (yaml.safe_load(Path(config_path).read_text()) or {})
-        except (OSError, yaml.YAMLError, TypeError):
-            in_file = False  # load_config reports an unreadable file
-    if "learning_rate" not in overrides and not in_file:
-        overrides = {**overrides, "learning_rate": FINE_TUNE_LEARNING_RATE}
-    return overrides
-
-
 def run(args: argparse.Namespace) -> int:
     from molequi.training import load_config, resume_settings, train
 
@@ -178,6 +155,8 @@ def run(args: argparse.Namespace) -> int:
         if not hasattr(args, "data"):
             raise ConfigError("--data is required (the training file(s))")
         if overrides.get("init") is not None:
+            from molequi.training.finetune import fine_tune_overrides
+
             overrides = fine_tune_overrides(overrides, args.config)
         config = load_config(args.config, overrides, targets=args.target)
         data = args.data

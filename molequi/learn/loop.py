@@ -59,20 +59,20 @@ def run_learning(
             unlabelled ones are labelled with ``perturbed`` noisy copies.
         out_dir: output directory; a rerun with the same inputs continues there.
         config: :class:`~molequi.training.TrainingConfig` of every member (its ``seed`` is the
-            base seed: member m of round r uses ``seed + m + 100 r``).
+            base seed: member m of round r uses ``seed + m + 100 r``); default
+            :func:`default_member_config` (with ``settings.init``: the fine-tuning learning rate).
         test_data: labelled files to evaluate each round's committee on.
         log: where progress lines go (default: stdout).
 
     Raises:
         MolequiError subclasses for bad settings, inputs, a changed rerun, or a labeler failure.
     """
-    from molequi.data.graph import structure_labels
     from molequi.data.readers import read_structures, require_labels
-    from molequi.training import TrainingConfig, resolve_device
+    from molequi.training import resolve_device
 
     say = log if log is not None else (lambda message: print(message, flush=True))
     settings.validate()
-    config = config if config is not None else TrainingConfig()
+    config = config if config is not None else default_member_config(settings)
     out_dir = Path(out_dir)
     starts = read_start(start) if start and not isinstance(start[0], Atoms) else [a.copy() for a in start]
     test_paths = [str(p) for p in (test_data or [])]
@@ -100,7 +100,7 @@ def run_learning(
             labeler = make_labeler(settings.labeler, settings.labeler_kwargs)
         return labeler
 
-    if settings.rounds > 0 or not all(None not in structure_labels(a) for a in starts):
+    if settings.rounds > 0 or not all(is_labelled(a) for a in starts):
         get_labeler()  # a missing or broken labeler fails here, before anything is written
     check_identity(out_dir, identity, say)
     device = str(resolve_device(config.device))
@@ -215,6 +215,22 @@ def _run_round(r, settings, config, out_dir, md_starts, test_structures, device,
     row["n_new"] = n_new
     write_json({"row": row, "wall_s": timings, "stopped": stopped}, done)
     return row, members
+
+
+def is_labelled(atoms: Atoms) -> bool:
+    """Whether ``atoms`` carries both an energy and forces label."""
+    from molequi.data.graph import structure_labels
+
+    return all(label is not None for label in structure_labels(atoms))
+
+
+def default_member_config(settings: LearnSettings):
+    """The members' training settings when none are given: :class:`TrainingConfig`'s defaults,
+    at the fine-tuning learning rate with ``settings.init`` (as ``molequi learn --init``)."""
+    from molequi.training import TrainingConfig
+    from molequi.training.finetune import FINE_TUNE_LEARNING_RATE
+
+    return TrainingConfig() if settings.init is None else TrainingConfig(learning_rate=FINE_TUNE_LEARNING_RATE)
 
 
 def initial_model(settings: LearnSettings) -> Path | None:

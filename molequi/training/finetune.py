@@ -48,6 +48,27 @@ def initial_model_config(path: str | Path) -> ModelConfig:
     return read_config(path)
 
 
+def fine_tune_overrides(overrides: dict, config_path: str | Path | None = None) -> dict:
+    """Training ``overrides`` (dotted keys, ``init`` among them) of a fine-tuning run, checked and
+    completed: architecture settings must match the initial model's (:class:`ConfigError`
+    otherwise) and, unless the overrides or the YAML file ``config_path`` set one, the learning
+    rate is :data:`FINE_TUNE_LEARNING_RATE`."""
+    initial = initial_model_config(resolve_model(overrides["init"]))
+    check_architecture_overrides(initial, {k: v for k, v in overrides.items() if k.startswith("model.")},
+                                 overrides["init"])
+    in_file = False
+    if config_path is not None:
+        import yaml
+
+        try:
+            in_file = "learning_rate" in (yaml.safe_load(Path(config_path).read_text()) or {})
+        except (OSError, yaml.YAMLError, TypeError):
+            in_file = False  # load_config reports an unreadable file
+    if "learning_rate" not in overrides and not in_file:
+        overrides = {**overrides, "learning_rate": FINE_TUNE_LEARNING_RATE}
+    return overrides
+
+
 def check_architecture_overrides(initial: ModelConfig, overrides: dict, source: str) -> None:
     """Refuse architecture settings given beside ``--init`` that differ from the initial model's.
 
