@@ -488,14 +488,18 @@ def energy_and_force_calibration(models, frames) -> dict:
 def cached(args, key: str, models, compute):
     """``compute()``'s result, reused from ``--out``/evaluations.json while the model files are
     those it was computed with (same sizes and modification times)."""
+    from molequi.utils import atomic_write_text
+
     path = args.out / "evaluations.json"
     store = json.loads(path.read_text()) if path.exists() else {}
     stamp = [[str(m), m.stat().st_size, m.stat().st_mtime] for m in map(Path, models)]
     if key in store and store[key]["models"] == stamp:
         return store[key]["result"]
     result = compute()
+    # read again before writing: runs of other seeds (--only-seed) may share the file meanwhile
+    store = json.loads(path.read_text()) if path.exists() else {}
     store[key] = {"models": stamp, "result": result}
-    path.write_text(json.dumps(store))
+    atomic_write_text(path, json.dumps(store))
     return result
 
 
@@ -518,7 +522,7 @@ def run_molecule(molecule: str, profile: dict, args) -> dict:
     tests = test_sets(files)
     reference = read(files["start"])
     report: dict = {"seeds": [], "labels": list(profile["labels"])}
-    for seed in range(profile["seeds"]):
+    for seed in ([args.only_seed] if args.only_seed is not None else range(profile["seeds"])):
         entry: dict = {"seed": seed, "random": {}}
         loops = {"loop": loop_committees(molecule, files, profile, args, seed)}
         if args.loop_max_std:
@@ -747,6 +751,12 @@ def main(argv=None) -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny settings: check that every stage runs")
     parser.add_argument("--molecules", nargs="+", default=["ethanol"], help="rMD17 molecules (default ethanol; the full benchmark: ethanol aspirin)")
     parser.add_argument("--seeds", type=int, default=None, help="override the profile's seed count")
+    parser.add_argument("--labels", type=int, nargs="+", default=None, metavar="N",
+                        help="override the profile's label counts (reduced: 10 20; full: 10 20 40 80); the loops "
+                             "continue the rounds they took before")
+    parser.add_argument("--only-seed", type=int, default=None, metavar="K",
+                        help="compute seed K alone (seeds may run in parallel processes sharing --out; a later run "
+                             "without it reads them from the cache and reports them all)")
     parser.add_argument("--loop-max-std", type=float, default=None, metavar="EV_PER_A",
                         help="also run the loop under this trust ceiling (trajectory scope), as a third selection")
     parser.add_argument("--ttf-ps", type=float, default=None, metavar="PS",
@@ -768,6 +778,8 @@ def main(argv=None) -> int:
     profile = dict(PROFILES[name])
     if args.seeds is not None:
         profile["seeds"] = args.seeds
+    if args.labels:
+        profile["labels"] = tuple(sorted(args.labels))
     if args.ttf_ps is not None:
         profile["ttf_steps"] = max(1, round(1000 * args.ttf_ps / TTF_DT))
     PROFILES_USED.update(profile)
