@@ -32,7 +32,8 @@ committee 4 / 4 members, 25 / 100 epochs per member and round, loop MD 120 / 400
 test 12 / 60 frames per temperature and 8 / 36 torsion and stretch frames each, time to failure
 4 replicas × 0.2 ps / 8 replicas × 20 ps. The xTB data are cached in ``--out``/data and every
 trained committee in ``--out``, so a rerun reuses them. ``--readme`` writes the Markdown into
-docs/benchmarks.md (block ``learning``) and the plot into ``scripts/figures/learning.png``.
+docs/benchmarks.md (block ``learning``, or ``--block NAME``) and the plot into
+``scripts/figures/NAME.png``.
 Targets: at equal labels the loop's 99th-percentile force error on the shifted test ≤ 0.7 ×
 random's with its 300 K mean within 10 % of random's; the loop's committees survive ≥ 2 × longer
 at 20 and 40 labels; Spearman ≥ 90 % of the ceiling at every temperature; the loop's last-round
@@ -57,7 +58,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "datasets"))  # xtb_md: the xTB MD helpers
 sys.path.insert(0, str(REPO / "scripts"))
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "rmd17"
-FIGURE = REPO / "scripts" / "figures" / "learning.png"
+FIGURES = REPO / "scripts" / "figures"
 TEMPERATURES = (300.0, 600.0, 1000.0)
 PROFILES = {
     "reduced": dict(seeds=2, labels=(10, 20), committee=4, epochs=25, md_steps=120, pool=120, test_frames=12,
@@ -421,42 +422,43 @@ def time_to_failure(models, reference, profile, seed: int) -> dict:
 # --- C: ranking -------------------------------------------------------------------------------
 
 
-def spearman_with_ceiling(models, frames) -> tuple[float, float | None]:
-    """Spearman of per-structure mean force std vs mean |force error|, and its split-half
-    ceiling for unlimited members (Spearman–Brown; None below 4 members)."""
-    from scipy.stats import spearmanr
-
+def per_structure_spread(models, frames) -> dict[str, np.ndarray]:
+    """One prediction pass over ``frames``: per structure the mean |force error| of the members'
+    mean, the mean force std over all members and over each interleaved half (eV/Å; the halves
+    empty below 4 members)."""
     from molequi.data.labels import structure_labels
 
-    results = members_on(models, frames)
     error, std, halves = [], [], ([], [])
-    for atoms, result in zip(frames, results):
+    for atoms, result in zip(frames, members_on(models, frames)):
         members = np.asarray(result["forces_members"])  # [M, n, 3]
         error.append(np.abs(members.mean(0) - structure_labels(atoms)[1]).mean())
         std.append(np.sqrt(members.var(0, ddof=1).mean(-1)).mean())
         if len(members) >= 4:
             for half, part in zip(halves, (members[0::2], members[1::2])):
                 half.append(np.sqrt(part.var(0, ddof=1).mean(-1)).mean())
-    measured = float(spearmanr(error, std).statistic)
-    if not halves[0]:
+    return {"error": np.asarray(error), "std": np.asarray(std), "half_a": np.asarray(halves[0]),
+            "half_b": np.asarray(halves[1])}
+
+
+def spearman_with_ceiling(spread: dict[str, np.ndarray]) -> tuple[float, float | None]:
+    """Spearman of per-structure mean force std vs mean |force error| (from
+    :func:`per_structure_spread`), and its split-half ceiling for unlimited members
+    (Spearman–Brown; None below 4 members)."""
+    from scipy.stats import spearmanr
+
+    measured = float(spearmanr(spread["error"], spread["std"]).statistic)
+    if not len(spread["half_a"]):
         return measured, None
-    r_half = float(spearmanr(*halves).statistic)
+    r_half = float(spearmanr(spread["half_a"], spread["half_b"]).statistic)
     if not r_half > 0:
         return measured, None
     return measured, float(np.clip(measured / math.sqrt(2 * r_half / (1 + r_half)), -1.0, 1.0))
 
 
-def spread_ratio(models, frames) -> float:
+def spread_ratio(spread: dict[str, np.ndarray]) -> float:
     """RMS over structures of the per-structure mean |force error| ÷ RMS of the per-structure
     mean force std (raw, uncalibrated): 1 when the spread is sized like the error."""
-    from molequi.data.labels import structure_labels
-
-    error, std = [], []
-    for atoms, result in zip(frames, members_on(models, frames)):
-        members = np.asarray(result["forces_members"])
-        error.append(np.abs(members.mean(0) - structure_labels(atoms)[1]).mean())
-        std.append(np.sqrt(members.var(0, ddof=1).mean(-1)).mean())
-    return float(np.sqrt(np.mean(np.square(error)) / np.mean(np.square(std))))
+    return float(np.sqrt(np.mean(np.square(spread["error"])) / np.mean(np.square(spread["std"]))))
 
 
 def heads_ranking(models, tests: dict[str, list]) -> dict:
@@ -464,8 +466,10 @@ def heads_ranking(models, tests: dict[str, list]) -> dict:
     (torsions and stretched bonds too: what the loop must rank across), the raw spread's size
     (:func:`spread_ratio`) and the mean force error (meV/Å)."""
     every = [atoms for frames in tests.values() for atoms in frames]
-    ranking = {key: spearman_with_ceiling(models, frames)[0] for key, frames in tests.items() if key.startswith("md_")}
-    return {**ranking, "all": spearman_with_ceiling(models, every)[0], "error / spread": spread_ratio(models, every),
+    ranking = {key: spearman_with_ceiling(per_structure_spread(models, frames))[0]
+               for key, frames in tests.items() if key.startswith("md_")}
+    spread = per_structure_spread(models, every)
+    return {**ranking, "all": spearman_with_ceiling(spread)[0], "error / spread": spread_ratio(spread),
             "test force MAE": shifted_test(models, tests)["mean"]}
 
 
@@ -485,6 +489,21 @@ def energy_and_force_calibration(models, frames) -> dict:
 # --- the run ----------------------------------------------------------------------------------
 
 
+def within_out(args, model: Path) -> str:
+    """``model``'s path relative to ``--out``, so that the cache holds whether ``--out`` was given
+    relative or absolute (entries stamped with either form are read alike)."""
+    out = args.out.resolve()
+    resolved = model.resolve()
+    return str(resolved.relative_to(out)) if resolved.is_relative_to(out) else str(resolved)
+
+
+def stored_within_out(args, stored: str) -> str:
+    """A cache entry's model path as :func:`within_out` gives it: entries are stamped relative to
+    ``--out``; earlier ones hold the path as given (relative to the working directory, or
+    absolute)."""
+    return stored if (args.out / stored).exists() else within_out(args, Path(stored))
+
+
 def cached(args, key: str, models, compute):
     """``compute()``'s result, reused from ``--out``/evaluations.json while the model files are
     those it was computed with (same sizes and modification times)."""
@@ -492,8 +511,8 @@ def cached(args, key: str, models, compute):
 
     path = args.out / "evaluations.json"
     store = json.loads(path.read_text()) if path.exists() else {}
-    stamp = [[str(m), m.stat().st_size, m.stat().st_mtime] for m in map(Path, models)]
-    if key in store and store[key]["models"] == stamp:
+    stamp = [[within_out(args, m), m.stat().st_size, m.stat().st_mtime] for m in map(Path, models)]
+    if key in store and [[stored_within_out(args, m), *rest] for m, *rest in store[key]["models"]] == stamp:
         return store[key]["result"]
     result = compute()
     # read again before writing: runs of other seeds (--only-seed) may share the file meanwhile
@@ -567,7 +586,7 @@ def run_molecule(molecule: str, profile: dict, args) -> dict:
                                                      len(committees[last])))] + [
             (name, [ensemble_on_loop_labels(molecule, profile, args, seed, committees[last], name)]) for name in ENSEMBLES]
         for name, models in variants:
-            entry["ranking"][name] = {key: spearman_with_ceiling(models, frames)
+            entry["ranking"][name] = {key: spearman_with_ceiling(per_structure_spread(models, frames))
                                       for key, frames in tests.items() if key.startswith("md_")}
             entry["ranking"][name]["test force MAE"] = shifted_test(models, tests)["mean"]
         entry["calibration"] = energy_and_force_calibration(committees[last], tests["md_300K"])
@@ -579,7 +598,7 @@ def run_molecule(molecule: str, profile: dict, args) -> dict:
                                       for name in FINE_TUNED_HEADS}
         log(f"{molecule} seed {seed}: ranking {json.dumps(entry['ranking'])}; calibration {json.dumps(entry['calibration'])}")
         report["seeds"].append(entry)
-        (args.out / "learning.json").write_text(json.dumps({molecule: report}, indent=1))
+        (args.out / f"{args.block}.json").write_text(json.dumps({molecule: report}, indent=1))
     return report
 
 
@@ -773,6 +792,9 @@ def main(argv=None) -> int:
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA, help="rMD17 .npz directory (geometries only)")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench_learning")
     parser.add_argument("--readme", action="store_true", help="write the Markdown block and the plot into the docs")
+    parser.add_argument("--block", default="learning", metavar="NAME",
+                        help="the docs block --readme writes, and the plot's name under scripts/figures (default "
+                             "learning: ethanol; e.g. learning-aspirin for another molecule's run)")
     args = parser.parse_args(argv)
     name = "full" if args.full else ("smoke" if args.smoke else "reduced")
     profile = dict(PROFILES[name])
@@ -786,16 +808,16 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     results = {molecule: run_molecule(molecule, profile, args) for molecule in args.molecules}
-    (args.out / "learning.json").write_text(json.dumps(results, indent=1))
+    (args.out / f"{args.block}.json").write_text(json.dumps(results, indent=1))
     text = markdown(results, name, time.monotonic() - started, sys.argv[1:] if argv is None else argv)
-    (args.out / "learning.md").write_text(text)
-    plot(results, args.out / "learning.png")
+    (args.out / f"{args.block}.md").write_text(text)
+    plot(results, args.out / f"{args.block}.png")
     print(text)
     if args.readme:
         from readme_section import update_readme_section
 
-        shutil.copy(args.out / "learning.png", FIGURE)
-        update_readme_section("learning", text)
+        shutil.copy(args.out / f"{args.block}.png", FIGURES / f"{args.block}.png")
+        update_readme_section(args.block, text)
     return 0
 
 

@@ -1,0 +1,88 @@
+"""scripts/bench_learning.py's pure parts: the evaluation cache (keyed by the model files' content
+stamps, whether --out was given relative or absolute), the ranking and its split-half ceiling, the
+spread's size, and the targets judged on seed means."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import load_script
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_learning.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return load_script(SCRIPT)
+
+
+def test_cache_holds_across_relative_and_absolute_out_and_misses_when_a_model_changes(bench, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = Path("runs")
+    (out / "loop").mkdir(parents=True)
+    model = out / "loop" / "member_0.safetensors"
+    model.write_bytes(b"weights")
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"p99": float(len(calls))}
+
+    relative, absolute = argparse.Namespace(out=out), argparse.Namespace(out=out.resolve())
+    assert bench.cached(relative, "ethanol/random/0/10", [model], compute) == {"p99": 1.0}
+    assert bench.cached(absolute, "ethanol/random/0/10", [model.resolve()], compute) == {"p99": 1.0}
+    assert len(calls) == 1
+    model.write_bytes(b"retrained weights")  # another size: the cached result is stale
+    os.utime(model, (1, 1))
+    assert bench.cached(absolute, "ethanol/random/0/10", [model], compute) == {"p99": 2.0}
+    assert bench.cached(relative, "ethanol/random/0/20", [model], compute) == {"p99": 3.0}  # another key
+
+
+def test_spearman_ceiling_follows_spearman_brown_and_needs_agreeing_halves(bench):
+    error = np.arange(10.0)
+    perfect = {"error": error, "std": error, "half_a": error, "half_b": error}
+    assert bench.spearman_with_ceiling(perfect) == pytest.approx((1.0, 1.0))
+    rng = np.random.default_rng(0)
+    noisy_std = error + rng.normal(0.0, 3.0, 10)
+    measured, ceiling = bench.spearman_with_ceiling({**perfect, "std": noisy_std,
+                                                     "half_a": error + rng.normal(0.0, 3.0, 10)})
+    assert 0 < measured < 1
+    assert ceiling >= measured  # fewer members than unlimited: the ceiling is above what they reach
+    disagreeing = {**perfect, "half_b": -error}
+    assert bench.spearman_with_ceiling(disagreeing)[1] is None
+    assert bench.spearman_with_ceiling({**perfect, "half_a": np.array([]), "half_b": np.array([])})[1] is None
+
+
+def test_spread_ratio_is_one_when_the_std_is_sized_like_the_error(bench):
+    std = np.array([0.1, 0.2, 0.3])
+    assert bench.spread_ratio({"error": std, "std": std}) == pytest.approx(1.0)
+    assert bench.spread_ratio({"error": 40 * std, "std": std}) == pytest.approx(40.0)
+
+
+def result(p99: float, mean_300: float, ttf_fs: float) -> dict:
+    return {"p99": p99, "mean_300K": mean_300, "ttf": {"mean_fs": ttf_fs, "length_fs": 2000.0}}
+
+
+def test_targets_are_judged_on_the_mean_over_seeds(bench):
+    def seed(loop_p99: float) -> dict:
+        return {"random": {20: result(1000.0, 100.0, 500.0)}, "loop": {20: result(loop_p99, 105.0, 2000.0)},
+                "ranking": {}, "rounds": {"loop": [{"test_energy_mae_meV": 100.0}, {"test_energy_mae_meV": 90.0}]},
+                "calibration": {"energy": {"b": 0.05, "warnings": ["flat"]}}}
+
+    report = {"labels": [20], "seeds": [seed(600.0), seed(700.0)]}
+    checks = dict(bench.targets(report))
+    p99 = next(k for k in checks if "p99" in k)
+    assert checks[p99] and "650 vs 1000" in p99  # the mean of 600 and 700
+    assert checks[next(k for k in checks if "300 K mean" in k)]
+    assert checks[next(k for k in checks if "survives" in k)]  # 2000 ≥ 2 × 500 fs
+    assert checks[next(k for k in checks if "energy MAE" in k)]
+    assert checks["no flat energy calibration without a warning"]
+    silent = {**report, "seeds": [{**s, "calibration": {"energy": {"b": 0.05, "warnings": []}}} for s in report["seeds"]]}
+    assert not dict(bench.targets(silent))["no flat energy calibration without a warning"]
+    worse = {**report, "seeds": [seed(900.0)]}
+    assert not dict(bench.targets(worse))[next(k for k in dict(bench.targets(worse)) if "p99" in k)]
