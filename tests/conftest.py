@@ -59,6 +59,8 @@ def random_model(
     e0s: tuple[tuple[str, float], ...] = (),
     species_product: bool = False,
     edge_l_max: int | None = None,
+    charge_input: bool = False,
+    charge_energies: tuple[float, float] | None = None,
 ):
     """A freshly initialised (untrained) potential, cached per argument set: do not modify it."""
     from molequi.models import ModelConfig, build_model
@@ -77,6 +79,8 @@ def random_model(
         e0s=dict(e0s),
         species_product=species_product,
         edge_l_max=edge_l_max,
+        charge_input=charge_input,
+        charge_energies=None if charge_energies is None else list(charge_energies),
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from ase.build import molecule
 from scipy.spatial.transform import Rotation
 
@@ -94,3 +95,24 @@ def test_torchscript_export_runs_without_molequi(tmp_path, dtype):
             assert exported["energy"] == pytest.approx(original["energy"], rel=1e-6)
             np.testing.assert_allclose(forces, np.array(original["forces"]) @ atoms.info["rotation"].T,
                                        atol=1e-4 * scale)
+
+
+def test_torchscript_export_takes_the_total_charge_of_a_charge_input_model():
+    from molequi.models.export import to_torchscript
+
+    model = random_model(e0s=(("1", -13.6), ("6", -1029.8), ("8", -2041.3)), l_max=1, charge_input=True,
+                         charge_energies=(-1.5, 2.0))
+    module = to_torchscript(model)
+    atoms = _cases()[0]
+    positions, numbers = torch.tensor(atoms.positions), torch.tensor(atoms.numbers)
+    energies = {}
+    for charge in (-1, 0, 1):
+        charged = atoms.copy()
+        charged.info["charge"] = charge
+        reference = predict(model, charged)
+        out = module(positions, numbers, float(charge))
+        assert out["energy"].item() == pytest.approx(reference["energy"], rel=1e-9, abs=0)
+        np.testing.assert_allclose(out["forces"].numpy(), reference["forces"], atol=1e-8)
+        energies[charge] = out["energy"].item()
+    assert module(positions, numbers)["energy"].item() == energies[0]  # neutral by default
+    assert len(set(energies.values())) == 3  # the charge reaches the energy

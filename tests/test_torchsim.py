@@ -79,3 +79,20 @@ def test_nvt_temperature_agrees_with_molequi_engine():
     assert theirs_mean == pytest.approx(300.0, abs=25.0)
     assert ours_mean == pytest.approx(300.0, abs=25.0)
     assert theirs_mean == pytest.approx(ours_mean, abs=30.0)
+
+
+def test_charge_input_model_takes_the_adapter_charge_per_system():
+    model = random_model(e0s=E0S, l_max=1, charge_input=True, charge_energies=(-1.5, 2.0))
+    molecules = [make_ethanol(), molecule("H2O"), molecule("CH3COOH")]
+    state = ts.io.atoms_to_state(molecules, torch.device("cpu"), torch.float64)
+    charges = [-1.0, 0.0, 1.0]
+    out = TorchSimModel(model, device="cpu", charge=charges)(state)
+    for atoms, charge in zip(molecules, charges):
+        atoms.info["charge"] = charge
+    reference = predict(model, molecules)
+    np.testing.assert_allclose(out["energy"].numpy(), [r["energy"] for r in reference], rtol=1e-12)
+    np.testing.assert_allclose(out["forces"].numpy(), np.concatenate([r["forces"] for r in reference]), atol=1e-10)
+    neutral = TorchSimModel(model, device="cpu")(state)["energy"].numpy()
+    assert abs(neutral[0] - out["energy"][0].item()) > 1e-6 and neutral[1] == pytest.approx(out["energy"][1].item())
+    with pytest.raises(ValueError, match="one total charge"):
+        TorchSimModel(model, device="cpu", charge=[1.0, 0.0])(state)

@@ -15,6 +15,10 @@ Units are torch-sim's metal units, which are molequi's: Å, eV, amu (forces eV/�
 eV/Å³ with ASE's sign). States are float64 by default (``dtype``); the network computes in
 its own dtype and the energies come back float64 from molequi, cast to the state dtype.
 
+Total charge (e) of a charge-input model: the state's own per-system ``charge`` where the
+installed torch-sim carries one, else the adapter's ``charge`` (one value or one per system),
+else neutral.
+
 Neighbor lists: open molecules (``state.pbc`` False) take every intra-molecule pair within
 the cutoff, built on the device in one pass for the whole batch; periodic systems use
 torch-sim's own Vesin neighbor list, one system at a time.
@@ -55,6 +59,8 @@ class TorchSimModel(ModelInterface):
         compute_stress: also return the stress of periodic systems (eV/Å³), for NPT.
         memory_scales_with: torch-sim's autobatching metric; ``"n_atoms"`` suits open molecules
             (no volume), ``"n_atoms_x_density"`` periodic systems.
+        charge: total charge (e) of every system, or one per system, for a charge-input model
+            when the state carries none (torch-sim states before charges); None: neutral.
     """
 
     def __init__(
@@ -64,6 +70,7 @@ class TorchSimModel(ModelInterface):
         dtype: torch.dtype = torch.float64,
         compute_stress: bool = False,
         memory_scales_with: str = "n_atoms",
+        charge: float | Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -74,6 +81,21 @@ class TorchSimModel(ModelInterface):
         self._compute_stress = bool(compute_stress)
         self._memory_scales_with = memory_scales_with
         self.cutoff = float(self.potential.cutoff)
+        self.charge = None if charge is None else torch.as_tensor(charge, dtype=torch.float64, device=device)
+
+    def _charges(self, state: ts.SimState) -> torch.Tensor | None:
+        """[S] total charge per system (e): the state's own, else the adapter's, else None."""
+        own = getattr(state, "charge", None)
+        if own is not None:
+            return own.to(torch.float64)
+        if self.charge is None:
+            return None
+        if self.charge.dim() == 0:
+            return self.charge.expand(state.n_systems)
+        if self.charge.numel() != state.n_systems:
+            raise ValueError(f"charge holds {self.charge.numel()} values for a state of {state.n_systems} "
+                             "systems: give one total charge (e) per system, or one for all")
+        return self.charge
 
     def _edges(self, state: ts.SimState) -> tuple[torch.Tensor, torch.Tensor]:
         """[2, E] edges (centre, neighbor) and [E, 3] shifts (Å) of every system of ``state``."""
@@ -113,6 +135,7 @@ class TorchSimModel(ModelInterface):
             cell=cell.to(torch.float64),
             edge_index=edge_index,
             shifts=shifts.to(torch.float64),
+            charge=self._charges(state),
         )
         stress = self._compute_stress and bool(state.pbc)
         outputs = self.potential(graph, compute_stress=stress)

@@ -7,6 +7,7 @@ and is called as::
     out = module(positions, atomic_numbers)   # [N, 3] float Å, [N] int64
     out["energy"]   # scalar float64, eV
     out["forces"]   # [N, 3] float64, eV/Å
+    module(positions, atomic_numbers, -1.0)   # a charge-input model: the total charge, e (default 0)
 
 for one open (non-periodic) molecule. The module builds its own neighbor list (all pairs within
 the cutoff, in torch ops) and differentiates its energy with ``torch.autograd.grad``.
@@ -35,17 +36,18 @@ FORMATS = ("torchscript",)
 
 
 class _PerAtomEnergies(nn.Module):
-    """The potential on one molecule: ``(pos, numbers, edge_index, shifts, batch) ->
-    (residual, reference)`` per-atom energies, eV; the reference (E0s and shift, float64) does
-    not depend on positions. A potential that gives only ``energies`` has a zero reference."""
+    """The potential on one molecule: ``(pos, numbers, edge_index, shifts, batch, charge [1] e)
+    -> (residual, reference)`` per-atom energies, eV; the reference (E0s, shift and charge
+    reference, float64) does not depend on positions. A potential that gives only ``energies``
+    has a zero reference. A model without charge input ignores ``charge``."""
 
     def __init__(self, potential: nn.Module) -> None:
         super().__init__()
         self.potential = potential
 
-    def forward(self, pos, numbers, edge_index, shifts, batch):
+    def forward(self, pos, numbers, edge_index, shifts, batch, charge):
         cell = torch.zeros(1, 3, 3, dtype=pos.dtype, device=pos.device)
-        outputs = self.potential(GraphBatch(pos, numbers, edge_index, shifts, batch, 1, cell))
+        outputs = self.potential(GraphBatch(pos, numbers, edge_index, shifts, batch, 1, cell, charge=charge))
         if "residual_energies" in outputs:
             return outputs["residual_energies"], outputs["reference_energies"].to(torch.float64)
         energies = outputs["energies"]
@@ -53,8 +55,8 @@ class _PerAtomEnergies(nn.Module):
 
 
 class TorchScriptPotential(nn.Module):
-    """``forward(positions [N, 3] Å, atomic_numbers [N] int64) -> {"energy": eV (float64 scalar),
-    "forces": eV/Å [N, 3] float64}`` for an open molecule; scriptable."""
+    """``forward(positions [N, 3] Å, atomic_numbers [N] int64, charge e = 0) -> {"energy": eV
+    (float64 scalar), "forces": eV/Å [N, 3] float64}`` for an open molecule; scriptable."""
 
     def __init__(self, energies: nn.Module, cutoff: float, species: list[int], position_dtype: torch.dtype) -> None:
         super().__init__()
@@ -65,7 +67,9 @@ class TorchScriptPotential(nn.Module):
         known[torch.tensor(species)] = True
         self.register_buffer("known", known)
 
-    def forward(self, positions: torch.Tensor, atomic_numbers: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def forward(
+        self, positions: torch.Tensor, atomic_numbers: torch.Tensor, charge: float = 0.0
+    ) -> Dict[str, torch.Tensor]:
         if positions.dim() != 2 or positions.size(1) != 3:
             raise ValueError("positions must be a [N, 3] tensor of Å")
         if atomic_numbers.dim() != 1 or atomic_numbers.size(0) != positions.size(0):
@@ -88,7 +92,8 @@ class TorchScriptPotential(nn.Module):
         edge_index = torch.stack([centre[keep], neighbor[keep]])
         shifts = torch.zeros(edge_index.size(1), 3, dtype=self.position_dtype, device=pos.device)
         batch = torch.zeros(n, dtype=torch.long, device=pos.device)
-        residual, reference = self.energies(pos, numbers, edge_index, shifts, batch)
+        total_charge = torch.full((1,), charge, dtype=torch.float64, device=pos.device)
+        residual, reference = self.energies(pos, numbers, edge_index, shifts, batch, total_charge)
         # the two sums in float64, as molequi.predict forms them
         energy = reference.to(torch.float64).sum() + residual.to(torch.float64).sum()
         gradient = torch.autograd.grad([residual.sum()], [pos], allow_unused=True)[0]
@@ -119,7 +124,8 @@ def _example(model: ForceOutput, device: torch.device):
     keep = centre != neighbor
     edge_index = torch.stack([centre[keep], neighbor[keep]])
     shifts = torch.zeros(edge_index.size(1), 3, dtype=pos.dtype, device=device)
-    return pos, numbers, edge_index, shifts, torch.zeros(n, dtype=torch.long, device=device)
+    charge = torch.ones(1, dtype=torch.float64, device=device)  # non-zero: the charge terms trace
+    return pos, numbers, edge_index, shifts, torch.zeros(n, dtype=torch.long, device=device), charge
 
 
 def to_torchscript(model: ForceOutput) -> torch.jit.ScriptModule:
