@@ -106,9 +106,26 @@ def side_of(bonds: list[tuple[int, int]], n: int, i: int, j: int) -> np.ndarray 
     return np.isin(np.arange(n), sorted(seen))
 
 
-def torsion_scan(reference, count: int, rng) -> list:
+def clashes(atoms, mask: np.ndarray, axis: tuple[int, int]) -> bool:
+    """Whether an atom of the turned side (``mask``) sits within half the sum of van der Waals
+    radii of an atom of the other side (the bond's two atoms left out): a torsion that puts two
+    atoms on top of each other (in aspirin, the carboxyl oxygens turned into the ester's) gives
+    forces of ~100 eV/Å that no MD reaches, and its few components would set the test's max."""
+    from ase.data import vdw_radii
+
+    other = ~mask
+    other[list(axis)] = False
+    turned = mask.copy()
+    turned[list(axis)] = False
+    distance = np.linalg.norm(atoms.positions[turned][:, None] - atoms.positions[other][None], axis=-1)
+    radii = vdw_radii[atoms.numbers]
+    return bool((distance < 0.5 * (radii[turned][:, None] + radii[other][None])).any())
+
+
+def torsion_scan(reference, count: int, rng, tries: int = 20) -> list:
     """``count`` structures: a rotatable bond (both ends bonded elsewhere, not in a ring) turned
-    to an angle spread over 360°, bonds taken in turn."""
+    to an angle spread over 360°, bonds taken in turn; an angle that :func:`clashes` is drawn
+    again (up to ``tries`` times, then the next bond)."""
     bonds = bonds_of(reference)
     degree = np.bincount(np.array(bonds).ravel(), minlength=len(reference))
     rotatable = []
@@ -120,11 +137,14 @@ def torsion_scan(reference, count: int, rng) -> list:
             rotatable.append((a, i, j, d, mask))
     frames = []
     for k in range(count):
-        a, i, j, d, mask = rotatable[k % len(rotatable)]
-        atoms = reference.copy()
-        atoms.set_dihedral(a, i, j, d, atoms.get_dihedral(a, i, j, d) + 360.0 * (k + rng.uniform()) / count,
-                           mask=mask.astype(int))
-        frames.append(atoms)
+        for attempt in range(tries * len(rotatable)):
+            a, i, j, d, mask = rotatable[(k + attempt // tries) % len(rotatable)]
+            atoms = reference.copy()
+            atoms.set_dihedral(a, i, j, d, atoms.get_dihedral(a, i, j, d) + 360.0 * (k + rng.uniform()) / count,
+                               mask=mask.astype(int))
+            if not clashes(atoms, mask, (i, j)):
+                frames.append(atoms)
+                break
     return frames
 
 
