@@ -89,60 +89,19 @@ def bonds_of(atoms) -> list[tuple[int, int]]:
     return sorted((int(i), int(j)) for i, j in bonded_pairs(atoms))
 
 
-def side_of(bonds: list[tuple[int, int]], n: int, i: int, j: int) -> np.ndarray | None:
-    """Atoms on j's side of bond i–j (a bool mask), or None when the bond is in a ring."""
-    adjacency = {k: set() for k in range(n)}
-    for a, b in bonds:
-        if {a, b} != {i, j}:
-            adjacency[a].add(b)
-            adjacency[b].add(a)
-    seen, stack = {j}, [j]
-    while stack:
-        for other in adjacency[stack.pop()] - seen:
-            seen.add(other)
-            stack.append(other)
-    if i in seen:
-        return None
-    return np.isin(np.arange(n), sorted(seen))
-
-
-def clashes(atoms, mask: np.ndarray, axis: tuple[int, int]) -> bool:
-    """Whether an atom of the turned side (``mask``) sits within half the sum of van der Waals
-    radii of an atom of the other side (the bond's two atoms left out): a torsion that puts two
-    atoms on top of each other (in aspirin, the carboxyl oxygens turned into the ester's) gives
-    forces of ~100 eV/Å that no MD reaches, and its few components would set the test's max."""
-    from ase.data import vdw_radii
-
-    other = ~mask
-    other[list(axis)] = False
-    turned = mask.copy()
-    turned[list(axis)] = False
-    distance = np.linalg.norm(atoms.positions[turned][:, None] - atoms.positions[other][None], axis=-1)
-    radii = vdw_radii[atoms.numbers]
-    return bool((distance < 0.5 * (radii[turned][:, None] + radii[other][None])).any())
-
-
 def torsion_scan(reference, count: int, rng, tries: int = 20) -> list:
-    """``count`` structures: a rotatable bond (both ends bonded elsewhere, not in a ring) turned
-    to an angle spread over 360°, bonds taken in turn; an angle that :func:`clashes` is drawn
-    again (up to ``tries`` times, then the next bond)."""
-    bonds = bonds_of(reference)
-    degree = np.bincount(np.array(bonds).ravel(), minlength=len(reference))
-    rotatable = []
-    for i, j in bonds:
-        mask = side_of(bonds, len(reference), i, j)
-        if mask is not None and degree[i] > 1 and degree[j] > 1:
-            a = next(b if a == i else a for a, b in bonds if i in (a, b) and j not in (a, b))
-            d = next(b if a == j else a for a, b in bonds if j in (a, b) and i not in (a, b))
-            rotatable.append((a, i, j, d, mask))
+    """``count`` structures: a rotatable bond (:func:`molequi.md.torsions.rotatable_bonds`) turned
+    to an angle spread over 360°, bonds taken in turn; an angle that clashes is drawn again (up
+    to ``tries`` times, then the next bond)."""
+    from molequi.md.torsions import clashes, rotatable_bonds, turned
+
+    rotatable = rotatable_bonds(reference)
     frames = []
     for k in range(count):
         for attempt in range(tries * len(rotatable)):
-            a, i, j, d, mask = rotatable[(k + attempt // tries) % len(rotatable)]
-            atoms = reference.copy()
-            atoms.set_dihedral(a, i, j, d, atoms.get_dihedral(a, i, j, d) + 360.0 * (k + rng.uniform()) / count,
-                               mask=mask.astype(int))
-            if not clashes(atoms, mask, (i, j)):
+            bond = rotatable[(k + attempt // tries) % len(rotatable)]
+            atoms = turned(reference, bond, 360.0 * (k + rng.uniform()) / count)
+            if not clashes(atoms, bond):
                 frames.append(atoms)
                 break
     return frames
@@ -151,9 +110,11 @@ def torsion_scan(reference, count: int, rng, tries: int = 20) -> list:
 def stretched_bonds(reference, count: int, rng) -> list:
     """``count`` structures with one (non-ring) bond stretched to 1.15–1.45 × its length (the
     smaller side of the bond moved along it)."""
+    from molequi.md.torsions import side_of
+
     bonds = bonds_of(reference)
     frames = []
-    candidates = [(i, j, side_of(bonds, len(reference), i, j)) for i, j in bonds]
+    candidates = [(i, j, side_of(np.array(bonds), len(reference), i, j)) for i, j in bonds]
     candidates = [(i, j, m if m.sum() <= len(reference) / 2 else ~m) for i, j, m in candidates if m is not None]
     for k in range(count):
         i, j, mask = candidates[rng.integers(len(candidates))]
@@ -272,11 +233,11 @@ def members_from(profile: dict, init: str | None) -> tuple[int, int]:
 
 
 def loop_committees(molecule: str, files, profile, args, seed: int, max_std: float | None = None,
-                    init: str | None = None) -> tuple[dict[int, list[Path]], list[dict]]:
+                    init: str | None = None, md_from: str = "start") -> tuple[dict[int, list[Path]], list[dict]]:
     """The loop's committee at each label count of the profile, and its rounds table; with
     ``max_std`` (eV/Å) under a trust ceiling of trajectory scope (``molequi learn --max-std X
     --trust-scope trajectory``); with ``init`` starting from that pretrained model
-    (``molequi learn --init NAME``)."""
+    (``molequi learn --init NAME``); its MD from ``md_from`` (``molequi learn --md-from``)."""
     from ase.io import read
 
     from molequi.learn import LearnSettings, run_learning
@@ -289,8 +250,9 @@ def loop_committees(molecule: str, files, profile, args, seed: int, max_std: flo
                              md_steps=profile["md_steps"], committee=committee, ensemble_heads=heads, replicas=1,
                              sample_every=10,
                              perturbed=PERTURBED, seed=seed, max_std=max_std,
-                             trust_scope="trajectory" if max_std else "frame", init=init)
-    name = ("loop" if max_std is None else f"loop_ceiling_{max_std:g}") + ("" if init is None else f"_from_{init}")
+                             trust_scope="trajectory" if max_std else "frame", init=init, md_from=md_from)
+    name = (("loop" if max_std is None else f"loop_ceiling_{max_std:g}") + ("" if init is None else f"_from_{init}")
+            + ("" if md_from == "start" else f"_md_from_{md_from}"))
     folder = args.out / name / molecule / f"seed_{seed}"
     start = read(files["start"])
     start.calc = None  # labelled with its perturbed copies by the loop itself
@@ -572,6 +534,15 @@ def run_molecule(molecule: str, profile: dict, args) -> dict:
 
             loops[f"loop from {args.pretrained}, ceiling {DEFAULT_MAX_STD:g} eV/Å"] = loop_committees(
                 molecule, files, profile, args, seed, DEFAULT_MAX_STD, init=args.pretrained)
+        if args.rotamer_loops:  # the ceiling loops again, their MD from random rotamers of the start
+            from molequi.learn.settings import DEFAULT_MAX_STD
+
+            if args.loop_max_std:
+                loops[f"loop, ceiling {args.loop_max_std:g} eV/Å, rotamers"] = loop_committees(
+                    molecule, files, profile, args, seed, args.loop_max_std, md_from="rotamers")
+            if args.pretrained:
+                loops[f"loop from {args.pretrained}, ceiling {DEFAULT_MAX_STD:g} eV/Å, rotamers"] = loop_committees(
+                    molecule, files, profile, args, seed, DEFAULT_MAX_STD, init=args.pretrained, md_from="rotamers")
         committees, rows = loops["loop"]
         entry["rounds"] = {kind: [{k: row.get(k) for k in ("n_labels", "test_energy_mae_meV", "test_energy_bias_meV",
                                                            "test_forces_mae_meV_per_A")} for row in found_rows]
@@ -809,6 +780,9 @@ def main(argv=None) -> int:
                         help="also start from this shipped model (e.g. organic-xtb): a random selection fine-tuned "
                              "from it and its loop (molequi learn --init NAME, default ceiling), judged against it; "
                              "a model with ensemble heads is its own committee (one model, its heads the members)")
+    parser.add_argument("--rotamer-loops", action="store_true",
+                        help="also run the ceiling loops (--loop-max-std, and from --pretrained) with their MD "
+                             "from random rotamers of the start (molequi learn --md-from rotamers)")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA, help="rMD17 .npz directory (geometries only)")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench_learning")
     parser.add_argument("--readme", action="store_true", help="write the Markdown block and the plot into the docs")

@@ -460,6 +460,22 @@ def test_md_seeds_follow_the_previous_round_labels_only_when_asked(tmp_path):
         LearnSettings(**{**SETTINGS, "md_from": "last"}).validate()
 
 
+def test_md_seeds_from_rotamers_turn_each_replica_and_repeat_per_round(tmp_path):
+    from molequi.md.torsions import rotatable_bonds
+
+    start = [molecule("CH3CH2OH")]
+    rotamers = LearnSettings(**{**SETTINGS, "md_from": "rotamers", "replicas": 3})
+    seeds, replicas = learn.md_seeds(0, rotamers, tmp_path, start)
+    assert replicas == 1 and len(seeds) == 3  # one system per rotamer and temperature
+    bonds = rotatable_bonds(start[0])
+    angles = np.array([[atoms.get_dihedral(b.a, b.i, b.j, b.d) for b in bonds] for atoms in seeds])
+    assert len({tuple(np.round(row)) for row in angles}) == 3  # three different rotamers
+    again, _ = learn.md_seeds(0, rotamers, tmp_path, start)
+    np.testing.assert_allclose(again[1].positions, seeds[1].positions)  # a rerun of the round draws the same
+    later, _ = learn.md_seeds(1, rotamers, tmp_path, start)
+    assert not np.allclose(later[0].positions, seeds[0].positions)  # each round draws anew
+
+
 @pytest.mark.slow
 def test_loop_md_from_labelled_runs_one_system_per_pick_and_temperature(tmp_path, test_file):
     from ase.io import read

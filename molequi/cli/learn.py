@@ -100,10 +100,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trust-scope", choices=("frame", "trajectory"), default="trajectory",
                         help="what a frame over --max-std rules out: 'frame' (that frame) or 'trajectory' (that frame "
                         "and the later frames of its MD trajectory, which has left the trusted region)")
-    parser.add_argument("--md-from", choices=("start", "labelled"), default="start",
-                        help="where each round's MD starts: 'start' (the start structures, every round) or 'labelled' "
+    parser.add_argument("--md-from", choices=("start", "labelled", "rotamers"), default="start",
+                        help="where each round's MD starts: 'start' (the start structures, every round), 'labelled' "
                         "(the frames the previous round labelled, one system per frame and temperature: the "
-                        "exploration moves on from where the last picks lay)")
+                        "exploration moves on from where the last picks lay) or 'rotamers' (each replica from a "
+                        "random rotamer of its start structure, every rotatable bond turned: reaches the "
+                        "conformers short MD does not)")
     parser.add_argument("--committee", type=int, default=4, metavar="M", help="committee members (models) per round")
     parser.add_argument("--ensemble-heads", type=int, default=0, metavar="K",
                         help="shallow-ensemble heads per model instead of a committee (0: committee)")

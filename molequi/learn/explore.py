@@ -110,6 +110,11 @@ def explore(
 def md_seeds(r: int, settings: LearnSettings, out_dir: Path, starts: list[Atoms]) -> tuple[list[Atoms], int]:
     """The structures round ``r``'s MD starts from, and the systems per structure and temperature
     (see ``LearnSettings.md_from``)."""
+    if settings.md_from == "rotamers":
+        from molequi.md.torsions import random_rotamer
+
+        rng = np.random.default_rng([settings.seed, r])  # a rerun of the round draws the same rotamers
+        return [random_rotamer(atoms, rng) for atoms in starts for _ in range(settings.replicas)], 1
     previous = out_dir / f"round_{r - 1:03d}" / "labelled.extxyz"
     if settings.md_from == "labelled" and r > 0 and previous.exists():
         labelled = [Atoms(numbers=a.numbers, positions=a.positions) for a in read_labelled(previous)]

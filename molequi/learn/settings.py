@@ -21,7 +21,7 @@ ROUND_COLUMNS = [
 ]
 SELECTIONS = ("uncertain", "clustered", "random")
 TRUST_SCOPES = ("frame", "trajectory")
-MD_STARTS = ("start", "labelled")
+MD_STARTS = ("start", "labelled", "rotamers")
 RANK_KEYS = {"max": "std_max", "mean": "std_mean"}  # each ranking of frames, and the frame info it reads
 RANKINGS = tuple(RANK_KEYS)
 
@@ -93,7 +93,11 @@ class LearnSettings:
             ``"labelled"`` (from round 1 on, the frames the previous round labelled, one system per
             frame and temperature: the exploration moves on to where the last picks lay, instead of
             covering the same ``md_steps`` around the start every round; round 0, and a round whose
-            predecessor labelled nothing, start from the start structures).
+            predecessor labelled nothing, start from the start structures), or ``"rotamers"``
+            (every round, each of the ``replicas`` systems of a start structure starts from a
+            random rotamer of it, :func:`molequi.md.torsions.random_rotamer`: short MD does not
+            cross torsion barriers, and conformers the labels never visit keep an energy offset
+            that the reference refit cannot remove).
         dt: MD time step, fs.
         friction: Langevin friction, 1/fs.
         seed: base seed of the perturbations, the members and the MD.
