@@ -82,13 +82,6 @@ def log(message: str) -> None:
 # --- data -------------------------------------------------------------------------------------
 
 
-def bonds_of(atoms) -> list[tuple[int, int]]:
-    """Bonded pairs of a structure (:func:`molequi.md.bonds.bonded_pairs`), i < j, sorted."""
-    from molequi.md.bonds import bonded_pairs
-
-    return sorted((int(i), int(j)) for i, j in bonded_pairs(atoms))
-
-
 def torsion_scan(reference, count: int, rng, tries: int = 20) -> list:
     """``count`` structures: a rotatable bond (:func:`molequi.md.torsions.rotatable_bonds`) turned
     to an angle spread over 360°, bonds taken in turn; an angle that clashes is drawn again (up
@@ -110,11 +103,12 @@ def torsion_scan(reference, count: int, rng, tries: int = 20) -> list:
 def stretched_bonds(reference, count: int, rng) -> list:
     """``count`` structures with one (non-ring) bond stretched to 1.15–1.45 × its length (the
     smaller side of the bond moved along it)."""
+    from molequi.md.bonds import bonded_pairs
     from molequi.md.torsions import side_of
 
-    bonds = bonds_of(reference)
+    bonds = bonded_pairs(reference)
     frames = []
-    candidates = [(i, j, side_of(np.array(bonds), len(reference), i, j)) for i, j in bonds]
+    candidates = [(i, j, side_of(bonds, len(reference), i, j)) for i, j in bonds.tolist()]
     candidates = [(i, j, m if m.sum() <= len(reference) / 2 else ~m) for i, j, m in candidates if m is not None]
     for k in range(count):
         i, j, mask = candidates[rng.integers(len(candidates))]
@@ -448,9 +442,13 @@ def heads_ranking(models, tests: dict[str, list]) -> dict:
     (torsions and stretched bonds too: what the loop must rank across), the raw spread's size
     (:func:`spread_ratio`) and the mean force error (meV/Å)."""
     every = [atoms for frames in tests.values() for atoms in frames]
-    ranking = {key: spearman_with_ceiling(per_structure_spread(models, frames))[0]
-               for key, frames in tests.items() if key.startswith("md_")}
-    spread = per_structure_spread(models, every)
+    spread = per_structure_spread(models, every)  # one pass; each temperature is a slice of it
+    ranking, start = {}, 0
+    for key, frames in tests.items():
+        if key.startswith("md_"):
+            part = {name: values[start:start + len(frames)] if len(values) else values for name, values in spread.items()}
+            ranking[key] = spearman_with_ceiling(part)[0]
+        start += len(frames)
     return {**ranking, "all": spearman_with_ceiling(spread)[0], "error / spread": spread_ratio(spread),
             "test force MAE": shifted_test(models, tests)["mean"]}
 
@@ -519,6 +517,8 @@ def provenance(argv) -> str:
 def run_molecule(molecule: str, profile: dict, args) -> dict:
     from ase.io import read
 
+    from molequi.learn.settings import DEFAULT_MAX_STD
+
     files = molecule_data(molecule, profile, args)
     tests = test_sets(files)
     reference = read(files["start"])
@@ -530,13 +530,9 @@ def run_molecule(molecule: str, profile: dict, args) -> dict:
             loops[f"loop, ceiling {args.loop_max_std:g} eV/Å"] = loop_committees(molecule, files, profile, args, seed,
                                                                                  args.loop_max_std)
         if args.pretrained:  # as `molequi learn --init NAME` runs by default: under the default ceiling
-            from molequi.learn.settings import DEFAULT_MAX_STD
-
             loops[f"loop from {args.pretrained}, ceiling {DEFAULT_MAX_STD:g} eV/Å"] = loop_committees(
                 molecule, files, profile, args, seed, DEFAULT_MAX_STD, init=args.pretrained)
         if args.rotamer_loops:  # the ceiling loops again, their MD from random rotamers of the start
-            from molequi.learn.settings import DEFAULT_MAX_STD
-
             if args.loop_max_std:
                 loops[f"loop, ceiling {args.loop_max_std:g} eV/Å, rotamers"] = loop_committees(
                     molecule, files, profile, args, seed, args.loop_max_std, md_from="rotamers")

@@ -34,11 +34,13 @@ BROKEN_BONDS_FILE = "broken_bonds.extxyz"
 
 
 def bonded_pairs(atoms: Atoms, margin: float = BOND_MARGIN) -> np.ndarray:
-    """[B, 2] bonded atom pairs (i < j) of a molecule: distance < r_i + r_j + ``margin`` (Å)."""
+    """[B, 2] bonded atom pairs (i < j, sorted by i then j) of a molecule: distance < r_i + r_j +
+    ``margin`` (Å)."""
     radii = covalent_radii[atoms.numbers] + margin / 2  # neighbor_list pairs i, j within c_i + c_j
     i, j = neighbor_list("ij", atoms, radii, self_interaction=False)
     keep = i < j
-    return np.stack([i[keep], j[keep]], axis=1).astype(np.int64).reshape(-1, 2)
+    order = np.lexsort((j[keep], i[keep]))  # neighbor_list's order within a centre is its own
+    return np.stack([i[keep][order], j[keep][order]], axis=1).astype(np.int64).reshape(-1, 2)
 
 
 class BondTopology:

@@ -58,7 +58,6 @@ def side_of(bonds: np.ndarray, n: int, i: int, j: int) -> np.ndarray | None:
 def rotatable_bonds(atoms: Atoms) -> list[RotatableBond]:
     """The rotatable bonds of a molecule, ordered by their atom pair (i < j)."""
     bonds = bonded_pairs(atoms)
-    bonds = bonds[np.lexsort((bonds[:, 1], bonds[:, 0]))]
     degree = np.bincount(bonds.ravel(), minlength=len(atoms))
     found = []
     for i, j in bonds.tolist():
