@@ -471,33 +471,39 @@ def energy_and_force_calibration(models, frames) -> dict:
 
 def within_out(args, model: Path) -> str:
     """``model``'s path relative to ``--out``, so that the cache holds whether ``--out`` was given
-    relative or absolute (entries stamped with either form are read alike)."""
+    relative or absolute."""
     out = args.out.resolve()
     resolved = model.resolve()
     return str(resolved.relative_to(out)) if resolved.is_relative_to(out) else str(resolved)
 
 
-def stored_within_out(args, stored: str) -> str:
-    """A cache entry's model path as :func:`within_out` gives it: entries are stamped relative to
-    ``--out``; earlier ones hold the path as given (relative to the working directory, or
-    absolute)."""
-    return stored if (args.out / stored).exists() else within_out(args, Path(stored))
+def content_digest(paths) -> str:
+    """SHA-256 over the bytes of ``paths`` (in order): the data files an evaluation read."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in map(Path, paths):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
-def cached(args, key: str, models, compute):
+def cached(args, key: str, models, compute, data=()):
     """``compute()``'s result, reused from ``--out``/evaluations.json while the model files are
-    those it was computed with (same sizes and modification times)."""
+    those it was computed with (same sizes and modification times) and the ``data`` files (the
+    test frames, the start structure) hold the same bytes: a test set generated again misses."""
     from molequi.utils import atomic_write_text
 
     path = args.out / "evaluations.json"
     store = json.loads(path.read_text()) if path.exists() else {}
     stamp = [[within_out(args, m), m.stat().st_size, m.stat().st_mtime] for m in map(Path, models)]
-    if key in store and [[stored_within_out(args, m), *rest] for m, *rest in store[key]["models"]] == stamp:
+    data_digest = content_digest(data)
+    if (key in store and store[key].get("data") == data_digest
+            and store[key]["models"] == stamp):
         return store[key]["result"]
     result = compute()
     # read again before writing: runs of other seeds (--only-seed) may share the file meanwhile
     store = json.loads(path.read_text()) if path.exists() else {}
-    store[key] = {"models": stamp, "result": result}
+    store[key] = {"models": stamp, "data": data_digest, "result": result}
     atomic_write_text(path, json.dumps(store))
     return result
 
@@ -522,6 +528,7 @@ def run_molecule(molecule: str, profile: dict, args) -> dict:
     files = molecule_data(molecule, profile, args)
     tests = test_sets(files)
     reference = read(files["start"])
+    data = [path for key, path in sorted(files.items()) if key != "pool"]  # what the evaluations read
     report: dict = {"seeds": [], "labels": list(profile["labels"])}
     for seed in ([args.only_seed] if args.only_seed is not None else range(profile["seeds"])):
         entry: dict = {"seed": seed, "random": {}}
@@ -554,12 +561,12 @@ def run_molecule(molecule: str, profile: dict, args) -> dict:
                 started = time.monotonic()
                 result = cached(args, f"{molecule}/{kind}/{seed}/{n}/{profile['ttf_steps']}", models,
                                 lambda: {**shifted_test(models, tests),
-                                         "ttf": time_to_failure(models, reference, profile, seed)})
+                                         "ttf": time_to_failure(models, reference, profile, seed)}, data)
                 if args.long_ttf_ps and n in args.long_ttf_labels:
                     steps = max(1, round(1000 * args.long_ttf_ps / TTF_DT))
                     result = {**result, "ttf_long": cached(
                         args, f"{molecule}/{kind}/{seed}/{n}/ttf/{steps}", models,
-                        lambda: time_to_failure(models, reference, {**profile, "ttf_steps": steps}, seed))}
+                        lambda: time_to_failure(models, reference, {**profile, "ttf_steps": steps}, seed), data)}
                 entry[kind][n] = result
                 log(f"{molecule} seed {seed} {kind} {n} labels: force mean {result['mean']:.0f}, p99 {result['p99']:.0f}, "
                     f"max {result['max']:.0f} meV/Å, 300 K {result['mean_300K']:.0f} meV/Å; time to failure "
@@ -579,7 +586,7 @@ def run_molecule(molecule: str, profile: dict, args) -> dict:
         entry["calibration"] = energy_and_force_calibration(committees[last], tests["md_300K"])
         if args.pretrained:
             entry["heads_ranking"] = {name: {n: cached(args, f"{molecule}/heads/{name}/{seed}/{n}", [model],
-                                                      lambda: heads_ranking([model], tests))
+                                                      lambda: heads_ranking([model], tests), data)
                                              for n in profile["labels"]
                                              for model in [fine_tuned_heads(molecule, files, profile, args, seed, n, name)]}
                                       for name in FINE_TUNED_HEADS}

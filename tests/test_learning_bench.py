@@ -43,6 +43,19 @@ def test_cache_holds_across_relative_and_absolute_out_and_misses_when_a_model_ch
     assert bench.cached(relative, "ethanol/random/0/20", [model], compute) == {"p99": 3.0}  # another key
 
 
+def test_cache_misses_when_the_test_frames_change(bench, tmp_path):
+    out = tmp_path / "runs"
+    out.mkdir()
+    model, frames = out / "model.molequi", tmp_path / "test_md_300K.extxyz"
+    model.write_bytes(b"weights")
+    frames.write_text("frames")
+    args, results = argparse.Namespace(out=out), iter([{"p99": 1.0}, {"p99": 2.0}])
+    assert bench.cached(args, "ethanol/random/0/10", [model], lambda: next(results), [frames]) == {"p99": 1.0}
+    assert bench.cached(args, "ethanol/random/0/10", [model], lambda: next(results), [frames]) == {"p99": 1.0}
+    frames.write_text("framez")  # same size and name, other frames: regenerated test set
+    assert bench.cached(args, "ethanol/random/0/10", [model], lambda: next(results), [frames]) == {"p99": 2.0}
+
+
 def test_spearman_ceiling_follows_spearman_brown_and_needs_agreeing_halves(bench):
     error = np.arange(10.0)
     perfect = {"error": error, "std": error, "half_a": error, "half_b": error}
