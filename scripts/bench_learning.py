@@ -401,7 +401,7 @@ def time_to_failure(models, reference, profile, seed: int) -> dict:
 def per_structure_spread(models, frames) -> dict[str, np.ndarray]:
     """One prediction pass over ``frames``: per structure the mean |force error| of the members'
     mean, the mean force std over all members and over each interleaved half (eV/Å; the halves
-    empty below 4 members)."""
+    empty below 4 members), and its atom count."""
     from molequi.data.labels import structure_labels
 
     error, std, halves = [], [], ([], [])
@@ -413,7 +413,23 @@ def per_structure_spread(models, frames) -> dict[str, np.ndarray]:
             for half, part in zip(halves, (members[0::2], members[1::2])):
                 half.append(np.sqrt(part.var(0, ddof=1).mean(-1)).mean())
     return {"error": np.asarray(error), "std": np.asarray(std), "half_a": np.asarray(halves[0]),
-            "half_b": np.asarray(halves[1])}
+            "half_b": np.asarray(halves[1]), "atoms": np.array([len(atoms) for atoms in frames])}
+
+
+def spread_by_set(models, tests: dict[str, list]) -> tuple[dict, dict[str, dict]]:
+    """:func:`per_structure_spread` over every test frame in one pass, and its slice per test set."""
+    every = [atoms for frames in tests.values() for atoms in frames]
+    spread, parts, start = per_structure_spread(models, every), {}, 0
+    for key, frames in tests.items():
+        parts[key] = {name: values[start:start + len(frames)] if len(values) else values for name, values in spread.items()}
+        start += len(frames)
+    return spread, parts
+
+
+def force_mae(spread: dict[str, np.ndarray]) -> float:
+    """Mean |force error| per component over the structures of ``spread`` (meV/Å): each
+    structure's mean weighted by its atoms, as :func:`shifted_test`'s mean."""
+    return 1000 * float(np.average(spread["error"], weights=spread["atoms"]))
 
 
 def spearman_with_ceiling(spread: dict[str, np.ndarray]) -> tuple[float, float | None]:
@@ -441,16 +457,10 @@ def heads_ranking(models, tests: dict[str, list]) -> dict:
     """C′ for one fine-tuned model: Spearman per temperature and on every test frame together
     (torsions and stretched bonds too: what the loop must rank across), the raw spread's size
     (:func:`spread_ratio`) and the mean force error (meV/Å)."""
-    every = [atoms for frames in tests.values() for atoms in frames]
-    spread = per_structure_spread(models, every)  # one pass; each temperature is a slice of it
-    ranking, start = {}, 0
-    for key, frames in tests.items():
-        if key.startswith("md_"):
-            part = {name: values[start:start + len(frames)] if len(values) else values for name, values in spread.items()}
-            ranking[key] = spearman_with_ceiling(part)[0]
-        start += len(frames)
+    spread, parts = spread_by_set(models, tests)
+    ranking = {key: spearman_with_ceiling(part)[0] for key, part in parts.items() if key.startswith("md_")}
     return {**ranking, "all": spearman_with_ceiling(spread)[0], "error / spread": spread_ratio(spread),
-            "test force MAE": shifted_test(models, tests)["mean"]}
+            "test force MAE": force_mae(spread)}
 
 
 def energy_and_force_calibration(models, frames) -> dict:
@@ -580,9 +590,10 @@ def run_molecule(molecule: str, profile: dict, args) -> dict:
                                                      len(committees[last])))] + [
             (name, [ensemble_on_loop_labels(molecule, profile, args, seed, committees[last], name)]) for name in ENSEMBLES]
         for name, models in variants:
-            entry["ranking"][name] = {key: spearman_with_ceiling(per_structure_spread(models, frames))
-                                      for key, frames in tests.items() if key.startswith("md_")}
-            entry["ranking"][name]["test force MAE"] = shifted_test(models, tests)["mean"]
+            spread, parts = spread_by_set(models, tests)
+            entry["ranking"][name] = {key: spearman_with_ceiling(part) for key, part in parts.items()
+                                      if key.startswith("md_")}
+            entry["ranking"][name]["test force MAE"] = force_mae(spread)
         entry["calibration"] = energy_and_force_calibration(committees[last], tests["md_300K"])
         if args.pretrained:
             entry["heads_ranking"] = {name: {n: cached(args, f"{molecule}/heads/{name}/{seed}/{n}", [model],

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import load_script
+from conftest import load_script, make_ethanol, make_water_box, random_model
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_learning.py"
 
@@ -112,3 +112,30 @@ def test_torsion_scan_turns_each_rotatable_bond_without_clashes(bench):
         distances = atoms.get_all_distances() + 9 * np.eye(len(atoms))
         assert distances.min() > 0.8  # bonded O–H 0.97 Å is the closest pair
     assert not np.allclose(frames[0].positions, ethanol.positions)
+
+
+def test_one_pass_over_the_test_sets_gives_each_sets_spread_and_the_force_mae(bench, tmp_path):
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    from molequi.models.io import save_model
+
+    models = [save_model(random_model(seed=seed), tmp_path / f"member_{seed}.molequi") for seed in range(2)]
+    rng = np.random.default_rng(0)
+    tests = {}
+    for key, make in (("md_300K", make_ethanol), ("torsion", make_water_box)):  # 9 and 9 atoms, then 6
+        frames = []
+        for k in range(3 if key == "md_300K" else 2):
+            atoms = make()
+            atoms.rattle(0.02, seed=k)
+            atoms.calc = SinglePointCalculator(atoms, energy=float(rng.normal()), forces=rng.normal(size=(len(atoms), 3)))
+            frames.append(atoms)
+        tests[key] = frames
+    tests["torsion"] = tests["torsion"][:1] + [make_water_box(2)]  # another atom count
+    tests["torsion"][1].calc = SinglePointCalculator(tests["torsion"][1], energy=0.0,
+                                                     forces=rng.normal(size=(len(tests["torsion"][1]), 3)))
+    spread, parts = bench.spread_by_set(models, tests)
+    for key, frames in tests.items():
+        alone = bench.per_structure_spread(models, frames)
+        np.testing.assert_allclose(parts[key]["error"], alone["error"], rtol=1e-6)
+        np.testing.assert_allclose(parts[key]["std"], alone["std"], rtol=1e-6)
+    assert bench.force_mae(spread) == pytest.approx(bench.shifted_test(models, tests)["mean"], rel=1e-6)
