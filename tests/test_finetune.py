@@ -3,6 +3,8 @@ pretrained-model registry."""
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -143,7 +145,9 @@ def test_fine_tuning_refuses_what_cannot_work(initial, shifted_data, tmp_path, c
     write(nitrogen, labelled(model, mixed_molecules(4)) + [_labelled_nh3()])
     cases = [
         (["--init", str(path), "--channels", "16", "--data", shifted_data], "channels 16 (the model has 8)"),
-        (["--freeze", "--data", shifted_data], "freeze and replay need init"),
+        (["--freeze", "--data", shifted_data], "freeze, anchor and replay need init"),
+        (["--anchor", "10", "--data", shifted_data], "freeze, anchor and replay need init"),
+        (["--init", str(path), "--anchor", "-1", "--data", shifted_data], "anchor must be ≥ 0"),
         (["--init", str(tmp_path / "missing.molequi"), "--data", shifted_data], "no such model file"),
         (["--init", str(path), "--data", str(nitrogen), "--validation", "1"], "contain N, which it was never trained"),
     ]
@@ -397,3 +401,39 @@ def test_predict_and_the_calculator_agree_on_charged_molecules(ethanol):
         atoms.calc = MolequiCalculator(model)
         assert result["energy"] == pytest.approx(atoms.get_potential_energy(), abs=1e-9)
     assert len({round(r["energy"], 6) for r in predict(model, structures)}) == 3
+
+
+def _weight_change(tuned: dict, start: dict) -> float:
+    """Σ (θ − θ₀)² over the floating-point weights (the reference energies left out)."""
+    return sum(float((tuned[k] - start[k]).square().sum()) for k in start
+               if start[k].is_floating_point() and "e0" not in k)
+
+
+def test_the_anchor_holds_the_weights_near_the_initial_model(initial, shifted_data, tmp_path):
+    from molequi.models.io import load_model
+
+    model, path = initial
+    change = {}
+    for anchor in (0.0, 1e4):
+        out = tmp_path / f"anchor_{anchor:g}"
+        assert main(["train", "--init", str(path), "--anchor", str(anchor), "--data", shifted_data, "--out", str(out),
+                     "--max-epochs", "3", "--lr", "0.01", "--no-progress", "--validation", "2", "--batch-size", "4",
+                     "--dtype", "float64"]) == 0
+        change[anchor] = _weight_change(load_model(out / "model.molequi").state_dict(), model.state_dict())
+    assert change[0.0] > 0 and change[1e4] < 0.1 * change[0.0], change
+
+
+def test_the_anchor_penalty_is_its_weight_over_the_structures_times_the_squared_change(initial):
+    from molequi.training.finetune import WeightAnchor
+
+    model, _ = initial
+    reference = {name: p.detach().clone() for name, p in model.named_parameters()}
+    anchor = WeightAnchor(reference, scale=50.0 / 10)
+    assert float(anchor.penalty(model)) == 0.0
+    moved = copy.deepcopy(model)
+    name, parameter = next(iter(moved.named_parameters()))
+    with torch.no_grad():
+        parameter.add_(0.1)
+    assert float(anchor.penalty(moved)) == pytest.approx(5.0 * 0.01 * parameter.numel())
+    parameter.requires_grad_(False)  # a frozen weight is not pulled
+    assert float(anchor.penalty(moved)) == pytest.approx(0.0)

@@ -50,6 +50,7 @@ TRAINING_DEFAULTS: dict[str, object] = {
     "stress_key": "stress",
     "e0s": "fit",
     "init": None,
+    "anchor": 0.0,
     "replay": 0.0,
     "replay_data": None,
     "model.channels": 32,

@@ -46,6 +46,9 @@ OVERRIDES = {
     "--init": ("init", str, "fine-tune: start from this model file or pretrained model (organic-xtb): its "
                "architecture and normalisation are kept, its per-element reference energies refitted by least "
                "squares on --data, and --lr defaults to 0.003; architecture flags that differ are refused"),
+    "--anchor": ("anchor", float, "with --init: pull the weights towards the initial model's, a penalty W / N · "
+                 "Σ(θ − θ₀)² in the loss (N training structures): keeps what the model knew and the new labels do "
+                 "not show, at the cost of fitting them less closely (molequi learn --init uses 200)"),
     "--replay": ("replay", float, "with --init: mix this fraction (of the training set's size) of --replay-data "
                  "structures into training, energies moved by the refitted reference shift, against forgetting"),
     "--replay-data": ("replay_data", str, "with --replay: the pretraining data (extxyz with energies and forces), "
@@ -65,7 +68,7 @@ OVERRIDES = {
                          "spread of the heads) to predict, evaluate, md, screen and the calculator"),
 }
 
-METAVARS = {"--init": "MODEL", "--replay": "FRACTION", "--replay-data": "FILE", "--baseline": "xtb", "--ensemble-heads": "K", "--energy-key": "KEY", "--forces-key": "KEY", "--stress-key": "KEY", "--e0s": "fit|average|FILE.json", "--l-max": "L", "--edge-l-max": "L", "--lr": "LR", "--validation": "N_OR_FRACTION", "--max-epochs": "N", "--max-minutes": "MINUTES"}
+METAVARS = {"--init": "MODEL", "--anchor": "W", "--replay": "FRACTION", "--replay-data": "FILE", "--baseline": "xtb", "--ensemble-heads": "K", "--energy-key": "KEY", "--forces-key": "KEY", "--stress-key": "KEY", "--e0s": "fit|average|FILE.json", "--l-max": "L", "--edge-l-max": "L", "--lr": "LR", "--validation": "N_OR_FRACTION", "--max-epochs": "N", "--max-minutes": "MINUTES"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

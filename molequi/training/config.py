@@ -151,6 +151,13 @@ class TrainingConfig:
             (fine-tuning, see :mod:`molequi.training.finetune`): its architecture and
             normalisation are kept, its reference energies refitted on the data.
         freeze: with ``init``, train only the readout heads (the body keeps its weights).
+        anchor: with ``init``, pull the weights towards the initial model's: the loss gains
+            ``anchor / N · Σ (θ − θ₀)²`` over the trained weights, N the training structures (a
+            Gaussian prior on the change: strong on a handful of labels, fading as they grow).
+            Keeps what the initial model knew and the labels do not show (e.g. the energies of
+            conformers no label visits); 0 switches it off.
+        anchor_model: the model file (or pretrained name) ``anchor`` pulls towards; default
+            ``init`` (``molequi learn`` anchors every round to its first ``init``).
         replay: with ``init`` and ``replay_data``, add this fraction (of the training set's size)
             of pretraining structures to the training set, against forgetting.
         replay_data: the pretraining data file replayed (extxyz with energies and forces).
@@ -197,6 +204,8 @@ class TrainingConfig:
     allow_outliers: bool = False
     init: str | None = None
     freeze: bool = False
+    anchor: float = 0.0
+    anchor_model: str | None = None
     replay: float = 0.0
     replay_data: str | None = None
     stream: bool = False
@@ -228,7 +237,10 @@ class TrainingConfig:
             (self.ensemble_loss in ("heads", "nll"), f"ensemble_loss must be 'heads' or 'nll', got '{self.ensemble_loss}'"),
             (self.dtype in ("float32", "float64"), f"dtype must be 'float32' or 'float64', got '{self.dtype}'"),
             (0 <= self.replay <= 1, f"replay must be a fraction in [0, 1], got {self.replay}"),
-            (self.init is not None or not (self.freeze or self.replay), "freeze and replay need init (--init MODEL)"),
+            (self.init is not None or not (self.freeze or self.replay or self.anchor),
+             "freeze, anchor and replay need init (--init MODEL)"),
+            (self.anchor >= 0, f"anchor must be ≥ 0, got {self.anchor}"),
+            (self.anchor_model is None or self.anchor > 0, "anchor_model needs anchor > 0 (--anchor W)"),
             (not (self.stream and (self.model.baseline or self.replay)),
              "stream reads structures from disk as they are needed: it works without baseline and replay"),
             ((self.replay > 0) == (self.replay_data is not None),

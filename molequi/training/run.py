@@ -271,6 +271,7 @@ class TrainingRun:
     device: torch.device
     dtype: torch.dtype
     ddp: Distributed
+    anchor: Any = None  # molequi.training.finetune.WeightAnchor with ``anchor``, else None
 
     @property
     def evaluation_model(self) -> torch.nn.Module:
@@ -311,6 +312,9 @@ def build_run(
         from molequi.training.finetune import freeze_body
 
         freeze_body(model)
+    from molequi.training.finetune import weight_anchor
+
+    anchor = weight_anchor(config, model_config, dtype, device, len(inputs.prepared.train))
     if config.compile:
         model.compile()  # the trained model only: validation and export stay eager
     factory = functools.partial(fresh_model, model_config, dtype, device)
@@ -361,6 +365,7 @@ def build_run(
         device=device,
         dtype=dtype,
         ddp=ddp,
+        anchor=anchor,
     )
 
 

@@ -218,6 +218,8 @@ def take_step(run: TrainingRun, batch) -> tuple[torch.Tensor, dict[str, torch.Te
     update, EMA. Returns the detached loss (a device tensor: no host sync) and the outputs."""
     outputs = run.trained(batch, compute_forces=run.with_forces)
     loss = weighted_loss(*ensemble_terms(run, outputs, batch))
+    if run.anchor is not None:
+        loss = loss + run.anchor.penalty(run.model)
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if run.config.grad_clip > 0:
