@@ -553,6 +553,12 @@ def test_loop_starts_from_a_model(tmp_path, test_file):
     member, initial = read_config(result.models[0]), read_config(model)
     assert member.channels == 12 and member.energy_scale == initial.energy_scale
     assert member.avg_num_neighbors == initial.avg_num_neighbors  # the model's normalisation, not the start labels'
+    # round 1 fine-tunes round 0's member, pulled towards the --init model itself (not round 0's)
+    import yaml
+
+    used = yaml.safe_load((tmp_path / "run" / "round_001" / "member_0" / "config.yaml").read_text())
+    assert used["init"].endswith("round_000/member_0/model.molequi")
+    assert used["anchor"] == learn.settings.DEFAULT_ANCHOR and used["anchor_model"] == str(model)
     with pytest.raises(ConfigError, match="no such model file"):
         run_learning(LearnSettings(**{**SETTINGS, "init": str(tmp_path / "none.molequi")}), ["CH3CH2OH"],
                      tmp_path / "x", config=_config(), log=lambda m: None)
@@ -697,3 +703,17 @@ def test_one_member_of_a_model_with_heads_is_its_own_committee(tmp_path, test_fi
     result = run_learning(LearnSettings(**{**one, "init": str(tmp_path / "heads" / "model.molequi")}), ["CH3CH2OH"],
                           tmp_path / "b", config=_config(), log=lambda m: None)
     assert len(result.models) == 1 and result.rows[0]["n_labels"] >= 1
+
+
+def test_a_run_recorded_before_the_anchor_existed_continues_without_it(tmp_path):
+    from molequi.learn.state import check_identity
+
+    identity = {"format": "molequi-learn", "settings": dataclasses.asdict(LearnSettings(**SETTINGS)),
+                "training": {}, "start_sha256": "s", "test_sha256": None}
+    older = json.loads(json.dumps(identity))
+    del older["settings"]["anchor"]
+    (tmp_path / "learn.json").write_text(json.dumps(older))
+    with pytest.raises(ConfigError, match="anchor"):  # today's default pulls: not what that run did
+        check_identity(tmp_path, identity, lambda m: None)
+    unanchored = {**identity, "settings": {**identity["settings"], "anchor": 0.0}}
+    check_identity(tmp_path, unanchored, lambda m: None)  # continues

@@ -123,6 +123,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "instead of training from random weights: its architecture and elements are kept, so a "
                         "handful of labels adapts it to a new molecule; the learning rate defaults to the fine-tuning "
                         "one of molequi train --init")
+    parser.add_argument("--anchor", type=float, default=None, metavar="W",
+                        help="with --init: pull every round's members towards the --init model's weights (a penalty "
+                        "W / labels · Σ(θ − θ₀)² in the loss), so that they keep the energies of the conformers no "
+                        "label visits; 0: no pull (default 200)")
     for flag, (_, kind, text) in TRAINING_FLAGS.items():
         parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, metavar=METAVARS.get(flag, flag.strip("-").split("-")[-1].upper()),
                             help=f"{text} (default: the training default or --config)")
@@ -161,6 +165,7 @@ def run(args: argparse.Namespace) -> int:
         replicas=args.replicas, sample_every=args.sample_every, pool_factor=args.pool_factor, selection=args.selection, **ceiling_settings(args.max_std),
         trust_scope=args.trust_scope, md_from=args.md_from, rank_by=args.rank_by,
         dt=args.dt, friction=args.friction, seed=args.seed, init=args.init,
+        **({} if args.anchor is None else {"anchor": args.anchor}),
     )
     result = run_learning(settings, args.start, args.out, config=config, test_data=args.test_data)
     if result.models:

@@ -158,7 +158,7 @@ def _run_round(r, settings, config, out_dir, md_starts, test_structures, device,
             # from --init, every round is a fine-tuning run (training's init: the model's architecture and
             # elements, its reference energies refitted), of the given model first, then of the last round's
             start = None if init is None else (init if r == 0 else previous)
-            member_config = _member_config(config, settings, r, m, n_labels, start)
+            member_config = _member_config(config, settings, r, m, n_labels, start, anchor_to=init)
             resume = (member_dir / "checkpoints" / "last.pt").exists()
             train(member_config, str(train_file), member_dir, resume=resume, log=lambda message: None,
                   init_weights=previous if r > 0 and start is None and not resume else None,
@@ -276,12 +276,17 @@ class _Clock:
             self.timings[name] = self.timings.get(name, 0.0) + time.monotonic() - started
 
 
-def _member_config(config, settings: LearnSettings, r: int, m: int, n_labels: int, init: Path | None = None):
+def _member_config(config, settings: LearnSettings, r: int, m: int, n_labels: int, init: Path | None = None,
+                   anchor_to: Path | None = None):
+    """Member ``m``'s training config in round ``r``: fine-tuning ``init`` when given, pulled
+    towards ``anchor_to`` (the run's ``--init`` model) by ``settings.anchor``."""
     from molequi.training import TrainingConfig
 
     values = config.to_dict()
     if init is not None:
         values["init"] = str(init)
+        if anchor_to is not None and settings.anchor > 0:
+            values["anchor"], values["anchor_model"] = settings.anchor, str(anchor_to)
     values["seed"] = config.seed + m + 100 * r
     values["progress"] = False
     # the loop labels frames where its committee disagrees: far from the other labels by design,
