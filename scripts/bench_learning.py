@@ -174,29 +174,38 @@ def test_sets(files: dict[str, Path]) -> dict[str, list]:
 # --- committees -------------------------------------------------------------------------------
 
 
-def training_config(profile: dict, seed: int, heads: int = 0, init: str | None = None):
+def training_config(profile: dict, seed: int, heads: int = 0, init: str | None = None, anchor: float = 0.0):
     """Every member's training settings; with ``init`` (a pretrained model's name) a fine-tuning
-    run of it: its architecture, the fine-tuning learning rate (as ``molequi train --init``)."""
+    run of it: its architecture, the fine-tuning learning rate (as ``molequi train --init``), and
+    the pull ``anchor`` towards its weights (``--anchor``)."""
     from molequi.training import load_config
     from molequi.training.finetune import FINE_TUNE_LEARNING_RATE
 
     extra = {"model.ensemble_heads": heads} if heads else {}
-    architecture = MODEL if init is None else {"init": init, "learning_rate": FINE_TUNE_LEARNING_RATE}
+    architecture = MODEL if init is None else {"init": init, "learning_rate": FINE_TUNE_LEARNING_RATE,
+                                               **({"anchor": anchor} if anchor else {})}
     return load_config(None, {**architecture, **extra, "max_epochs": profile["epochs"], "validation": 0.1, "device": "cpu",
                               "batch_size": 4, "seed": seed, "progress": False,
                               # the loop's labels lie far from each other by design (the loop sets it itself)
                               "allow_outliers": bool(heads)})
 
 
+def anchored(name: str, init: str | None, anchor: float) -> str:
+    """A folder name of runs fine-tuned from ``init`` with the pull ``anchor`` (``_anchor_W``)."""
+    return name if init is None or not anchor else f"{name}_anchor_{anchor:g}"
+
+
 def random_committee(molecule: str, files, profile, args, seed: int, n_labels: int,
                      init: str | None = None) -> list[Path]:
     """A committee trained on ``n_labels`` frames drawn from the 300 K pool: from scratch, or
-    fine-tuned from the pretrained model ``init`` (one model: its ensemble heads are the members)."""
+    fine-tuned from the pretrained model ``init`` (one model: its ensemble heads are the members)
+    with the pull ``--anchor`` towards it, as ``molequi learn --init`` fine-tunes."""
     from ase.io import read, write
 
     from molequi.training import train
 
-    folder = args.out / ("random" if init is None else f"random_from_{init}") / molecule / f"seed_{seed}" / f"n_{n_labels}"
+    folder = (args.out / ("random" if init is None else anchored(f"random_from_{init}", init, args.anchor)) / molecule
+              / f"seed_{seed}" / f"n_{n_labels}")
     data = folder / "train.extxyz"
     if not data.exists():
         pool = read(files["pool"], ":")
@@ -209,7 +218,8 @@ def random_committee(molecule: str, files, profile, args, seed: int, n_labels: i
         if not (out / "model.molequi").exists():
             if out.exists():
                 shutil.rmtree(out)
-            train(training_config(profile, 1000 * seed + m, init=init), str(data), out, log=lambda message: None)
+            train(training_config(profile, 1000 * seed + m, init=init, anchor=args.anchor), str(data), out,
+                  log=lambda message: None)
         models.append(out / "model.molequi")
     return models
 
@@ -227,11 +237,13 @@ def members_from(profile: dict, init: str | None) -> tuple[int, int]:
 
 
 def loop_committees(molecule: str, files, profile, args, seed: int, max_std: float | None = None,
-                    init: str | None = None, md_from: str = "start") -> tuple[dict[int, list[Path]], list[dict]]:
+                    init: str | None = None, md_from: str = "start",
+                    anchor: float | None = None) -> tuple[dict[int, list[Path]], list[dict]]:
     """The loop's committee at each label count of the profile, and its rounds table; with
     ``max_std`` (eV/Å) under a trust ceiling of trajectory scope (``molequi learn --max-std X
     --trust-scope trajectory``); with ``init`` starting from that pretrained model
-    (``molequi learn --init NAME``); its MD from ``md_from`` (``molequi learn --md-from``)."""
+    (``molequi learn --init NAME --anchor W``, W = ``anchor`` or ``--anchor``); its MD from
+    ``md_from`` (``molequi learn --md-from``)."""
     from ase.io import read
 
     from molequi.learn import LearnSettings, run_learning
@@ -240,13 +252,15 @@ def loop_committees(molecule: str, files, profile, args, seed: int, max_std: flo
     start_labels = 1 + PERTURBED
     rounds = (max(profile["labels"]) - start_labels) // per_round
     committee, heads = members_from(profile, init)
+    anchor = args.anchor if anchor is None else anchor
     settings = LearnSettings(rounds=rounds, per_round=per_round, temperatures=list(TEMPERATURES),
                              md_steps=profile["md_steps"], committee=committee, ensemble_heads=heads, replicas=1,
                              sample_every=10,
                              perturbed=PERTURBED, seed=seed, max_std=max_std,
-                             trust_scope="trajectory" if max_std else "frame", init=init, md_from=md_from)
-    name = (("loop" if max_std is None else f"loop_ceiling_{max_std:g}") + ("" if init is None else f"_from_{init}")
-            + ("" if md_from == "start" else f"_md_from_{md_from}"))
+                             trust_scope="trajectory" if max_std else "frame", init=init, md_from=md_from,
+                             anchor=anchor)
+    name = anchored(("loop" if max_std is None else f"loop_ceiling_{max_std:g}") + ("" if init is None else f"_from_{init}"),
+                    init, anchor) + ("" if md_from == "start" else f"_md_from_{md_from}")
     folder = args.out / name / molecule / f"seed_{seed}"
     start = read(files["start"])
     start.calc = None  # labelled with its perturbed copies by the loop itself
@@ -293,11 +307,12 @@ def fine_tuned_heads(molecule: str, files, profile, args, seed: int, n_labels: i
         return plain
     data = plain.parent.parent / "train.extxyz"
     variant = name.replace("heads, ", "").replace(" + ", "_").replace(" ", "_")
-    out = args.out / f"heads_from_{args.pretrained}" / molecule / variant / f"seed_{seed}" / f"n_{n_labels}"
+    out = (args.out / anchored(f"heads_from_{args.pretrained}", args.pretrained, args.anchor) / molecule / variant
+           / f"seed_{seed}" / f"n_{n_labels}")
     if not (out / "model.molequi").exists():
         if out.exists():
             shutil.rmtree(out)
-        config = training_config(profile, 1000 * seed, init=args.pretrained)
+        config = training_config(profile, 1000 * seed, init=args.pretrained, anchor=args.anchor)
         train(TrainingConfig.from_dict({**config.to_dict(), **FINE_TUNED_HEADS[name]}), str(data), out,
               log=lambda message: None)
     return out / "model.molequi"
@@ -556,10 +571,17 @@ def run_molecule(molecule: str, profile: dict, args) -> dict:
             if args.pretrained:
                 loops[f"loop from {args.pretrained}, ceiling {DEFAULT_MAX_STD:g} eV/Å, rotamers"] = loop_committees(
                     molecule, files, profile, args, seed, DEFAULT_MAX_STD, init=args.pretrained, md_from="rotamers")
+        unanchored = {}  # the loops from the pretrained model without the pull: their rounds only
+        if args.pretrained and args.unanchored_loops:
+            for md_from in ("start", "rotamers") if args.rotamer_loops else ("start",):
+                unanchored[f"loop from {args.pretrained}, ceiling {DEFAULT_MAX_STD:g} eV/Å"
+                           + ("" if md_from == "start" else ", rotamers") + ", no anchor"] = loop_committees(
+                    molecule, files, profile, args, seed, DEFAULT_MAX_STD, init=args.pretrained, md_from=md_from,
+                    anchor=0.0)
         committees, rows = loops["loop"]
         entry["rounds"] = {kind: [{k: row.get(k) for k in ("n_labels", "test_energy_mae_meV", "test_energy_bias_meV",
                                                            "test_forces_mae_meV_per_A")} for row in found_rows]
-                           for kind, (_, found_rows) in loops.items()}
+                           for kind, (_, found_rows) in (loops | unanchored).items()}
         for n in profile["labels"]:
             runs = [(kind, found[n]) for kind, (found, _) in loops.items()]
             runs.append(("random", random_committee(molecule, files, profile, args, seed, n)))
@@ -794,6 +816,12 @@ def main(argv=None) -> int:
                         help="also start from this shipped model (e.g. organic-xtb): a random selection fine-tuned "
                              "from it and its loop (molequi learn --init NAME, default ceiling), judged against it; "
                              "a model with ensemble heads is its own committee (one model, its heads the members)")
+    parser.add_argument("--anchor", type=float, default=None, metavar="W",
+                        help="the pull towards --pretrained's weights of every run fine-tuned from it (molequi learn "
+                             "--anchor W; random selection's runs as molequi train --init --anchor W); default: "
+                             "molequi learn's")
+    parser.add_argument("--unanchored-loops", action="store_true",
+                        help="also run the loops from --pretrained with --anchor 0, for their energy errors per round")
     parser.add_argument("--rotamer-loops", action="store_true",
                         help="also run the ceiling loops (--loop-max-std, and from --pretrained) with their MD "
                              "from random rotamers of the start (molequi learn --md-from rotamers)")
@@ -804,6 +832,10 @@ def main(argv=None) -> int:
                         help="the docs block --readme writes, and the plot's name under scripts/figures (default "
                              "learning: ethanol; e.g. learning-aspirin for another molecule's run)")
     args = parser.parse_args(argv)
+    if args.anchor is None:
+        from molequi.learn.settings import DEFAULT_ANCHOR
+
+        args.anchor = DEFAULT_ANCHOR
     name = "full" if args.full else ("smoke" if args.smoke else "reduced")
     profile = dict(PROFILES[name])
     if args.seeds is not None:
