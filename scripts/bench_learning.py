@@ -571,17 +571,17 @@ def run_molecule(molecule: str, profile: dict, args) -> dict:
             if args.pretrained:
                 loops[f"loop from {args.pretrained}, ceiling {DEFAULT_MAX_STD:g} eV/Å, rotamers"] = loop_committees(
                     molecule, files, profile, args, seed, DEFAULT_MAX_STD, init=args.pretrained, md_from="rotamers")
-        unanchored = {}  # the loops from the pretrained model without the pull: their rounds only
-        if args.pretrained and args.unanchored_loops:
+        anchored_loops = {}  # the loops from the pretrained model with another pull: their rounds only
+        if args.pretrained and args.anchored_loops is not None:
             for md_from in ("start", "rotamers") if args.rotamer_loops else ("start",):
-                unanchored[f"loop from {args.pretrained}, ceiling {DEFAULT_MAX_STD:g} eV/Å"
-                           + ("" if md_from == "start" else ", rotamers") + ", no anchor"] = loop_committees(
-                    molecule, files, profile, args, seed, DEFAULT_MAX_STD, init=args.pretrained, md_from=md_from,
-                    anchor=0.0)
+                anchored_loops[f"loop from {args.pretrained}, ceiling {DEFAULT_MAX_STD:g} eV/Å"
+                               + ("" if md_from == "start" else ", rotamers") + f", anchor {args.anchored_loops:g}"] = \
+                    loop_committees(molecule, files, profile, args, seed, DEFAULT_MAX_STD, init=args.pretrained,
+                                    md_from=md_from, anchor=args.anchored_loops)
         committees, rows = loops["loop"]
         entry["rounds"] = {kind: [{k: row.get(k) for k in ("n_labels", "test_energy_mae_meV", "test_energy_bias_meV",
                                                            "test_forces_mae_meV_per_A")} for row in found_rows]
-                           for kind, (_, found_rows) in (loops | unanchored).items()}
+                           for kind, (_, found_rows) in (loops | anchored_loops).items()}
         for n in profile["labels"]:
             runs = [(kind, found[n]) for kind, (found, _) in loops.items()]
             runs.append(("random", random_committee(molecule, files, profile, args, seed, n)))
@@ -816,12 +816,11 @@ def main(argv=None) -> int:
                         help="also start from this shipped model (e.g. organic-xtb): a random selection fine-tuned "
                              "from it and its loop (molequi learn --init NAME, default ceiling), judged against it; "
                              "a model with ensemble heads is its own committee (one model, its heads the members)")
-    parser.add_argument("--anchor", type=float, default=None, metavar="W",
+    parser.add_argument("--anchor", type=float, default=0.0, metavar="W",
                         help="the pull towards --pretrained's weights of every run fine-tuned from it (molequi learn "
-                             "--anchor W; random selection's runs as molequi train --init --anchor W); default: "
-                             "molequi learn's")
-    parser.add_argument("--unanchored-loops", action="store_true",
-                        help="also run the loops from --pretrained with --anchor 0, for their energy errors per round")
+                             "--anchor W; random selection's runs as molequi train --init --anchor W); default 0")
+    parser.add_argument("--anchored-loops", type=float, default=None, metavar="W",
+                        help="also run the loops from --pretrained with --anchor W, for their errors per round")
     parser.add_argument("--rotamer-loops", action="store_true",
                         help="also run the ceiling loops (--loop-max-std, and from --pretrained) with their MD "
                              "from random rotamers of the start (molequi learn --md-from rotamers)")
@@ -832,10 +831,6 @@ def main(argv=None) -> int:
                         help="the docs block --readme writes, and the plot's name under scripts/figures (default "
                              "learning: ethanol; e.g. learning-aspirin for another molecule's run)")
     args = parser.parse_args(argv)
-    if args.anchor is None:
-        from molequi.learn.settings import DEFAULT_ANCHOR
-
-        args.anchor = DEFAULT_ANCHOR
     name = "full" if args.full else ("smoke" if args.smoke else "reduced")
     profile = dict(PROFILES[name])
     if args.seeds is not None:

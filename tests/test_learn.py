@@ -553,12 +553,10 @@ def test_loop_starts_from_a_model(tmp_path, test_file):
     member, initial = read_config(result.models[0]), read_config(model)
     assert member.channels == 12 and member.energy_scale == initial.energy_scale
     assert member.avg_num_neighbors == initial.avg_num_neighbors  # the model's normalisation, not the start labels'
-    # round 1 fine-tunes round 0's member, pulled towards the --init model itself (not round 0's)
     import yaml
 
     used = yaml.safe_load((tmp_path / "run" / "round_001" / "member_0" / "config.yaml").read_text())
-    assert used["init"].endswith("round_000/member_0/model.molequi")
-    assert used["anchor"] == learn.settings.DEFAULT_ANCHOR and used["anchor_model"] == str(model)
+    assert used["init"].endswith("round_000/member_0/model.molequi") and used["anchor"] == 0.0
     with pytest.raises(ConfigError, match="no such model file"):
         run_learning(LearnSettings(**{**SETTINGS, "init": str(tmp_path / "none.molequi")}), ["CH3CH2OH"],
                      tmp_path / "x", config=_config(), log=lambda m: None)
@@ -705,15 +703,16 @@ def test_one_member_of_a_model_with_heads_is_its_own_committee(tmp_path, test_fi
     assert len(result.models) == 1 and result.rows[0]["n_labels"] >= 1
 
 
-def test_a_run_recorded_before_the_anchor_existed_continues_without_it(tmp_path):
-    from molequi.learn.state import check_identity
+def test_an_anchored_round_pulls_towards_the_init_model_not_the_last_round(tmp_path):
+    from molequi.learn.loop import _member_config
+    from molequi.training import TrainingConfig
 
-    identity = {"format": "molequi-learn", "settings": dataclasses.asdict(LearnSettings(**SETTINGS)),
-                "training": {}, "start_sha256": "s", "test_sha256": None}
-    older = json.loads(json.dumps(identity))
-    del older["settings"]["anchor"]
-    (tmp_path / "learn.json").write_text(json.dumps(older))
-    with pytest.raises(ConfigError, match="anchor"):  # today's default pulls: not what that run did
-        check_identity(tmp_path, identity, lambda m: None)
-    unanchored = {**identity, "settings": {**identity["settings"], "anchor": 0.0}}
-    check_identity(tmp_path, unanchored, lambda m: None)  # continues
+    first, previous = tmp_path / "initial.molequi", tmp_path / "round_000" / "member_0" / "model.molequi"
+    settings = LearnSettings(**{**SETTINGS, "init": str(first), "anchor": 200.0})
+    config = _member_config(TrainingConfig(), settings, r=1, m=0, n_labels=8, init=previous, anchor_to=first)
+    assert config.init == str(previous) and config.anchor == 200.0 and config.anchor_model == str(first)
+    unanchored = _member_config(TrainingConfig(), dataclasses.replace(settings, anchor=0.0), r=1, m=0, n_labels=8,
+                                init=previous, anchor_to=first)
+    assert unanchored.anchor == 0.0 and unanchored.anchor_model is None
+    with pytest.raises(ConfigError, match="--anchor must be"):
+        LearnSettings(**{**SETTINGS, "anchor": -1.0}).validate()

@@ -125,8 +125,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "one of molequi train --init")
     parser.add_argument("--anchor", type=float, default=None, metavar="W",
                         help="with --init: pull every round's members towards the --init model's weights (a penalty "
-                        "W / labels · Σ(θ − θ₀)² in the loss), so that they keep the energies of the conformers no "
-                        "label visits; 0: no pull (default 200)")
+                        "W / labels · Σ(θ − θ₀)² in the loss): they keep its energies where the labels do not reach, "
+                        "e.g. conformers the loop's MD never visits, and its errors there (default 0: no pull; "
+                        "docs/benchmarks.md measures 200)")
     for flag, (_, kind, text) in TRAINING_FLAGS.items():
         parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, metavar=METAVARS.get(flag, flag.strip("-").split("-")[-1].upper()),
                             help=f"{text} (default: the training default or --config)")

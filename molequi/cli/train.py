@@ -48,7 +48,7 @@ OVERRIDES = {
                "squares on --data, and --lr defaults to 0.003; architecture flags that differ are refused"),
     "--anchor": ("anchor", float, "with --init: pull the weights towards the initial model's, a penalty W / N · "
                  "Σ(θ − θ₀)² in the loss (N training structures): keeps what the model knew and the new labels do "
-                 "not show, at the cost of fitting them less closely (molequi learn --init uses 200)"),
+                 "not show, and its errors there"),
     "--replay": ("replay", float, "with --init: mix this fraction (of the training set's size) of --replay-data "
                  "structures into training, energies moved by the refitted reference shift, against forgetting"),
     "--replay-data": ("replay_data", str, "with --replay: the pretraining data (extxyz with energies and forces), "

@@ -45,11 +45,6 @@ def parse_labeler(spec: str) -> tuple[str, str] | None:
 DEFAULT_MAX_STD = 0.6
 """The default trust ceiling, eV/Å: the largest per-atom force spread of a frame still labelled."""
 
-DEFAULT_ANCHOR = 200.0
-"""The default pull of an ``init`` run's members towards the initial model's weights (training's
-``anchor``): measured on aspirin from ``organic-xtb`` (``scripts/bench_learning.py``), it keeps
-the energies of conformers no label visits (test energy error about 100 meV where the unanchored
-members reached 230–250 meV at 20 labels) with the same force errors."""
 
 
 @dataclass
@@ -113,9 +108,11 @@ class LearnSettings:
             so a handful of labels adapts it to a new molecule. None: round 0 starts from
             random weights.
         anchor: with ``init``, every round's members are pulled towards the weights of ``init``
-            itself (training's ``anchor``, weight ``anchor`` / labels; 0: not at all): the labels
-            of a few rounds cover a corner of the molecule's configurations, and without the pull
-            the members forget the energies of the rest.
+            itself (training's ``anchor``, weight ``anchor`` / labels; 0: not at all). It keeps
+            the initial model's energies where the labels do not reach, and its errors with them:
+            measured (``scripts/bench_learning.py``) it halved aspirin's test energy error when the
+            labels stayed in the start conformer, and raised it when they covered the test's
+            (ethanol; aspirin's rotamer loop), so it is off unless asked for.
     """
 
     rounds: int
@@ -140,7 +137,7 @@ class LearnSettings:
     friction: float = 0.01
     seed: int = 0
     init: str | None = None
-    anchor: float = DEFAULT_ANCHOR
+    anchor: float = 0.0
 
     def validate(self) -> None:
         checks = [

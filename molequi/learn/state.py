@@ -121,18 +121,12 @@ def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-SETTINGS_BEFORE_THEY_EXISTED = {"anchor": 0.0}
-"""What a run recorded before a setting existed did, where that differs from today's default: a
-run from before ``anchor`` fine-tuned without the pull, and continues so only when asked."""
-
-
 def _defaults(key: str) -> dict[str, Any]:
     from molequi.training import TrainingConfig
 
     if key == "training":
         return TrainingConfig().to_dict()
-    defaults = {f.name: f.default for f in dataclasses.fields(LearnSettings) if f.default is not dataclasses.MISSING}
-    return defaults | SETTINGS_BEFORE_THEY_EXISTED
+    return {f.name: f.default for f in dataclasses.fields(LearnSettings) if f.default is not dataclasses.MISSING}
 
 
 def write_rounds(rows: list[dict[str, Any]], out_dir: Path) -> None:

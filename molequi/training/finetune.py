@@ -14,8 +14,9 @@ What a fine-tuning run keeps and what it changes, and why:
 - Optionally the weights are anchored to the initial model's (``anchor``: a Gaussian prior on
   their change, L2-SP). A few labels in one corner of a molecule's configurations fix its forces
   there but say nothing of the energies between corners they never visit; unanchored, the
-  network trades those away (measured on aspirin from ``organic-xtb``: the test energy error of
-  the conformers no label visited doubled), anchored it keeps them and the force gains.
+  network may trade those away (measured on aspirin from ``organic-xtb``: the test energy error
+  of conformers no label visited doubled; anchored it stayed at the initial model's). Where the
+  labels do cover the use, the pull holds on to the initial model's errors instead.
 """
 
 from __future__ import annotations
