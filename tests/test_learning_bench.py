@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 
 from conftest import load_script, make_ethanol, make_water_box, random_model
@@ -139,3 +140,30 @@ def test_one_pass_over_the_test_sets_gives_each_sets_spread_and_the_force_mae(be
         np.testing.assert_allclose(parts[key]["error"], alone["error"], rtol=1e-6)
         np.testing.assert_allclose(parts[key]["std"], alone["std"], rtol=1e-6)
     assert bench.force_mae(spread) == pytest.approx(bench.shifted_test(models, tests)["mean"], rel=1e-6)
+
+
+def test_the_anchor_benchmarks_refit_only_model_keeps_the_pretrained_weights(tmp_path):
+    from ase.calculators.emt import EMT
+    from ase.io import write
+
+    from molequi.models.io import load_model
+    from molequi.pretrained import load
+
+    anchor_bench = load_script(SCRIPT.parent / "bench_anchor.py")
+    frames = []
+    for k in range(4):
+        atoms = make_ethanol()
+        atoms.rattle(0.03, seed=k)
+        atoms.calc = EMT()
+        atoms.get_potential_energy(), atoms.get_forces()
+        frames.append(atoms)
+    labels = tmp_path / "round_003" / "train.extxyz"
+    labels.parent.mkdir()
+    write(labels, frames, format="extxyz")
+    args = argparse.Namespace(pretrained="organic-xtb")
+    model = anchor_bench.fine_tuned(labels, {}, args, seed=0, anchor=None)
+    refitted, pretrained = load_model(model).state_dict(), load("organic-xtb").state_dict()
+    assert all(torch.equal(refitted[k], pretrained[k]) for k in pretrained if "e0" not in k)
+    assert not torch.equal(refitted["model.e0"], pretrained["model.e0"])  # EMT's energies: far from xTB's
+    stamp = model.stat().st_mtime_ns
+    assert anchor_bench.fine_tuned(labels, {}, args, seed=0, anchor=None) == model and model.stat().st_mtime_ns == stamp
