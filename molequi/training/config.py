@@ -26,24 +26,18 @@ from molequi.utils import closest_name
 DEFAULT_YAML = Path(__file__).with_name("default.yaml")
 """The shipped, commented defaults file."""
 
-DERIVED_MODEL_KEYS = (
-    "species", "e0s", "e0s_basis", "charge_energies", "energy_shift", "energy_scale", "avg_num_neighbors",
-    "property_stats",
-    "trained_outputs",
-)
+DERIVED_MODEL_KEYS = ("species", "e0s", "e0s_basis", "charge_energies", "energy_shift", "energy_scale",
+                      "avg_num_neighbors", "property_stats", "trained_outputs")
 """ModelConfig fields computed from the training data, never set by hand."""
 
 ARCHITECTURE_KEYS = tuple(f.name for f in dataclasses.fields(ModelConfig) if f.name not in DERIVED_MODEL_KEYS)
 """ModelConfig fields a training config may set (the ``model:`` section)."""
 
-RESERVED_PROPERTY_NAMES = (
-    "energy", "energies", "forces", "stress", "pos", "numbers", "cell", "pbc", "edge_index", "shifts",
-    "batch", "ptr", "index",
-)
+RESERVED_PROPERTY_NAMES = ("energy", "energies", "forces", "stress", "pos", "numbers", "cell", "pbc", "edge_index",
+                           "shifts", "batch", "ptr", "index")
 """Names a property head cannot take: they are the model's outputs or fields of a graph."""
 
-SCHEDULERS = ("plateau", "cosine", "budget")
-"""Learning-rate schedules (see :class:`TrainingConfig`)."""
+SCHEDULERS = ("plateau", "cosine", "budget")  # learning-rate schedules (see TrainingConfig)
 
 RESUMABLE_KEYS = ("max_epochs", "max_minutes", "device", "num_workers", "progress", "eval_batch_size", "compile")
 """Settings that may change when a run is resumed (the rest would break exact continuation)."""
@@ -151,13 +145,9 @@ class TrainingConfig:
             (fine-tuning, see :mod:`molequi.training.finetune`): its architecture and
             normalisation are kept, its reference energies refitted on the data.
         freeze: with ``init``, train only the readout heads (the body keeps its weights).
-        anchor: with ``init``, pull the weights towards the initial model's: the loss gains
-            ``anchor / N · Σ (θ − θ₀)²`` over the trained weights, N the training structures (a
-            Gaussian prior on the change: strong on a handful of labels, fading as they grow).
-            Keeps what the initial model knew and the labels do not show (e.g. the energies of
-            conformers no label visits); 0 switches it off.
-        anchor_model: the model file (or pretrained name) ``anchor`` pulls towards; default
-            ``init`` (``molequi learn`` anchors every round to its first ``init``).
+        anchor: with ``init``, add ``anchor / N · Σ (θ − θ₀)²`` to the loss (N training
+            structures): a pull towards the initial weights, keeping what the labels do not show.
+        anchor_model: the model ``anchor`` pulls towards (default ``init``).
         replay: with ``init`` and ``replay_data``, add this fraction (of the training set's size)
             of pretraining structures to the training set, against forgetting.
         replay_data: the pretraining data file replayed (extxyz with energies and forces).
@@ -237,8 +227,7 @@ class TrainingConfig:
             (self.ensemble_loss in ("heads", "nll"), f"ensemble_loss must be 'heads' or 'nll', got '{self.ensemble_loss}'"),
             (self.dtype in ("float32", "float64"), f"dtype must be 'float32' or 'float64', got '{self.dtype}'"),
             (0 <= self.replay <= 1, f"replay must be a fraction in [0, 1], got {self.replay}"),
-            (self.init is not None or not (self.freeze or self.replay or self.anchor),
-             "freeze, anchor and replay need init (--init MODEL)"),
+            (self.init is not None or not (self.freeze or self.replay or self.anchor), "freeze, anchor and replay need init (--init MODEL)"),
             (self.anchor >= 0, f"anchor must be ≥ 0, got {self.anchor}"),
             (self.anchor_model is None or self.anchor > 0, "anchor_model needs anchor > 0 (--anchor W)"),
             (not (self.stream and (self.model.baseline or self.replay)),

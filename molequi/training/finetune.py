@@ -266,23 +266,6 @@ class WeightAnchor:
         return self.scale * torch.stack(terms).sum()
 
 
-def weight_anchor(config: TrainingConfig, model_config, dtype: torch.dtype, device: torch.device,
-                  n_train: int) -> WeightAnchor | None:
-    """The run's :class:`WeightAnchor` (None without ``anchor``): the weights of
-    ``config.anchor_model`` (default ``config.init``) as the run starts from them, built afresh
-    so that a resumed run pulls towards the same weights as the first."""
-    if not config.anchor:
-        return None
-    from molequi.training.run import fresh_model, load_initial_weights
-
-    reference = fresh_model(model_config, dtype, device)
-    load_initial_weights(reference, resolve_model(config.anchor_model or config.init))
-    if learns_a_correction(config):
-        zero_energy_readouts(reference)
-    weights = {name: parameter.detach().clone() for name, parameter in reference.named_parameters()}
-    return WeightAnchor(weights, config.anchor / max(1, n_train))
-
-
 def resolve_model(spec: str | Path) -> Path:
     """The model file of ``spec``: a pretrained model's name (said once on stderr) or a path.
 

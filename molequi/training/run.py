@@ -12,7 +12,7 @@ import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -38,6 +38,9 @@ from molequi.training.data import (
 from molequi.training.distributed import Distributed
 from molequi.training.ema import ExponentialMovingAverage
 from molequi.training.schedule import BudgetCosine
+
+if TYPE_CHECKING:
+    from molequi.training.finetune import WeightAnchor
 
 
 def checkpoint_path(out_dir: str | Path, which: str = "last") -> Path:
@@ -312,8 +315,6 @@ def build_run(
         from molequi.training.finetune import freeze_body
 
         freeze_body(model)
-    from molequi.training.finetune import weight_anchor
-
     anchor = weight_anchor(config, model_config, dtype, device, len(inputs.prepared.train))
     if config.compile:
         model.compile()  # the trained model only: validation and export stay eager
@@ -383,6 +384,23 @@ def initial_config(path: str | Path, ours: ModelConfig) -> ModelConfig:
             f"cannot start from {path}: it was trained on elements {list(theirs.species)}, the data hold {list(ours.species)}"
         )
     return theirs
+
+
+def weight_anchor(config: TrainingConfig, model_config, dtype: torch.dtype, device: torch.device,
+                  n_train: int) -> "WeightAnchor | None":
+    """The run's :class:`WeightAnchor` (None without ``anchor``): the weights of
+    ``config.anchor_model`` (default ``config.init``) as the run starts from them, built afresh
+    so that a resumed run pulls towards the same weights as the first."""
+    if not config.anchor:
+        return None
+    from molequi.training.finetune import WeightAnchor, learns_a_correction, resolve_model, zero_energy_readouts
+
+    reference = fresh_model(model_config, dtype, device)
+    load_initial_weights(reference, resolve_model(config.anchor_model or config.init))
+    if learns_a_correction(config):
+        zero_energy_readouts(reference)
+    weights = {name: parameter.detach().clone() for name, parameter in reference.named_parameters()}
+    return WeightAnchor(weights, config.anchor / max(1, n_train))
 
 
 def load_initial_weights(model: torch.nn.Module, path: str | Path) -> None:
