@@ -437,3 +437,6 @@ def test_the_anchor_penalty_is_its_weight_over_the_structures_times_the_squared_
     assert float(anchor.penalty(moved)) == pytest.approx(5.0 * 0.01 * parameter.numel())
     parameter.requires_grad_(False)  # a frozen weight is not pulled
     assert float(anchor.penalty(moved)) == pytest.approx(0.0)
+    for other in moved.parameters():
+        other.requires_grad_(False)
+    assert float(anchor.penalty(moved)) == 0.0  # nothing trained: no pull, no error

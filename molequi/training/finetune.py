@@ -263,7 +263,7 @@ class WeightAnchor:
         """The anchor's term of the loss for ``model``'s current weights (a 0-d tensor)."""
         terms = [(parameter - self.reference[name]).square().sum() for name, parameter in model.named_parameters()
                  if parameter.requires_grad and name in self.reference]
-        return self.scale * torch.stack(terms).sum()
+        return self.scale * torch.stack(terms).sum() if terms else torch.zeros(())
 
 
 def resolve_model(spec: str | Path) -> Path:
