@@ -76,7 +76,7 @@ def run(args) -> dict:
     for molecule in args.molecules:
         files = learning.molecule_data(molecule, profile, args)
         tests = learning.test_sets(files)
-        data = [path for key, path in sorted(files.items()) if key != "pool"]
+        data = learning.content_digest(path for key, path in sorted(files.items()) if key != "pool")
         for seed in range(args.seeds):
             for md_from in args.md_from:
                 labels = loop_labels(molecule, files, profile, args, seed, md_from)
@@ -126,7 +126,6 @@ def main(argv=None) -> int:
     parser.add_argument("--readme", action="store_true", help="write the table into docs/benchmarks.md (block anchor)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    args.anchor = 0.0  # bench_learning's runs from --pretrained: unanchored
     results = run(args)
     text = markdown(results, args, sys.argv[1:] if argv is None else argv)
     (args.out / "anchor.json").write_text(json.dumps(results, indent=1))

@@ -190,22 +190,15 @@ def training_config(profile: dict, seed: int, heads: int = 0, init: str | None =
                               "allow_outliers": bool(heads)})
 
 
-def anchored(name: str, init: str | None, anchor: float) -> str:
-    """A folder name of runs fine-tuned from ``init`` with the pull ``anchor`` (``_anchor_W``)."""
-    return name if init is None or not anchor else f"{name}_anchor_{anchor:g}"
-
-
 def random_committee(molecule: str, files, profile, args, seed: int, n_labels: int,
                      init: str | None = None) -> list[Path]:
     """A committee trained on ``n_labels`` frames drawn from the 300 K pool: from scratch, or
-    fine-tuned from the pretrained model ``init`` (one model: its ensemble heads are the members)
-    with the pull ``--anchor`` towards it, as ``molequi learn --init`` fine-tunes."""
+    fine-tuned from the pretrained model ``init`` (one model: its ensemble heads are the members)."""
     from ase.io import read, write
 
     from molequi.training import train
 
-    folder = (args.out / ("random" if init is None else anchored(f"random_from_{init}", init, args.anchor)) / molecule
-              / f"seed_{seed}" / f"n_{n_labels}")
+    folder = args.out / ("random" if init is None else f"random_from_{init}") / molecule / f"seed_{seed}" / f"n_{n_labels}"
     data = folder / "train.extxyz"
     if not data.exists():
         pool = read(files["pool"], ":")
@@ -218,8 +211,7 @@ def random_committee(molecule: str, files, profile, args, seed: int, n_labels: i
         if not (out / "model.molequi").exists():
             if out.exists():
                 shutil.rmtree(out)
-            train(training_config(profile, 1000 * seed + m, init=init, anchor=args.anchor), str(data), out,
-                  log=lambda message: None)
+            train(training_config(profile, 1000 * seed + m, init=init), str(data), out, log=lambda message: None)
         models.append(out / "model.molequi")
     return models
 
@@ -238,11 +230,11 @@ def members_from(profile: dict, init: str | None) -> tuple[int, int]:
 
 def loop_committees(molecule: str, files, profile, args, seed: int, max_std: float | None = None,
                     init: str | None = None, md_from: str = "start",
-                    anchor: float | None = None) -> tuple[dict[int, list[Path]], list[dict]]:
+                    anchor: float = 0.0) -> tuple[dict[int, list[Path]], list[dict]]:
     """The loop's committee at each label count of the profile, and its rounds table; with
     ``max_std`` (eV/Å) under a trust ceiling of trajectory scope (``molequi learn --max-std X
     --trust-scope trajectory``); with ``init`` starting from that pretrained model
-    (``molequi learn --init NAME --anchor W``, W = ``anchor`` or ``--anchor``); its MD from
+    (``molequi learn --init NAME``, pulled towards it by ``anchor``: ``--anchor W``); its MD from
     ``md_from`` (``molequi learn --md-from``)."""
     from ase.io import read
 
@@ -252,15 +244,15 @@ def loop_committees(molecule: str, files, profile, args, seed: int, max_std: flo
     start_labels = 1 + PERTURBED
     rounds = (max(profile["labels"]) - start_labels) // per_round
     committee, heads = members_from(profile, init)
-    anchor = args.anchor if anchor is None else anchor
     settings = LearnSettings(rounds=rounds, per_round=per_round, temperatures=list(TEMPERATURES),
                              md_steps=profile["md_steps"], committee=committee, ensemble_heads=heads, replicas=1,
                              sample_every=10,
                              perturbed=PERTURBED, seed=seed, max_std=max_std,
                              trust_scope="trajectory" if max_std else "frame", init=init, md_from=md_from,
                              anchor=anchor)
-    name = anchored(("loop" if max_std is None else f"loop_ceiling_{max_std:g}") + ("" if init is None else f"_from_{init}"),
-                    init, anchor) + ("" if md_from == "start" else f"_md_from_{md_from}")
+    name = (("loop" if max_std is None else f"loop_ceiling_{max_std:g}") + ("" if init is None else f"_from_{init}")
+            + (f"_anchor_{anchor:g}" if init is not None and anchor else "")
+            + ("" if md_from == "start" else f"_md_from_{md_from}"))
     folder = args.out / name / molecule / f"seed_{seed}"
     start = read(files["start"])
     start.calc = None  # labelled with its perturbed copies by the loop itself
@@ -307,12 +299,11 @@ def fine_tuned_heads(molecule: str, files, profile, args, seed: int, n_labels: i
         return plain
     data = plain.parent.parent / "train.extxyz"
     variant = name.replace("heads, ", "").replace(" + ", "_").replace(" ", "_")
-    out = (args.out / anchored(f"heads_from_{args.pretrained}", args.pretrained, args.anchor) / molecule / variant
-           / f"seed_{seed}" / f"n_{n_labels}")
+    out = args.out / f"heads_from_{args.pretrained}" / molecule / variant / f"seed_{seed}" / f"n_{n_labels}"
     if not (out / "model.molequi").exists():
         if out.exists():
             shutil.rmtree(out)
-        config = training_config(profile, 1000 * seed, init=args.pretrained, anchor=args.anchor)
+        config = training_config(profile, 1000 * seed, init=args.pretrained)
         train(TrainingConfig.from_dict({**config.to_dict(), **FINE_TUNED_HEADS[name]}), str(data), out,
               log=lambda message: None)
     return out / "model.molequi"
@@ -512,18 +503,17 @@ def content_digest(paths) -> str:
     return digest.hexdigest()
 
 
-def cached(args, key: str, models, compute, data=()):
+def cached(args, key: str, models, compute, data_digest: str = ""):
     """``compute()``'s result, reused from ``--out``/evaluations.json while the model files are
-    those it was computed with (same sizes and modification times) and the ``data`` files (the
-    test frames, the start structure) hold the same bytes: a test set generated again misses."""
+    those it was computed with (same sizes and modification times) and the data it read (the test
+    frames, the start structure) have the same :func:`content_digest`: a test set generated again
+    misses."""
     from molequi.utils import atomic_write_text
 
     path = args.out / "evaluations.json"
     store = json.loads(path.read_text()) if path.exists() else {}
     stamp = [[within_out(args, m), m.stat().st_size, m.stat().st_mtime] for m in map(Path, models)]
-    data_digest = content_digest(data)
-    if (key in store and store[key].get("data") == data_digest
-            and store[key]["models"] == stamp):
+    if key in store and store[key].get("data") == data_digest and store[key]["models"] == stamp:
         return store[key]["result"]
     result = compute()
     # read again before writing: runs of other seeds (--only-seed) may share the file meanwhile
@@ -553,7 +543,7 @@ def run_molecule(molecule: str, profile: dict, args) -> dict:
     files = molecule_data(molecule, profile, args)
     tests = test_sets(files)
     reference = read(files["start"])
-    data = [path for key, path in sorted(files.items()) if key != "pool"]  # what the evaluations read
+    data = content_digest(path for key, path in sorted(files.items()) if key != "pool")  # what the evaluations read
     report: dict = {"seeds": [], "labels": list(profile["labels"])}
     for seed in ([args.only_seed] if args.only_seed is not None else range(profile["seeds"])):
         entry: dict = {"seed": seed, "random": {}}
@@ -816,9 +806,6 @@ def main(argv=None) -> int:
                         help="also start from this shipped model (e.g. organic-xtb): a random selection fine-tuned "
                              "from it and its loop (molequi learn --init NAME, default ceiling), judged against it; "
                              "a model with ensemble heads is its own committee (one model, its heads the members)")
-    parser.add_argument("--anchor", type=float, default=0.0, metavar="W",
-                        help="the pull towards --pretrained's weights of every run fine-tuned from it (molequi learn "
-                             "--anchor W; random selection's runs as molequi train --init --anchor W); default 0")
     parser.add_argument("--anchored-loops", type=float, default=None, metavar="W",
                         help="also run the loops from --pretrained with --anchor W, for their errors per round")
     parser.add_argument("--rotamer-loops", action="store_true",

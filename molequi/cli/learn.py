@@ -123,7 +123,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "instead of training from random weights: its architecture and elements are kept, so a "
                         "handful of labels adapts it to a new molecule; the learning rate defaults to the fine-tuning "
                         "one of molequi train --init")
-    parser.add_argument("--anchor", type=float, default=None, metavar="W",
+    parser.add_argument("--anchor", type=float, default=0.0, metavar="W",
                         help="with --init: pull every round's members towards the --init model's weights (a penalty "
                         "W / labels · Σ(θ − θ₀)² in the loss): they keep its energies where the labels do not reach, "
                         "e.g. conformers the loop's MD never visits, and its errors there (default 0: no pull; "
@@ -165,8 +165,7 @@ def run(args: argparse.Namespace) -> int:
         labeler_kwargs=labeler_kwargs, perturbed=args.perturbed, perturb_sigma=args.perturb_sigma,
         replicas=args.replicas, sample_every=args.sample_every, pool_factor=args.pool_factor, selection=args.selection, **ceiling_settings(args.max_std),
         trust_scope=args.trust_scope, md_from=args.md_from, rank_by=args.rank_by,
-        dt=args.dt, friction=args.friction, seed=args.seed, init=args.init,
-        **({} if args.anchor is None else {"anchor": args.anchor}),
+        dt=args.dt, friction=args.friction, seed=args.seed, init=args.init, anchor=args.anchor,
     )
     result = run_learning(settings, args.start, args.out, config=config, test_data=args.test_data)
     if result.models:

@@ -46,7 +46,6 @@ DEFAULT_MAX_STD = 0.6
 """The default trust ceiling, eV/Å: the largest per-atom force spread of a frame still labelled."""
 
 
-
 @dataclass
 class LearnSettings:
     """Settings of an active-learning run.
@@ -110,7 +109,7 @@ class LearnSettings:
         anchor: with ``init``, every round's members are pulled towards the weights of ``init``
             itself (training's ``anchor``, weight ``anchor`` / labels; 0: not at all). It keeps
             the initial model's energies where the labels do not reach, and its errors with them:
-            measured (``scripts/bench_learning.py``) it halved aspirin's test energy error when the
+            measured (``scripts/bench_anchor.py``) it halved aspirin's test energy error when the
             labels stayed in the start conformer, and raised it when they covered the test's
             (ethanol; aspirin's rotamer loop), so it is off unless asked for.
     """

@@ -274,7 +274,7 @@ class TrainingRun:
     device: torch.device
     dtype: torch.dtype
     ddp: Distributed
-    anchor: Any = None  # molequi.training.finetune.WeightAnchor with ``anchor``, else None
+    anchor: WeightAnchor | None = None  # the pull towards the initial weights (``config.anchor``)
 
     @property
     def evaluation_model(self) -> torch.nn.Module:
@@ -387,7 +387,7 @@ def initial_config(path: str | Path, ours: ModelConfig) -> ModelConfig:
 
 
 def weight_anchor(config: TrainingConfig, model_config, dtype: torch.dtype, device: torch.device,
-                  n_train: int) -> "WeightAnchor | None":
+                  n_train: int) -> WeightAnchor | None:
     """The run's :class:`WeightAnchor` (None without ``anchor``): the weights of
     ``config.anchor_model`` (default ``config.init``) as the run starts from them, built afresh
     so that a resumed run pulls towards the same weights as the first."""
