@@ -120,8 +120,10 @@ def stretched_bonds(reference, count: int, rng) -> list:
     return frames
 
 
-def molecule_data(molecule: str, profile: dict, args) -> dict[str, Path]:
-    """xTB-labelled pool (300 K MD), test frames per kind, and the start geometry, cached."""
+def molecule_data(molecule: str, profile: dict, args, ranking_frames: int | None = None) -> dict[str, Path]:
+    """xTB-labelled pool (300 K MD), test frames per kind, and the start geometry, cached; with
+    ``ranking_frames`` other than the profile's test frames also that many MD frames per
+    temperature for C (keys ``rank_md_…``)."""
     import bench_uncertainty as shared
     import xtb_md
 
@@ -131,7 +133,10 @@ def molecule_data(molecule: str, profile: dict, args) -> dict[str, Path]:
     start = geometries[0]
     files = {"start": folder / "start.extxyz", "pool": folder / f"pool_300K_{profile['pool']}.extxyz"}
     n, scans = profile["test_frames"], profile["scans"]
-    files |= {f"md_{t:g}K": folder / f"test_md_{t:g}K_{n}.extxyz" for t in TEMPERATURES}
+    md_sets = {f"md_{t:g}K": (t, n) for t in TEMPERATURES}
+    if ranking_frames and ranking_frames != n:  # C's larger sets: the same trajectories, run longer
+        md_sets |= {f"rank_md_{t:g}K": (t, ranking_frames) for t in TEMPERATURES}
+    files |= {key: folder / f"test_md_{t:g}K_{count}.extxyz" for key, (t, count) in md_sets.items()}
     files |= {"torsion": folder / f"test_torsion_{scans}.extxyz", "stretch": folder / f"test_stretch_{scans}.extxyz"}
     if not files["start"].exists():
         xtb_md.write_extxyz_atomic([start], files["start"])
@@ -143,17 +148,9 @@ def molecule_data(molecule: str, profile: dict, args) -> dict[str, Path]:
                                            trajectory=k)
         xtb_md.write_extxyz_atomic(frames, files["pool"])
         log(f"{molecule}: {len(frames)} pool frames, xTB MD at 300 K ({time.monotonic() - started:.0f} s)")
-    for t in TEMPERATURES:
-        if not files[f"md_{t:g}K"].exists():
-            started = time.monotonic()
-            frames = []
-            for k in range(2):
-                geometry = geometries[(2 * k + 1) * len(geometries) // 4]
-                frames += shared.xtb_md_frames(geometry, t, n // 2, seed=70 + k, trajectory=k)
-            for atoms in frames:
-                atoms.info["kind"] = f"{t:g} K"
-            xtb_md.write_extxyz_atomic(frames, files[f"md_{t:g}K"])
-            log(f"{molecule}: {len(frames)} test frames, xTB MD at {t:g} K ({time.monotonic() - started:.0f} s)")
+    for key, (t, count) in md_sets.items():
+        if not files[key].exists():
+            md_test_frames(molecule, geometries, t, count, files[key])
     rng = np.random.default_rng(11)
     for kind, make in (("torsion", torsion_scan), ("stretch", stretched_bonds)):
         if not files[kind].exists():
@@ -163,6 +160,23 @@ def molecule_data(molecule: str, profile: dict, args) -> dict[str, Path]:
             xtb_md.write_extxyz_atomic(frames, files[kind])
             log(f"{molecule}: {len(frames)} {kind} test frames labelled")
     return files
+
+
+def md_test_frames(molecule: str, geometries, temperature: float, count: int, path: Path) -> None:
+    """``count`` xTB MD frames at ``temperature`` (K), half from each of two trajectories started
+    at a quarter and three quarters through the rMD17 file, written to ``path``."""
+    import bench_uncertainty as shared
+    import xtb_md
+
+    started = time.monotonic()
+    frames = []
+    for k in range(2):
+        geometry = geometries[(2 * k + 1) * len(geometries) // 4]
+        frames += shared.xtb_md_frames(geometry, temperature, count // 2, seed=70 + k, trajectory=k)
+    for atoms in frames:
+        atoms.info["kind"] = f"{temperature:g} K"
+    xtb_md.write_extxyz_atomic(frames, path)
+    log(f"{molecule}: {len(frames)} test frames, xTB MD at {temperature:g} K ({time.monotonic() - started:.0f} s)")
 
 
 def test_sets(files: dict[str, Path]) -> dict[str, list]:
@@ -535,39 +549,57 @@ def provenance(argv) -> str:
             f"{load:.1f} at the end), one torch thread.")
 
 
+def loop_specs(args, anchored: bool = False) -> dict[str, dict]:
+    """The loops ``args`` ask for, by the name the report gives them: ``loop_committees``'s
+    keyword arguments for each. ``anchored``: the loops from the pretrained model with
+    ``--anchored-loops W`` instead (reported by their rounds only)."""
+    from molequi.learn.settings import DEFAULT_MAX_STD
+
+    if anchored:
+        if not (args.pretrained and args.anchored_loops is not None):
+            return {}
+        return {f"loop from {args.pretrained}, ceiling {DEFAULT_MAX_STD:g} eV/Å" + ("" if md_from == "start" else ", rotamers")
+                + f", anchor {args.anchored_loops:g}": dict(max_std=DEFAULT_MAX_STD, init=args.pretrained, md_from=md_from,
+                                                              anchor=args.anchored_loops)
+                for md_from in (("start", "rotamers") if args.rotamer_loops else ("start",))}
+    specs: dict[str, dict] = {"loop": {}}
+    if args.loop_max_std:
+        specs[f"loop, ceiling {args.loop_max_std:g} eV/Å"] = dict(max_std=args.loop_max_std)
+    if args.pretrained:  # as `molequi learn --init NAME` runs by default: under the default ceiling
+        specs[f"loop from {args.pretrained}, ceiling {DEFAULT_MAX_STD:g} eV/Å"] = dict(max_std=DEFAULT_MAX_STD,
+                                                                                        init=args.pretrained)
+    if args.rotamer_loops:  # the ceiling loops again, their MD from random rotamers of the start
+        if args.loop_max_std:
+            specs[f"loop, ceiling {args.loop_max_std:g} eV/Å, rotamers"] = dict(max_std=args.loop_max_std,
+                                                                                 md_from="rotamers")
+        if args.pretrained:
+            specs[f"loop from {args.pretrained}, ceiling {DEFAULT_MAX_STD:g} eV/Å, rotamers"] = dict(
+                max_std=DEFAULT_MAX_STD, init=args.pretrained, md_from="rotamers")
+    return specs
+
+
+def selection_names(args) -> list[str]:
+    """Every selection ``args`` ask for (the names ``--long-ttf-selections`` accepts)."""
+    return ["random"] + ([f"random from {args.pretrained}"] if args.pretrained else []) + list(loop_specs(args))
+
+
 def run_molecule(molecule: str, profile: dict, args) -> dict:
     from ase.io import read
 
-    from molequi.learn.settings import DEFAULT_MAX_STD
-
-    files = molecule_data(molecule, profile, args)
+    files = molecule_data(molecule, profile, args, args.ranking_frames)
     tests = test_sets(files)
+    ranking_tests = tests | {key.removeprefix("rank_"): read(path, ":") for key, path in files.items()
+                             if key.startswith("rank_")}  # C's frames: A's, or more with --ranking-frames
     reference = read(files["start"])
-    data = content_digest(path for key, path in sorted(files.items()) if key != "pool")  # what the evaluations read
-    report: dict = {"seeds": [], "labels": list(profile["labels"])}
+    data = content_digest(path for key, path in sorted(files.items())  # what the evaluations read
+                          if key != "pool" and not key.startswith("rank_"))
+    report: dict = {"seeds": [], "labels": list(profile["labels"]), "ranking_frames": len(ranking_tests["md_300K"])}
     for seed in ([args.only_seed] if args.only_seed is not None else range(profile["seeds"])):
         entry: dict = {"seed": seed, "random": {}}
-        loops = {"loop": loop_committees(molecule, files, profile, args, seed)}
-        if args.loop_max_std:
-            loops[f"loop, ceiling {args.loop_max_std:g} eV/Å"] = loop_committees(molecule, files, profile, args, seed,
-                                                                                 args.loop_max_std)
-        if args.pretrained:  # as `molequi learn --init NAME` runs by default: under the default ceiling
-            loops[f"loop from {args.pretrained}, ceiling {DEFAULT_MAX_STD:g} eV/Å"] = loop_committees(
-                molecule, files, profile, args, seed, DEFAULT_MAX_STD, init=args.pretrained)
-        if args.rotamer_loops:  # the ceiling loops again, their MD from random rotamers of the start
-            if args.loop_max_std:
-                loops[f"loop, ceiling {args.loop_max_std:g} eV/Å, rotamers"] = loop_committees(
-                    molecule, files, profile, args, seed, args.loop_max_std, md_from="rotamers")
-            if args.pretrained:
-                loops[f"loop from {args.pretrained}, ceiling {DEFAULT_MAX_STD:g} eV/Å, rotamers"] = loop_committees(
-                    molecule, files, profile, args, seed, DEFAULT_MAX_STD, init=args.pretrained, md_from="rotamers")
-        anchored_loops = {}  # the loops from the pretrained model with another pull: their rounds only
-        if args.pretrained and args.anchored_loops is not None:
-            for md_from in ("start", "rotamers") if args.rotamer_loops else ("start",):
-                anchored_loops[f"loop from {args.pretrained}, ceiling {DEFAULT_MAX_STD:g} eV/Å"
-                               + ("" if md_from == "start" else ", rotamers") + f", anchor {args.anchored_loops:g}"] = \
-                    loop_committees(molecule, files, profile, args, seed, DEFAULT_MAX_STD, init=args.pretrained,
-                                    md_from=md_from, anchor=args.anchored_loops)
+        loops = {name: loop_committees(molecule, files, profile, args, seed, **options)
+                 for name, options in loop_specs(args).items()}
+        anchored_loops = {name: loop_committees(molecule, files, profile, args, seed, **options)
+                          for name, options in loop_specs(args, anchored=True).items()}  # their rounds only
         committees, rows = loops["loop"]
         entry["rounds"] = {kind: [{k: row.get(k) for k in ("n_labels", "test_energy_mae_meV", "test_energy_bias_meV",
                                                            "test_forces_mae_meV_per_A")} for row in found_rows]
@@ -584,7 +616,7 @@ def run_molecule(molecule: str, profile: dict, args) -> dict:
                 result = cached(args, f"{molecule}/{kind}/{seed}/{n}/{profile['ttf_steps']}", models,
                                 lambda: {**shifted_test(models, tests),
                                          "ttf": time_to_failure(models, reference, profile, seed)}, data)
-                if args.long_ttf_ps and n in args.long_ttf_labels:
+                if args.long_ttf_ps and n in args.long_ttf_labels and kind in (args.long_ttf_selections or [kind]):
                     steps = max(1, round(1000 * args.long_ttf_ps / TTF_DT))
                     result = {**result, "ttf_long": cached(
                         args, f"{molecule}/{kind}/{seed}/{n}/ttf/{steps}", models,
@@ -602,11 +634,11 @@ def run_molecule(molecule: str, profile: dict, args) -> dict:
                                                      len(committees[last])))] + [
             (name, [ensemble_on_loop_labels(molecule, profile, args, seed, committees[last], name)]) for name in ENSEMBLES]
         for name, models in variants:
-            spread, parts = spread_by_set(models, tests)
+            spread, parts = spread_by_set(models, ranking_tests)
             entry["ranking"][name] = {key: spearman_with_ceiling(part) for key, part in parts.items()
                                       if key.startswith("md_")}
             entry["ranking"][name]["test force MAE"] = force_mae(spread)
-        entry["calibration"] = energy_and_force_calibration(committees[last], tests["md_300K"])
+        entry["calibration"] = energy_and_force_calibration(committees[last], ranking_tests["md_300K"])
         if args.pretrained:
             entry["heads_ranking"] = {name: {n: cached(args, f"{molecule}/heads/{name}/{seed}/{n}", [model],
                                                       lambda: heads_ranking([model], tests), data)
@@ -711,7 +743,9 @@ def markdown(results: dict, profile_name: str, wall: float, argv=()) -> str:
             lines.append(f"| {kind} | " + " | ".join(cell([s[kind][last]["by_kind"][k] for s in seeds]) for k in kinds)
                          + " |")
         keys = [k for k in seeds[0]["ranking"]["committee"] if k.startswith("md_")]
-        lines += ["", f"C (ranking on the loop's last labels: Spearman of per-structure force std vs error, and the "
+        frames = report.get("ranking_frames", PROFILES_USED.get("test_frames"))
+        lines += ["", f"C (ranking on the loop's last labels, {frames} MD frames per temperature: Spearman of "
+                  f"per-structure force std vs error, and the "
                   f"split-half ceiling; {PROFILES_USED.get('committee', 4)} members or heads unless named; the ensembles "
                   "train one model, 1/4 of a committee of 4's CPU time, but the last, which trains 4 × the epochs)", "",
                   "| members | " + " | ".join(k.removeprefix("md_") for k in keys) + " | test force mean (meV/Å) |",
@@ -745,7 +779,7 @@ def markdown(results: dict, profile_name: str, wall: float, argv=()) -> str:
                              f"{cell([x['test_energy_bias_meV'] for x in rows])} | "
                              f"{cell([x['test_forces_mae_meV_per_A'] for x in rows])} |")
         calibration = seeds[-1]["calibration"]
-        lines += ["", "Calibration of the loop's last committee on the 300 K frames (last seed): " + "; ".join(
+        lines += ["", f"Calibration of the loop's last committee on the {frames} frames at 300 K (last seed): " + "; ".join(
             f"{name} {c['form']} b = {c['b']:.2f}, Spearman {c['spearman']:.2f}"
             + (f" — warned: {c['warnings'][0].split(' (')[0]}" if c["warnings"] else "") for name, c in calibration.items()), "",
                   "Targets:", ""]
@@ -755,27 +789,44 @@ def markdown(results: dict, profile_name: str, wall: float, argv=()) -> str:
 
 
 def plot(results: dict, path: Path) -> None:
+    """Per molecule: the shifted-test force error (p99 solid, mean dotted) and the time to
+    failure against labels, one colour per selection, the legend below the panels (seven
+    selections would hide the curves)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
-    figure, axes = plt.subplots(len(results), 2, figsize=(9, 3.4 * len(results)), squeeze=False)
+    figure, axes = plt.subplots(len(results), 2, figsize=(9, 3.4 * len(results) + 1.2), squeeze=False)
+    handles: dict[str, Line2D] = {}
     for row, (molecule, report) in enumerate(results.items()):
+        long_ps = None
         labels, seeds = report["labels"], report["seeds"]
-        for kind, style in zip(selections(report), ("s--", "o-", "^-.", "v:", "D--", "x-")):
-            for key, colour in (("p99", "C3"), ("mean", "C0")):
+        for k, kind in enumerate(selections(report)):
+            colour = f"C{k % 10}"
+            for key, style in (("p99", "o-"), ("mean", "s:")):
                 values = [mean_sd([s[kind][n][key] for s in seeds]) for n in labels]
                 axes[row][0].errorbar(labels, [v[0] for v in values], [v[1] for v in values], fmt=style, color=colour,
-                                      label=f"{kind} {key}", capsize=3)
+                                      capsize=3)
             values = [mean_sd([s[kind][n]["ttf"]["mean_fs"] for s in seeds]) for n in labels]
-            axes[row][1].errorbar(labels, [v[0] for v in values], [v[1] for v in values], fmt=style, label=kind, capsize=3)
-        axes[row][0].set(xlabel="labels", ylabel="shifted-test force error (meV/Å)", yscale="log", title=molecule)
-        axes[row][1].set(xlabel="labels", ylabel=f"time to failure at {TTF_TEMPERATURE:g} K (fs)", title=molecule)
+            axes[row][1].errorbar(labels, [v[0] for v in values], [v[1] for v in values], fmt="o-", color=colour,
+                                  capsize=3)
+            long = [n for n in labels if all("ttf_long" in s[kind][n] for s in seeds)]
+            if long:  # the longer runs of B at the survival target's label counts
+                values = [mean_sd([s[kind][n]["ttf_long"]["mean_fs"] for s in seeds]) for n in long]
+                axes[row][1].errorbar(long, [v[0] for v in values], [v[1] for v in values], fmt="*", markersize=11,
+                                      color=colour, capsize=3)
+                long_ps = seeds[0][kind][long[0]]["ttf_long"]["length_fs"] / 1000
+            handles.setdefault(kind, Line2D([], [], color=colour, marker="o", label=kind))
+        axes[row][0].set(xlabel="labels", ylabel="shifted-test force error (meV/Å)", yscale="log",
+                         title=f"{molecule}: p99 (solid), mean (dotted)")
+        axes[row][1].set(xlabel="labels", ylabel=f"time to failure at {TTF_TEMPERATURE:g} K (fs)", yscale="log",
+                         title=molecule + (f": {long_ps:g} ps runs as stars" if long_ps else ""))
         for axis in axes[row]:
             axis.grid(alpha=0.3)
-            axis.legend(fontsize=8)
-    figure.tight_layout()
+    figure.legend(handles=list(handles.values()), loc="lower center", ncol=2, fontsize=8, frameon=False)
+    figure.tight_layout(rect=(0, 0.06 + 0.03 * math.ceil(len(handles) / 2) / len(results), 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
     plt.close(figure)
@@ -802,6 +853,13 @@ def main(argv=None) -> int:
                              "label counts), beside the profile's; cached like the rest")
     parser.add_argument("--long-ttf-labels", type=int, nargs="+", default=[20, 40], metavar="N",
                         help="label counts that get the longer time-to-failure run (default: 20 40)")
+    parser.add_argument("--long-ttf-selections", nargs="+", default=None, metavar="NAME",
+                        help="only these selections get the longer run (default: all; names as the tables give them, "
+                             "e.g. random \"loop, ceiling 0.6 eV/Å, rotamers\")")
+    parser.add_argument("--ranking-frames", type=int, default=None, metavar="N",
+                        help="C (ranking, calibration) on N xTB MD frames per temperature (the test trajectories "
+                             "run longer) instead of A's test frames: a Spearman over 12 frames is noisy; A, B and "
+                             "their cache are untouched")
     parser.add_argument("--pretrained", metavar="NAME", default=None,
                         help="also start from this shipped model (e.g. organic-xtb): a random selection fine-tuned "
                              "from it and its loop (molequi learn --init NAME, default ceiling), judged against it; "
@@ -818,6 +876,10 @@ def main(argv=None) -> int:
                         help="the docs block --readme writes, and the plot's name under scripts/figures (default "
                              "learning: ethanol; e.g. learning-aspirin for another molecule's run)")
     args = parser.parse_args(argv)
+    unknown = sorted(set(args.long_ttf_selections or ()) - set(selection_names(args)))
+    if unknown:
+        parser.error(f"--long-ttf-selections: no selection named {', '.join(map(repr, unknown))}; these flags give "
+                     f"{', '.join(map(repr, selection_names(args)))}")
     name = "full" if args.full else ("smoke" if args.smoke else "reduced")
     profile = dict(PROFILES[name])
     if args.seeds is not None:

@@ -168,3 +168,37 @@ def test_the_anchor_benchmarks_refit_only_model_keeps_the_pretrained_weights(tmp
     assert not torch.equal(refitted["model.e0"], pretrained["model.e0"])  # EMT's energies: far from xTB's
     stamp = model.stat().st_mtime_ns
     assert anchor_bench.fine_tuned(labels, {}, args, seed=0, anchor=None) == model and model.stat().st_mtime_ns == stamp
+
+
+def test_selection_names_follow_the_flags_and_a_wrong_long_run_name_is_refused_with_the_choices(bench, capsys):
+    args = argparse.Namespace(loop_max_std=0.6, pretrained="organic-xtb", rotamer_loops=True, anchored_loops=200.0)
+    names = bench.selection_names(args)
+    assert names[:2] == ["random", "random from organic-xtb"]
+    assert "loop, ceiling 0.6 eV/Å, rotamers" in names and len(names) == len(set(names)) == 7
+    assert all("anchor" not in name for name in names)  # anchored loops report their rounds only
+    anchored = bench.loop_specs(args, anchored=True)
+    assert list(anchored) == ["loop from organic-xtb, ceiling 0.6 eV/Å, anchor 200",
+                              "loop from organic-xtb, ceiling 0.6 eV/Å, rotamers, anchor 200"]
+    assert all(spec["anchor"] == 200.0 and spec["init"] == "organic-xtb" for spec in anchored.values())
+    assert bench.selection_names(argparse.Namespace(loop_max_std=None, pretrained=None, rotamer_loops=False,
+                                                    anchored_loops=None)) == ["random", "loop"]
+    with pytest.raises(SystemExit):
+        bench.main(["--loop-max-std", "0.6", "--long-ttf-selections", "random", "loop, ceiling"])
+    message = capsys.readouterr().err
+    assert "no selection named 'loop, ceiling'" in message and "'loop, ceiling 0.6 eV/Å'" in message
+
+
+def test_the_survival_target_uses_the_longer_runs_only_where_loop_and_random_both_have_them(bench):
+    def result(ttf: float, long: float | None) -> dict:
+        row = {"p99": 1.0, "mean_300K": 1.0, "ttf": {"mean_fs": ttf, "length_fs": 2000.0}}
+        return row | ({"ttf_long": {"mean_fs": long, "length_fs": 20000.0}} if long is not None else {})
+
+    def seed(loop_long: float | None) -> dict:
+        return {"random": {20: result(1000.0, 4000.0)}, "loop": {20: result(2000.0, loop_long)},
+                "ranking": {}, "rounds": {}, "calibration": {}}
+
+    survival = lambda report: next((k, ok) for k, ok in bench.targets(report) if "survives" in k)  # noqa: E731
+    text, ok = survival({"labels": [20], "seeds": [seed(9000.0), seed(7000.0)]})
+    assert ok and "over 20 ps (8000 vs 4000 fs)" in text
+    text, ok = survival({"labels": [20], "seeds": [seed(None), seed(None)]})  # the loop has no long run: 2 ps
+    assert ok and "over 2 ps (2000 vs 1000 fs)" in text
