@@ -202,3 +202,24 @@ def test_the_survival_target_uses_the_longer_runs_only_where_loop_and_random_bot
     assert ok and "over 20 ps (8000 vs 4000 fs)" in text
     text, ok = survival({"labels": [20], "seeds": [seed(None), seed(None)]})  # the loop has no long run: 2 ps
     assert ok and "over 2 ps (2000 vs 1000 fs)" in text
+
+
+def test_members_for_inverts_spearman_brown(bench):
+    single = 0.1  # one member's reliability; four members: R = 4r / (1 + 3r)
+    ratio = np.sqrt(4 * single / (1 + 3 * single))
+    assert bench.members_for(ratio, 4) == pytest.approx(0.81 * 0.9 / (single * 0.19))  # R = 0.81 needs ~38
+    assert bench.members_for(0.9, 4) == pytest.approx(4.0)  # already at the target
+    assert bench.members_for(0.9, 8) == pytest.approx(8.0)
+    assert bench.members_for(-0.2, 4) is None and bench.members_for(0.5, None) is None
+
+
+def test_the_ranking_target_compares_measured_and_ceiling_over_the_same_seeds(bench):
+    def seed(measured: float, ceiling: float | None) -> dict:
+        return {"ranking": {"committee": {"md_300K": [measured, ceiling], "members": 4}}, "rounds": {},
+                "calibration": {}}
+
+    report = {"labels": [], "seeds": [seed(0.5, 0.9), seed(-0.3, None)]}  # the second seed's halves disagree
+    (text, ok), = [(k, v) for k, v in bench.targets(report) if "Spearman" in k]
+    assert ok is False and "(0.50 vs 0.90, 1 of 2 seeds with a ceiling)" in text and "members would reach it" in text
+    (text, ok), = [(k, v) for k, v in bench.targets({**report, "seeds": [seed(0.85, 0.9)]}) if "Spearman" in k]
+    assert ok and "members" not in text
