@@ -473,6 +473,15 @@ def spread_ratio(spread: dict[str, np.ndarray]) -> float:
     return float(np.sqrt(np.mean(np.square(spread["error"])) / np.mean(np.square(spread["std"]))))
 
 
+def committee_ranking(models, tests: dict[str, list], members: int) -> dict:
+    """C for one committee (or ensemble of ``members`` heads): per MD temperature the Spearman and
+    its split-half ceiling (:func:`spearman_with_ceiling`), the mean force error over every test
+    frame (meV/Å), and ``members``."""
+    spread, parts = spread_by_set(models, tests)
+    return {**{key: spearman_with_ceiling(part) for key, part in parts.items() if key.startswith("md_")},
+            "test force MAE": force_mae(spread), "members": members}
+
+
 def heads_ranking(models, tests: dict[str, list]) -> dict:
     """C′ for one fine-tuned model: Spearman per temperature and on every test frame together
     (torsions and stretched bonds too: what the loop must rank across), the raw spread's size
@@ -593,6 +602,7 @@ def run_molecule(molecule: str, profile: dict, args) -> dict:
     reference = read(files["start"])
     data = content_digest(path for key, path in sorted(files.items())  # what the evaluations read
                           if key != "pool" and not key.startswith("rank_"))
+    ranking_data = content_digest(path for key, path in sorted(files.items()) if key != "pool")  # C's frames too
     report: dict = {"seeds": [], "labels": list(profile["labels"]), "ranking_frames": len(ranking_tests["md_300K"])}
     for seed in ([args.only_seed] if args.only_seed is not None else range(profile["seeds"])):
         entry: dict = {"seed": seed, "random": {}}
@@ -633,13 +643,14 @@ def run_molecule(molecule: str, profile: dict, args) -> dict:
                      committees[last] + more_members(molecule, profile, args, seed, committees[last],
                                                      len(committees[last])))] + [
             (name, [ensemble_on_loop_labels(molecule, profile, args, seed, committees[last], name)]) for name in ENSEMBLES]
+        frames = len(ranking_tests["md_300K"])
         for name, models in variants:
-            spread, parts = spread_by_set(models, ranking_tests)
-            entry["ranking"][name] = {key: spearman_with_ceiling(part) for key, part in parts.items()
-                                      if key.startswith("md_")}
-            entry["ranking"][name]["test force MAE"] = force_mae(spread)
-            entry["ranking"][name]["members"] = len(models) if len(models) > 1 else profile["committee"]  # its heads
-        entry["calibration"] = energy_and_force_calibration(committees[last], ranking_tests["md_300K"])
+            members = len(models) if len(models) > 1 else profile["committee"]  # an ensemble: its heads
+            entry["ranking"][name] = cached(args, f"{molecule}/ranking/{name}/{seed}/{last}/{frames}", models,
+                                            lambda: committee_ranking(models, ranking_tests, members), ranking_data)
+        entry["calibration"] = cached(args, f"{molecule}/calibration/{seed}/{last}/{frames}", committees[last],
+                                      lambda: energy_and_force_calibration(committees[last], ranking_tests["md_300K"]),
+                                      ranking_data)
         if args.pretrained:
             entry["heads_ranking"] = {name: {n: cached(args, f"{molecule}/heads/{name}/{seed}/{n}", [model],
                                                       lambda: heads_ranking([model], tests), data)
