@@ -549,11 +549,12 @@ def cached(args, key: str, models, compute, data_digest: str = ""):
 def provenance(argv) -> str:
     import os
     import platform
+    import shlex
     import subprocess
 
     commit = subprocess.run(["git", "rev-parse", "--short=10", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     load = os.getloadavg()[0]
-    return (f"Measured with `python scripts/bench_learning.py {' '.join(argv)}` at commit {commit or '?'} on "
+    return (f"Measured with `python scripts/bench_learning.py {shlex.join(argv)}` at commit {commit or '?'} on "
             f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores shared with other jobs, load "
             f"{load:.1f} at the end), one torch thread.")
 

@@ -223,3 +223,8 @@ def test_the_ranking_target_compares_measured_and_ceiling_over_the_same_seeds(be
     assert ok is False and "(0.50 vs 0.90, 1 of 2 seeds with a ceiling)" in text and "members would reach it" in text
     (text, ok), = [(k, v) for k, v in bench.targets({**report, "seeds": [seed(0.85, 0.9)]}) if "Spearman" in k]
     assert ok and "members" not in text
+
+
+def test_the_provenance_line_quotes_arguments_with_spaces_so_the_command_copies(bench):
+    line = bench.provenance(["--long-ttf-selections", "random", "loop, ceiling 0.6 eV/Å"])
+    assert "--long-ttf-selections random 'loop, ceiling 0.6 eV/Å'`" in line
