@@ -603,7 +603,7 @@ def run_molecule(molecule: str, profile: dict, args) -> dict:
     reference = read(files["start"])
     data = content_digest(path for key, path in sorted(files.items())  # what the evaluations read
                           if key != "pool" and not key.startswith("rank_"))
-    ranking_data = content_digest(path for key, path in sorted(files.items()) if key != "pool")  # C's frames too
+    ranking_data = data + content_digest(path for key, path in sorted(files.items()) if key.startswith("rank_"))
     report: dict = {"seeds": [], "labels": list(profile["labels"]), "ranking_frames": len(ranking_tests["md_300K"])}
     for seed in ([args.only_seed] if args.only_seed is not None else range(profile["seeds"])):
         entry: dict = {"seed": seed, "random": {}}
